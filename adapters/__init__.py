@@ -1,0 +1,1 @@
+"""Adapters: the edges of tierbot (chat surfaces, model providers)."""

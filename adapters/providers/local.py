@@ -1,0 +1,694 @@
+"""The ``local`` provider: offline, deterministic stand-ins for every stage of the pipeline.
+
+It exists so that anybody can try tierbot end to end (draft grid → final → edit → upscale →
+video) without an account, a key or a network connection, and so that tests and demos have
+a provider whose output is a pure function of the request: the same request (prompt, seed,
+size, references) always gives the same bytes, which also means that calling ``result``
+again after a restart returns exactly what the first call would have.
+
+Nothing here pretends to be a real model. Drafts are abstract compositions (palette from a
+stable hash of the prompt, layout from the seed) and carry a large ``OFFLINE PREVIEW``
+band; finals and edits are Lanczos re-renders of their reference with an ``OFFLINE FINAL`` /
+``OFFLINE EDIT`` label; upscales are plain Lanczos plus light sharpening; videos are a slow
+pan/zoom over the still, encoded to H.264 by the ffmpeg binary that the ``imageio-ffmpeg``
+wheel ships. All CPU work runs in worker threads (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import colorsys
+import hashlib
+import io
+import logging
+import math
+import random
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import imageio_ffmpeg
+from PIL import (
+    Image,
+    ImageDraw,
+    ImageEnhance,
+    ImageFilter,
+    ImageFont,
+    ImageOps,
+    UnidentifiedImageError,
+)
+
+from bot.domain import Capability, Stage
+from bot.providers import GeneratedFile, GenerationRequest, PermanentError
+
+log = logging.getLogger(__name__)
+
+#: Default long edge of a draft, a final / edit and an upscale, in pixels.
+DRAFT_LONG_EDGE = 1024
+FINAL_LONG_EDGE = 1536
+UPSCALE_LONG_EDGE = 2048
+
+#: Video output: long edge, frame rate, default length and how far the camera zooms in.
+VIDEO_LONG_EDGE = 1280
+VIDEO_FPS = 24
+VIDEO_DEFAULT_SECONDS = 4
+VIDEO_MAX_ZOOM = 1.15
+#: Fraction of the free margin (at the current zoom) the camera pans across.
+VIDEO_PAN = 0.8
+
+SUPPORTED: frozenset[Capability] = frozenset(
+    {
+        Capability.TEXT_TO_IMAGE,
+        Capability.IMAGE_TO_IMAGE,
+        Capability.UPSCALE,
+        Capability.IMAGE_TO_VIDEO,
+    }
+)
+
+_PNG = "image/png"
+_MP4 = "video/mp4"
+_BAND_COLOUR = (0, 0, 0, 200)
+_TITLE_COLOUR = (255, 214, 0)
+_TEXT_COLOUR = (245, 245, 245)
+_META_COLOUR = (190, 190, 190)
+
+
+class LocalProvider:
+    """Offline provider: drafts, finals, edits, upscales and videos made on this machine.
+
+    Stateless and deterministic: the output of :meth:`result` depends only on the request.
+    """
+
+    name = "local"
+
+    async def submit(self, request: GenerationRequest) -> str:
+        """Accept a request and return its request id (``local-<job_id>``) at once.
+
+        Args:
+            request: The generation to run.
+
+        Returns:
+            The provider request id to pass to :meth:`result`.
+
+        Raises:
+            PermanentError: The local provider cannot serve the request's capability.
+        """
+        _check_capability(request)
+        return f"local-{request.job_id}"
+
+    async def result(
+        self, provider_request_id: str, request: GenerationRequest
+    ) -> list[GeneratedFile]:
+        """Render the request's output; the same request always gives the same bytes.
+
+        Args:
+            provider_request_id: The id :meth:`submit` returned (only used for logging).
+            request: The generation to run.
+
+        Returns:
+            The generated files: ``request.n`` PNGs for a draft, one PNG for a final, edit
+            or upscale, one MP4 for a video.
+
+        Raises:
+            PermanentError: Unsupported capability, bad parameters, or a missing or
+                unreadable reference image.
+        """
+        _check_capability(request)
+        log.debug(
+            "local %s: %s for job %s", provider_request_id, request.capability, request.job_id
+        )
+        match request.capability:
+            case Capability.TEXT_TO_IMAGE:
+                if request.n < 1:
+                    raise PermanentError(f"the local provider cannot make {request.n} images")
+                size = draft_size(request.aspect_ratio, request.long_edge or DRAFT_LONG_EDGE)
+                return list(
+                    await asyncio.gather(
+                        *(
+                            asyncio.to_thread(_render_draft, request, request.seed + i, size)
+                            for i in range(request.n)
+                        )
+                    )
+                )
+            case Capability.IMAGE_TO_IMAGE:
+                return [await asyncio.to_thread(_render_final, request)]
+            case Capability.UPSCALE:
+                return [await asyncio.to_thread(_render_upscale, request)]
+            case Capability.IMAGE_TO_VIDEO:
+                return [await asyncio.to_thread(_render_video, request)]
+        raise AssertionError("unreachable")  # pragma: no cover - _check_capability guards
+
+    async def cancel(self, provider_request_id: str) -> None:
+        """Do nothing: local work is short and cannot be interrupted half way."""
+
+    async def aclose(self) -> None:
+        """Do nothing: the local provider holds no connections."""
+
+
+def create(settings: object) -> LocalProvider:
+    """Build the local provider.
+
+    Args:
+        settings: Ignored; the local provider needs no configuration.
+
+    Returns:
+        A new :class:`LocalProvider`.
+    """
+    return LocalProvider()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _check_capability(request: GenerationRequest) -> None:
+    if request.capability not in SUPPORTED:
+        what = str(request.capability).replace("-", " ")
+        raise PermanentError(f"the local provider cannot do {what}")
+
+
+def _round8(value: float) -> int:
+    return max(8, round(value / 8) * 8)
+
+
+def _even(value: float) -> int:
+    return max(2, round(value / 2) * 2)
+
+
+def draft_size(aspect_ratio: str, long_edge: int) -> tuple[int, int]:
+    """Return the (width, height) of a draft: long edge given, both multiples of 8.
+
+    Args:
+        aspect_ratio: ``"W:H"``, e.g. ``"16:9"``.
+        long_edge: Wanted length of the longer side in pixels.
+
+    Returns:
+        The size in pixels.
+
+    Raises:
+        PermanentError: The aspect ratio or long edge is malformed.
+    """
+    try:
+        w_text, h_text = aspect_ratio.split(":")
+        w, h = int(w_text), int(h_text)
+    except ValueError:
+        raise PermanentError(f"bad aspect ratio {aspect_ratio!r}, expected W:H") from None
+    if w <= 0 or h <= 0 or max(w, h) > 8 * min(w, h):
+        raise PermanentError(f"unsupported aspect ratio {aspect_ratio!r}")
+    if not 64 <= long_edge <= 8192:
+        raise PermanentError(f"unsupported image size {long_edge}px")
+    if w >= h:
+        return _round8(long_edge), _round8(long_edge * h / w)
+    return _round8(long_edge * w / h), _round8(long_edge)
+
+
+def _digest(*parts: object) -> bytes:
+    return hashlib.sha256("\x00".join(str(p) for p in parts).encode()).digest()
+
+
+def _palette(prompt: str) -> list[tuple[int, int, int]]:
+    """Five colours from a stable hash of the prompt (analogous plus complementary hues)."""
+    d = _digest("palette", prompt)
+    base = d[0] / 255
+    colours = []
+    for k, offset in enumerate((0.0, 0.07, 0.5, 0.57, 0.15)):
+        hue = (base + offset + d[k + 1] / 255 * 0.04) % 1.0
+        sat = 0.45 + d[k + 6] / 255 * 0.45
+        val = 0.55 + d[k + 11] / 255 * 0.40
+        r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+        colours.append((round(r * 255), round(g * 255), round(b * 255)))
+    return colours
+
+
+def _shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
+    return tuple(max(0, min(255, round(c * factor))) for c in colour)  # type: ignore[return-value]
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Not cached: a FreeType face must not be shared by threads rendering at the same time.
+    return ImageFont.load_default(size=max(8, size))
+
+
+def _fit_font(
+    text: str, max_width: float, max_size: int
+) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The largest default font, at most ``max_size``, in which ``text`` fits ``max_width``."""
+    size = max(8, max_size)
+    font = _font(size)
+    length = font.getlength(text)
+    if length > max_width:
+        size = max(8, int(size * max_width / length))
+        font = _font(size)
+        while size > 8 and font.getlength(text) > max_width:
+            size -= 1
+            font = _font(size)
+    return font
+
+
+def _ellipsize(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> str:
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "…") > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _wrap(
+    text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float, max_lines: int
+) -> list[str]:
+    """Word-wrap ``text`` to ``width`` pixels, at most ``max_lines`` lines (the last ellipsized)."""
+    words = " ".join(text.split()).split(" ")
+    lines: list[str] = []
+    current = ""
+    for word in words:
+        candidate = f"{current} {word}" if current else word
+        if font.getlength(candidate) <= width:
+            current = candidate
+            continue
+        if current:
+            lines.append(current)
+        current = word
+        while font.getlength(current) > width and len(current) > 1:  # break very long words
+            cut = len(current) - 1
+            while cut > 1 and font.getlength(current[:cut]) > width:
+                cut -= 1
+            lines.append(current[:cut])
+            current = current[cut:]
+        if len(lines) > max_lines:
+            break
+    if current:
+        lines.append(current)
+    if len(lines) > max_lines:
+        kept = lines[:max_lines]
+        kept[-1] = _ellipsize(kept[-1] + " " + lines[max_lines], font, width)
+        return kept
+    return lines
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def _clean_prompt(prompt: str) -> str:
+    return " ".join(prompt.split()) or "(no prompt)"
+
+
+# --------------------------------------------------------------------------- drafts
+
+
+@dataclass(frozen=True)
+class _Band:
+    """Layout of a draft's ``OFFLINE PREVIEW`` band: fonts, lines and its height."""
+
+    title: ImageFont.FreeTypeFont | ImageFont.ImageFont
+    title_size: int
+    body: ImageFont.FreeTypeFont | ImageFont.ImageFont
+    line_height: int
+    prompt_lines: list[str]
+    meta: str
+    margin: int
+    stripe: int
+    pad: int
+    height: int
+
+
+def _font_size(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, fallback: int) -> int:
+    return round(getattr(font, "size", fallback))
+
+
+def _band_layout(size: tuple[int, int], prompt: str, model_id: str, seed: int) -> _Band:
+    width, height = size
+    margin = max(6, round(width * 0.03))
+    text_width = width - 2 * margin
+    title = _fit_font("OFFLINE PREVIEW", text_width, round(min(width * 0.1, height * 0.075)))
+    title_size = _font_size(title, 16)
+    body = _font(max(12, round(title_size * 0.36)))
+    line_height = round(_font_size(body, 12) * 1.25)
+    prompt_lines = _wrap(_clean_prompt(prompt), body, text_width, max_lines=3)
+    meta = _ellipsize(f"model {model_id} · seed {seed}", body, text_width)
+    stripe = max(4, title_size // 5)
+    pad = max(6, title_size // 4)
+    band = stripe + pad + title_size + pad + line_height * (len(prompt_lines) + 1) + pad
+    return _Band(
+        title=title,
+        title_size=title_size,
+        body=body,
+        line_height=line_height,
+        prompt_lines=prompt_lines,
+        meta=meta,
+        margin=margin,
+        stripe=stripe,
+        pad=pad,
+        height=min(band, height // 2),
+    )
+
+
+def _scene(
+    prompt: str, seed: int, size: tuple[int, int], floor: float | None = None
+) -> Image.Image:
+    """The unlabelled draft composition: sky, sun, blobs, hills and foreground shapes.
+
+    The palette comes from the prompt; every placement from a ``random.Random`` seeded by the
+    seed and the prompt hash, so different seeds give visibly different layouts.
+
+    Args:
+        prompt: The prompt (palette and layout).
+        seed: The seed (layout).
+        size: (width, height) in pixels.
+        floor: The y below which the picture will be covered (by the label band); the horizon
+            and the shapes are placed above it. Defaults to the bottom edge.
+
+    Returns:
+        The composition, RGB.
+    """
+    width, height = size
+    floor = float(height) if floor is None else floor
+    short = min(width, height)
+    palette = _palette(prompt)
+    rng = random.Random(int.from_bytes(_digest("scene", seed, prompt)[:8], "big"))
+
+    # Sky: a vertical gradient from a dark shade of one colour to a light shade of another.
+    top = _shade(palette[rng.randrange(2)], 0.45)
+    bottom = _shade(palette[1], 1.15)
+    mask = Image.linear_gradient("L").resize((width, height), Image.Resampling.BILINEAR)
+    image = Image.composite(Image.new("RGB", size, bottom), Image.new("RGB", size, top), mask)
+
+    horizon = rng.uniform(0.45, 0.7) * floor
+
+    # Sun with a soft glow, somewhere above the horizon.
+    glow = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(glow)
+    sx = rng.uniform(0.1, 0.9) * width
+    sy = rng.uniform(0.1, 0.8) * horizon
+    radius = rng.uniform(0.05, 0.13) * short
+    sun = _shade(palette[4], 1.3)
+    draw.ellipse((sx - radius * 2, sy - radius * 2, sx + radius * 2, sy + radius * 2), (*sun, 90))
+    # Blobs: translucent soft ellipses scattered over the sky.
+    for _ in range(rng.randint(4, 8)):
+        bx, by = rng.uniform(-0.1, 1.1) * width, rng.uniform(0.0, 0.95) * floor
+        rx, ry = rng.uniform(0.05, 0.22) * width, rng.uniform(0.03, 0.12) * height
+        colour = palette[rng.randrange(len(palette))]
+        draw.ellipse((bx - rx, by - ry, bx + rx, by + ry), (*colour, rng.randint(70, 150)))
+    glow = glow.filter(ImageFilter.GaussianBlur(max(2, short // 40)))
+    image.paste(glow, (0, 0), glow)
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((sx - radius, sy - radius, sx + radius, sy + radius), sun)
+
+    # Two layers of hills with wavy ridges.
+    for layer, factor in ((0, 0.8), (1, 0.5)):
+        base = horizon + layer * rng.uniform(0.08, 0.2) * (floor - horizon)
+        waves = [
+            (rng.uniform(0.01, 0.05) * floor, rng.uniform(1.0, 4.0), rng.uniform(0, math.tau))
+            for _ in range(3)
+        ]
+        points = [(0.0, float(height))]
+        steps = 48
+        for i in range(steps + 1):
+            x = width * i / steps
+            y = base + sum(a * math.sin(f * math.tau * i / steps + p) for a, f, p in waves)
+            points.append((x, y))
+        points.append((float(width), float(height)))
+        draw.polygon(points, fill=_shade(palette[2 + layer], factor))
+
+    # Foreground shapes: towers, pyramids and discs standing on the ground.
+    line = max(1, short // 200)
+    for _ in range(rng.randint(3, 6)):
+        colour = _shade(palette[rng.randrange(len(palette))], rng.uniform(0.5, 1.0))
+        outline = _shade(colour, 0.5)
+        x = rng.uniform(0.03, 0.97) * width
+        ground = rng.uniform(horizon + 0.3 * (floor - horizon), floor - 0.02 * height)
+        w = rng.uniform(0.03, 0.12) * width
+        h = rng.uniform(0.15, 0.6) * ground
+        kind = rng.randrange(3)
+        if kind == 0:
+            draw.rectangle((x - w / 2, ground - h, x + w / 2, ground), colour, outline, line)
+        elif kind == 1:
+            draw.polygon([(x - w, ground), (x + w, ground), (x, ground - h)], colour, outline, line)
+        else:
+            draw.ellipse((x - w / 2, ground - w, x + w / 2, ground), colour, outline, line)
+    return image
+
+
+def _label_draft(image: Image.Image, band: _Band) -> Image.Image:
+    """Write the ``OFFLINE PREVIEW`` band (title, prompt, model, seed) along the bottom."""
+    width, height = image.size
+    y0 = height - band.height
+    out = image.convert("RGBA")
+    overlay = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    draw.rectangle((0, y0, width, height), _BAND_COLOUR)
+    # Hazard stripes along the top of the band: nobody mistakes this for a real render.
+    stripe, step = band.stripe, band.stripe * 2
+    for x in range(-stripe, width + stripe, step * 2):
+        draw.polygon(
+            [(x, y0 + stripe), (x + stripe, y0), (x + stripe + step, y0), (x + step, y0 + stripe)],
+            (*_TITLE_COLOUR, 255),
+        )
+    out = Image.alpha_composite(out, overlay)
+    draw = ImageDraw.Draw(out)
+    y = y0 + stripe + band.pad
+    draw.text((band.margin, y), "OFFLINE PREVIEW", _TITLE_COLOUR, font=band.title)
+    y += band.title_size + band.pad
+    for text in band.prompt_lines:
+        draw.text((band.margin, y), text, _TEXT_COLOUR, font=band.body)
+        y += band.line_height
+    draw.text((band.margin, y), band.meta, _META_COLOUR, font=band.body)
+    return out.convert("RGB")
+
+
+def render_draft(prompt: str, model_id: str, seed: int, size: tuple[int, int]) -> Image.Image:
+    """Render one labelled offline draft.
+
+    Args:
+        prompt: The prompt (palette, layout and label).
+        model_id: The catalog model id written on the label.
+        seed: The seed (layout and label).
+        size: (width, height) in pixels.
+
+    Returns:
+        The labelled draft, RGB.
+    """
+    band = _band_layout(size, prompt, model_id, seed)
+    scene = _scene(prompt, seed, size, floor=size[1] - band.height)
+    return _label_draft(scene, band)
+
+
+def _render_draft(request: GenerationRequest, seed: int, size: tuple[int, int]) -> GeneratedFile:
+    image = render_draft(request.prompt, request.model_id, seed, size)
+    return GeneratedFile(
+        data=_png(image), mime=_PNG, width=image.width, height=image.height, seed=seed
+    )
+
+
+# --------------------------------------------------------------------------- references
+
+
+def _open_reference(request: GenerationRequest) -> Image.Image:
+    """Open and decode ``request.references[0]`` as RGB, or fail with a person-readable reason."""
+    if not request.references:
+        what = str(request.stage)
+        raise PermanentError(f"the local provider needs a reference image for the {what} stage")
+    path = Path(request.references[0])
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            image.load()
+    except FileNotFoundError:
+        raise PermanentError(f"reference image {path.name!r} does not exist") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError):
+        raise PermanentError(f"reference image {path.name!r} is not a readable image") from None
+    except OSError as exc:  # truncated data, permissions, a directory …
+        reason = exc.strerror or "it is damaged or unreadable"
+        raise PermanentError(f"reference image {path.name!r} could not be read: {reason}") from None
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB")
+
+
+def _scaled(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
+    width, height = size
+    if not 16 <= long_edge <= 8192:
+        raise PermanentError(f"unsupported image size {long_edge}px")
+    scale = long_edge / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _tint(prompt: str) -> tuple[int, int, int]:
+    d = _digest("edit", prompt)
+    r, g, b = colorsys.hsv_to_rgb(d[0] / 255, 0.75, 1.0)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _label_top(image: Image.Image, heading: str, prompt: str) -> Image.Image:
+    """A small two-line label bar across the top (heading, then the prompt on one line)."""
+    width, height = image.size
+    size = max(12, round(min(width, height) * 0.028))
+    margin = max(6, size // 2)
+    head_font = _fit_font(heading, width - 2 * margin, size)
+    body = _font(max(10, round(size * 0.72)))
+    body_size = _font_size(body, 10)
+    line = _ellipsize(_clean_prompt(prompt), body, width - 2 * margin)
+    bar = margin + size + margin // 2 + round(body_size * 1.2) + margin // 2
+
+    out = image.convert("RGBA")
+    overlay = Image.new("RGBA", out.size, (0, 0, 0, 0))
+    ImageDraw.Draw(overlay).rectangle((0, 0, width, bar), (0, 0, 0, 235))
+    out = Image.alpha_composite(out, overlay)
+    draw = ImageDraw.Draw(out)
+    draw.text((margin, margin), heading, _TITLE_COLOUR, font=head_font)
+    draw.text((margin, margin + size + margin // 2), line, _TEXT_COLOUR, font=body)
+    return out.convert("RGB")
+
+
+def _render_final(request: GenerationRequest) -> GeneratedFile:
+    source = _open_reference(request)
+    size = _scaled(source.size, request.long_edge or FINAL_LONG_EDGE)
+    image = source.resize(size, Image.Resampling.LANCZOS)
+    image = ImageEnhance.Contrast(image).enhance(1.08)
+    image = ImageEnhance.Sharpness(image).enhance(1.3)
+    if request.stage is Stage.EDIT:
+        # Visibly apply "the instruction": a tint and a warmer contrast derived from the prompt.
+        image = Image.blend(image, Image.new("RGB", size, _tint(request.prompt)), 0.28)
+        image = ImageEnhance.Color(image).enhance(1.25)
+        kind = "OFFLINE EDIT"
+    else:
+        kind = "OFFLINE FINAL"
+    heading = f"{kind} · {request.model_id} · seed {request.seed}"
+    image = _label_top(image, heading, request.prompt)
+    return GeneratedFile(
+        data=_png(image), mime=_PNG, width=image.width, height=image.height, seed=request.seed
+    )
+
+
+def _render_upscale(request: GenerationRequest) -> GeneratedFile:
+    source = _open_reference(request)
+    size = _scaled(source.size, request.long_edge or UPSCALE_LONG_EDGE)
+    image = source.resize(size, Image.Resampling.LANCZOS)
+    image = image.filter(ImageFilter.UnsharpMask(radius=1.5, percent=60, threshold=3))
+    return GeneratedFile(
+        data=_png(image), mime=_PNG, width=image.width, height=image.height, seed=request.seed
+    )
+
+
+# --------------------------------------------------------------------------- video
+
+
+def video_size(size: tuple[int, int], long_edge: int = VIDEO_LONG_EDGE) -> tuple[int, int]:
+    """The video frame size for a still: ``long_edge`` on the long side, even dimensions.
+
+    Args:
+        size: The still's (width, height).
+        long_edge: Wanted long edge of the video.
+
+    Returns:
+        (width, height), both even, keeping the still's aspect ratio.
+    """
+    width, height = size
+    if width >= height:
+        return _even(long_edge), _even(long_edge * height / width)
+    return _even(long_edge * width / height), _even(long_edge)
+
+
+def _frames(
+    source: Image.Image, out: tuple[int, int], count: int, direction: float
+) -> Iterator[Image.Image]:
+    """Yield ``count`` RGB frames: an eased zoom from 1.0 to VIDEO_MAX_ZOOM with a small pan."""
+    # Work from a copy with just enough resolution for the deepest zoom.
+    work_size = _scaled(source.size, round(max(out) * VIDEO_MAX_ZOOM))
+    work = source.resize(work_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    ww, wh = work.size
+    dx, dy = math.cos(direction), math.sin(direction)
+    for i in range(count):
+        t = i / (count - 1) if count > 1 else 0.0
+        ease = 0.5 - 0.5 * math.cos(math.pi * t)
+        zoom = 1.0 + (VIDEO_MAX_ZOOM - 1.0) * ease
+        bw, bh = ww / zoom, wh / zoom
+        cx = ww / 2 + dx * (ww - bw) / 2 * VIDEO_PAN
+        cy = wh / 2 + dy * (wh - bh) / 2 * VIDEO_PAN
+        box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
+        yield work.resize(out, Image.Resampling.BILINEAR, box=box)
+
+
+def _render_video(request: GenerationRequest) -> GeneratedFile:
+    seconds = request.duration_s or VIDEO_DEFAULT_SECONDS
+    if not 1 <= seconds <= 60:
+        raise PermanentError(f"the local provider cannot make a {seconds} s video")
+    source = _open_reference(request)
+    out = video_size(source.size)
+    count = seconds * VIDEO_FPS
+    direction = _digest("pan", request.seed, request.prompt)[0] / 256 * math.tau
+
+    with tempfile.TemporaryDirectory(prefix="tierbot-local-") as tmp:
+        target = Path(tmp) / "video.mp4"
+        errors = Path(tmp) / "ffmpeg.log"
+        command = [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "rgb24",
+            "-video_size",
+            f"{out[0]}x{out[1]}",
+            "-framerate",
+            str(VIDEO_FPS),
+            "-i",
+            "pipe:0",
+            "-an",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+            "-crf",
+            "20",
+            "-threads",
+            "2",  # pinned: x264 output depends on the thread count
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+            "-map_metadata",
+            "-1",
+            "-fflags",
+            "+bitexact",
+            "-flags",
+            "+bitexact",
+            "-y",
+            str(target),
+        ]
+        with errors.open("wb") as log_file:
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_file
+            )
+            assert process.stdin is not None
+            try:
+                for frame in _frames(source, out, count, direction):
+                    process.stdin.write(frame.tobytes())
+                process.stdin.close()
+            except BrokenPipeError:
+                pass
+            except BaseException:
+                process.kill()
+                process.wait()
+                raise
+            code = process.wait()
+        if code != 0 or not target.exists():
+            detail = errors.read_text(errors="replace").strip().splitlines()
+            log.error("local video: ffmpeg exited with %s: %s", code, detail[-5:])
+            last = detail[-1] if detail else f"exit status {code}"
+            raise PermanentError(f"the local video encoder failed: {last}")
+        data = target.read_bytes()
+    return GeneratedFile(
+        data=data,
+        mime=_MP4,
+        width=out[0],
+        height=out[1],
+        duration_s=count / VIDEO_FPS,
+        seed=request.seed,
+    )

@@ -1,0 +1,1 @@
+"""tierbot core: settings, domain, commands, catalog, router, ledger, runner, grid, pipeline."""

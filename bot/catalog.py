@@ -1,0 +1,146 @@
+"""The model catalog: data, not code.
+
+The shipped ``catalog.toml`` describes every model (provider, the provider's model name, the
+stages it serves, capabilities, price, latency) plus style presets and per-provider
+concurrency. A user file named by ``TIERBOT_CATALOG`` is merged over it table by table, so
+swapping an engine is a catalog edit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import tomllib
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from bot.domain import Capability, Stage
+
+log = logging.getLogger(__name__)
+
+ALL_ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "4:5", "21:9")
+
+
+class ModelSpec(BaseModel):
+    """One model as the catalog describes it."""
+
+    id: str
+    provider: str
+    provider_model: str
+    stages: list[Stage]
+    capabilities: set[Capability]
+    aspect_ratios: list[str] = Field(default_factory=lambda: list(ALL_ASPECT_RATIOS))
+    max_images: int = Field(default=4, ge=1)
+    seed: bool = True
+    negative_prompt: bool = True
+    multi_subject: bool = True
+    price: int = Field(ge=0, description="milli-credits per unit")
+    unit: Literal["image", "second"] = "image"
+    latency_s: float = Field(default=10.0, ge=0)
+    quality: int = Field(default=5, ge=1, le=10)
+    rank: int = 50
+    max_seconds: int | None = None
+    enabled: bool = True
+    description: str = ""
+
+    def cost(self, *, images: int = 1, seconds: int | None = None) -> int:
+        """Price in milli-credits of one call producing ``images`` images or ``seconds`` of video."""
+        if self.unit == "second":
+            return self.price * (seconds or 0)
+        return self.price * images
+
+    def calls_for(self, images: int) -> int:
+        """How many provider calls ``images`` images take on this model."""
+        return math.ceil(images / self.max_images)
+
+
+class StylePreset(BaseModel):
+    name: str
+    description: str = ""
+    adds: str
+
+
+class ProviderConfig(BaseModel):
+    concurrency: int = Field(default=4, ge=1)
+
+
+class CatalogError(Exception):
+    """The catalog file is malformed; the message names the entry and the field."""
+
+
+class Catalog(BaseModel):
+    models: dict[str, ModelSpec]
+    styles: dict[str, StylePreset]
+    providers: dict[str, ProviderConfig]
+
+    def get(self, model_id: str) -> ModelSpec | None:
+        return self.models.get(model_id)
+
+    def for_stage(self, stage: Stage) -> list[ModelSpec]:
+        return [m for m in self.models.values() if stage in m.stages]
+
+    def provider_names(self) -> set[str]:
+        return {m.provider for m in self.models.values()}
+
+    def concurrency(self, provider: str) -> int:
+        return self.providers.get(provider, ProviderConfig()).concurrency
+
+    @model_validator(mode="after")
+    def _drop_disabled(self) -> Catalog:
+        self.models = {k: v for k, v in self.models.items() if v.enabled}
+        return self
+
+
+def nearest(word: str, choices: Iterable[str]) -> str | None:
+    """The closest known name to ``word``, for "did you mean" hints."""
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.5)
+    return found[0] if found else None
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        text = resources.files("bot").joinpath("catalog.toml").read_text(encoding="utf-8")
+        source = "shipped catalog.toml"
+    else:
+        text = path.read_text(encoding="utf-8")
+        source = str(path)
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CatalogError(f"{source}: {exc}") from None
+
+
+def load_catalog(override: Path | None = None) -> Catalog:
+    """Load the shipped catalog, merged with ``override`` when given.
+
+    Raises:
+        CatalogError: naming the file, the entry and the field that is wrong.
+    """
+    raw = _read_toml(None)
+    if override is not None:
+        raw = _merge(raw, _read_toml(override))
+    models = {k: {"id": k, **v} for k, v in raw.get("models", {}).items()}
+    styles = {k: {"name": k, **v} for k, v in raw.get("styles", {}).items()}
+    try:
+        return Catalog(models=models, styles=styles, providers=raw.get("providers", {}))
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        ]
+        raise CatalogError("invalid catalog:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,159 @@
+"""The ``tierbot`` command: the same commands as chat, from a shell (scripts and cron too).
+
+``tierbot draft "a prompt" --ar 16:9`` is ``/draft`` and ``tierbot <sub> ...`` is
+``/tierbot <sub> ...``: the text goes through the same parser and pipeline as every chat
+surface, as the local user ``cli:<login>``. Two commands exist only here: ``demo`` (a
+complete offline pass) and ``run`` (serve the configured surfaces). Exit status: 0 on success,
+1 when a reply reports an error, 2 for invalid settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import shlex
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from bot.app import Services, build
+from bot.catalog import CatalogError
+from bot.commands import help_text
+from bot.domain import CommandEvent, Origin, Reply
+from bot.policy import PolicyError
+from bot.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger(__name__)
+
+DEMO_PROMPT = "astronaut in an overgrown jungle"
+
+CLI_USAGE = """\
+usage: tierbot <command> [...]
+
+Only here:
+  tierbot demo      a complete offline pass: drafts, grid, final, 2K upscale, 4 s video
+  tierbot run       serve the chat surfaces that are configured
+
+The chat commands, from a shell (`tierbot draft ...` is /draft, `tierbot X ...` is /tierbot X):
+"""
+
+
+def _origin() -> Origin:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "local"
+    return Origin(surface="cli", team="local", channel="cli", user=user)
+
+
+def _print(reply: Reply) -> None:
+    print(reply.text)
+    for path in reply.files:
+        print(f"  file: {path}")
+    print(flush=True)
+
+
+async def _collect(replies: AsyncIterator[Reply]) -> list[Reply]:
+    collected = []
+    async for reply in replies:
+        _print(reply)
+        collected.append(reply)
+    return collected
+
+
+async def run_command(services: Services, argv: Sequence[str]) -> int:
+    """Run one chat command given as shell words; print its replies."""
+    if argv[0] == "draft":
+        event = CommandEvent(origin=_origin(), command="draft", text=shlex.join(argv[1:]))
+    else:
+        event = CommandEvent(origin=_origin(), command="tierbot", text=shlex.join(argv))
+    replies = await _collect(services.bot.handle_command(event))
+    return 1 if any(r.error for r in replies) else 0
+
+
+async def demo(services: Services) -> int:
+    """Drafts → grid → draft 2 to the final tier → 2K upscale → 4-second video → lineage."""
+    origin = _origin()
+    bot = services.bot
+    started = time.perf_counter()
+
+    async def step(title: str, command: str, text: str) -> Reply | None:
+        print(f"── {title}: /{command} {text}".rstrip())
+        t0 = time.perf_counter()
+        replies = await _collect(bot.handle_command(CommandEvent(origin=origin, command=command,
+                                                                 text=text)))
+        print(f"   ({time.perf_counter() - t0:.1f} s)\n")
+        if any(r.error for r in replies):
+            return None
+        return next((r for r in replies if r.asset_id), replies[-1] if replies else None)
+
+    grid = await step("1. four drafts on the draft tier", "draft",
+                      f'"{DEMO_PROMPT}" --ar 16:9 --n 4 --style cinematic')
+    if grid is None or grid.asset_id is None:
+        return 1
+    final = await step("2. draft 2 to the final tier", "tierbot", f"select {grid.asset_id} 2")
+    if final is None or final.asset_id is None:
+        return 1
+    upscale = await step("3. a 2K upscale of the final", "tierbot", f"upscale {final.asset_id}")
+    video = await step("4. a 4-second video of the final", "tierbot",
+                       f"video {final.asset_id} --seconds 4")
+    if upscale is None or video is None or video.asset_id is None:
+        return 1
+    await step("5. lineage", "tierbot", f"lineage {video.asset_id}")
+    await step("6. budget", "tierbot", "budget")
+    print(f"Demo finished in {time.perf_counter() - started:.1f} s. "
+          f"Files are under {services.settings.asset_dir}.")
+    return 0
+
+
+async def serve(services: Services) -> int:
+    """Resume unfinished jobs, then serve the configured surfaces."""
+    settings = services.settings
+    outcomes = await services.bot.resume()
+    if outcomes:
+        print(f"Resumed {len(outcomes)} unfinished job(s).")
+    print("Slack: " + ("token set" if settings.slack_bot_token else "off (set SLACK_BOT_TOKEN)"))
+    print("Discord: " + ("token set" if settings.discord_bot_token
+                         else "off (set DISCORD_BOT_TOKEN)"))
+    print("No chat surface can start in this version yet: use the CLI (`tierbot help`) "
+          "or `tierbot demo`.")
+    return 0
+
+
+async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
+    services = build(settings)
+    try:
+        if argv[0] == "demo":
+            return await demo(services)
+        if argv[0] == "run":
+            return await serve(services)
+        return await run_command(services, argv)
+    finally:
+        await services.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tierbot`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(CLI_USAGE + help_text())
+        return 0
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_main_async(settings, args))
+    except (CatalogError, PolicyError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

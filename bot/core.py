@@ -1,0 +1,178 @@
+"""The core's front door: every surface hands it commands and reactions, and posts its replies.
+
+``Tierbot`` parses a command with the one shared parser, maps a reaction through the
+vocabulary onto a use case of the pipeline, and turns every error into a clear reply: bad
+input and refusals privately to the person, failed jobs in the channel, unexpected errors
+with a reference id and never a stack trace. Surfaces call :meth:`Tierbot.record_post` after
+posting a reply that presents an asset, so reactions on that message find the asset again,
+even after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from bot.commands import CommandError, Invocation, help_text, parse
+from bot.domain import (
+    NUMBER_REACTIONS,
+    AssetKind,
+    CommandEvent,
+    Origin,
+    Reaction,
+    ReactionEvent,
+    Reply,
+    Stage,
+    normalize_emoji,
+)
+from bot.pipeline import Pipeline, UserError
+from bot.router import RouteRefused
+from bot.runner import CompletedJob, JobFailed, JobRunner
+from storage import Store
+
+log = logging.getLogger(__name__)
+
+_NUMBERS = {normalize_emoji(r.value): i for i, r in enumerate(NUMBER_REACTIONS, start=1)}
+
+
+def _private_error(text: str) -> Reply:
+    return Reply(text=text, private=True, error=True)
+
+
+class Tierbot:
+    """Commands and reactions in, replies out; shared by every chat surface and the CLI."""
+
+    def __init__(self, *, store: Store, pipeline: Pipeline, runner: JobRunner) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.runner = runner
+
+    async def handle_command(self, event: CommandEvent) -> AsyncIterator[Reply]:
+        """Run one slash command; yields replies as the work progresses."""
+        try:
+            inv = parse(event.command, event.text)
+        except CommandError as exc:
+            yield _private_error(exc.message)
+            return
+        async for reply in self._guard(self._command(event.origin, inv)):
+            yield reply
+
+    async def handle_reaction(self, event: ReactionEvent) -> AsyncIterator[Reply]:
+        """Act on a reaction to one of the bot's messages, once per delivery."""
+        if not self.store.first_delivery(f"{event.origin.surface}:{event.event_id}"):
+            log.info("duplicate delivery %s ignored", event.event_id)
+            return
+        asset_id = self.store.asset_for_message(
+            event.origin.surface, event.origin.channel, event.message_id
+        )
+        if asset_id is None:
+            return  # not one of our asset messages: reactions there mean nothing to us
+        async for reply in self._guard(self._reaction(event.origin, asset_id, event.emoji)):
+            yield reply
+
+    def record_post(self, origin: Origin, message_id: str, reply: Reply) -> None:
+        """Remember which asset a posted message presents (for reactions on it)."""
+        if reply.asset_id:
+            self.store.record_message(origin.surface, origin.channel, message_id, reply.asset_id)
+
+    async def resume(self) -> list[CompletedJob | JobFailed]:
+        """Finish jobs a previous process left unfinished."""
+        return await self.runner.resume()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    async def _guard(self, replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
+        try:
+            async for reply in replies:
+                yield reply
+        except (UserError, RouteRefused) as exc:
+            yield _private_error(exc.message)
+        except JobFailed as exc:
+            prefix = "🚫 Refused by the provider's content policy" if exc.kind == "policy" else "⚠️ Failed"
+            yield Reply(text=f"{prefix}: {exc.message}. Nothing was charged.", error=True)
+        except Exception:
+            ref = secrets.token_hex(3)
+            log.exception("unexpected error (ref %s)", ref)
+            yield Reply(
+                text=f"⚠️ Something went wrong on our side (ref {ref}). Nothing was charged "
+                "for work that did not finish; the team can look the reference up in the logs.",
+                error=True,
+            )
+
+    async def _command(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
+        pipeline = self.pipeline
+        name = inv.name
+        if name == "draft":
+            replies = pipeline.draft(origin, inv)
+        elif name == "final":
+            replies = pipeline.select(origin, inv.args[0], inv.index or 0, inv)
+        elif name == "reroll":
+            replies = pipeline.reroll(origin, inv.args[0])
+        elif name == "discard":
+            replies = pipeline.discard(origin, inv.args[0])
+        elif name == "edit":
+            replies = pipeline.edit(origin, inv.args[0], inv)
+        elif name == "upscale":
+            replies = pipeline.upscale(origin, inv.args[0], inv.model)
+        elif name == "video":
+            replies = pipeline.video(origin, inv.args[0], inv.seconds, inv.model)
+        elif name == "approve":
+            replies = pipeline.approve(origin, inv.args[0])
+        elif name == "reject":
+            replies = pipeline.reject(origin, inv.args[0])
+        elif name == "storyboard":
+            replies = pipeline.storyboard(origin, inv)
+        else:
+            yield self._read_only(origin, inv)
+            return
+        async for reply in replies:
+            yield reply
+
+    def _read_only(self, origin: Origin, inv: Invocation) -> Reply:
+        if inv.name == "lineage":
+            return Reply(text=self.pipeline.lineage(inv.args[0]), private=True)
+        if inv.name == "budget":
+            return Reply(text=self.pipeline.budget(origin), private=True)
+        if inv.name == "models":
+            return Reply(text=self.pipeline.models(), private=True)
+        if inv.name == "help":
+            return Reply(text=help_text(inv.args[0] if inv.args else None), private=True)
+        raise UserError(f"/tierbot {inv.name} is not available yet")
+
+    async def _reaction(self, origin: Origin, asset_id: str, emoji: str) -> AsyncIterator[Reply]:
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            return
+        key = normalize_emoji(emoji)
+        pipeline = self.pipeline
+        if asset["kind"] == AssetKind.GRID:
+            if key in _NUMBERS:
+                replies = pipeline.select(origin, asset_id, _NUMBERS[key])
+            elif key == normalize_emoji(Reaction.REROLL):
+                replies = pipeline.reroll(origin, asset_id)
+            elif key == normalize_emoji(Reaction.DISCARD):
+                replies = pipeline.discard(origin, asset_id)
+            else:
+                raise UserError(
+                    f"{emoji} means nothing on a draft grid: react with a number to take that "
+                    "draft to the final tier, 🔁 to reroll or ❌ to discard"
+                )
+        else:
+            is_video = asset["kind"] == AssetKind.VIDEO
+            if key == normalize_emoji(Reaction.APPROVE):
+                replies = pipeline.approve(origin, asset_id)
+            elif key == normalize_emoji(Reaction.DISCARD):
+                replies = pipeline.reject(origin, asset_id)
+            elif key == normalize_emoji(Reaction.VIDEO) and not is_video:
+                replies = pipeline.video(origin, asset_id)
+            elif key == normalize_emoji(Reaction.UPSCALE) and not is_video:
+                replies = pipeline.upscale(origin, asset_id)
+            elif key == normalize_emoji(Reaction.REROLL) and asset["stage"] in (Stage.FINAL,
+                                                                                 Stage.EDIT):
+                replies = pipeline.rerender(origin, asset_id)
+            else:
+                allowed = "✅ or ❌" if is_video else "🎬, ⬆️, ✅, 🔁 or ❌"
+                raise UserError(f"{emoji} means nothing on this {asset['stage']}: react {allowed}")
+        async for reply in replies:
+            yield reply

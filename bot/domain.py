@@ -1,0 +1,169 @@
+"""The vocabulary of tierbot: stages, capabilities, events in and replies out.
+
+These types are shared by the core, the storage layer and every adapter. They carry no
+platform or provider detail: a Slack ``ts`` or a Discord snowflake is just a ``message_id``
+string here.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+
+
+class Stage(StrEnum):
+    """A step of the stage-gate pipeline; also the tier a catalog model serves."""
+
+    DRAFT = "draft"
+    FINAL = "final"
+    EDIT = "edit"
+    UPSCALE = "upscale"
+    VIDEO = "video"
+
+
+class Capability(StrEnum):
+    """What a model can do; the router matches a stage's need against these."""
+
+    TEXT_TO_IMAGE = "text-to-image"
+    IMAGE_TO_IMAGE = "image-to-image"
+    INPAINT = "inpaint"
+    UPSCALE = "upscale"
+    IMAGE_TO_VIDEO = "image-to-video"
+    TEXT_TO_VIDEO = "text-to-video"
+
+
+#: The capability each stage needs from a model.
+STAGE_NEEDS: dict[Stage, Capability] = {
+    Stage.DRAFT: Capability.TEXT_TO_IMAGE,
+    Stage.FINAL: Capability.IMAGE_TO_IMAGE,  # a final re-renders the chosen draft
+    Stage.EDIT: Capability.IMAGE_TO_IMAGE,
+    Stage.UPSCALE: Capability.UPSCALE,
+    Stage.VIDEO: Capability.IMAGE_TO_VIDEO,  # the final is the first frame
+}
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+UNFINISHED_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+
+class AssetKind(StrEnum):
+    IMAGE = "image"
+    VIDEO = "video"
+    GRID = "grid"
+
+
+class Decision(StrEnum):
+    """A human decision recorded on an asset (a gate)."""
+
+    SELECTED = "selected"  # a draft chosen from its grid for the final tier
+    APPROVED = "approved"  # QA sign-off on a final
+    REJECTED = "rejected"  # a grid rerolled or discarded, a final rejected
+
+
+class Reaction(StrEnum):
+    """The reaction vocabulary, the same on every surface."""
+
+    ONE = "1️⃣"
+    TWO = "2️⃣"
+    THREE = "3️⃣"
+    FOUR = "4️⃣"
+    FIVE = "5️⃣"
+    SIX = "6️⃣"
+    SEVEN = "7️⃣"
+    EIGHT = "8️⃣"
+    NINE = "9️⃣"
+    REROLL = "🔁"
+    DISCARD = "❌"
+    VIDEO = "🎬"
+    UPSCALE = "⬆️"
+    APPROVE = "✅"
+
+
+NUMBER_REACTIONS: tuple[Reaction, ...] = (
+    Reaction.ONE,
+    Reaction.TWO,
+    Reaction.THREE,
+    Reaction.FOUR,
+    Reaction.FIVE,
+    Reaction.SIX,
+    Reaction.SEVEN,
+    Reaction.EIGHT,
+    Reaction.NINE,
+)
+
+#: Reactions pre-added under a final (or an upscale / edit result).
+FINAL_REACTIONS: tuple[Reaction, ...] = (
+    Reaction.VIDEO,
+    Reaction.UPSCALE,
+    Reaction.APPROVE,
+    Reaction.REROLL,
+    Reaction.DISCARD,
+)
+
+
+def normalize_emoji(emoji: str) -> str:
+    """Drop variation selectors so "⬆" and "⬆️" compare equal."""
+    return emoji.replace("\ufe0f", "").strip()
+
+
+class Origin(BaseModel):
+    """Where an event came from: surface, team (workspace/guild), channel and person."""
+
+    model_config = ConfigDict(frozen=True)
+
+    surface: str = "cli"
+    team: str = "local"
+    channel: str = "cli"
+    user: str = "local"
+    #: The person's groups or roles on the platform, for approver rules (Slack user groups,
+    #: Discord role ids). Empty where the surface has none.
+    groups: tuple[str, ...] = ()
+
+
+class CommandEvent(BaseModel):
+    """A slash command as a surface received it: the raw text after the command name."""
+
+    origin: Origin
+    command: str  # "draft" or "tierbot"
+    text: str
+
+
+class ReactionEvent(BaseModel):
+    """An emoji reaction on one of the bot's messages."""
+
+    origin: Origin
+    event_id: str  # platform delivery id; the same id delivered twice is acted on once
+    message_id: str
+    emoji: str
+
+
+class Reply(BaseModel):
+    """What a surface must post for the core: one message.
+
+    ``asset_id`` names the asset the message presents, so the surface records the posted
+    message against it and reactions on that message find their way back. ``thread_of``
+    names the asset whose message this one threads under.
+    """
+
+    text: str
+    files: list[Path] = Field(default_factory=list)
+    reactions: list[str] = Field(default_factory=list)
+    asset_id: str | None = None
+    thread_of: str | None = None
+    private: bool = False
+    #: True when the reply reports bad input, a refusal or a failure (CLI exit status).
+    error: bool = False
+    #: True for a short status line ("drafting 4 on …") that a surface may later replace.
+    status: bool = False

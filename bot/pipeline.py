@@ -1,0 +1,631 @@
+"""The use cases of the stage-gate pipeline: draft, select, reroll, discard, edit, upscale,
+video, approve, reject, and the read-only lineage, budget and models.
+
+Each spending use case follows the same steps: validate → route (price known) → authorise
+(approvers, threshold) → record the gate → run the job(s) → record assets and lineage →
+return what a surface must post. Use cases are async generators of :class:`Reply`: first a
+status line, then the result, so a surface can show progress and a CLI can print as it goes.
+
+A :class:`UserError` (or a router refusal) is raised before anything is spent; the dispatcher
+shows it privately to the person. A failed job is reported in the channel and costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.catalog import Catalog, ModelSpec
+from bot.commands import Invocation
+from bot.domain import (
+    FINAL_REACTIONS,
+    NUMBER_REACTIONS,
+    AssetKind,
+    Capability,
+    Decision,
+    Origin,
+    Reaction,
+    Reply,
+    Stage,
+)
+from bot.grid import compose_grid
+from bot.ledger import Ledger, credits
+from bot.policy import Policy
+from bot.providers import GenerationRequest
+from bot.router import Route, RouteContext, Router
+from bot.runner import CompletedJob, JobFailed, JobPlan, JobRunner
+from storage import AssetFiles, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N = 4
+DEFAULT_AR = "1:1"
+DEFAULT_VIDEO_SECONDS = 4
+UPSCALE_LONG_EDGE = 2048
+MAX_SEED = 2**32 - 1
+
+
+class UserError(Exception):
+    """Bad input or a refused action: shown privately to the person; nothing was spent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Draftspec:
+    """The options of a draft request, resolved (defaults applied, seed fixed)."""
+
+    prompt: str
+    ar: str
+    n: int
+    seed: int
+    model: str | None
+    style: str | None
+    negative: str | None
+    hero: bool
+    #: A storyboard's beats: one draft per beat, all on the same seed for a consistent look.
+    beats: list[str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Pipeline:
+    """The use cases, over the router, the runner, the ledger and the store."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        files: AssetFiles,
+        catalog: Catalog,
+        policy: Policy,
+        router: Router,
+        ledger: Ledger,
+        runner: JobRunner,
+        seeds: Callable[[], int] | None = None,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.catalog = catalog
+        self.policy = policy
+        self.router = router
+        self.ledger = ledger
+        self.runner = runner
+        self._seeds = seeds or (lambda: random.SystemRandom().randrange(MAX_SEED))
+
+    # -- drafts ------------------------------------------------------------------------------
+
+    async def draft(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
+        """``/draft``: n drafts on the draft tier, posted as one numbered grid."""
+        self._check_style(inv.style)
+        spec = Draftspec(
+            prompt=inv.prompt or "",
+            ar=inv.ar or DEFAULT_AR,
+            n=inv.n or DEFAULT_N,
+            seed=inv.seed if inv.seed is not None else self._seeds(),
+            model=inv.model,
+            style=inv.style,
+            negative=inv.negative,
+            hero=inv.hero,
+        )
+        route = self._route(origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n,
+                            aspect_ratio=spec.ar)
+        request_id = self.store.create_request(
+            origin=origin.model_dump(), command="draft", prompt=spec.prompt,
+            options=spec.as_dict(),
+        )
+        async for reply in self._draft_grid(origin, request_id, spec, route, thread_of=None):
+            yield reply
+
+    async def storyboard(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
+        """``/tierbot storyboard a | b | c``: one draft per beat, in order, as one grid."""
+        self._check_style(inv.style)
+        spec = Draftspec(
+            prompt=" | ".join(inv.beats),
+            ar=inv.ar or DEFAULT_AR,
+            n=len(inv.beats),
+            seed=inv.seed if inv.seed is not None else self._seeds(),
+            model=inv.model,
+            style=inv.style,
+            negative=inv.negative,
+            hero=inv.hero,
+            beats=list(inv.beats),
+        )
+        route = self._route(origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n,
+                            aspect_ratio=spec.ar)
+        request_id = self.store.create_request(
+            origin=origin.model_dump(), command="storyboard", prompt=spec.prompt,
+            options=spec.as_dict(),
+        )
+        async for reply in self._draft_grid(origin, request_id, spec, route, thread_of=None):
+            yield reply
+
+    async def reroll(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
+        """🔁 on a grid: reject it and draft again with new seeds (routing up after K rejections)."""
+        grid = self._asset(grid_id, AssetKind.GRID, "a draft grid")
+        request = self.store.get_request(grid["request_id"])
+        assert request is not None
+        old = Draftspec(**request["options"])
+        spec = Draftspec(**{**old.as_dict(), "seed": (old.seed + old.n * 7919) % MAX_SEED})
+        rejected = self.store.count_rejected_grids(request["id"])
+        if not any(g["decision"] == Decision.REJECTED for g in self.store.gates(grid_id)):
+            rejected += 1
+        route = self._route(origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n,
+                            aspect_ratio=spec.ar, rejected_grids=rejected)
+        self._authorize(origin, route, "rerolling the drafts")
+        if not self.store.record_gate(grid_id, Decision.REJECTED, user=origin.user,
+                                      surface=origin.surface):
+            raise UserError(f"grid {grid_id} was already rerolled or discarded")
+        self.store.update_request_options(request["id"], spec.as_dict())
+        async for reply in self._draft_grid(origin, request["id"], spec, route, thread_of=grid_id):
+            yield reply
+
+    async def discard(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
+        """❌ on a grid: record the rejection; nothing more is spent on it."""
+        self._asset(grid_id, AssetKind.GRID, "a draft grid")
+        self._authorize_decision(origin, "discarding a grid")
+        if not self.store.record_gate(grid_id, Decision.REJECTED, user=origin.user,
+                                      surface=origin.surface):
+            raise UserError(f"grid {grid_id} was already rerolled or discarded")
+        yield Reply(text=f"🗑️ Grid {grid_id} discarded by {origin.user}.", thread_of=grid_id)
+
+    async def _draft_grid(
+        self, origin: Origin, request_id: str, spec: Draftspec, route: Route, thread_of: str | None
+    ) -> AsyncIterator[Reply]:
+        primary = route.primary
+        price = route.prices.get(primary.id, 0)
+        yield Reply(
+            text=f"⏳ Drafting {spec.n} × “{spec.prompt}” ({spec.ar}, seed {spec.seed}) · "
+            f"{route.reason} · {credits(price)} reserved",
+            thread_of=thread_of,
+            status=True,
+        )
+        jobs = await self._run_chunks(origin, request_id, spec, route)
+        draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
+        drafts = [self.store.get_asset(a) for a in draft_ids]
+        paths = [self.files.path(d["path"]) for d in drafts if d]
+        grid = await asyncio.to_thread(compose_grid, paths)
+        digest, relative = self.files.put(grid.data, grid.mime)
+        grid_id = self.store.save_asset(
+            {
+                "job_id": jobs[0].job_id,
+                "request_id": request_id,
+                "kind": AssetKind.GRID.value,
+                "stage": Stage.DRAFT.value,
+                "sha256": digest,
+                "path": relative,
+                "mime": grid.mime,
+                "width": grid.width,
+                "height": grid.height,
+                "bytes": len(grid.data),
+                "prompt": spec.prompt,
+                "model_id": jobs[0].model.id,
+                "seed": spec.seed,
+                "cost": 0,
+            },
+            parents=draft_ids,
+        )
+        cost = sum(job.cost for job in jobs)
+        numbers = [r.value for r in NUMBER_REACTIONS[: len(draft_ids)]]
+        yield Reply(
+            text=f"🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].model.id} · "
+            f"{credits(cost)}\n{jobs[0].reason}\nReact {numbers[0]}–{numbers[-1]} to take a "
+            f"draft to the final tier, 🔁 to reroll, ❌ to discard.",
+            files=[self.files.path(relative)],
+            reactions=[*numbers, Reaction.REROLL.value, Reaction.DISCARD.value],
+            asset_id=grid_id,
+            thread_of=thread_of,
+        )
+
+    async def _run_chunks(
+        self, origin: Origin, request_id: str, spec: Draftspec, route: Route
+    ) -> list[CompletedJob]:
+        """Split n images into calls the model allows (max_images per call) and run them."""
+        per_call = route.primary.max_images
+        chunks: list[tuple[str, int, int]] = []  # (prompt, images, seed)
+        if spec.beats:
+            chunks = [(beat, 1, spec.seed) for beat in spec.beats]
+        else:
+            seed = spec.seed
+            for start in range(0, spec.n, per_call):
+                size = min(per_call, spec.n - start)
+                chunks.append((spec.prompt, size, seed))
+                seed += size
+        plans = [
+            self._plan(
+                origin, request_id, route, Stage.DRAFT, Capability.TEXT_TO_IMAGE,
+                prompt=prompt, negative=spec.negative, n=size, seed=chunk_seed,
+                aspect_ratio=spec.ar, inputs=[],
+            )
+            for prompt, size, chunk_seed in chunks
+        ]
+        return await self._run_all(plans)
+
+    # -- escalations -------------------------------------------------------------------------
+
+    async def select(
+        self, origin: Origin, grid_id: str, index: int, inv: Invocation | None = None
+    ) -> AsyncIterator[Reply]:
+        """1️⃣..9️⃣ on a grid: escalate draft ``index`` to the final tier.
+
+        The draft is the reference image, its seed is kept, and the prompt is enriched by the
+        style preset's technical words.
+        """
+        grid = self._asset(grid_id, AssetKind.GRID, "a draft grid")
+        drafts = self.store.parents(grid_id)
+        if not 1 <= index <= len(drafts):
+            raise UserError(f"grid {grid_id} has drafts 1 to {len(drafts)}; got {index}")
+        draft = drafts[index - 1]
+        request = self.store.get_request(grid["request_id"])
+        assert request is not None
+        spec = Draftspec(**request["options"])
+        style = (inv.style if inv else None) or spec.style
+        self._check_style(style)
+        hero = spec.hero or bool(inv and inv.hero)
+        prompt = self._enrich(draft["prompt"], style)
+        route = self._route(origin, Stage.FINAL, prompt, model=inv.model if inv else None,
+                            hero=hero, aspect_ratio=None)
+        self._authorize(origin, route, f"taking draft {index} to the final tier")
+        if not self.store.record_gate(draft["id"], Decision.SELECTED, user=origin.user,
+                                      surface=origin.surface):
+            finals = [c["id"] for c in self.store.children(draft["id"]) if c["stage"] == "final"]
+            where = f": final {finals[-1]}" if finals else " (the final is on its way)"
+            raise UserError(f"draft {index} of grid {grid_id} was already escalated{where}")
+        yield self._status(f"Rendering the final of draft {index}", route, thread_of=grid_id)
+        try:
+            (job,) = await self._run_all([
+                self._plan(origin, request["id"], route, Stage.FINAL, Capability.IMAGE_TO_IMAGE,
+                           prompt=prompt, negative=spec.negative, n=1, seed=draft["seed"],
+                           aspect_ratio=spec.ar, inputs=[draft["id"]])
+            ])
+        except JobFailed:
+            self.store.remove_gate(draft["id"], Decision.SELECTED)  # a retry may select again
+            raise
+        yield self._result("✨ Final", job, thread_of=grid_id,
+                           extra=f"from draft {index} of grid {grid_id}, seed {draft['seed']}")
+
+    async def rerender(self, origin: Origin, final_id: str) -> AsyncIterator[Reply]:
+        """🔁 on a final: reject it and render again from the same reference with a new seed."""
+        final = self._image(final_id)
+        parents = self.store.parents(final_id)
+        if final["stage"] not in (Stage.FINAL, Stage.EDIT) or not parents:
+            raise UserError(f"{final_id} is not a final; 🔁 re-renders finals")
+        request = self.store.get_request(final["request_id"])
+        assert request is not None
+        spec = Draftspec(**request["options"])
+        stage = Stage(final["stage"])
+        route = self._route(origin, stage, final["prompt"], hero=spec.hero)
+        self._authorize(origin, route, "re-rendering the final")
+        self.store.record_gate(final_id, Decision.REJECTED, user=origin.user,
+                               surface=origin.surface)
+        yield self._status(f"Re-rendering {final_id}", route, thread_of=final_id)
+        (job,) = await self._run_all([
+            self._plan(origin, request["id"], route, stage, Capability.IMAGE_TO_IMAGE,
+                       prompt=final["prompt"], negative=spec.negative, n=1,
+                       seed=(final["seed"] + 1) % MAX_SEED, aspect_ratio=spec.ar,
+                       inputs=[parents[0]["id"]])
+        ])
+        yield self._result("✨ Re-rendered final", job, thread_of=final_id,
+                           extra=f"replaces {final_id}")
+
+    async def edit(self, origin: Origin, asset_id: str, inv: Invocation) -> AsyncIterator[Reply]:
+        """``/tierbot edit``: image-to-image on an asset with an instruction prompt."""
+        source = self._image(asset_id)
+        instruction = inv.prompt or ""
+        route = self._route(origin, Stage.EDIT, instruction, model=inv.model)
+        self._authorize(origin, route, f"editing {asset_id}")
+        yield self._status(f"Editing {asset_id}", route, thread_of=asset_id)
+        seed = inv.seed if inv.seed is not None else source["seed"] or 0
+        (job,) = await self._run_all([
+            self._plan(origin, source["request_id"], route, Stage.EDIT,
+                       Capability.IMAGE_TO_IMAGE, prompt=instruction, n=1, seed=seed,
+                       aspect_ratio=None, inputs=[asset_id])
+        ])
+        yield self._result("✏️ Edit", job, thread_of=asset_id, extra=f"of {asset_id}")
+
+    async def upscale(self, origin: Origin, asset_id: str, model: str | None = None
+                      ) -> AsyncIterator[Reply]:
+        """⬆️: a 2K upscale of an image."""
+        source = self._image(asset_id)
+        route = self._route(origin, Stage.UPSCALE, source["prompt"] or "", model=model)
+        self._authorize(origin, route, f"upscaling {asset_id}")
+        yield self._status(f"Upscaling {asset_id}", route, thread_of=asset_id)
+        (job,) = await self._run_all([
+            self._plan(origin, source["request_id"], route, Stage.UPSCALE, Capability.UPSCALE,
+                       prompt=source["prompt"] or "", n=1, seed=source["seed"] or 0,
+                       aspect_ratio=None, inputs=[asset_id], long_edge=UPSCALE_LONG_EDGE)
+        ])
+        yield self._result("⬆️ Upscale", job, thread_of=asset_id,
+                           extra=f"of {asset_id} to {UPSCALE_LONG_EDGE} px")
+
+    async def video(self, origin: Origin, asset_id: str, seconds: int | None = None,
+                    model: str | None = None) -> AsyncIterator[Reply]:
+        """🎬: image-to-video with the image as the first frame."""
+        source = self._image(asset_id)
+        seconds = seconds or DEFAULT_VIDEO_SECONDS
+        route = self._route(origin, Stage.VIDEO, source["prompt"] or "", model=model,
+                            seconds=seconds)
+        self._authorize(origin, route, f"making a {seconds}-second video of {asset_id}")
+        yield self._status(f"Animating {asset_id} ({seconds} s)", route, thread_of=asset_id)
+        (job,) = await self._run_all([
+            self._plan(origin, source["request_id"], route, Stage.VIDEO,
+                       Capability.IMAGE_TO_VIDEO, prompt=source["prompt"] or "", n=1,
+                       seed=source["seed"] or 0, aspect_ratio=None, inputs=[asset_id],
+                       duration_s=seconds)
+        ])
+        yield self._result("🎬 Video", job, thread_of=asset_id, extra=f"of {asset_id}",
+                           reactions=[Reaction.APPROVE.value, Reaction.DISCARD.value])
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    async def approve(self, origin: Origin, asset_id: str) -> AsyncIterator[Reply]:
+        """✅: QA sign-off on a final, upscale, edit or video."""
+        asset = self._result_asset(asset_id)
+        self._authorize_decision(origin, "signing off")
+        if not self.store.record_gate(asset_id, Decision.APPROVED, user=origin.user,
+                                      surface=origin.surface):
+            raise UserError(f"{asset_id} is already signed off")
+        yield Reply(text=f"✅ {asset['stage'].capitalize()} {asset_id} signed off by {origin.user}.",
+                    thread_of=asset_id)
+
+    async def reject(self, origin: Origin, asset_id: str) -> AsyncIterator[Reply]:
+        """❌ on a result: record the rejection."""
+        asset = self._result_asset(asset_id)
+        self._authorize_decision(origin, "rejecting")
+        if not self.store.record_gate(asset_id, Decision.REJECTED, user=origin.user,
+                                      surface=origin.surface):
+            raise UserError(f"{asset_id} is already rejected")
+        yield Reply(text=f"❌ {asset['stage'].capitalize()} {asset_id} rejected by {origin.user}.",
+                    thread_of=asset_id)
+
+    # -- read-only ---------------------------------------------------------------------------
+
+    def lineage(self, asset_id: str) -> str:
+        """The lineage tree of an asset: from its first draft to every later result."""
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}")
+        if asset["kind"] == AssetKind.GRID:
+            roots = self.store.parents(asset_id)
+        else:
+            root = asset
+            while parents := self.store.parents(root["id"]):
+                root = parents[0]
+            roots = [root]
+        lines = [f"Lineage of {asset_id}:"]
+        for root in roots:
+            self._tree(root, "", lines, focus=asset_id)
+        return "\n".join(lines)
+
+    def _tree(self, asset: dict[str, Any], indent: str, lines: list[str], focus: str) -> None:
+        lines.append(f"{indent}{self._describe(asset)}{'  ◀' if asset['id'] == focus else ''}")
+        children = [c for c in self.store.children(asset["id"]) if c["kind"] != AssetKind.GRID]
+        for child in children:
+            self._tree(child, indent + "  ", lines, focus)
+
+    def _describe(self, asset: dict[str, Any]) -> str:
+        gates = ", ".join(f"{g['decision']} by {g['user']}" for g in self.store.gates(asset["id"]))
+        size = f"{asset['width']}×{asset['height']}"
+        if asset["duration_s"]:
+            size += f", {asset['duration_s']:.0f} s"
+        grids = [c["id"] for c in self.store.children(asset["id"]) if c["kind"] == AssetKind.GRID]
+        where = f" in grid {grids[0]}" if grids else ""
+        text = (
+            f"{asset['id']} {asset['stage']}{where} · {asset['model_id']} · seed {asset['seed']} · "
+            f"{size} · {credits(asset['cost'] or 0)}"
+        )
+        return f"{text} · {gates}" if gates else text
+
+    def budget(self, origin: Origin) -> str:
+        report = self.ledger.report(origin.team)
+        headroom = self.ledger.headroom(origin.team, origin.channel)
+        lines = [f"Budget for team {origin.team}, channel {origin.channel}: {headroom.describe()}"]
+        for label, key in (("Today", "day"), ("This month", "month")):
+            by_stage = report[key]
+            total = sum(sum(v.values()) for v in by_stage.values())
+            parts = [
+                f"{stage} {credits(sum(v.values()))}" for stage, v in sorted(by_stage.items())
+            ]
+            lines.append(f"{label}: {credits(total)}" + (f" ({', '.join(parts)})" if parts else ""))
+        per_final = report["per_approved_final"]
+        lines.append(
+            f"Approved finals this month: {report['approved_finals']}"
+            + (f", {credits(per_final)} each all told" if per_final is not None else "")
+        )
+        return "\n".join(lines)
+
+    def models(self) -> str:
+        lines = ["id · provider · stages · capabilities · price · status"]
+        for model in sorted(self.catalog.models.values(), key=lambda m: (m.stages[0], m.id)):
+            why = self.router.why_unavailable(model)
+            unit = "image" if model.unit == "image" else "second"
+            lines.append(
+                f"{model.id} · {model.provider} ({model.provider_model}) · "
+                f"{'/'.join(s.value for s in model.stages)} · "
+                f"{', '.join(sorted(c.value for c in model.capabilities))} · "
+                f"{credits(model.price)}/{unit} · "
+                + (f"unavailable: {why}" if why else "available")
+            )
+        styles = ", ".join(sorted(self.catalog.styles))
+        lines.append(f"Styles: {styles}")
+        return "\n".join(lines)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _route(
+        self,
+        origin: Origin,
+        stage: Stage,
+        prompt: str,
+        *,
+        model: str | None = None,
+        hero: bool = False,
+        images: int = 1,
+        seconds: int | None = None,
+        aspect_ratio: str | None = None,
+        rejected_grids: int = 0,
+    ) -> Route:
+        rules = self.policy.rules_for(origin)
+        return self.router.route(
+            RouteContext(
+                stage=stage,
+                prompt=prompt,
+                explicit_model=model,
+                hero=hero,
+                images=images,
+                seconds=seconds,
+                aspect_ratio=aspect_ratio,
+                rejected_grids=rejected_grids,
+                reroute_after=rules.reroute_after_rejections,
+                budget_left=self.ledger.headroom(origin.team, origin.channel).left,
+            )
+        )
+
+    def _authorize(self, origin: Origin, route: Route, action: str) -> None:
+        price = route.prices.get(route.primary.id, 0)
+        if self.policy.may_spend(origin, price):
+            return
+        approvers = ", ".join(self.policy.rules_for(origin).approvers)
+        raise UserError(
+            f"Only approvers can spend credits here: {action} costs {credits(price)}. "
+            f"Ask one of: {approvers}. Nothing was spent."
+        )
+
+    def _authorize_decision(self, origin: Origin, action: str) -> None:
+        if self.policy.is_approver(origin):
+            return
+        approvers = ", ".join(self.policy.rules_for(origin).approvers)
+        raise UserError(f"Only approvers can decide here ({action}). Ask one of: {approvers}.")
+
+    def _check_style(self, style: str | None) -> None:
+        if style is not None and style not in self.catalog.styles:
+            allowed = ", ".join(sorted(self.catalog.styles))
+            raise UserError(f"--style must be one of {allowed}; got {style}")
+
+    def _enrich(self, prompt: str, style: str | None) -> str:
+        if style is None:
+            return prompt
+        return f"{prompt}, {self.catalog.styles[style].adds}"
+
+    def _asset(self, asset_id: str, kind: AssetKind, what: str) -> dict[str, Any]:
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}; check the id on the message")
+        if asset["kind"] != kind:
+            raise UserError(f"{asset_id} is not {what}")
+        return asset
+
+    def _image(self, asset_id: str) -> dict[str, Any]:
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}; check the id on the message")
+        if asset["kind"] != AssetKind.IMAGE:
+            raise UserError(f"{asset_id} is a {asset['kind']}; this needs an image")
+        return asset
+
+    def _result_asset(self, asset_id: str) -> dict[str, Any]:
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}; check the id on the message")
+        if asset["kind"] == AssetKind.GRID or asset["stage"] == Stage.DRAFT:
+            raise UserError(f"{asset_id} is a draft; pick a draft with its number first")
+        return asset
+
+    def _plan(
+        self,
+        origin: Origin,
+        request_id: str,
+        route: Route,
+        stage: Stage,
+        capability: Capability,
+        *,
+        prompt: str,
+        n: int,
+        seed: int,
+        aspect_ratio: str | None,
+        inputs: list[str],
+        negative: str | None = None,
+        long_edge: int | None = None,
+        duration_s: int | None = None,
+    ) -> JobPlan:
+        primary: ModelSpec = route.primary
+        request = GenerationRequest(
+            job_id="",
+            stage=stage,
+            capability=capability,
+            model_id=primary.id,
+            provider_model=primary.provider_model,
+            prompt=prompt,
+            negative_prompt=negative,
+            n=n,
+            seed=seed,
+            aspect_ratio=aspect_ratio or DEFAULT_AR,
+            long_edge=long_edge,
+            duration_s=duration_s,
+            references=[],
+        )
+        prices = {m.id: m.cost(images=n, seconds=duration_s) for m in route.candidates}
+        return JobPlan(
+            request_id=request_id,
+            team=origin.team,
+            channel=origin.channel,
+            request=request,
+            inputs=inputs,
+            candidates=route.candidates,
+            reason=route.reason,
+            prices=prices,
+        )
+
+    async def _run_all(self, plans: list[JobPlan]) -> list[CompletedJob]:
+        """Run jobs concurrently; return those that succeeded, or raise if none did.
+
+        Jobs that succeeded are kept (and charged) even when a sibling failed: their drafts
+        are real and the grid shows them.
+        """
+        results = await asyncio.gather(*(self.runner.run(p) for p in plans),
+                                       return_exceptions=True)
+        done = [r for r in results if isinstance(r, CompletedJob)]
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, JobFailed):
+                raise result
+        if not done:
+            failure = next(r for r in results if isinstance(r, JobFailed))
+            raise failure
+        return done
+
+    def _status(self, what: str, route: Route, *, thread_of: str | None) -> Reply:
+        price = route.prices.get(route.primary.id, 0)
+        return Reply(
+            text=f"⏳ {what} · {route.reason} · {credits(price)} reserved",
+            thread_of=thread_of,
+            status=True,
+        )
+
+    def _result(
+        self,
+        label: str,
+        job: CompletedJob,
+        *,
+        thread_of: str,
+        extra: str,
+        reactions: list[str] | None = None,
+    ) -> Reply:
+        asset_id = job.asset_ids[0]
+        asset = self.store.get_asset(asset_id)
+        assert asset is not None
+        path: Path = self.files.path(asset["path"])
+        return Reply(
+            text=f"{label} {asset_id} {extra} · {job.model.id} · {credits(job.cost)}\n{job.reason}",
+            files=[path],
+            reactions=reactions if reactions is not None else [r.value for r in FINAL_REACTIONS],
+            asset_id=asset_id,
+            thread_of=thread_of,
+        )

@@ -1,0 +1,343 @@
+"""The job runner: durable, retrying, falling back, never charging twice.
+
+One job is one call to one model. Its life:
+
+1. ``plan`` → the job row and its credit reservation are written together (or neither is).
+2. ``submit`` → the provider's request id is stored the moment it is known.
+3. ``result`` → output files are written to the content-addressed store, then the assets,
+   the settlement of the charge and the job's success are committed in one transaction.
+
+Transient errors are retried with exponential backoff and jitter (tenacity), honouring a
+provider's Retry-After; when a candidate's retries are spent the job fails, its reservation
+is released, the model's health records the failure, and the next candidate gets a new job.
+Permanent errors and content-policy refusals fail at once with the provider's reason.
+
+If the process stops mid-job the row stays ``queued`` or ``running``; :meth:`JobRunner.resume`
+polls submitted jobs by their stored request id and resubmits the others, and since the
+charge is settled only in step 3 a resumed job is charged exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from bot.catalog import Catalog, ModelSpec
+from bot.domain import AssetKind, JobState
+from bot.ledger import Ledger, credits
+from bot.providers import (
+    ContentPolicyError,
+    GeneratedFile,
+    GenerationRequest,
+    ProviderError,
+    ProviderRegistry,
+    ProviderUnavailable,
+    TransientError,
+)
+from bot.router import Health
+from storage import AssetFiles, BudgetExceeded, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobPlan:
+    """What the pipeline asks the runner to do: one stage of one request."""
+
+    request_id: str
+    team: str
+    channel: str
+    request: GenerationRequest  # job_id and model fields are filled per candidate
+    inputs: list[str]  # input asset ids: the lineage parents of every output
+    candidates: list[ModelSpec]
+    reason: str
+    prices: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CompletedJob:
+    job_id: str
+    request_id: str
+    model: ModelSpec
+    asset_ids: list[str]
+    cost: int
+    reason: str
+
+
+class JobFailed(Exception):
+    """A job could not produce its result; ``message`` is for people.
+
+    ``kind`` is one of ``permanent``, ``policy`` (a content-policy refusal), ``transient``
+    (every candidate's retries spent), ``budget`` or ``cancelled``.
+    """
+
+    def __init__(self, message: str, kind: str, job_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.job_id = job_id
+
+
+class JobRunner:
+    """Runs jobs on providers with a concurrency limit per provider."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        files: AssetFiles,
+        ledger: Ledger,
+        catalog: Catalog,
+        providers: ProviderRegistry,
+        health: Health,
+        retries: int = 2,
+        max_backoff_s: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.ledger = ledger
+        self.catalog = catalog
+        self.providers = providers
+        self.health = health
+        self.retries = retries
+        self.max_backoff_s = max_backoff_s
+        self.sleep = sleep
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._running: dict[str, asyncio.Task[Any]] = {}
+
+    # -- public ------------------------------------------------------------------------------
+
+    async def run(self, plan: JobPlan) -> CompletedJob:
+        """Run ``plan`` on its first candidate, falling back along the rest.
+
+        Raises:
+            JobFailed: nothing was charged for the failed attempts.
+        """
+        job_id = self._reserve(plan.request_id, plan.team, plan.channel, plan.request,
+                               plan.inputs, plan.candidates, plan.reason, plan.prices)
+        return await self._drive(job_id)
+
+    async def resume(self) -> list[CompletedJob | JobFailed]:
+        """Finish every job a previous process left unfinished, concurrently."""
+        jobs = self.store.unfinished_jobs()
+        if jobs:
+            log.info("resuming %d unfinished job(s)", len(jobs))
+        results = await asyncio.gather(
+            *(self._drive(job["id"]) for job in jobs), return_exceptions=True
+        )
+        outcomes: list[CompletedJob | JobFailed] = []
+        for result in results:
+            if isinstance(result, CompletedJob | JobFailed):
+                outcomes.append(result)
+            elif isinstance(result, BaseException):
+                raise result
+        return outcomes
+
+    async def cancel(self, job_id: str) -> bool:
+        """Stop a queued or running job and release its credits; False if already finished."""
+        job = self.store.get_job(job_id)
+        if job is None or job["state"] not in (JobState.QUEUED, JobState.RUNNING):
+            return False
+        task = self._running.get(job_id)
+        if task is not None:
+            task.cancel()
+        if job.get("provider_request_id"):
+            try:
+                await self.providers.get(job["provider"]).cancel(job["provider_request_id"])
+            except (ProviderError, ProviderUnavailable) as exc:
+                log.warning("cancel of job %s at %s failed: %s", job_id, job["provider"], exc)
+        self.store.fail_job(job_id, state=JobState.CANCELLED, error="cancelled", kind="cancelled")
+        return True
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _reserve(
+        self,
+        request_id: str,
+        team: str,
+        channel: str,
+        request: GenerationRequest,
+        inputs: list[str],
+        candidates: list[ModelSpec],
+        reason: str,
+        prices: dict[str, int],
+    ) -> str:
+        """Write a job for the first affordable candidate, with its reservation."""
+        last: BudgetExceeded | None = None
+        for index, model in enumerate(candidates):
+            price = prices.get(model.id) or model.cost(
+                images=request.n, seconds=request.duration_s
+            )
+            params = request.model_copy(
+                update={"job_id": "", "model_id": model.id, "provider_model": model.provider_model}
+            ).model_dump(mode="json", exclude={"job_id", "references"})
+            try:
+                return self.ledger.reserve_job(
+                    {
+                        "request_id": request_id,
+                        "stage": request.stage.value,
+                        "model_id": model.id,
+                        "provider": model.provider,
+                        "params": params,
+                        "inputs": inputs,
+                        "fallbacks": [m.id for m in candidates[index + 1 :]],
+                        "reason": reason,
+                        "team": team,
+                        "channel": channel,
+                    },
+                    price,
+                )
+            except BudgetExceeded as exc:
+                last = exc
+                log.info("budget refuses %s on %s: %s", request.stage, model.id, exc)
+        assert last is not None
+        raise JobFailed(
+            f"not enough budget: {request.stage.value} costs {credits(last.amount)} and "
+            f"{credits(last.left)} are left of the {last.cap.describe()}",
+            "budget",
+        )
+
+    async def _drive(self, job_id: str) -> CompletedJob:
+        """Execute a job; on exhausted transient errors continue with its fallbacks."""
+        while True:
+            try:
+                return await self._execute(job_id)
+            except _FallBack as fallback:
+                job = self.store.get_job(job_id)
+                assert job is not None
+                candidates = [m for m in map(self.catalog.get, job["fallbacks"]) if m]
+                if not candidates:
+                    raise JobFailed(fallback.message, "transient", job_id) from None
+                request = self._request_for(job)
+                log.info("job %s falls back to %s", job_id, candidates[0].id)
+                job_id = self._reserve(
+                    job["request_id"], job["team"], job["channel"], request, job["inputs"],
+                    candidates, job["reason"], {},
+                )
+
+    def _request_for(self, job: dict[str, Any]) -> GenerationRequest:
+        references = []
+        for asset_id in job["inputs"]:
+            asset = self.store.get_asset(asset_id)
+            if asset is not None:
+                references.append(self.files.path(asset["path"]))
+        return GenerationRequest(job_id=job["id"], references=references, **job["params"])
+
+    def _slot(self, provider: str) -> asyncio.Semaphore:
+        if provider not in self._slots:
+            self._slots[provider] = asyncio.Semaphore(self.catalog.concurrency(provider))
+        return self._slots[provider]
+
+    def _wait(self, state: RetryCallState) -> float:
+        backoff = wait_exponential_jitter(initial=1.0, max=self.max_backoff_s)(state)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TransientError) and error.retry_after is not None:
+            return min(max(error.retry_after, 0.0), self.max_backoff_s)
+        return backoff
+
+    async def _execute(self, job_id: str) -> CompletedJob:
+        job = self.store.get_job(job_id)
+        assert job is not None
+        model = self.catalog.get(job["model_id"])
+        if model is None:
+            self.store.fail_job(job_id, state=JobState.FAILED, error="model left the catalog",
+                                kind="permanent")
+            raise JobFailed(f"{job['model_id']} is no longer in the catalog", "permanent", job_id)
+        request = self._request_for(job)
+        self._running[job_id] = asyncio.current_task()  # type: ignore[assignment]
+        try:
+            provider = self.providers.get(model.provider)
+            async with self._slot(model.provider):
+                outputs = await self._call_with_retries(job_id, provider, request)
+        except ProviderUnavailable as exc:
+            self.store.fail_job(job_id, state=JobState.FAILED, error=str(exc), kind="permanent")
+            raise JobFailed(f"{model.id} is unavailable: {exc}", "permanent", job_id) from None
+        except ContentPolicyError as exc:
+            self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="policy")
+            raise JobFailed(f"{model.id} refused the content: {exc.message}", "policy",
+                            job_id) from None
+        except TransientError as exc:
+            self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="transient")
+            self.health.record_failure(model.id)
+            raise _FallBack(f"{model.id} failed: {exc.message}") from None
+        except ProviderError as exc:
+            self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="permanent")
+            raise JobFailed(f"{model.id} failed: {exc.message}", "permanent", job_id) from None
+        finally:
+            self._running.pop(job_id, None)
+        self.health.record_success(model.id)
+        return await self._complete(job, model, outputs)
+
+    async def _call_with_retries(
+        self, job_id: str, provider: Any, request: GenerationRequest
+    ) -> list[GeneratedFile]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientError),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                job = self.store.get_job(job_id)
+                assert job is not None
+                self.store.update_job(job_id, state=JobState.RUNNING, attempts=job["attempts"] + 1)
+                provider_request_id = job.get("provider_request_id")
+                if not provider_request_id:
+                    provider_request_id = await provider.submit(request)
+                    self.store.update_job(job_id, provider_request_id=provider_request_id)
+                try:
+                    return await provider.result(provider_request_id, request)
+                except TransientError:
+                    # The generation itself failed: the next attempt submits afresh.
+                    self.store.update_job(job_id, provider_request_id=None)
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _complete(
+        self, job: dict[str, Any], model: ModelSpec, outputs: list[GeneratedFile]
+    ) -> CompletedJob:
+        stored = await asyncio.to_thread(
+            lambda: [self.files.put(out.data, out.mime) for out in outputs]
+        )
+        reserved = self.store.ledger_entry(job["id"])
+        seconds = round(max((o.duration_s or 0) for o in outputs)) if outputs else None
+        actual = model.cost(images=len(outputs), seconds=seconds or None)
+        amount = min(actual, reserved["amount"]) if reserved else actual
+        params = job["params"]
+        rows = [
+            {
+                "job_id": job["id"],
+                "request_id": job["request_id"],
+                "kind": (AssetKind.VIDEO if out.mime.startswith("video/") else AssetKind.IMAGE).value,
+                "stage": job["stage"],
+                "sha256": digest,
+                "path": relative,
+                "mime": out.mime,
+                "width": out.width,
+                "height": out.height,
+                "duration_s": out.duration_s,
+                "bytes": len(out.data),
+                "prompt": params["prompt"],
+                "model_id": model.id,
+                "seed": out.seed if out.seed is not None else params.get("seed"),
+                "cost": amount // max(1, len(outputs)),
+            }
+            for out, (digest, relative) in zip(outputs, stored, strict=True)
+        ]
+        asset_ids = self.store.complete_job(job["id"], rows, job["inputs"], amount)
+        return CompletedJob(job["id"], job["request_id"], model, asset_ids, amount, job["reason"])
+
+
+class _FallBack(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message

@@ -1,0 +1,106 @@
+"""Settings: one typed object read from the environment and ``.env``, validated at start.
+
+Every variable is listed, with a one-line comment, in ``.env.example``. tierbot's own
+settings carry the ``TIERBOT_`` prefix; platform and provider credentials keep the names
+their vendors document (``SLACK_BOT_TOKEN``, ``FAL_KEY``, ...). Secrets are ``SecretStr``:
+their values never appear in a ``repr``, a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+
+def _secret(env_name: str) -> Any:
+    return Field(default=None, validation_alias=AliasChoices(env_name))
+
+
+class Settings(BaseSettings):
+    """Everything tierbot reads from its environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TIERBOT_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(default=Path("data"), description="SQLite file and asset store")
+    catalog: Path | None = Field(default=None, description="catalog TOML merged over the shipped one")
+    policy: Path | None = Field(default=None, description="policy TOML: approvers, budgets, thresholds")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8765, ge=1, le=65535)
+    log_level: str = "INFO"
+    #: Transient provider errors are retried this many times per candidate before falling back.
+    retries: int = Field(default=2, ge=0, le=10)
+    #: Upper bound, in seconds, of one backoff wait (Retry-After included).
+    max_backoff_s: float = Field(default=30.0, gt=0)
+
+    # Credentials: switched on by their presence. Names are the vendors' own.
+    slack_bot_token: SecretStr | None = _secret("SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = _secret("SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = _secret("SLACK_SIGNING_SECRET")
+    discord_bot_token: SecretStr | None = _secret("DISCORD_BOT_TOKEN")
+    fal_key: SecretStr | None = _secret("FAL_KEY")
+    gemini_api_key: SecretStr | None = _secret("GEMINI_API_KEY")
+    replicate_api_token: SecretStr | None = _secret("REPLICATE_API_TOKEN")
+    comfyui_url: str | None = Field(default=None, validation_alias=AliasChoices("COMFYUI_URL"))
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in logging.getLevelNamesMapping():
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+        return level
+
+    @field_validator("catalog", "policy")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "tierbot.db"
+
+    @property
+    def asset_dir(self) -> Path:
+        return self.data_dir / "assets"
+
+
+class SettingsError(Exception):
+    """Settings failed validation; the message names each variable and what is wrong."""
+
+
+def _env_name(field_name: str) -> str:
+    field = Settings.model_fields.get(field_name)
+    alias = field.validation_alias if field else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"TIERBOT_{field_name.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings.
+
+    Raises:
+        SettingsError: one line per bad variable, naming it; secret values are never shown.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = _env_name(str(error["loc"][0])) if error["loc"] else "settings"
+            lines.append(f"{name}: {error['msg']}")
+        raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,115 @@
+"""Schema migrations, applied in order at start-up and recorded in ``_sqlite_migrations``.
+
+Add a migration by appending a new decorated function; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlite_utils import Database, Migrations
+
+log = logging.getLogger(__name__)
+
+migrations = Migrations("tierbot")
+
+
+@migrations()
+def m001_initial(db: Database) -> None:
+    db["requests"].create(
+        {
+            "id": str,
+            "created_at": str,
+            "surface": str,
+            "team": str,
+            "channel": str,
+            "user": str,
+            "command": str,
+            "prompt": str,
+            "options": str,
+        },
+        pk="id",
+    )
+    db["jobs"].create(
+        {
+            "id": str,
+            "request_id": str,
+            "stage": str,
+            "model_id": str,
+            "provider": str,
+            "state": str,
+            "provider_request_id": str,
+            "attempts": int,
+            "last_error": str,
+            "error_kind": str,
+            "params": str,  # the GenerationRequest, JSON: enough to resubmit after a restart
+            "inputs": str,  # JSON list of input asset ids (lineage parents)
+            "fallbacks": str,  # JSON list of model ids still to try after this one
+            "reason": str,  # the router's one-line reason
+            "team": str,
+            "channel": str,
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="id",
+        foreign_keys=[("request_id", "requests", "id")],
+    )
+    db["jobs"].create_index(["state"])
+    db["jobs"].create_index(["request_id"])
+    db["assets"].create(
+        {
+            "id": str,
+            "job_id": str,
+            "request_id": str,
+            "kind": str,
+            "stage": str,
+            "sha256": str,
+            "path": str,
+            "mime": str,
+            "width": int,
+            "height": int,
+            "duration_s": float,
+            "bytes": int,
+            "prompt": str,
+            "model_id": str,
+            "seed": int,
+            "cost": int,
+            "created_at": str,
+        },
+        pk="id",
+        foreign_keys=[("request_id", "requests", "id")],
+    )
+    db["assets"].create_index(["job_id"])
+    db["asset_parents"].create(
+        {"asset_id": str, "parent_id": str, "position": int},
+        pk=("asset_id", "position"),
+        foreign_keys=[("asset_id", "assets", "id"), ("parent_id", "assets", "id")],
+    )
+    db["asset_parents"].create_index(["parent_id"])
+    db["gates"].create(
+        {"id": int, "asset_id": str, "decision": str, "user": str, "surface": str, "at": str},
+        pk="id",
+        foreign_keys=[("asset_id", "assets", "id")],
+    )
+    # One decision of each kind per asset: recording it twice is a no-op.
+    db["gates"].create_index(["asset_id", "decision"], unique=True)
+    db["ledger"].create(
+        {
+            "job_id": str,
+            "team": str,
+            "channel": str,
+            "stage": str,
+            "model_id": str,
+            "amount": int,  # milli-credits
+            "state": str,  # reserved -> settled | released
+            "created_at": str,
+            "updated_at": str,
+        },
+        pk="job_id",
+    )
+    db["ledger"].create_index(["team", "created_at"])
+    db["processed_events"].create({"key": str, "at": str}, pk="key")
+    db["messages"].create(
+        {"surface": str, "channel": str, "message_id": str, "asset_id": str, "posted_at": str},
+        pk=("surface", "channel", "message_id"),
+    )

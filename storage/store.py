@@ -1,0 +1,385 @@
+"""The store: every table and every SQL statement of tierbot.
+
+SQLite in WAL mode through sqlite-utils; the schema comes from ``storage.schema``'s
+migrations, recorded in ``_sqlite_migrations``. Writes that must be all-or-nothing (a job and
+its credit reservation, a settlement) run inside ``BEGIN IMMEDIATE``, which takes SQLite's
+write lock before reading, so two processes or threads reserving at once are serialised and
+can never both see the same remaining budget.
+
+Calls are synchronous and short (sub-millisecond in WAL with ``synchronous=NORMAL``); the
+asyncio core calls them directly rather than paying a thread hop per row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import secrets
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from storage.schema import migrations
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+def new_id(nbytes: int = 4) -> str:
+    """A short random id: 8 hex characters by default, short enough to type in a command."""
+    return secrets.token_hex(nbytes)
+
+
+class BudgetExceeded(Exception):
+    """A reservation would take a cap over its limit."""
+
+    def __init__(self, cap: Any, used: int, amount: int) -> None:
+        super().__init__(f"{cap.describe()}: {used} used + {amount} > {cap.limit}")
+        self.cap = cap
+        self.used = used
+        self.amount = amount
+
+    @property
+    def left(self) -> int:
+        return max(0, self.cap.limit - self.used)
+
+
+class Store:
+    """Repositories over one SQLite connection."""
+
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+        self.db = Database(conn)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        migrations.apply(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextlib.contextmanager
+    def _immediate(self) -> Iterator[None]:
+        """A write transaction that holds SQLite's write lock from its first statement."""
+        self.db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.conn.rollback()
+            raise
+        else:
+            self.db.conn.commit()
+
+    def schema_version(self) -> list[str]:
+        return [m.name for m in migrations.applied(self.db)]
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def create_request(
+        self, *, origin: dict[str, Any], command: str, prompt: str | None, options: dict[str, Any]
+    ) -> str:
+        request_id = new_id()
+        self.db["requests"].insert(
+            {
+                "id": request_id,
+                "created_at": utcnow(),
+                "surface": origin["surface"],
+                "team": origin["team"],
+                "channel": origin["channel"],
+                "user": origin["user"],
+                "command": command,
+                "prompt": prompt,
+                "options": json.dumps(options),
+            }
+        )
+        return request_id
+
+    def get_request(self, request_id: str) -> dict[str, Any] | None:
+        row = self._get("requests", request_id)
+        if row is not None:
+            row["options"] = json.loads(row["options"])
+        return row
+
+    def update_request_options(self, request_id: str, options: dict[str, Any]) -> None:
+        self.db["requests"].update(request_id, {"options": json.dumps(options)})
+
+    # -- jobs and the credit ledger ----------------------------------------------------------
+
+    def create_job(
+        self,
+        job: dict[str, Any],
+        *,
+        amount: int,
+        caps: Sequence[tuple[Any, str]],
+    ) -> str:
+        """Insert a queued job and reserve ``amount`` milli-credits for it, atomically.
+
+        Args:
+            job: the job's columns (``id`` is generated when absent).
+            amount: the price to reserve.
+            caps: ``(cap, window_start_iso)`` pairs the reservation counts against.
+
+        Raises:
+            BudgetExceeded: nothing is written.
+        """
+        job = {"id": new_id(8), **job}
+        now = utcnow()
+        with self._immediate():
+            for cap, since in caps:
+                used = self._used(cap.team, cap.channel, since)
+                if used + amount > cap.limit:
+                    raise BudgetExceeded(cap, used, amount)
+            self.db["jobs"].insert(
+                {
+                    "state": "queued",
+                    "attempts": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                    **{k: _json(v) for k, v in job.items()},
+                }
+            )
+            self.db["ledger"].insert(
+                {
+                    "job_id": job["id"],
+                    "team": job["team"],
+                    "channel": job["channel"],
+                    "stage": job["stage"],
+                    "model_id": job["model_id"],
+                    "amount": amount,
+                    "state": "reserved",
+                    "created_at": now,
+                    "updated_at": now,
+                }
+            )
+        return job["id"]
+
+    def _used(self, team: str, channel: str | None, since: str) -> int:
+        sql = "select coalesce(sum(amount), 0) from ledger where team = ? and created_at >= ?"
+        params: list[Any] = [team, since]
+        if channel is not None:
+            sql += " and channel = ?"
+            params.append(channel)
+        sql += " and state in ('reserved', 'settled')"
+        return int(self.db.execute(sql, params).fetchone()[0])
+
+    def used(self, team: str, channel: str | None, since: str) -> int:
+        """Milli-credits reserved or settled in ``team`` (and ``channel``) since ``since``."""
+        return self._used(team, channel, since)
+
+    def settle(self, job_id: str, amount: int) -> bool:
+        """Turn a job's reservation into a charge of ``amount``; False if already settled."""
+        with self._immediate():
+            cursor = self.db.execute(
+                "update ledger set state = 'settled', amount = ?, updated_at = ? "
+                "where job_id = ? and state = 'reserved'",
+                [amount, utcnow(), job_id],
+            )
+            return cursor.rowcount == 1
+
+    def release(self, job_id: str) -> bool:
+        """Return a job's reservation to the budget; False if it was not reserved."""
+        with self._immediate():
+            cursor = self.db.execute(
+                "update ledger set state = 'released', updated_at = ? "
+                "where job_id = ? and state = 'reserved'",
+                [utcnow(), job_id],
+            )
+            return cursor.rowcount == 1
+
+    def ledger_entry(self, job_id: str) -> dict[str, Any] | None:
+        rows = list(self.db["ledger"].rows_where("job_id = ?", [job_id]))
+        return rows[0] if rows else None
+
+    def spend_by_stage(self, team: str, since: str) -> dict[str, dict[str, int]]:
+        """Settled and reserved milli-credits per stage for ``team`` since ``since``."""
+        report: dict[str, dict[str, int]] = {}
+        for stage, state, total in self.db.execute(
+            "select stage, state, sum(amount) from ledger where team = ? and created_at >= ? "
+            "and state in ('reserved', 'settled') group by stage, state",
+            [team, since],
+        ).fetchall():
+            report.setdefault(stage, {})[state] = int(total)
+        return report
+
+    def complete_job(
+        self, job_id: str, assets: Sequence[dict[str, Any]], parents: Sequence[str], amount: int
+    ) -> list[str]:
+        """Record a job's outputs, settle its charge and mark it succeeded, all at once.
+
+        A crash before this commits leaves the job unfinished and uncharged, so resuming it
+        neither loses the outputs nor charges twice. Returns the new asset ids.
+        """
+        ids: list[str] = []
+        with self._immediate():
+            for asset in assets:
+                ids.append(self.save_asset(asset, parents))
+            self.db.execute(
+                "update ledger set state = 'settled', amount = ?, updated_at = ? "
+                "where job_id = ? and state = 'reserved'",
+                [amount, utcnow(), job_id],
+            )
+            self.db["jobs"].update(
+                job_id, {"state": "succeeded", "last_error": None, "updated_at": utcnow()}
+            )
+        return ids
+
+    def fail_job(self, job_id: str, *, state: str, error: str, kind: str) -> None:
+        """Mark a job failed or cancelled and release its reservation, at once."""
+        with self._immediate():
+            self.db["jobs"].update(
+                job_id,
+                {"state": state, "last_error": error, "error_kind": kind, "updated_at": utcnow()},
+            )
+            self.db.execute(
+                "update ledger set state = 'released', updated_at = ? "
+                "where job_id = ? and state = 'reserved'",
+                [utcnow(), job_id],
+            )
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        fields["updated_at"] = utcnow()
+        self.db["jobs"].update(job_id, {k: _json(v) for k, v in fields.items()})
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        row = self._get("jobs", job_id)
+        return _decode_job(row) if row else None
+
+    def unfinished_jobs(self) -> list[dict[str, Any]]:
+        rows = self.db["jobs"].rows_where(
+            "state in ('queued', 'running')", order_by="created_at"
+        )
+        return [_decode_job(r) for r in rows]
+
+    def jobs_for_request(self, request_id: str) -> list[dict[str, Any]]:
+        rows = self.db["jobs"].rows_where("request_id = ?", [request_id], order_by="created_at")
+        return [_decode_job(r) for r in rows]
+
+    # -- assets and lineage ------------------------------------------------------------------
+
+    def save_asset(self, asset: dict[str, Any], parents: Sequence[str] = ()) -> str:
+        """Insert an asset row and its ordered parent links in one transaction."""
+        asset = {"created_at": utcnow(), **asset}
+        with self.db.atomic():
+            for _ in range(5):  # 8-hex ids: retry the rare collision
+                asset_id = asset.get("id") or new_id()
+                if self._get("assets", asset_id) is None:
+                    break
+            self.db["assets"].insert({**asset, "id": asset_id})
+            self.db["asset_parents"].insert_all(
+                {"asset_id": asset_id, "parent_id": parent, "position": i}
+                for i, parent in enumerate(parents, start=1)
+            )
+        return asset_id
+
+    def get_asset(self, asset_id: str) -> dict[str, Any] | None:
+        return self._get("assets", asset_id)
+
+    def parents(self, asset_id: str) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select a.*, p.position from asset_parents p join assets a on a.id = p.parent_id "
+                "where p.asset_id = ? order by p.position",
+                [asset_id],
+            )
+        )
+
+    def children(self, asset_id: str) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select a.* from asset_parents p join assets a on a.id = p.asset_id "
+                "where p.parent_id = ? order by a.created_at",
+                [asset_id],
+            )
+        )
+
+    def assets_for_job(self, job_id: str) -> list[dict[str, Any]]:
+        return list(self.db["assets"].rows_where("job_id = ?", [job_id], order_by="rowid"))
+
+    # -- gates -------------------------------------------------------------------------------
+
+    def record_gate(self, asset_id: str, decision: str, *, user: str, surface: str) -> bool:
+        """Record a human decision once; False if that decision was already on the asset."""
+        cursor = self.db.execute(
+            "insert or ignore into gates (asset_id, decision, user, surface, at) "
+            "values (?, ?, ?, ?, ?)",
+            [asset_id, decision, user, surface, utcnow()],
+        )
+        return cursor.rowcount == 1
+
+    def remove_gate(self, asset_id: str, decision: str) -> None:
+        self.db.execute("delete from gates where asset_id = ? and decision = ?", [asset_id, decision])
+
+    def gates(self, asset_id: str) -> list[dict[str, Any]]:
+        return list(self.db["gates"].rows_where("asset_id = ?", [asset_id], order_by="at"))
+
+    def count_rejected_grids(self, request_id: str) -> int:
+        row = self.db.execute(
+            "select count(*) from gates g join assets a on a.id = g.asset_id "
+            "where a.request_id = ? and a.kind = 'grid' and g.decision = 'rejected'",
+            [request_id],
+        ).fetchone()
+        return int(row[0])
+
+    def approved_finals(self, team: str, since: str) -> int:
+        row = self.db.execute(
+            "select count(distinct g.asset_id) from gates g join assets a on a.id = g.asset_id "
+            "join requests r on r.id = a.request_id "
+            "where g.decision = 'approved' and r.team = ? and g.at >= ?",
+            [team, since],
+        ).fetchone()
+        return int(row[0])
+
+    # -- chat bookkeeping --------------------------------------------------------------------
+
+    def first_delivery(self, key: str) -> bool:
+        """Mark an inbound event as processed; False if it was seen before."""
+        cursor = self.db.execute(
+            "insert or ignore into processed_events (key, at) values (?, ?)", [key, utcnow()]
+        )
+        return cursor.rowcount == 1
+
+    def record_message(self, surface: str, channel: str, message_id: str, asset_id: str) -> None:
+        self.db["messages"].upsert(
+            {
+                "surface": surface,
+                "channel": channel,
+                "message_id": message_id,
+                "asset_id": asset_id,
+                "posted_at": utcnow(),
+            },
+            pk=("surface", "channel", "message_id"),
+        )
+
+    def asset_for_message(self, surface: str, channel: str, message_id: str) -> str | None:
+        row = self.db.execute(
+            "select asset_id from messages where surface = ? and channel = ? and message_id = ?",
+            [surface, channel, message_id],
+        ).fetchone()
+        return row[0] if row else None
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _get(self, table: str, pk: str) -> dict[str, Any] | None:
+        rows = list(self.db[table].rows_where("id = ?", [pk]))
+        return rows[0] if rows else None
+
+
+def _json(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
+    for field in ("params", "fallbacks", "inputs"):
+        if isinstance(row.get(field), str):
+            row[field] = json.loads(row[field])
+    return row
