@@ -87,9 +87,15 @@ def build(settings: Settings, providers: ProviderRegistry | None = None) -> Serv
         max_backoff_s=settings.max_backoff_s,
     )
     pipeline = Pipeline(
-        store=store, files=files, catalog=catalog, policy=policy, router=router,
-        ledger=ledger, runner=runner,
+        store=store,
+        files=files,
+        catalog=catalog,
+        policy=policy,
+        router=router,
+        ledger=ledger,
+        runner=runner,
     )
     bot = Tierbot(store=store, pipeline=pipeline, runner=runner)
-    return Services(settings, store, files, catalog, policy, registry, router, ledger, runner,
-                    pipeline, bot)
+    return Services(
+        settings, store, files, catalog, policy, registry, router, ledger, runner, pipeline, bot
+    )

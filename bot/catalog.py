@@ -49,7 +49,7 @@ class ModelSpec(BaseModel):
     description: str = ""
 
     def cost(self, *, images: int = 1, seconds: int | None = None) -> int:
-        """Price in milli-credits of one call producing ``images`` images or ``seconds`` of video."""
+        """Milli-credits for one call making ``images`` images or ``seconds`` of video."""
         if self.unit == "second":
             return self.price * (seconds or 0)
         return self.price * images

@@ -81,29 +81,36 @@ async def demo(services: Services) -> int:
     async def step(title: str, command: str, text: str) -> Reply | None:
         print(f"── {title}: /{command} {text}".rstrip())
         t0 = time.perf_counter()
-        replies = await _collect(bot.handle_command(CommandEvent(origin=origin, command=command,
-                                                                 text=text)))
+        replies = await _collect(
+            bot.handle_command(CommandEvent(origin=origin, command=command, text=text))
+        )
         print(f"   ({time.perf_counter() - t0:.1f} s)\n")
         if any(r.error for r in replies):
             return None
         return next((r for r in replies if r.asset_id), replies[-1] if replies else None)
 
-    grid = await step("1. four drafts on the draft tier", "draft",
-                      f'"{DEMO_PROMPT}" --ar 16:9 --n 4 --style cinematic')
+    grid = await step(
+        "1. four drafts on the draft tier",
+        "draft",
+        f'"{DEMO_PROMPT}" --ar 16:9 --n 4 --style cinematic',
+    )
     if grid is None or grid.asset_id is None:
         return 1
     final = await step("2. draft 2 to the final tier", "tierbot", f"select {grid.asset_id} 2")
     if final is None or final.asset_id is None:
         return 1
     upscale = await step("3. a 2K upscale of the final", "tierbot", f"upscale {final.asset_id}")
-    video = await step("4. a 4-second video of the final", "tierbot",
-                       f"video {final.asset_id} --seconds 4")
+    video = await step(
+        "4. a 4-second video of the final", "tierbot", f"video {final.asset_id} --seconds 4"
+    )
     if upscale is None or video is None or video.asset_id is None:
         return 1
     await step("5. lineage", "tierbot", f"lineage {video.asset_id}")
     await step("6. budget", "tierbot", "budget")
-    print(f"Demo finished in {time.perf_counter() - started:.1f} s. "
-          f"Files are under {services.settings.asset_dir}.")
+    print(
+        f"Demo finished in {time.perf_counter() - started:.1f} s. "
+        f"Files are under {services.settings.asset_dir}."
+    )
     return 0
 
 
@@ -114,10 +121,13 @@ async def serve(services: Services) -> int:
     if outcomes:
         print(f"Resumed {len(outcomes)} unfinished job(s).")
     print("Slack: " + ("token set" if settings.slack_bot_token else "off (set SLACK_BOT_TOKEN)"))
-    print("Discord: " + ("token set" if settings.discord_bot_token
-                         else "off (set DISCORD_BOT_TOKEN)"))
-    print("No chat surface can start in this version yet: use the CLI (`tierbot help`) "
-          "or `tierbot demo`.")
+    print(
+        "Discord: " + ("token set" if settings.discord_bot_token else "off (set DISCORD_BOT_TOKEN)")
+    )
+    print(
+        "No chat surface can start in this version yet: use the CLI (`tierbot help`) "
+        "or `tierbot demo`."
+    )
     return 0
 
 
@@ -144,8 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return asyncio.run(_main_async(settings, args))
     except (CatalogError, PolicyError) as exc:

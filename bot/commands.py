@@ -248,7 +248,9 @@ def _text(limit: int) -> Converter:
     def convert(name: str, raw: str) -> str:
         value = _normalise(raw)
         if len(value) > limit:
-            raise CommandError(MSG_OPTION_TOO_LONG.format(name=name, length=len(value), limit=limit))
+            raise CommandError(
+                MSG_OPTION_TOO_LONG.format(name=name, length=len(value), limit=limit)
+            )
         return value
 
     return convert
@@ -283,8 +285,12 @@ FLAGS: dict[str, FlagSpec] = {
         FlagSpec(
             "ar", "ar", "aspect ratio: " + ", ".join(ASPECT_RATIOS), "W:H", _choice(ASPECT_RATIOS)
         ),
-        FlagSpec("n", "n", f"how many drafts (default {DEFAULT_N})", f"1..{MAX_N}", _whole(1, MAX_N)),
-        FlagSpec("seed", "seed", f"seed to repeat a result, 0 to {MAX_SEED}", "N", _whole(0, MAX_SEED)),
+        FlagSpec(
+            "n", "n", f"how many drafts (default {DEFAULT_N})", f"1..{MAX_N}", _whole(1, MAX_N)
+        ),
+        FlagSpec(
+            "seed", "seed", f"seed to repeat a result, 0 to {MAX_SEED}", "N", _whole(0, MAX_SEED)
+        ),
         FlagSpec("model", "model", "model id (see /tierbot models)", "ID", _text(MAX_NAME_CHARS)),
         FlagSpec("style", "style", "named style preset", "NAME", _text(MAX_NAME_CHARS)),
         FlagSpec(
@@ -568,7 +574,9 @@ register(
         example=f"/tierbot lineage {_EXAMPLE_ID}",
     )
 )
-register(CommandSpec("budget", "Show the spend so far and the budget left.", example="/tierbot budget"))
+register(
+    CommandSpec("budget", "Show the spend so far and the budget left.", example="/tierbot budget")
+)
 register(CommandSpec("models", "List the models for each stage.", example="/tierbot models"))
 register(
     CommandSpec(
@@ -744,7 +752,9 @@ def _unknown_option(name: str, spec: CommandSpec) -> CommandError:
     return CommandError(MSG_UNKNOWN_OPTION_NONE.format(name=shown, command=spec.name))
 
 
-def _take_options(spec: CommandSpec, tokens: list[_Token]) -> tuple[list[_Token], dict[str, object]]:
+def _take_options(
+    spec: CommandSpec, tokens: list[_Token]
+) -> tuple[list[_Token], dict[str, object]]:
     """Pull the options out of ``tokens``; return the other tokens and the option values."""
     flags = [_as_flag(t) for t in tokens]
     words: list[_Token] = []
@@ -805,7 +815,9 @@ def _split_beats(spec: CommandSpec, words: list[_Token]) -> list[str]:
     beats = [_normalise(" ".join(piece)) for piece in pieces]
     if not any(beats):
         raise CommandError(
-            MSG_NEEDS_PROMPT.format(invoke=spec.invoke, label=spec.prompt_label, example=spec.example)
+            MSG_NEEDS_PROMPT.format(
+                invoke=spec.invoke, label=spec.prompt_label, example=spec.example
+            )
         )
     for number, beat in enumerate(beats, start=1):
         if not beat:
@@ -835,7 +847,9 @@ def _parse_spec(spec: CommandSpec, tokens: list[_Token]) -> Invocation:
         extra = _shown(" ".join(w.text for w in rest))
         if spec.max_args == 0:
             raise CommandError(MSG_NO_ARGS.format(invoke=spec.invoke, extra=extra))
-        what = _join_and([ARG_DESCRIPTIONS.get(a, f"<{a}>") for a in spec.args + spec.optional_args])
+        what = _join_and(
+            [ARG_DESCRIPTIONS.get(a, f"<{a}>") for a in spec.args + spec.optional_args]
+        )
         raise CommandError(
             MSG_EXTRA_ARGS.format(invoke=spec.invoke, what=what, extra=extra, usage=spec.usage)
         )

@@ -89,7 +89,11 @@ class Tierbot:
         except (UserError, RouteRefused) as exc:
             yield _private_error(exc.message)
         except JobFailed as exc:
-            prefix = "🚫 Refused by the provider's content policy" if exc.kind == "policy" else "⚠️ Failed"
+            prefix = (
+                "🚫 Refused by the provider's content policy"
+                if exc.kind == "policy"
+                else "⚠️ Failed"
+            )
             yield Reply(text=f"{prefix}: {exc.message}. Nothing was charged.", error=True)
         except Exception:
             ref = secrets.token_hex(3)
@@ -168,8 +172,10 @@ class Tierbot:
                 replies = pipeline.video(origin, asset_id)
             elif key == normalize_emoji(Reaction.UPSCALE) and not is_video:
                 replies = pipeline.upscale(origin, asset_id)
-            elif key == normalize_emoji(Reaction.REROLL) and asset["stage"] in (Stage.FINAL,
-                                                                                 Stage.EDIT):
+            elif key == normalize_emoji(Reaction.REROLL) and asset["stage"] in (
+                Stage.FINAL,
+                Stage.EDIT,
+            ):
                 replies = pipeline.rerender(origin, asset_id)
             else:
                 allowed = "✅ or ❌" if is_video else "🎬, ⬆️, ✅, 🔁 or ❌"

@@ -110,6 +110,7 @@ def compose_grid(
     Raises:
         ValueError: Wrong number of images, an unreadable image, an unknown format, a cell
             smaller than 64 px, or ``max_bytes`` too small to be met.
+        FileNotFoundError: A path in ``images`` does not exist.
     """
     columns, rows = grid_layout(len(images))
     key = image_format.upper()

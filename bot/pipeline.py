@@ -116,10 +116,13 @@ class Pipeline:
             negative=inv.negative,
             hero=inv.hero,
         )
-        route = self._route(origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n,
-                            aspect_ratio=spec.ar)
+        route = self._route(
+            origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n, aspect_ratio=spec.ar
+        )
         request_id = self.store.create_request(
-            origin=origin.model_dump(), command="draft", prompt=spec.prompt,
+            origin=origin.model_dump(),
+            command="draft",
+            prompt=spec.prompt,
             options=spec.as_dict(),
         )
         async for reply in self._draft_grid(origin, request_id, spec, route, thread_of=None):
@@ -139,17 +142,20 @@ class Pipeline:
             hero=inv.hero,
             beats=list(inv.beats),
         )
-        route = self._route(origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n,
-                            aspect_ratio=spec.ar)
+        route = self._route(
+            origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n, aspect_ratio=spec.ar
+        )
         request_id = self.store.create_request(
-            origin=origin.model_dump(), command="storyboard", prompt=spec.prompt,
+            origin=origin.model_dump(),
+            command="storyboard",
+            prompt=spec.prompt,
             options=spec.as_dict(),
         )
         async for reply in self._draft_grid(origin, request_id, spec, route, thread_of=None):
             yield reply
 
     async def reroll(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
-        """🔁 on a grid: reject it and draft again with new seeds (routing up after K rejections)."""
+        """🔁 on a grid: reject it and draft again with new seeds (up a tier after K rejections)."""
         grid = self._asset(grid_id, AssetKind.GRID, "a draft grid")
         request = self.store.get_request(grid["request_id"])
         assert request is not None
@@ -158,11 +164,19 @@ class Pipeline:
         rejected = self.store.count_rejected_grids(request["id"])
         if not any(g["decision"] == Decision.REJECTED for g in self.store.gates(grid_id)):
             rejected += 1
-        route = self._route(origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n,
-                            aspect_ratio=spec.ar, rejected_grids=rejected)
+        route = self._route(
+            origin,
+            Stage.DRAFT,
+            spec.prompt,
+            model=spec.model,
+            images=spec.n,
+            aspect_ratio=spec.ar,
+            rejected_grids=rejected,
+        )
         self._authorize(origin, route, "rerolling the drafts")
-        if not self.store.record_gate(grid_id, Decision.REJECTED, user=origin.user,
-                                      surface=origin.surface):
+        if not self.store.record_gate(
+            grid_id, Decision.REJECTED, user=origin.user, surface=origin.surface
+        ):
             raise UserError(f"grid {grid_id} was already rerolled or discarded")
         self.store.update_request_options(request["id"], spec.as_dict())
         async for reply in self._draft_grid(origin, request["id"], spec, route, thread_of=grid_id):
@@ -172,8 +186,9 @@ class Pipeline:
         """❌ on a grid: record the rejection; nothing more is spent on it."""
         self._asset(grid_id, AssetKind.GRID, "a draft grid")
         self._authorize_decision(origin, "discarding a grid")
-        if not self.store.record_gate(grid_id, Decision.REJECTED, user=origin.user,
-                                      surface=origin.surface):
+        if not self.store.record_gate(
+            grid_id, Decision.REJECTED, user=origin.user, surface=origin.surface
+        ):
             raise UserError(f"grid {grid_id} was already rerolled or discarded")
         yield Reply(text=f"🗑️ Grid {grid_id} discarded by {origin.user}.", thread_of=grid_id)
 
@@ -241,9 +256,17 @@ class Pipeline:
                 seed += size
         plans = [
             self._plan(
-                origin, request_id, route, Stage.DRAFT, Capability.TEXT_TO_IMAGE,
-                prompt=prompt, negative=spec.negative, n=size, seed=chunk_seed,
-                aspect_ratio=spec.ar, inputs=[],
+                origin,
+                request_id,
+                route,
+                Stage.DRAFT,
+                Capability.TEXT_TO_IMAGE,
+                prompt=prompt,
+                negative=spec.negative,
+                n=size,
+                seed=chunk_seed,
+                aspect_ratio=spec.ar,
+                inputs=[],
             )
             for prompt, size, chunk_seed in chunks
         ]
@@ -271,26 +294,49 @@ class Pipeline:
         self._check_style(style)
         hero = spec.hero or bool(inv and inv.hero)
         prompt = self._enrich(draft["prompt"], style)
-        route = self._route(origin, Stage.FINAL, prompt, model=inv.model if inv else None,
-                            hero=hero, aspect_ratio=None)
+        route = self._route(
+            origin,
+            Stage.FINAL,
+            prompt,
+            model=inv.model if inv else None,
+            hero=hero,
+            aspect_ratio=None,
+        )
         self._authorize(origin, route, f"taking draft {index} to the final tier")
-        if not self.store.record_gate(draft["id"], Decision.SELECTED, user=origin.user,
-                                      surface=origin.surface):
+        if not self.store.record_gate(
+            draft["id"], Decision.SELECTED, user=origin.user, surface=origin.surface
+        ):
             finals = [c["id"] for c in self.store.children(draft["id"]) if c["stage"] == "final"]
             where = f": final {finals[-1]}" if finals else " (the final is on its way)"
             raise UserError(f"draft {index} of grid {grid_id} was already escalated{where}")
         yield self._status(f"Rendering the final of draft {index}", route, thread_of=grid_id)
         try:
-            (job,) = await self._run_all([
-                self._plan(origin, request["id"], route, Stage.FINAL, Capability.IMAGE_TO_IMAGE,
-                           prompt=prompt, negative=spec.negative, n=1, seed=draft["seed"],
-                           aspect_ratio=spec.ar, inputs=[draft["id"]])
-            ])
+            (job,) = await self._run_all(
+                [
+                    self._plan(
+                        origin,
+                        request["id"],
+                        route,
+                        Stage.FINAL,
+                        Capability.IMAGE_TO_IMAGE,
+                        prompt=prompt,
+                        negative=spec.negative,
+                        n=1,
+                        seed=draft["seed"],
+                        aspect_ratio=spec.ar,
+                        inputs=[draft["id"]],
+                    )
+                ]
+            )
         except JobFailed:
             self.store.remove_gate(draft["id"], Decision.SELECTED)  # a retry may select again
             raise
-        yield self._result("✨ Final", job, thread_of=grid_id,
-                           extra=f"from draft {index} of grid {grid_id}, seed {draft['seed']}")
+        yield self._result(
+            "✨ Final",
+            job,
+            thread_of=grid_id,
+            extra=f"from draft {index} of grid {grid_id}, seed {draft['seed']}",
+        )
 
     async def rerender(self, origin: Origin, final_id: str) -> AsyncIterator[Reply]:
         """🔁 on a final: reject it and render again from the same reference with a new seed."""
@@ -304,17 +350,30 @@ class Pipeline:
         stage = Stage(final["stage"])
         route = self._route(origin, stage, final["prompt"], hero=spec.hero)
         self._authorize(origin, route, "re-rendering the final")
-        self.store.record_gate(final_id, Decision.REJECTED, user=origin.user,
-                               surface=origin.surface)
+        self.store.record_gate(
+            final_id, Decision.REJECTED, user=origin.user, surface=origin.surface
+        )
         yield self._status(f"Re-rendering {final_id}", route, thread_of=final_id)
-        (job,) = await self._run_all([
-            self._plan(origin, request["id"], route, stage, Capability.IMAGE_TO_IMAGE,
-                       prompt=final["prompt"], negative=spec.negative, n=1,
-                       seed=(final["seed"] + 1) % MAX_SEED, aspect_ratio=spec.ar,
-                       inputs=[parents[0]["id"]])
-        ])
-        yield self._result("✨ Re-rendered final", job, thread_of=final_id,
-                           extra=f"replaces {final_id}")
+        (job,) = await self._run_all(
+            [
+                self._plan(
+                    origin,
+                    request["id"],
+                    route,
+                    stage,
+                    Capability.IMAGE_TO_IMAGE,
+                    prompt=final["prompt"],
+                    negative=spec.negative,
+                    n=1,
+                    seed=(final["seed"] + 1) % MAX_SEED,
+                    aspect_ratio=spec.ar,
+                    inputs=[parents[0]["id"]],
+                )
+            ]
+        )
+        yield self._result(
+            "✨ Re-rendered final", job, thread_of=final_id, extra=f"replaces {final_id}"
+        )
 
     async def edit(self, origin: Origin, asset_id: str, inv: Invocation) -> AsyncIterator[Reply]:
         """``/tierbot edit``: image-to-image on an asset with an instruction prompt."""
@@ -324,45 +383,88 @@ class Pipeline:
         self._authorize(origin, route, f"editing {asset_id}")
         yield self._status(f"Editing {asset_id}", route, thread_of=asset_id)
         seed = inv.seed if inv.seed is not None else source["seed"] or 0
-        (job,) = await self._run_all([
-            self._plan(origin, source["request_id"], route, Stage.EDIT,
-                       Capability.IMAGE_TO_IMAGE, prompt=instruction, n=1, seed=seed,
-                       aspect_ratio=None, inputs=[asset_id])
-        ])
+        (job,) = await self._run_all(
+            [
+                self._plan(
+                    origin,
+                    source["request_id"],
+                    route,
+                    Stage.EDIT,
+                    Capability.IMAGE_TO_IMAGE,
+                    prompt=instruction,
+                    n=1,
+                    seed=seed,
+                    aspect_ratio=None,
+                    inputs=[asset_id],
+                )
+            ]
+        )
         yield self._result("✏️ Edit", job, thread_of=asset_id, extra=f"of {asset_id}")
 
-    async def upscale(self, origin: Origin, asset_id: str, model: str | None = None
-                      ) -> AsyncIterator[Reply]:
+    async def upscale(
+        self, origin: Origin, asset_id: str, model: str | None = None
+    ) -> AsyncIterator[Reply]:
         """⬆️: a 2K upscale of an image."""
         source = self._image(asset_id)
         route = self._route(origin, Stage.UPSCALE, source["prompt"] or "", model=model)
         self._authorize(origin, route, f"upscaling {asset_id}")
         yield self._status(f"Upscaling {asset_id}", route, thread_of=asset_id)
-        (job,) = await self._run_all([
-            self._plan(origin, source["request_id"], route, Stage.UPSCALE, Capability.UPSCALE,
-                       prompt=source["prompt"] or "", n=1, seed=source["seed"] or 0,
-                       aspect_ratio=None, inputs=[asset_id], long_edge=UPSCALE_LONG_EDGE)
-        ])
-        yield self._result("⬆️ Upscale", job, thread_of=asset_id,
-                           extra=f"of {asset_id} to {UPSCALE_LONG_EDGE} px")
+        (job,) = await self._run_all(
+            [
+                self._plan(
+                    origin,
+                    source["request_id"],
+                    route,
+                    Stage.UPSCALE,
+                    Capability.UPSCALE,
+                    prompt=source["prompt"] or "",
+                    n=1,
+                    seed=source["seed"] or 0,
+                    aspect_ratio=None,
+                    inputs=[asset_id],
+                    long_edge=UPSCALE_LONG_EDGE,
+                )
+            ]
+        )
+        yield self._result(
+            "⬆️ Upscale", job, thread_of=asset_id, extra=f"of {asset_id} to {UPSCALE_LONG_EDGE} px"
+        )
 
-    async def video(self, origin: Origin, asset_id: str, seconds: int | None = None,
-                    model: str | None = None) -> AsyncIterator[Reply]:
+    async def video(
+        self, origin: Origin, asset_id: str, seconds: int | None = None, model: str | None = None
+    ) -> AsyncIterator[Reply]:
         """🎬: image-to-video with the image as the first frame."""
         source = self._image(asset_id)
         seconds = seconds or DEFAULT_VIDEO_SECONDS
-        route = self._route(origin, Stage.VIDEO, source["prompt"] or "", model=model,
-                            seconds=seconds)
+        route = self._route(
+            origin, Stage.VIDEO, source["prompt"] or "", model=model, seconds=seconds
+        )
         self._authorize(origin, route, f"making a {seconds}-second video of {asset_id}")
         yield self._status(f"Animating {asset_id} ({seconds} s)", route, thread_of=asset_id)
-        (job,) = await self._run_all([
-            self._plan(origin, source["request_id"], route, Stage.VIDEO,
-                       Capability.IMAGE_TO_VIDEO, prompt=source["prompt"] or "", n=1,
-                       seed=source["seed"] or 0, aspect_ratio=None, inputs=[asset_id],
-                       duration_s=seconds)
-        ])
-        yield self._result("🎬 Video", job, thread_of=asset_id, extra=f"of {asset_id}",
-                           reactions=[Reaction.APPROVE.value, Reaction.DISCARD.value])
+        (job,) = await self._run_all(
+            [
+                self._plan(
+                    origin,
+                    source["request_id"],
+                    route,
+                    Stage.VIDEO,
+                    Capability.IMAGE_TO_VIDEO,
+                    prompt=source["prompt"] or "",
+                    n=1,
+                    seed=source["seed"] or 0,
+                    aspect_ratio=None,
+                    inputs=[asset_id],
+                    duration_s=seconds,
+                )
+            ]
+        )
+        yield self._result(
+            "🎬 Video",
+            job,
+            thread_of=asset_id,
+            extra=f"of {asset_id}",
+            reactions=[Reaction.APPROVE.value, Reaction.DISCARD.value],
+        )
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -370,21 +472,27 @@ class Pipeline:
         """✅: QA sign-off on a final, upscale, edit or video."""
         asset = self._result_asset(asset_id)
         self._authorize_decision(origin, "signing off")
-        if not self.store.record_gate(asset_id, Decision.APPROVED, user=origin.user,
-                                      surface=origin.surface):
+        if not self.store.record_gate(
+            asset_id, Decision.APPROVED, user=origin.user, surface=origin.surface
+        ):
             raise UserError(f"{asset_id} is already signed off")
-        yield Reply(text=f"✅ {asset['stage'].capitalize()} {asset_id} signed off by {origin.user}.",
-                    thread_of=asset_id)
+        yield Reply(
+            text=f"✅ {asset['stage'].capitalize()} {asset_id} signed off by {origin.user}.",
+            thread_of=asset_id,
+        )
 
     async def reject(self, origin: Origin, asset_id: str) -> AsyncIterator[Reply]:
         """❌ on a result: record the rejection."""
         asset = self._result_asset(asset_id)
         self._authorize_decision(origin, "rejecting")
-        if not self.store.record_gate(asset_id, Decision.REJECTED, user=origin.user,
-                                      surface=origin.surface):
+        if not self.store.record_gate(
+            asset_id, Decision.REJECTED, user=origin.user, surface=origin.surface
+        ):
             raise UserError(f"{asset_id} is already rejected")
-        yield Reply(text=f"❌ {asset['stage'].capitalize()} {asset_id} rejected by {origin.user}.",
-                    thread_of=asset_id)
+        yield Reply(
+            text=f"❌ {asset['stage'].capitalize()} {asset_id} rejected by {origin.user}.",
+            thread_of=asset_id,
+        )
 
     # -- read-only ---------------------------------------------------------------------------
 
@@ -431,9 +539,7 @@ class Pipeline:
         for label, key in (("Today", "day"), ("This month", "month")):
             by_stage = report[key]
             total = sum(sum(v.values()) for v in by_stage.values())
-            parts = [
-                f"{stage} {credits(sum(v.values()))}" for stage, v in sorted(by_stage.items())
-            ]
+            parts = [f"{stage} {credits(sum(v.values()))}" for stage, v in sorted(by_stage.items())]
             lines.append(f"{label}: {credits(total)}" + (f" ({', '.join(parts)})" if parts else ""))
         per_final = report["per_approved_final"]
         lines.append(
@@ -590,8 +696,7 @@ class Pipeline:
         Jobs that succeeded are kept (and charged) even when a sibling failed: their drafts
         are real and the grid shows them.
         """
-        results = await asyncio.gather(*(self.runner.run(p) for p in plans),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(self.runner.run(p) for p in plans), return_exceptions=True)
         done = [r for r in results if isinstance(r, CompletedJob)]
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, JobFailed):

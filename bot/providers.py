@@ -97,7 +97,9 @@ class Provider(Protocol):
         """Start a generation and return the provider's request id at once."""
         ...
 
-    async def result(self, provider_request_id: str, request: GenerationRequest) -> list[GeneratedFile]:
+    async def result(
+        self, provider_request_id: str, request: GenerationRequest
+    ) -> list[GeneratedFile]:
         """Wait for (poll) a submitted generation and return its files.
 
         Adapters retry their own polling hiccups. A :class:`TransientError` raised here means

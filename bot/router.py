@@ -11,12 +11,12 @@ The rules, in the order they apply (each has a table-driven test in ``tests/test
    unknown, unavailable, lacks the capability, is cooling down or is over budget.
 4. **Order.** ``--hero`` finals take the highest ``quality`` regardless of price; drafts and
    video go cheapest first (then fastest); final, edit and upscale follow the catalog ``rank``.
-5. **Scene complexity.** A prompt with several interacting subjects skips models marked
-   ``multi_subject = false`` (turbo models blend subjects) unless nothing else is left.
-6. **Health.** A model that failed ``failures`` times within ``window_s`` cools down for
+5. **Health.** A model that failed ``failures`` times within ``window_s`` cools down for
    ``cooldown_s`` (in memory, per process).
-7. **Budget.** A candidate the remaining budget cannot pay for is skipped; if none is left the
+6. **Budget.** A candidate the remaining budget cannot pay for is skipped; if none is left the
    request is refused before anything is spent, with the price and what is left.
+7. **Scene complexity.** A prompt with several interacting subjects skips models marked
+   ``multi_subject = false`` (turbo models blend subjects) unless nothing else is left.
 
 The result carries a one-line reason that the bot shows to people.
 """
@@ -195,12 +195,6 @@ class Router:
         models.sort(key=self._order(ctx, tier))
 
         skipped: list[str] = []
-        if several_subjects(ctx.prompt):
-            blending = [m for m in models if not m.multi_subject]
-            if blending and len(blending) < len(models):
-                models = [m for m in models if m.multi_subject]
-                skipped += [f"{m.id} (blends several subjects)" for m in blending]
-
         healthy = [m for m in models if self.health.cooling_for(m.id) == 0]
         if not healthy:
             waits = ", ".join(f"{m.id} {self.health.cooling_for(m.id):.0f} s" for m in models)
@@ -211,18 +205,25 @@ class Router:
         skipped += [f"{m.id} (cooling down)" for m in models if m not in healthy]
 
         prices = {m.id: self.price(m, ctx) for m in healthy}
-        affordable = [m for m in healthy if ctx.budget_left is None or prices[m.id] <= ctx.budget_left]
+        affordable = [
+            m for m in healthy if ctx.budget_left is None or prices[m.id] <= ctx.budget_left
+        ]
         if not affordable:
             cheapest = min(healthy, key=lambda m: prices[m.id])
             raise RouteRefused(
                 f"not enough budget: {ctx.stage.value} on {cheapest.id} costs "
-                f"{credits(prices[cheapest.id])} and {credits(ctx.budget_left or 0)} are left"
+                f"{credits(prices[cheapest.id])}; {credits(ctx.budget_left or 0)} left"
             )
         skipped += [
             f"{m.id} (costs {credits(prices[m.id])}, over budget)"
             for m in healthy
             if m not in affordable
         ]
+        if several_subjects(ctx.prompt):
+            blending = [m for m in affordable if not m.multi_subject]
+            if blending and len(blending) < len(affordable):
+                affordable = [m for m in affordable if m.multi_subject]
+                skipped += [f"{m.id} (blends several subjects)" for m in blending]
         return self._route(ctx, tier, affordable, why, skipped, prices)
 
     def _order(self, ctx: RouteContext, tier: Stage) -> Callable[[ModelSpec], tuple]:
@@ -253,9 +254,7 @@ class Router:
         if model is None:
             hint = nearest(model_id, self.catalog.models)
             suggestion = f"; did you mean {hint}?" if hint else ""
-            raise RouteRefused(
-                f"unknown model {model_id}{suggestion} (see /tierbot models)"
-            )
+            raise RouteRefused(f"unknown model {model_id}{suggestion} (see /tierbot models)")
         unavailable = self.why_unavailable(model)
         if unavailable:
             raise RouteRefused(f"{model.id} is unavailable: {unavailable}")
@@ -271,8 +270,8 @@ class Router:
         price = self.price(model, ctx)
         if ctx.budget_left is not None and price > ctx.budget_left:
             raise RouteRefused(
-                f"not enough budget: {ctx.stage.value} on {model.id} costs {credits(price)} "
-                f"and {credits(ctx.budget_left)} are left"
+                f"not enough budget: {ctx.stage.value} on {model.id} costs {credits(price)}; "
+                f"{credits(ctx.budget_left)} left"
             )
         return Route(
             ctx.stage,

@@ -120,8 +120,16 @@ class JobRunner:
         Raises:
             JobFailed: nothing was charged for the failed attempts.
         """
-        job_id = self._reserve(plan.request_id, plan.team, plan.channel, plan.request,
-                               plan.inputs, plan.candidates, plan.reason, plan.prices)
+        job_id = self._reserve(
+            plan.request_id,
+            plan.team,
+            plan.channel,
+            plan.request,
+            plan.inputs,
+            plan.candidates,
+            plan.reason,
+            plan.prices,
+        )
         return await self._drive(job_id)
 
     async def resume(self) -> list[CompletedJob | JobFailed]:
@@ -172,9 +180,7 @@ class JobRunner:
         """Write a job for the first affordable candidate, with its reservation."""
         last: BudgetExceeded | None = None
         for index, model in enumerate(candidates):
-            price = prices.get(model.id) or model.cost(
-                images=request.n, seconds=request.duration_s
-            )
+            price = prices.get(model.id) or model.cost(images=request.n, seconds=request.duration_s)
             params = request.model_copy(
                 update={"job_id": "", "model_id": model.id, "provider_model": model.provider_model}
             ).model_dump(mode="json", exclude={"job_id", "references"})
@@ -199,8 +205,8 @@ class JobRunner:
                 log.info("budget refuses %s on %s: %s", request.stage, model.id, exc)
         assert last is not None
         raise JobFailed(
-            f"not enough budget: {request.stage.value} costs {credits(last.amount)} and "
-            f"{credits(last.left)} are left of the {last.cap.describe()}",
+            f"not enough budget: {request.stage.value} costs {credits(last.amount)}; "
+            f"{credits(last.left)} left of the {last.cap.describe()}",
             "budget",
         )
 
@@ -218,8 +224,14 @@ class JobRunner:
                 request = self._request_for(job)
                 log.info("job %s falls back to %s", job_id, candidates[0].id)
                 job_id = self._reserve(
-                    job["request_id"], job["team"], job["channel"], request, job["inputs"],
-                    candidates, job["reason"], {},
+                    job["request_id"],
+                    job["team"],
+                    job["channel"],
+                    request,
+                    job["inputs"],
+                    candidates,
+                    job["reason"],
+                    {},
                 )
 
     def _request_for(self, job: dict[str, Any]) -> GenerationRequest:
@@ -247,8 +259,9 @@ class JobRunner:
         assert job is not None
         model = self.catalog.get(job["model_id"])
         if model is None:
-            self.store.fail_job(job_id, state=JobState.FAILED, error="model left the catalog",
-                                kind="permanent")
+            self.store.fail_job(
+                job_id, state=JobState.FAILED, error="model left the catalog", kind="permanent"
+            )
             raise JobFailed(f"{job['model_id']} is no longer in the catalog", "permanent", job_id)
         request = self._request_for(job)
         self._running[job_id] = asyncio.current_task()  # type: ignore[assignment]
@@ -261,8 +274,9 @@ class JobRunner:
             raise JobFailed(f"{model.id} is unavailable: {exc}", "permanent", job_id) from None
         except ContentPolicyError as exc:
             self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="policy")
-            raise JobFailed(f"{model.id} refused the content: {exc.message}", "policy",
-                            job_id) from None
+            raise JobFailed(
+                f"{model.id} refused the content: {exc.message}", "policy", job_id
+            ) from None
         except TransientError as exc:
             self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="transient")
             self.health.record_failure(model.id)
@@ -317,7 +331,9 @@ class JobRunner:
             {
                 "job_id": job["id"],
                 "request_id": job["request_id"],
-                "kind": (AssetKind.VIDEO if out.mime.startswith("video/") else AssetKind.IMAGE).value,
+                "kind": (
+                    AssetKind.VIDEO if out.mime.startswith("video/") else AssetKind.IMAGE
+                ).value,
                 "stage": job["stage"],
                 "sha256": digest,
                 "path": relative,

@@ -34,8 +34,12 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default=Path("data"), description="SQLite file and asset store")
-    catalog: Path | None = Field(default=None, description="catalog TOML merged over the shipped one")
-    policy: Path | None = Field(default=None, description="policy TOML: approvers, budgets, thresholds")
+    catalog: Path | None = Field(
+        default=None, description="catalog TOML merged over the shipped one"
+    )
+    policy: Path | None = Field(
+        default=None, description="policy TOML: approvers, budgets, thresholds"
+    )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=1, le=65535)
     log_level: str = "INFO"

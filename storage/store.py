@@ -255,9 +255,7 @@ class Store:
         return _decode_job(row) if row else None
 
     def unfinished_jobs(self) -> list[dict[str, Any]]:
-        rows = self.db["jobs"].rows_where(
-            "state in ('queued', 'running')", order_by="created_at"
-        )
+        rows = self.db["jobs"].rows_where("state in ('queued', 'running')", order_by="created_at")
         return [_decode_job(r) for r in rows]
 
     def jobs_for_request(self, request_id: str) -> list[dict[str, Any]]:
@@ -317,7 +315,9 @@ class Store:
         return cursor.rowcount == 1
 
     def remove_gate(self, asset_id: str, decision: str) -> None:
-        self.db.execute("delete from gates where asset_id = ? and decision = ?", [asset_id, decision])
+        self.db.execute(
+            "delete from gates where asset_id = ? and decision = ?", [asset_id, decision]
+        )
 
     def gates(self, asset_id: str) -> list[dict[str, Any]]:
         return list(self.db["gates"].rows_where("asset_id = ?", [asset_id], order_by="at"))
