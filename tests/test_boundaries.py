@@ -1,0 +1,62 @@
+"""Architecture rules: the core imports no chat SDK and no provider wire format; only
+``storage/`` writes SQL."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+FORBIDDEN_IN_CORE = ("slack_bolt", "slack_sdk", "discord", "httpx", "aiohttp", "adapters")
+SQL = re.compile(
+    r"\b(select\s.+\sfrom|insert\s+into|update\s+\w+\s+set|delete\s+from|"
+    r"create\s+table)\b",
+    re.IGNORECASE,
+)
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_core_imports_no_chat_sdk_or_provider_wire_format() -> None:
+    offenders = {}
+    for path in (ROOT / "bot").rglob("*.py"):
+        if path.name == "app.py":  # the composition root finds adapters by name, at run time
+            continue
+        bad = _imports(path) & set(FORBIDDEN_IN_CORE)
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}
+
+
+def test_composition_root_loads_adapters_only_by_name() -> None:
+    assert _imports(ROOT / "bot" / "app.py") & set(FORBIDDEN_IN_CORE) == set()
+
+
+def test_only_storage_writes_sql() -> None:
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("bot", "adapters")
+        for path in (ROOT / folder).rglob("*.py")
+        if SQL.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
+
+
+def test_every_module_has_a_logger_and_a_docstring() -> None:
+    for folder in ("bot", "adapters", "storage"):
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            tree = ast.parse(text)
+            assert ast.get_docstring(tree), f"{path} has no module docstring"
+            if path.name != "__init__.py":
+                assert "log = logging.getLogger(__name__)" in text, f"{path} has no logger"
