@@ -16,6 +16,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,8 +93,9 @@ def compose_grid(
 ) -> GridImage:
     """Compose 1 to 9 images into one numbered, near-square grid.
 
-    Every tile is ``cell``×``cell``; each image is letterboxed into its tile (fit inside,
-    aspect kept, centred on a dark background), so mixed sizes and aspect ratios line up.
+    Every tile is ``cell`` px on its long side and shaped like the median image (see
+    :func:`tile_size`); each image is letterboxed into its tile (fit inside, aspect kept,
+    centred on a dark background), so mixed sizes and aspect ratios line up.
     Tiles are separated by thin gutters and numbered 1..n in a high-contrast badge at their
     top-left corner.
 
@@ -118,7 +120,9 @@ def compose_grid(
         raise ValueError(f"unsupported grid format {image_format!r}; use JPEG or WEBP")
     if cell < MIN_CELL:
         raise ValueError(f"cell must be at least {MIN_CELL} px, got {cell}")
-    pictures = [_load(item, index) for index, item in enumerate(images, start=1)]
+    # Decoding and resizing release the GIL in Pillow, so tiles are prepared in parallel.
+    with ThreadPoolExecutor(max_workers=min(4, len(images) or 1)) as pool:
+        pictures = list(pool.map(_load, images, range(1, len(images) + 1)))
 
     size = cell
     while True:
@@ -164,29 +168,58 @@ def _load(item: bytes | Path | str | os.PathLike[str], index: int) -> Image.Imag
     return image.convert("RGB")
 
 
+def tile_size(pictures: Sequence[Image.Image], cell: int) -> tuple[int, int]:
+    """Tile width and height: ``cell`` on the long side, shaped like the median picture.
+
+    Drafts of one request share an aspect ratio, so a 16:9 grid gets 16:9 tiles instead of
+    wasting half of every square tile on letterbox; odd ones out are letterboxed.
+    """
+    ratios = sorted(p.width / p.height for p in pictures)
+    ratio = min(max(ratios[len(ratios) // 2], 9 / 21), 21 / 9)
+    if ratio >= 1:
+        return cell, max(1, round(cell / ratio))
+    return max(1, round(cell * ratio)), cell
+
+
 def _compose(pictures: list[Image.Image], columns: int, rows: int, cell: int) -> Image.Image:
     gutter = gutter_for(cell)
-    width = columns * cell + (columns - 1) * gutter
-    height = rows * cell + (rows - 1) * gutter
+    tile_w, tile_h = tile_size(pictures, cell)
+    width = columns * tile_w + (columns - 1) * gutter
+    height = rows * tile_h + (rows - 1) * gutter
     canvas = Image.new("RGB", (width, height), _GUTTER)
-    font = ImageFont.load_default(size=max(10, round(cell * 0.14)))
+    font = ImageFont.load_default(size=max(10, round(min(tile_w, tile_h) * 0.14)))
+    with ThreadPoolExecutor(max_workers=min(4, len(pictures))) as pool:
+        fitted = list(pool.map(lambda p: _fit(p, tile_w, tile_h), pictures))
     for index in range(columns * rows):
-        x = (index % columns) * (cell + gutter)
-        y = (index // columns) * (cell + gutter)
-        tile = Image.new("RGB", (cell, cell), _BACKGROUND)
+        x = (index % columns) * (tile_w + gutter)
+        y = (index // columns) * (tile_h + gutter)
+        tile = Image.new("RGB", (tile_w, tile_h), _BACKGROUND)
         if index < len(pictures):
-            picture = ImageOps.contain(pictures[index], (cell, cell), Image.Resampling.LANCZOS)
-            tile.paste(picture, ((cell - picture.width) // 2, (cell - picture.height) // 2))
+            picture = fitted[index]
+            tile.paste(picture, ((tile_w - picture.width) // 2, (tile_h - picture.height) // 2))
             _badge(tile, index + 1, font)
         canvas.paste(tile, (x, y))
     return canvas
+
+
+def _fit(picture: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale to fit inside width×height, aspect kept.
+
+    ``reducing_gap`` lets Pillow shrink by an integer factor first when the scale is large
+    (4× and more) and run Lanczos only on the last step.
+    """
+    scale = min(width / picture.width, height / picture.height)
+    size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    if size == picture.size:
+        return picture
+    return picture.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
 
 
 def _badge(
     tile: Image.Image, number: int, font: ImageFont.FreeTypeFont | ImageFont.ImageFont
 ) -> None:
     """Draw the tile number in a yellow, black-edged badge at the tile's top-left corner."""
-    cell = tile.width
+    cell = min(tile.size)
     inset = max(3, cell // 40)
     side = max(16, round(cell * 0.2))
     edge = max(2, cell // 128)

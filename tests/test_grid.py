@@ -75,8 +75,17 @@ def test_default_cell_is_512_and_jpeg() -> None:
     assert grid.mime == "image/jpeg"
     assert grid.data[:3] == b"\xff\xd8\xff"
     assert 2 * 512 < grid.width <= 2 * 512 + 32
-    assert grid.width == grid.height
+    assert grid.height == 2 * 384 + (grid.width - 2 * 512)  # 4:3 tiles, one gutter
     assert Image.open(io.BytesIO(grid.data)).format == "JPEG"
+
+
+def test_tiles_take_the_shape_of_the_drafts() -> None:
+    wide = compose_grid([encoded((1024, 576))] * 4)
+    assert wide.width == 2 * 512 + 8 and wide.height == 2 * 288 + 8
+    tall = compose_grid([encoded((576, 1024))] * 2)
+    assert tall.width == 2 * 288 + 8 and tall.height == 512
+    mixed = compose_grid([encoded((1024, 576)), encoded((512, 512)), encoded((1024, 576))])
+    assert mixed.width == 2 * 512 + 8 and mixed.height == 2 * 288 + 8
 
 
 def test_mixed_sizes_are_letterboxed(tmp_path: Path) -> None:
