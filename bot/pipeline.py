@@ -179,8 +179,14 @@ class Pipeline:
         ):
             raise UserError(f"grid {grid_id} was already rerolled or discarded")
         self.store.update_request_options(request["id"], spec.as_dict())
-        async for reply in self._draft_grid(origin, request["id"], spec, route, thread_of=grid_id):
-            yield reply
+        try:
+            async for reply in self._draft_grid(
+                origin, request["id"], spec, route, thread_of=grid_id
+            ):
+                yield reply
+        except JobFailed:
+            self.store.remove_gate(grid_id, Decision.REJECTED)  # the grid may be rerolled again
+            raise
 
     async def discard(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
         """❌ on a grid: record the rejection; nothing more is spent on it."""
@@ -309,34 +315,26 @@ class Pipeline:
             finals = [c["id"] for c in self.store.children(draft["id"]) if c["stage"] == "final"]
             where = f": final {finals[-1]}" if finals else " (the final is on its way)"
             raise UserError(f"draft {index} of grid {grid_id} was already escalated{where}")
-        yield self._status(f"Rendering the final of draft {index}", route, thread_of=grid_id)
         try:
-            (job,) = await self._run_all(
-                [
-                    self._plan(
-                        origin,
-                        request["id"],
-                        route,
-                        Stage.FINAL,
-                        Capability.IMAGE_TO_IMAGE,
-                        prompt=prompt,
-                        negative=spec.negative,
-                        n=1,
-                        seed=draft["seed"],
-                        aspect_ratio=spec.ar,
-                        inputs=[draft["id"]],
-                    )
-                ]
-            )
+            async for reply in self._run_one(
+                origin,
+                route,
+                request["id"],
+                Capability.IMAGE_TO_IMAGE,
+                status=f"Rendering the final of draft {index}",
+                label="✨ Final",
+                extra=f"from draft {index} of grid {grid_id}, seed {draft['seed']}",
+                thread_of=grid_id,
+                inputs=[draft["id"]],
+                prompt=prompt,
+                seed=draft["seed"],
+                negative=spec.negative,
+                aspect_ratio=spec.ar,
+            ):
+                yield reply
         except JobFailed:
             self.store.remove_gate(draft["id"], Decision.SELECTED)  # a retry may select again
             raise
-        yield self._result(
-            "✨ Final",
-            job,
-            thread_of=grid_id,
-            extra=f"from draft {index} of grid {grid_id}, seed {draft['seed']}",
-        )
 
     async def rerender(self, origin: Origin, final_id: str) -> AsyncIterator[Reply]:
         """🔁 on a final: reject it and render again from the same reference with a new seed."""
@@ -347,33 +345,27 @@ class Pipeline:
         request = self.store.get_request(final["request_id"])
         assert request is not None
         spec = Draftspec(**request["options"])
-        stage = Stage(final["stage"])
-        route = self._route(origin, stage, final["prompt"], hero=spec.hero)
+        route = self._route(origin, Stage(final["stage"]), final["prompt"], hero=spec.hero)
         self._authorize(origin, route, "re-rendering the final")
         self.store.record_gate(
             final_id, Decision.REJECTED, user=origin.user, surface=origin.surface
         )
-        yield self._status(f"Re-rendering {final_id}", route, thread_of=final_id)
-        (job,) = await self._run_all(
-            [
-                self._plan(
-                    origin,
-                    request["id"],
-                    route,
-                    stage,
-                    Capability.IMAGE_TO_IMAGE,
-                    prompt=final["prompt"],
-                    negative=spec.negative,
-                    n=1,
-                    seed=(final["seed"] + 1) % MAX_SEED,
-                    aspect_ratio=spec.ar,
-                    inputs=[parents[0]["id"]],
-                )
-            ]
-        )
-        yield self._result(
-            "✨ Re-rendered final", job, thread_of=final_id, extra=f"replaces {final_id}"
-        )
+        async for reply in self._run_one(
+            origin,
+            route,
+            request["id"],
+            Capability.IMAGE_TO_IMAGE,
+            status=f"Re-rendering {final_id}",
+            label="✨ Re-rendered final",
+            extra=f"replaces {final_id}",
+            thread_of=final_id,
+            inputs=[parents[0]["id"]],
+            prompt=final["prompt"],
+            seed=(final["seed"] + 1) % MAX_SEED,
+            negative=spec.negative,
+            aspect_ratio=spec.ar,
+        ):
+            yield reply
 
     async def edit(self, origin: Origin, asset_id: str, inv: Invocation) -> AsyncIterator[Reply]:
         """``/tierbot edit``: image-to-image on an asset with an instruction prompt."""
@@ -381,25 +373,20 @@ class Pipeline:
         instruction = inv.prompt or ""
         route = self._route(origin, Stage.EDIT, instruction, model=inv.model)
         self._authorize(origin, route, f"editing {asset_id}")
-        yield self._status(f"Editing {asset_id}", route, thread_of=asset_id)
-        seed = inv.seed if inv.seed is not None else source["seed"] or 0
-        (job,) = await self._run_all(
-            [
-                self._plan(
-                    origin,
-                    source["request_id"],
-                    route,
-                    Stage.EDIT,
-                    Capability.IMAGE_TO_IMAGE,
-                    prompt=instruction,
-                    n=1,
-                    seed=seed,
-                    aspect_ratio=None,
-                    inputs=[asset_id],
-                )
-            ]
-        )
-        yield self._result("✏️ Edit", job, thread_of=asset_id, extra=f"of {asset_id}")
+        async for reply in self._run_one(
+            origin,
+            route,
+            source["request_id"],
+            Capability.IMAGE_TO_IMAGE,
+            status=f"Editing {asset_id}",
+            label="✏️ Edit",
+            extra=f"of {asset_id}",
+            thread_of=asset_id,
+            inputs=[asset_id],
+            prompt=instruction,
+            seed=inv.seed if inv.seed is not None else source["seed"] or 0,
+        ):
+            yield reply
 
     async def upscale(
         self, origin: Origin, asset_id: str, model: str | None = None
@@ -408,27 +395,21 @@ class Pipeline:
         source = self._image(asset_id)
         route = self._route(origin, Stage.UPSCALE, source["prompt"] or "", model=model)
         self._authorize(origin, route, f"upscaling {asset_id}")
-        yield self._status(f"Upscaling {asset_id}", route, thread_of=asset_id)
-        (job,) = await self._run_all(
-            [
-                self._plan(
-                    origin,
-                    source["request_id"],
-                    route,
-                    Stage.UPSCALE,
-                    Capability.UPSCALE,
-                    prompt=source["prompt"] or "",
-                    n=1,
-                    seed=source["seed"] or 0,
-                    aspect_ratio=None,
-                    inputs=[asset_id],
-                    long_edge=UPSCALE_LONG_EDGE,
-                )
-            ]
-        )
-        yield self._result(
-            "⬆️ Upscale", job, thread_of=asset_id, extra=f"of {asset_id} to {UPSCALE_LONG_EDGE} px"
-        )
+        async for reply in self._run_one(
+            origin,
+            route,
+            source["request_id"],
+            Capability.UPSCALE,
+            status=f"Upscaling {asset_id}",
+            label="⬆️ Upscale",
+            extra=f"of {asset_id} to {UPSCALE_LONG_EDGE} px",
+            thread_of=asset_id,
+            inputs=[asset_id],
+            prompt=source["prompt"] or "",
+            seed=source["seed"] or 0,
+            long_edge=UPSCALE_LONG_EDGE,
+        ):
+            yield reply
 
     async def video(
         self, origin: Origin, asset_id: str, seconds: int | None = None, model: str | None = None
@@ -440,31 +421,65 @@ class Pipeline:
             origin, Stage.VIDEO, source["prompt"] or "", model=model, seconds=seconds
         )
         self._authorize(origin, route, f"making a {seconds}-second video of {asset_id}")
-        yield self._status(f"Animating {asset_id} ({seconds} s)", route, thread_of=asset_id)
+        async for reply in self._run_one(
+            origin,
+            route,
+            source["request_id"],
+            Capability.IMAGE_TO_VIDEO,
+            status=f"Animating {asset_id} ({seconds} s)",
+            label="🎬 Video",
+            extra=f"of {asset_id}",
+            thread_of=asset_id,
+            inputs=[asset_id],
+            prompt=source["prompt"] or "",
+            seed=source["seed"] or 0,
+            duration_s=seconds,
+            reactions=[Reaction.APPROVE.value, Reaction.DISCARD.value],
+        ):
+            yield reply
+
+    async def _run_one(
+        self,
+        origin: Origin,
+        route: Route,
+        request_id: str,
+        capability: Capability,
+        *,
+        status: str,
+        label: str,
+        extra: str,
+        thread_of: str,
+        inputs: list[str],
+        prompt: str,
+        seed: int,
+        reactions: list[str] | None = None,
+        negative: str | None = None,
+        aspect_ratio: str | None = None,
+        long_edge: int | None = None,
+        duration_s: int | None = None,
+    ) -> AsyncIterator[Reply]:
+        """One job on one input (final, edit, upscale, video): a status line, then the result."""
+        yield self._status(status, route, thread_of=thread_of)
         (job,) = await self._run_all(
             [
                 self._plan(
                     origin,
-                    source["request_id"],
+                    request_id,
                     route,
-                    Stage.VIDEO,
-                    Capability.IMAGE_TO_VIDEO,
-                    prompt=source["prompt"] or "",
+                    route.stage,
+                    capability,
+                    prompt=prompt,
+                    negative=negative,
                     n=1,
-                    seed=source["seed"] or 0,
-                    aspect_ratio=None,
-                    inputs=[asset_id],
-                    duration_s=seconds,
+                    seed=seed,
+                    aspect_ratio=aspect_ratio,
+                    inputs=inputs,
+                    long_edge=long_edge,
+                    duration_s=duration_s,
                 )
             ]
         )
-        yield self._result(
-            "🎬 Video",
-            job,
-            thread_of=asset_id,
-            extra=f"of {asset_id}",
-            reactions=[Reaction.APPROVE.value, Reaction.DISCARD.value],
-        )
+        yield self._result(label, job, thread_of=thread_of, extra=extra, reactions=reactions)
 
     # -- decisions ---------------------------------------------------------------------------
 

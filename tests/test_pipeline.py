@@ -250,3 +250,36 @@ async def test_unexpected_error_gets_a_reference_not_a_traceback(
     assert "Something went wrong on our side (ref " in reply.text
     assert "disk on fire" not in reply.text
     assert "disk on fire" in caplog.text
+
+
+@pytest.fixture
+def flaky_final(tmp_path: Path, make_settings):
+    """The shipped catalog with local-final served by a scripted provider."""
+    from bot.providers import ContentPolicyError, PermanentError
+    from tests.conftest import ScriptedProvider, registry_with
+
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[models.local-final]\nprovider = "flaky"\n')
+    settings = make_settings(catalog=catalog)
+    flaky = ScriptedProvider(
+        "flaky", [PermanentError("400 reference too small"), ContentPolicyError("IMAGE_SAFETY")]
+    )
+    services = build(settings, providers=registry_with(settings, flaky=flaky))
+    yield Chat(services)
+    services.store.close()
+
+
+async def test_failed_final_is_reported_charges_nothing_and_can_be_retried(flaky_final) -> None:
+    chat = flaky_final
+    grid = grid_of(await chat.command("draft", "a cat --n 2"))
+    failed = await chat.react(grid.asset_id, "1️⃣")
+    assert failed[-1].error and not failed[-1].private
+    assert failed[-1].text == (
+        "⚠️ Failed: local-final failed: 400 reference too small. Nothing was charged."
+    )
+    refused = await chat.react(grid.asset_id, "1️⃣")  # the gate was released: may try again
+    assert refused[-1].text.startswith("🚫 Refused by the provider's content policy")
+    final = result_of(await chat.react(grid.asset_id, "1️⃣"))
+    assert final.asset_id
+    states = [r["state"] for r in chat.services.store.db["ledger"].rows_where("stage = 'final'")]
+    assert sorted(states) == ["released", "released", "settled"]
