@@ -33,7 +33,7 @@ from bot.domain import (
     Reply,
     Stage,
 )
-from bot.grid import compose_grid
+from bot.grid import GridImage, compose_grid
 from bot.ledger import Ledger, credits
 from bot.policy import Policy
 from bot.providers import GenerationRequest
@@ -213,8 +213,7 @@ class Pipeline:
         draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
         drafts = [self.store.get_asset(a) for a in draft_ids]
         paths = [self.files.path(d["path"]) for d in drafts if d]
-        grid = await asyncio.to_thread(compose_grid, paths)
-        digest, relative = self.files.put(grid.data, grid.mime)
+        grid, (digest, relative) = await asyncio.to_thread(self._compose_and_store, paths)
         grid_id = self.store.save_asset(
             {
                 "job_id": jobs[0].job_id,
@@ -245,6 +244,11 @@ class Pipeline:
             asset_id=grid_id,
             thread_of=thread_of,
         )
+
+    def _compose_and_store(self, paths: list[Path]) -> tuple[GridImage, tuple[str, str]]:
+        """CPU and file work of a grid, run in a worker thread."""
+        grid = compose_grid(paths)
+        return grid, self.files.put(grid.data, grid.mime)
 
     async def _run_chunks(
         self, origin: Origin, request_id: str, spec: Draftspec, route: Route
