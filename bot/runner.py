@@ -31,6 +31,7 @@ from tenacity.wait import wait_exponential_jitter
 from bot.catalog import Catalog, ModelSpec
 from bot.domain import AssetKind, JobState
 from bot.ledger import Ledger, credits
+from bot.progress import report
 from bot.providers import (
     ContentPolicyError,
     GeneratedFile,
@@ -185,7 +186,7 @@ class JobRunner:
                 update={"job_id": "", "model_id": model.id, "provider_model": model.provider_model}
             ).model_dump(mode="json", exclude={"job_id", "references"})
             try:
-                return self.ledger.reserve_job(
+                job_id = self.ledger.reserve_job(
                     {
                         "request_id": request_id,
                         "stage": request.stage.value,
@@ -200,6 +201,8 @@ class JobRunner:
                     },
                     price,
                 )
+                report(job_id, "queued", model.id)
+                return job_id
             except BudgetExceeded as exc:
                 last = exc
                 log.info("budget refuses %s on %s: %s", request.stage, model.id, exc)
@@ -247,54 +250,61 @@ class JobRunner:
             self._slots[provider] = asyncio.Semaphore(self.catalog.concurrency(provider))
         return self._slots[provider]
 
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(initial=1.0, max=self.max_backoff_s)(state)
+    def _wait(self, state: RetryCallState, job_id: str) -> float:
+        wait = wait_exponential_jitter(initial=1.0, max=self.max_backoff_s)(state)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, TransientError) and error.retry_after is not None:
-            return min(max(error.retry_after, 0.0), self.max_backoff_s)
-        return backoff
+            wait = min(max(error.retry_after, 0.0), self.max_backoff_s)
+        if isinstance(error, ProviderError):
+            report(job_id, "retrying", f"{error.message}; retrying in {wait:.0f} s")
+        return wait
 
     async def _execute(self, job_id: str) -> CompletedJob:
         job = self.store.get_job(job_id)
         assert job is not None
         model = self.catalog.get(job["model_id"])
         if model is None:
-            self.store.fail_job(
-                job_id, state=JobState.FAILED, error="model left the catalog", kind="permanent"
-            )
+            self._fail(job_id, "permanent", "model left the catalog")
             raise JobFailed(f"{job['model_id']} is no longer in the catalog", "permanent", job_id)
         request = self._request_for(job)
         self._running[job_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
             provider = self.providers.get(model.provider)
             async with self._slot(model.provider):
+                report(job_id, "running", model.id)
                 outputs = await self._call_with_retries(job_id, provider, request)
         except ProviderUnavailable as exc:
-            self.store.fail_job(job_id, state=JobState.FAILED, error=str(exc), kind="permanent")
+            self._fail(job_id, "permanent", str(exc))
             raise JobFailed(f"{model.id} is unavailable: {exc}", "permanent", job_id) from None
         except ContentPolicyError as exc:
-            self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="policy")
+            self._fail(job_id, "policy", exc.message)
             raise JobFailed(
                 f"{model.id} refused the content: {exc.message}", "policy", job_id
             ) from None
         except TransientError as exc:
-            self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="transient")
+            self._fail(job_id, "transient", exc.message)
             self.health.record_failure(model.id)
             raise _FallBack(f"{model.id} failed: {exc.message}") from None
         except ProviderError as exc:
-            self.store.fail_job(job_id, state=JobState.FAILED, error=exc.message, kind="permanent")
+            self._fail(job_id, "permanent", exc.message)
             raise JobFailed(f"{model.id} failed: {exc.message}", "permanent", job_id) from None
         finally:
             self._running.pop(job_id, None)
         self.health.record_success(model.id)
-        return await self._complete(job, model, outputs)
+        completed = await self._complete(job, model, outputs)
+        report(job_id, "succeeded", model.id)
+        return completed
+
+    def _fail(self, job_id: str, kind: str, error: str) -> None:
+        self.store.fail_job(job_id, state=JobState.FAILED, error=error, kind=kind)
+        report(job_id, "failed", error)
 
     async def _call_with_retries(
         self, job_id: str, provider: Any, request: GenerationRequest
     ) -> list[GeneratedFile]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retries + 1),
-            wait=self._wait,
+            wait=lambda state: self._wait(state, job_id),
             retry=retry_if_exception_type(TransientError),
             sleep=self.sleep,
             reraise=True,

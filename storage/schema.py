@@ -113,3 +113,27 @@ def m001_initial(db: Database) -> None:
         {"surface": str, "channel": str, "message_id": str, "asset_id": str, "posted_at": str},
         pk=("surface", "channel", "message_id"),
     )
+
+
+@migrations()
+def m002_web_messages(db: Database) -> None:
+    # The local web channel's history: it has no platform to keep messages for it.
+    db["web_messages"].create(
+        {
+            "id": int,
+            "at": str,
+            "author": str,  # a person's name, or "tierbot"
+            "text": str,
+            "files": str,  # JSON list of asset ids shown with the message
+            "reactions": str,  # JSON list of reaction chips
+            "thread_root": int,  # the message this one is threaded under
+            "asset_id": str,  # the asset the message presents
+            "private_to": str,  # shown only to this person
+            "state": str,  # status lines: queued | running | done | failed
+            "started_at": str,
+            "finished_at": str,
+            "detail": str,  # failure reason or progress detail of a status line
+            "error": int,
+        },
+        pk="id",
+    )

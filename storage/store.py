@@ -367,6 +367,37 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
+    def message_for_asset(self, surface: str, channel: str, asset_id: str) -> str | None:
+        """The newest message that presents ``asset_id`` on a surface's channel."""
+        row = self.db.execute(
+            "select message_id from messages where surface = ? and channel = ? and asset_id = ? "
+            "order by posted_at desc limit 1",
+            [surface, channel, asset_id],
+        ).fetchone()
+        return row[0] if row else None
+
+    # -- the web channel's history -----------------------------------------------------------
+
+    def add_web_message(self, message: dict[str, Any]) -> int:
+        row = {"at": utcnow(), **{k: _json(v) for k, v in message.items()}}
+        return int(self.db["web_messages"].insert(row).last_pk)
+
+    def update_web_message(self, message_id: int, **fields: Any) -> None:
+        self.db["web_messages"].update(message_id, {k: _json(v) for k, v in fields.items()})
+
+    def web_message(self, message_id: int) -> dict[str, Any] | None:
+        rows = list(self.db["web_messages"].rows_where("id = ?", [message_id]))
+        return _decode_web(rows[0]) if rows else None
+
+    def web_messages(self, viewer: str | None, limit: int = 200) -> list[dict[str, Any]]:
+        """The newest ``limit`` messages ``viewer`` may see, oldest first."""
+        rows = self.db.query(
+            "select * from (select * from web_messages where private_to is null "
+            "or private_to = ? order by id desc limit ?) order by id",
+            [viewer or "", limit],
+        )
+        return [_decode_web(r) for r in rows]
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _get(self, table: str, pk: str) -> dict[str, Any] | None:
@@ -376,6 +407,13 @@ class Store:
 
 def _json(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def _decode_web(row: dict[str, Any]) -> dict[str, Any]:
+    for field in ("files", "reactions"):
+        row[field] = json.loads(row[field]) if row.get(field) else []
+    row["error"] = bool(row.get("error"))
+    return row
 
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:

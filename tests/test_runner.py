@@ -245,3 +245,26 @@ async def test_concurrency_is_limited_per_provider(wire):
     alpha.gate.set()
     await asyncio.gather(*tasks)
     assert len(alpha.results) == 5
+
+
+async def test_progress_reaches_the_listener_of_the_task_that_started_the_job(wire):
+    from bot import progress
+
+    alpha = ScriptedProvider("scripted", [TransientError("503", retry_after=2)])
+    beta = ScriptedProvider("fallback", [PermanentError("400 nope")])
+    services = wire(alpha, beta)
+    seen: list[tuple[str, str | None]] = []
+
+    async def run_with_listener(candidates):
+        progress.listen(lambda job_id, state, detail: seen.append((state, detail)))
+        return await services.runner.run(plan(services, candidates))
+
+    await asyncio.create_task(run_with_listener(("alpha",)))
+    assert [s for s, _ in seen] == ["queued", "running", "retrying", "succeeded"]
+    assert seen[2][1] == "503; retrying in 2 s"
+    seen.clear()
+    with pytest.raises(JobFailed):
+        await asyncio.create_task(run_with_listener(("beta",)))
+    assert seen[-1] == ("failed", "400 nope")
+    await services.runner.run(plan(services, ("alpha",)))  # no listener here: nothing reported
+    assert seen[-1] == ("failed", "400 nope")
