@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	$(BIN)/tierbot demo
+	$(BIN)/tierbot run
 
 demo: install
 	$(BIN)/tierbot demo

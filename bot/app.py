@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from dataclasses import dataclass
 
 from bot.catalog import Catalog, load_catalog
@@ -21,6 +22,7 @@ from bot.providers import Provider, ProviderRegistry, ProviderUnavailable
 from bot.router import Health, Router
 from bot.runner import JobRunner
 from bot.settings import Settings
+from bot.surfaces import ChatSurface, SurfaceUnavailable
 from storage import AssetFiles, Store
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,36 @@ class Services:
     async def aclose(self) -> None:
         await self.providers.aclose()
         self.store.close()
+
+
+#: Surfaces people expect, named in the start-up report even before their adapter exists.
+EXPECTED_SURFACES = {"slack": "SLACK_BOT_TOKEN", "discord": "DISCORD_BOT_TOKEN"}
+
+
+def load_surfaces(services: Services) -> tuple[list[ChatSurface], dict[str, str]]:
+    """Create every chat surface module in ``adapters/`` that can start here.
+
+    Returns:
+        The surfaces to start, and for the others the reason they are off.
+    """
+    import adapters
+
+    surfaces: list[ChatSurface] = []
+    off: dict[str, str] = {}
+    names = sorted(m.name for m in pkgutil.iter_modules(adapters.__path__) if not m.ispkg)
+    for name in names:
+        module = importlib.import_module(f"adapters.{name}")
+        if not hasattr(module, "create"):
+            continue
+        try:
+            surfaces.append(module.create(services))
+        except SurfaceUnavailable as exc:
+            off[name] = str(exc)
+    for name, variable in EXPECTED_SURFACES.items():
+        if name not in names:
+            token_set = getattr(services.settings, variable.lower(), None) is not None
+            off[name] = "adapter not installed in this version" if token_set else f"set {variable}"
+    return surfaces, off
 
 
 def build(settings: Settings, providers: ProviderRegistry | None = None) -> Services:

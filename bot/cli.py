@@ -13,16 +13,18 @@ import asyncio
 import getpass
 import logging
 import shlex
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from bot.app import Services, build
+from bot.app import Services, build, load_surfaces
 from bot.catalog import CatalogError
 from bot.commands import help_text
 from bot.domain import CommandEvent, Origin, Reply
 from bot.policy import PolicyError
 from bot.settings import Settings, SettingsError, load_settings
+from bot.surfaces import SurfaceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ usage: tierbot <command> [...]
 
 Only here:
   tierbot demo      a complete offline pass: drafts, grid, final, 2K upscale, 4 s video
-  tierbot run       serve the chat surfaces that are configured
+  tierbot run       serve the web channel (http://127.0.0.1:8765) and configured surfaces
 
 The chat commands, from a shell (`tierbot draft ...` is /draft, `tierbot X ...` is /tierbot X):
 """
@@ -115,19 +117,27 @@ async def demo(services: Services) -> int:
 
 
 async def serve(services: Services) -> int:
-    """Resume unfinished jobs, then serve the configured surfaces."""
-    settings = services.settings
+    """Serve the chat surfaces in one event loop until interrupted; resume unfinished jobs."""
+    try:
+        surfaces, off = load_surfaces(services)
+    except SurfaceUnavailable as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    for surface in surfaces:
+        print(await surface.start())
+    for name, reason in sorted(off.items()):
+        print(f"{name.capitalize()}: off ({reason})")
     outcomes = await services.bot.resume()
     if outcomes:
         print(f"Resumed {len(outcomes)} unfinished job(s).")
-    print("Slack: " + ("token set" if settings.slack_bot_token else "off (set SLACK_BOT_TOKEN)"))
-    print(
-        "Discord: " + ("token set" if settings.discord_bot_token else "off (set DISCORD_BOT_TOKEN)")
-    )
-    print(
-        "No chat surface can start in this version yet: use the CLI (`tierbot help`) "
-        "or `tierbot demo`."
-    )
+    print("Press Ctrl+C to stop.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    for surface in surfaces:
+        await surface.stop()
     return 0
 
 

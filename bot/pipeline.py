@@ -77,6 +77,29 @@ class Draftspec:
         return dict(self.__dict__)
 
 
+@dataclass
+class LineageNode:
+    """One asset in a lineage tree, with its gate decisions and later results."""
+
+    asset: dict[str, Any]
+    gates: list[dict[str, Any]]
+    grids: list[str]
+    children: list[LineageNode]
+
+    def describe(self) -> str:
+        asset = self.asset
+        size = f"{asset['width']}×{asset['height']}"
+        if asset["duration_s"]:
+            size += f", {asset['duration_s']:.0f} s"
+        where = f" in grid {self.grids[0]}" if self.grids else ""
+        text = (
+            f"{asset['id']} {asset['stage']}{where} · {asset['model_id']} · seed {asset['seed']} · "
+            f"{size} · {credits(asset['cost'] or 0)}"
+        )
+        decisions = ", ".join(f"{g['decision']} by {g['user']}" for g in self.gates)
+        return f"{text} · {decisions}" if decisions else text
+
+
 class Pipeline:
     """The use cases, over the router, the runner, the ledger and the store."""
 
@@ -515,8 +538,15 @@ class Pipeline:
 
     # -- read-only ---------------------------------------------------------------------------
 
-    def lineage(self, asset_id: str) -> str:
-        """The lineage tree of an asset: from its first draft to every later result."""
+    def lineage_tree(self, asset_id: str) -> list[LineageNode]:
+        """The lineage of an asset as trees: from its first draft(s) to every later result.
+
+        A grid's lineage is its drafts; anything else walks its first parents up to the root.
+        Grids themselves are left out of the tree and named on their drafts instead.
+
+        Raises:
+            UserError: no such asset.
+        """
         asset = self.store.get_asset(asset_id)
         if asset is None:
             raise UserError(f"no asset {asset_id}")
@@ -527,29 +557,30 @@ class Pipeline:
             while parents := self.store.parents(root["id"]):
                 root = parents[0]
             roots = [root]
-        lines = [f"Lineage of {asset_id}:"]
-        for root in roots:
-            self._tree(root, "", lines, focus=asset_id)
-        return "\n".join(lines)
+        return [self._node(root) for root in roots]
 
-    def _tree(self, asset: dict[str, Any], indent: str, lines: list[str], focus: str) -> None:
-        lines.append(f"{indent}{self._describe(asset)}{'  ◀' if asset['id'] == focus else ''}")
-        children = [c for c in self.store.children(asset["id"]) if c["kind"] != AssetKind.GRID]
-        for child in children:
-            self._tree(child, indent + "  ", lines, focus)
-
-    def _describe(self, asset: dict[str, Any]) -> str:
-        gates = ", ".join(f"{g['decision']} by {g['user']}" for g in self.store.gates(asset["id"]))
-        size = f"{asset['width']}×{asset['height']}"
-        if asset["duration_s"]:
-            size += f", {asset['duration_s']:.0f} s"
-        grids = [c["id"] for c in self.store.children(asset["id"]) if c["kind"] == AssetKind.GRID]
-        where = f" in grid {grids[0]}" if grids else ""
-        text = (
-            f"{asset['id']} {asset['stage']}{where} · {asset['model_id']} · seed {asset['seed']} · "
-            f"{size} · {credits(asset['cost'] or 0)}"
+    def _node(self, asset: dict[str, Any]) -> LineageNode:
+        children = self.store.children(asset["id"])
+        return LineageNode(
+            asset=asset,
+            gates=self.store.gates(asset["id"]),
+            grids=[c["id"] for c in children if c["kind"] == AssetKind.GRID],
+            children=[self._node(c) for c in children if c["kind"] != AssetKind.GRID],
         )
-        return f"{text} · {gates}" if gates else text
+
+    def lineage(self, asset_id: str) -> str:
+        """The lineage tree as text, the asset asked about marked with ◀."""
+        lines = [f"Lineage of {asset_id}:"]
+
+        def walk(node: LineageNode, indent: str) -> None:
+            mark = "  ◀" if node.asset["id"] == asset_id else ""
+            lines.append(f"{indent}{node.describe()}{mark}")
+            for child in node.children:
+                walk(child, indent + "  ")
+
+        for root in self.lineage_tree(asset_id):
+            walk(root, "")
+        return "\n".join(lines)
 
     def budget(self, origin: Origin) -> str:
         report = self.ledger.report(origin.team)

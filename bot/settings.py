@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=1, le=65535)
+    #: Required to bind the web channel to anything but loopback; the page asks for it.
+    web_token: SecretStr | None = None
+    #: Public base URL of this bot (e.g. https://tierbot.example.com): chat messages link to
+    #: asset pages under it.
+    public_url: str | None = None
     log_level: str = "INFO"
     #: Transient provider errors are retried this many times per candidate before falling back.
     retries: int = Field(default=2, ge=0, le=10)
@@ -72,6 +77,13 @@ class Settings(BaseSettings):
         if value is not None and not value.is_file():
             raise ValueError(f"no such file: {value}")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
 
     @property
     def db_path(self) -> Path:

@@ -1,0 +1,270 @@
+"""The local web channel over real HTTP: every endpoint, bad input, the token, the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from adapters.web import WebSurface
+from bot.app import build
+from bot.surfaces import SurfaceUnavailable
+from tests.conftest import write_policy
+
+
+class Channel:
+    def __init__(self, surface: WebSurface, client: httpx.AsyncClient) -> None:
+        self.surface = surface
+        self.client = client
+
+    async def say(self, name: str, text: str) -> httpx.Response:
+        return await self.client.post("/api/commands", json={"name": name, "text": text})
+
+    async def react(self, name: str, message_id: int, emoji: str, event_id: str = "") -> Any:
+        body = {"name": name, "message_id": message_id, "emoji": emoji}
+        if event_id:
+            body["event_id"] = event_id
+        return await self.client.post("/api/reactions", json=body)
+
+    async def history(self, name: str = "alice") -> list[dict[str, Any]]:
+        response = await self.client.get("/api/messages", params={"name": name})
+        assert response.status_code == 200
+        return response.json()["messages"]
+
+    async def wait_for(
+        self, test: Callable[[dict[str, Any]], bool], name: str = "alice", timeout: float = 30.0
+    ) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            for message in await self.history(name):
+                if test(message):
+                    return message
+            await asyncio.sleep(0.05)
+        raise AssertionError("no such message appeared")
+
+
+async def _open(services, **kwargs) -> AsyncIterator[Channel]:
+    surface = WebSurface(services, port=0, **kwargs)
+    await surface.start()
+    async with httpx.AsyncClient(base_url=surface.url, timeout=30) as client:
+        yield Channel(surface, client)
+    await surface.stop()
+
+
+@pytest.fixture
+async def channel(make_settings, tmp_path: Path) -> AsyncIterator[Channel]:
+    policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
+    services = build(make_settings(policy=policy))
+    async for opened in _open(services):
+        yield opened
+    await services.aclose()
+
+
+def is_grid(message: dict[str, Any]) -> bool:
+    return bool(message["reactions"]) and message["reactions"][0] == "1️⃣"
+
+
+async def test_page_and_static_files(channel: Channel) -> None:
+    page = await channel.client.get("/")
+    assert page.status_code == 200 and 'id="command"' in page.text
+    assert "/static/app.js" in page.text and "http" not in page.text.split("<body>")[1]
+    script = await channel.client.get("/static/app.js")
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert (await channel.client.get("/static/secrets.txt")).status_code == 404
+
+
+async def test_draft_select_and_thread_with_status_lines(channel: Channel) -> None:
+    response = await channel.say("alice", "/draft a lighthouse at dawn --n 4")
+    assert response.status_code == 202
+    grid = await channel.wait_for(is_grid)
+    assert "local-draft" in grid["text"] and "4 credits" in grid["text"]  # model, reason, price
+    assert grid["files"][0]["url"] == f"/files/{grid['asset_id']}"
+    messages = await channel.history()
+    assert messages[0]["author"] == "alice" and messages[0]["text"].startswith("/draft")
+    status = next(m for m in messages if m["state"])
+    assert status["state"] == "done" and status["started_at"] and status["finished_at"]
+
+    image = await channel.client.get(grid["files"][0]["url"])
+    assert image.headers["content-type"] == "image/jpeg" and image.content[:2] == b"\xff\xd8"
+    thumb = await channel.client.get(grid["files"][0]["url"], params={"w": 256})
+    assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8"
+
+    assert (await channel.react("alice", grid["id"], "2️⃣")).status_code == 202
+    final = await channel.wait_for(lambda m: m["text"].startswith("✨ Final"))
+    assert final["thread_root"] == grid["id"]
+    assert final["reactions"] == ["🎬", "⬆️", "✅", "🔁", "❌"]
+    assert "local-final" in final["text"] and "5 credits" in final["text"]
+
+
+async def test_refusal_is_private_to_the_person(channel: Channel) -> None:
+    await channel.say("alice", "/draft a red bicycle --n 2")
+    grid = await channel.wait_for(is_grid)
+    await channel.react("carol", grid["id"], "1️⃣")
+    refusal = await channel.wait_for(lambda m: m["private"], name="carol")
+    assert "Only approvers can spend credits here" in refusal["text"]
+    assert not [m for m in await channel.history("alice") if m["private"]]
+    assert not [m for m in await channel.history("") if m["private"]]
+
+
+async def test_event_stream_delivers_new_messages_and_status_updates(channel: Channel) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    async def listen() -> None:
+        async with channel.client.stream("GET", "/api/events", params={"name": "alice"}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            kind = ""
+            async for line in r.aiter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    seen.append((kind, json.loads(line[6:])))
+                    if kind == "update" and seen[-1][1]["state"] == "done":
+                        return
+
+    task = asyncio.create_task(listen())
+    await asyncio.sleep(0.2)
+    await channel.say("alice", "/draft a harbour at night --n 2")
+    await asyncio.wait_for(task, 30)
+    kinds = [k for k, _ in seen]
+    assert kinds[0] == "message" and seen[0][1]["author"] == "alice"
+    states = [m["state"] for k, m in seen if k == "update"]
+    assert states[0] == "running" and states[-1] == "done"
+    assert any(is_grid(m) for _, m in seen)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        ("/api/commands", {"text": "/draft a cat"}, 400, "set your name first"),
+        ("/api/commands", {"name": "<script>", "text": "/draft a cat"}, 400, "set your name"),
+        ("/api/commands", {"name": "alice", "text": "  "}, 400, "type a command"),
+        ("/api/commands", {"name": "alice", "text": "x" * 4001}, 400, "at most 4000"),
+        ("/api/commands", ["not", "an", "object"], 400, "must be a JSON object"),
+        (
+            "/api/reactions",
+            {"name": "alice", "message_id": 999, "emoji": "1️⃣"},
+            400,
+            "no such message",
+        ),
+        (
+            "/api/reactions",
+            {"name": "alice", "message_id": "1", "emoji": "1️⃣"},
+            400,
+            "no such message",
+        ),
+    ],
+)
+async def test_bad_requests_get_clear_errors(channel: Channel, path, body, status, error) -> None:
+    response = await channel.client.post(path, json=body)
+    assert response.status_code == status
+    assert error in response.json()["error"]
+
+
+async def test_not_json_and_too_large(channel: Channel) -> None:
+    response = await channel.client.post(
+        "/api/commands", content=b"name=alice", headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400 and "send JSON" in response.json()["error"]
+    response = await channel.client.post(
+        "/api/commands", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
+    big = json.dumps({"name": "alice", "text": "x" * 70_000})
+    response = await channel.client.post(
+        "/api/commands", content=big, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413 and "64 KiB" in response.json()["error"]
+
+
+async def test_bad_commands_are_answered_privately_in_the_channel(channel: Channel) -> None:
+    await channel.say("alice", "hello bot")
+    reply = await channel.wait_for(lambda m: m["private"])
+    assert "commands start with /draft or /tierbot" in reply["text"]
+    await channel.say("alice", "/draft a cat --ar 16x9")
+    reply = await channel.wait_for(lambda m: m["private"] and "--ar" in m["text"])
+    assert "--ar must be one of 1:1, 4:3, 3:4, 16:9, 9:16, 4:5, 21:9; got 16x9" in reply["text"]
+    assert reply["error"]
+
+
+async def test_asset_page_and_files_stay_inside_the_store(channel: Channel) -> None:
+    await channel.say("alice", "/draft a fox --n 2 --seed 5")
+    grid = await channel.wait_for(is_grid)
+    await channel.react("alice", grid["id"], "1️⃣")
+    final = await channel.wait_for(lambda m: m["text"].startswith("✨ Final"))
+    page = await channel.client.get(f"/assets/{final['asset_id']}")
+    assert page.status_code == 200
+    services = channel.surface.services
+    draft = services.store.parents(final["asset_id"])[0]
+    for fact in (
+        "a fox",
+        "local-final",
+        "seed",
+        "5 credits",
+        f"/files/{draft['id']}?w=128",
+        "selected by alice",
+    ):
+        assert fact in page.text, fact
+    assert (await channel.client.get(f"/assets/{draft['id']}")).status_code == 200
+    for bad in (
+        "/assets/nope",
+        "/assets/deadbeef",
+        "/files/..%2F..%2Fetc%2Fpasswd",
+        "/files/../../etc/passwd",
+    ):
+        assert (await channel.client.get(bad)).status_code == 404, bad
+    response = await channel.client.get(f"/files/{final['asset_id']}", params={"w": 7})
+    assert response.status_code == 400 and "w must be one of" in response.json()["error"]
+
+
+async def test_cross_origin_and_foreign_host_are_refused(channel: Channel) -> None:
+    response = await channel.client.post(
+        "/api/commands",
+        json={"name": "alice", "text": "/draft a cat"},
+        headers={"Origin": "https://evil.example"},
+    )
+    assert response.status_code == 403
+    response = await channel.client.get("/api/messages", headers={"Host": "evil.example"})
+    assert response.status_code == 403
+
+
+async def test_history_survives_a_restart(make_settings) -> None:
+    services = build(make_settings())
+    async for channel in _open(services):
+        await channel.say("alice", "/draft a kite --n 2")
+        await channel.wait_for(is_grid)
+        before = await channel.history()
+    await services.aclose()
+    again = build(make_settings())
+    async for channel in _open(again):
+        assert await channel.history() == before
+        grid = next(m for m in before if is_grid(m))
+        await channel.react("alice", grid["id"], "1️⃣")  # reactions on old messages still work
+        await channel.wait_for(lambda m: m["text"].startswith("✨ Final"))
+    await again.aclose()
+
+
+async def test_token_is_required_off_loopback(make_settings) -> None:
+    with pytest.raises(SurfaceUnavailable, match="TIERBOT_WEB_TOKEN is required"):
+        WebSurface(build(make_settings(http_host="0.0.0.0")))
+    services = build(make_settings(web_token="s3cret-token"))
+    async for channel in _open(services, host="127.0.0.1"):
+        assert (await channel.client.get("/")).status_code == 200  # the page asks for it
+        assert (await channel.client.get("/api/messages")).status_code == 401
+        response = await channel.client.post(
+            "/api/commands", json={"name": "a", "text": "/tierbot help"}
+        )
+        assert response.status_code == 401
+        ok = await channel.client.get(
+            "/api/messages", headers={"Authorization": "Bearer s3cret-token"}
+        )
+        assert ok.status_code == 200
+        channel.client.cookies.set("tierbot_token", "s3cret-token")
+        assert (await channel.client.get("/api/messages")).status_code == 200
+        channel.client.cookies.set("tierbot_token", "wrong")
+        assert (await channel.client.get("/api/messages")).status_code == 401
+    await services.aclose()
