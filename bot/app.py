@@ -78,8 +78,7 @@ def load_surfaces(services: Services) -> tuple[list[ChatSurface], dict[str, str]
     Returns:
         The surfaces to start, and for the others the reason they are off.
     """
-    import adapters
-
+    adapters = importlib.import_module("adapters")
     surfaces: list[ChatSurface] = []
     off: dict[str, str] = {}
     names = sorted(m.name for m in pkgutil.iter_modules(adapters.__path__) if not m.ispkg)
