@@ -83,8 +83,10 @@ class Tierbot:
     # -- internals ---------------------------------------------------------------------------
 
     async def _guard(self, replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
+        thread_of: str | None = None  # a failure is reported where its status line was
         try:
             async for reply in replies:
+                thread_of = reply.thread_of
                 yield reply
         except (UserError, RouteRefused) as exc:
             yield _private_error(exc.message)
@@ -94,7 +96,11 @@ class Tierbot:
                 if exc.kind == "policy"
                 else "⚠️ Failed"
             )
-            yield Reply(text=f"{prefix}: {exc.message}. Nothing was charged.", error=True)
+            yield Reply(
+                text=f"{prefix}: {exc.message}. Nothing was charged.",
+                thread_of=thread_of,
+                error=True,
+            )
         except Exception:
             ref = secrets.token_hex(3)
             log.exception("unexpected error (ref %s)", ref)

@@ -268,3 +268,26 @@ async def test_token_is_required_off_loopback(make_settings) -> None:
         channel.client.cookies.set("tierbot_token", "wrong")
         assert (await channel.client.get("/api/messages")).status_code == 401
     await services.aclose()
+
+
+async def test_failed_step_shows_failed_status_with_the_reason(
+    make_settings, tmp_path: Path
+) -> None:
+    from bot.providers import PermanentError
+    from tests.conftest import ScriptedProvider, registry_with
+
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[models.local-final]\nprovider = "flaky"\n')
+    settings = make_settings(catalog=catalog)
+    flaky = ScriptedProvider("flaky", [PermanentError("400 reference too small")])
+    services = build(settings, providers=registry_with(settings, flaky=flaky))
+    async for channel in _open(services):
+        await channel.say("alice", "/draft a fox --n 2")
+        grid = await channel.wait_for(is_grid)
+        await channel.react("alice", grid["id"], "1️⃣")
+        failed = await channel.wait_for(lambda m: m["state"] == "failed")
+        assert "400 reference too small" in failed["detail"]
+        assert "Nothing was charged" in failed["detail"]
+        notice = await channel.wait_for(lambda m: m["error"] and not m["state"])
+        assert notice["thread_root"] == grid["id"] and not notice["private"]
+    await services.aclose()
