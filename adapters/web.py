@@ -44,6 +44,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from adapters.http_server import MAX_BODY, http_server
 from bot import progress
 from bot.app import Services
 from bot.commands import SLASH_COMMANDS
@@ -58,7 +59,6 @@ log = logging.getLogger(__name__)
 SURFACE = "web"
 CHANNEL = "web"
 BOT_NAME = "tierbot"
-MAX_BODY = 64 * 1024
 MAX_TEXT = 4000
 THUMB_WIDTHS = (128, 256, 512)
 NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
@@ -98,23 +98,22 @@ class WebSurface:
     ) -> None:
         settings = services.settings
         self.services = services
-        self.host = host or settings.http_host
-        self.port = settings.http_port if port is None else port
         self.token = settings.web_token.get_secret_value() if settings.web_token else None
-        if not is_loopback(self.host) and not self.token:
+        bind = host or settings.http_host
+        if not is_loopback(bind) and not self.token:
             raise SurfaceUnavailable(
-                f"TIERBOT_WEB_TOKEN is required to serve the web channel on {self.host}; "
+                f"TIERBOT_WEB_TOKEN is required to serve the web channel on {bind}; "
                 "set it, or bind TIERBOT_HTTP_HOST=127.0.0.1"
             )
+        self.server = http_server(services, host=host, port=port)
         self._listeners: set[_Listener] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self.url = ""
+        self._add_routes(self.server.app)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
+    def _add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(self._guard)
         app.router.add_get("/", self._page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/messages", self._messages)
@@ -123,19 +122,15 @@ class WebSurface:
         app.router.add_post("/api/reactions", self._reaction)
         app.router.add_get("/assets/{asset_id}", self._asset_page)
         app.router.add_get("/files/{asset_id}", self._file)
-        return app
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     async def start(self) -> str:
-        """Serve on host:port (port 0 picks a free one); returns the console line."""
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        if sockets:
-            self.port = sockets[0].getsockname()[1]
-        self.url = f"http://{self.host}:{self.port}"
-        return f"Web channel: {self.url}  (open it in a browser, set your name, type /draft ...)"
+        """Serve on the shared HTTP server; returns the console line."""
+        url = await self.server.start()
+        return f"Web channel: {url}  (open it in a browser, set your name, type /draft ...)"
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -143,8 +138,7 @@ class WebSurface:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for listener in list(self._listeners):
             listener.queue.put_nowait(("close", {}))
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self.server.stop()
 
     # -- middleware --------------------------------------------------------------------------
 
@@ -152,6 +146,8 @@ class WebSurface:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if self.server.is_external(request.path):
+            return await handler(request)  # signed by its platform (Slack)
         if not self._host_allowed(request.host):
             return web.json_response({"error": "unknown host"}, status=403)
         origin = request.headers.get("Origin")
@@ -170,7 +166,7 @@ class WebSurface:
             )
 
     def _host_allowed(self, host: str) -> bool:
-        if not is_loopback(self.host):
+        if not is_loopback(self.server.host):
             return True  # behind a proxy or on a LAN the token is the guard
         hostname = host.rsplit(":", 1)[0].strip("[]") if host else ""
         return is_loopback(hostname)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from bot.catalog import Catalog, load_catalog
 from bot.core import Tierbot
@@ -62,6 +63,8 @@ class Services:
     runner: JobRunner
     pipeline: Pipeline
     bot: Tierbot
+    #: Resources adapters share within one process (e.g. the one HTTP server), by name.
+    shared: dict[str, Any] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         await self.providers.aclose()

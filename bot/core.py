@@ -71,10 +71,21 @@ class Tierbot:
         async for reply in self._guard(self._reaction(event.origin, asset_id, event.emoji)):
             yield reply
 
-    def record_post(self, origin: Origin, message_id: str, reply: Reply) -> None:
-        """Remember which asset a posted message presents (for reactions on it)."""
+    def record_post(
+        self, origin: Origin, message_id: str, reply: Reply, thread_id: str | None = None
+    ) -> None:
+        """Remember which asset a posted message presents (for reactions on it) and the
+        thread it lives in (so later results thread under the same root)."""
         if reply.asset_id:
-            self.store.record_message(origin.surface, origin.channel, message_id, reply.asset_id)
+            self.store.record_message(
+                origin.surface, origin.channel, message_id, reply.asset_id, thread_id
+            )
+
+    def thread_of(self, origin: Origin, reply: Reply) -> str | None:
+        """The surface message id of the thread ``reply`` belongs in, if it threads."""
+        if not reply.thread_of:
+            return None
+        return self.store.thread_for_asset(origin.surface, origin.channel, reply.thread_of)
 
     async def resume(self) -> list[CompletedJob | JobFailed]:
         """Finish jobs a previous process left unfinished."""

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     slack_bot_token: SecretStr | None = _secret("SLACK_BOT_TOKEN")
     slack_app_token: SecretStr | None = _secret("SLACK_APP_TOKEN")
     slack_signing_secret: SecretStr | None = _secret("SLACK_SIGNING_SECRET")
+    #: Slack Web API base URL (proxies, Enterprise Grid set-ups, tests).
+    slack_api_url: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_API_URL"))
     discord_bot_token: SecretStr | None = _secret("DISCORD_BOT_TOKEN")
     fal_key: SecretStr | None = _secret("FAL_KEY")
     gemini_api_key: SecretStr | None = _secret("GEMINI_API_KEY")
@@ -78,7 +80,7 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
-    @field_validator("public_url")
+    @field_validator("public_url", "slack_api_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):

@@ -137,3 +137,23 @@ def m002_web_messages(db: Database) -> None:
         },
         pk="id",
     )
+
+
+@migrations()
+def m003_threads_and_outbox(db: Database) -> None:
+    # The thread a posted message lives in, so later results thread under the same root.
+    db["messages"].add_column("thread_id", str)
+    # Replies a surface could not post yet (platform down, rate limits exhausted): retried.
+    db["outbox"].create(
+        {
+            "id": int,
+            "surface": str,
+            "origin": str,  # JSON Origin
+            "reply": str,  # JSON Reply
+            "attempts": int,
+            "last_error": str,
+            "next_at": str,
+            "created_at": str,
+        },
+        pk="id",
+    )

@@ -348,17 +348,36 @@ class Store:
         )
         return cursor.rowcount == 1
 
-    def record_message(self, surface: str, channel: str, message_id: str, asset_id: str) -> None:
+    def record_message(
+        self,
+        surface: str,
+        channel: str,
+        message_id: str,
+        asset_id: str,
+        thread_id: str | None = None,
+    ) -> None:
         self.db["messages"].upsert(
             {
                 "surface": surface,
                 "channel": channel,
                 "message_id": message_id,
                 "asset_id": asset_id,
+                "thread_id": thread_id,
                 "posted_at": utcnow(),
             },
             pk=("surface", "channel", "message_id"),
         )
+
+    def thread_for_asset(self, surface: str, channel: str, asset_id: str) -> str | None:
+        """The thread root of the newest message presenting ``asset_id`` (itself if a root)."""
+        row = self.db.execute(
+            "select message_id, thread_id from messages where surface = ? and channel = ? "
+            "and asset_id = ? order by posted_at desc limit 1",
+            [surface, channel, asset_id],
+        ).fetchone()
+        if row is None:
+            return None
+        return row[1] or row[0]
 
     def asset_for_message(self, surface: str, channel: str, message_id: str) -> str | None:
         row = self.db.execute(
@@ -375,6 +394,39 @@ class Store:
             [surface, channel, asset_id],
         ).fetchone()
         return row[0] if row else None
+
+    # -- the outbox: replies waiting to be posted ---------------------------------------------
+
+    def add_to_outbox(
+        self, surface: str, origin: dict[str, Any], reply: dict[str, Any], error: str, next_at: str
+    ) -> int:
+        row = {
+            "surface": surface,
+            "origin": json.dumps(origin),
+            "reply": json.dumps(reply),
+            "attempts": 1,
+            "last_error": error,
+            "next_at": next_at,
+            "created_at": utcnow(),
+        }
+        return int(self.db["outbox"].insert(row).last_pk)
+
+    def due_in_outbox(self, surface: str, now: str) -> list[dict[str, Any]]:
+        rows = self.db["outbox"].rows_where(
+            "surface = ? and next_at <= ?", [surface, now], order_by="id"
+        )
+        return [
+            {**r, "origin": json.loads(r["origin"]), "reply": json.loads(r["reply"])} for r in rows
+        ]
+
+    def outbox_retry_later(self, entry_id: int, error: str, next_at: str) -> None:
+        self.db.execute(
+            "update outbox set attempts = attempts + 1, last_error = ?, next_at = ? where id = ?",
+            [error, next_at, entry_id],
+        )
+
+    def outbox_done(self, entry_id: int) -> None:
+        self.db.execute("delete from outbox where id = ?", [entry_id])
 
     # -- the web channel's history -----------------------------------------------------------
 

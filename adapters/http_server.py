@@ -1,0 +1,68 @@
+"""The bot's one HTTP listener (``TIERBOT_HTTP_HOST:TIERBOT_HTTP_PORT``), shared by surfaces.
+
+The web channel registers its pages on it; Slack's HTTP mode mounts Bolt's aiohttp app at
+``/slack/``. Surfaces register in their constructors and every ``start`` call after the first
+is a no-op, so whichever surfaces are configured, one server runs in the shared event loop.
+Paths mounted with ``external=True`` are authenticated by their platform (Slack signs its
+requests), so the web channel's guard leaves them alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
+
+
+class HttpServer:
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.app = web.Application(client_max_size=MAX_BODY)
+        self.url = ""
+        self._external: list[str] = []
+        self._runner: web.AppRunner | None = None
+
+    def mount(self, prefix: str, subapp: web.Application, *, external: bool = False) -> None:
+        """Serve ``subapp`` under ``prefix`` (e.g. ``/slack``)."""
+        self.app.add_subapp(prefix, subapp)
+        if external:
+            self._external.append(prefix.rstrip("/") + "/")
+
+    def is_external(self, path: str) -> bool:
+        return any(path.startswith(prefix) for prefix in self._external)
+
+    async def start(self) -> str:
+        """Listen (port 0 picks a free port); returns the base URL. Idempotent."""
+        if self._runner is None:
+            self._runner = web.AppRunner(self.app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.host, self.port)
+            await site.start()
+            server = site._server  # aiohttp keeps the bound socket here; port 0 needs it
+            if server is not None and server.sockets:  # type: ignore[union-attr]
+                self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://{self.host}:{self.port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+
+def http_server(services: Any, *, host: str | None = None, port: int | None = None) -> HttpServer:
+    """The process's shared server for ``services`` (created on first use)."""
+    server = services.shared.get("http_server")
+    if server is None:
+        settings = services.settings
+        server = HttpServer(
+            host or settings.http_host, settings.http_port if port is None else port
+        )
+        services.shared["http_server"] = server
+    return server
