@@ -1,10 +1,10 @@
 """The bot's one HTTP listener (``TIERBOT_HTTP_HOST:TIERBOT_HTTP_PORT``), shared by surfaces.
 
-The web channel registers its pages on it; Slack's HTTP mode mounts Bolt's aiohttp app at
-``/slack/``. Surfaces register in their constructors and every ``start`` call after the first
-is a no-op, so whichever surfaces are configured, one server runs in the shared event loop.
-Paths mounted with ``external=True`` are authenticated by their platform (Slack signs its
-requests), so the web channel's guard leaves them alone.
+The web channel registers its pages on it; Slack's HTTP mode adds ``/slack/events``.
+Surfaces register in their constructors and every ``start`` call after the first is a
+no-op, so whichever surfaces are configured, one server runs in the shared event loop.
+External paths are authenticated by their platform (Slack signs its requests), so the web
+channel's guard leaves them alone.
 """
 
 from __future__ import annotations
@@ -28,14 +28,13 @@ class HttpServer:
         self._external: list[str] = []
         self._runner: web.AppRunner | None = None
 
-    def mount(self, prefix: str, subapp: web.Application, *, external: bool = False) -> None:
-        """Serve ``subapp`` under ``prefix`` (e.g. ``/slack``)."""
-        self.app.add_subapp(prefix, subapp)
-        if external:
-            self._external.append(prefix.rstrip("/") + "/")
+    def add_external_post(self, path: str, handler: Any) -> None:
+        """Serve POST ``path`` with ``handler``; its platform authenticates it (Slack signs)."""
+        self.app.router.add_post(path, handler)
+        self._external.append(path)
 
     def is_external(self, path: str) -> bool:
-        return any(path.startswith(prefix) for prefix in self._external)
+        return path in self._external
 
     async def start(self) -> str:
         """Listen (port 0 picks a free port); returns the base URL. Idempotent."""

@@ -123,10 +123,18 @@ async def serve(services: Services) -> int:
     except SurfaceUnavailable as exc:
         print(exc, file=sys.stderr)
         return 2
+    started = []
     for surface in surfaces:
-        print(await surface.start())
+        try:
+            print(await surface.start())
+            started.append(surface)
+        except SurfaceUnavailable as exc:
+            off[surface.name] = str(exc)
     for name, reason in sorted(off.items()):
         print(f"{name.capitalize()}: off ({reason})")
+    if not started:
+        print("No chat surface could start; see the reasons above.", file=sys.stderr)
+        return 2
     outcomes = await services.bot.resume()
     if outcomes:
         print(f"Resumed {len(outcomes)} unfinished job(s).")
@@ -136,7 +144,7 @@ async def serve(services: Services) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    for surface in surfaces:
+    for surface in started:
         await surface.stop()
     return 0
 

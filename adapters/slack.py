@@ -1,0 +1,509 @@
+"""Slack: slash commands, draft grids in threads, approval by reaction.
+
+Built on slack-bolt's ``AsyncApp`` in the shared event loop (never ``app.start()``, which
+owns the loop). Socket Mode runs when ``SLACK_APP_TOKEN`` is set; HTTP mode is mounted at
+``/slack/events`` on the bot's HTTP server when ``SLACK_SIGNING_SECRET`` is set; both can run.
+
+What Slack needs, and where it is handled (see ``shared/specs/chat_platforms.md`` §1):
+
+- **3-second ack.** ``/draft`` and ``/tierbot`` ack first with a short private text; the work
+  runs in a task this surface keeps a strong reference to. Results are posted with the bot
+  token (``chat.postMessage``), never ``response_url``, so a long job still lands.
+- **Grids.** ``files_upload_v2`` returns no message ``ts``, so every asset gets an *anchor*
+  message we own (text, model, reason, price), the file is uploaded into the anchor's thread
+  (always the thread's parent ``ts``), and the reactions are pre-added to the anchor.
+- **Progress.** One status message per command, edited with ``chat.update`` as its jobs move,
+  only when the text changes and at most once a second.
+- **Reactions.** ``reaction_added`` goes to the core with the ``event_id``; the core persists
+  it, so a retried delivery, even after a restart, acts once. Bolt drops the bot's own
+  reactions (it learns its user id from ``auth.test``). Refusals are ``chat.postEphemeral``.
+- **Errors.** 429s are retried by slack-sdk's ``AsyncRateLimitErrorRetryHandler`` honouring
+  ``Retry-After``; ``not_in_channel`` is explained to the person with how to invite the bot;
+  ``invalid_auth`` stops the surface at start-up with a clear line; a file over Slack's limit
+  is linked instead of uploaded; a reply that cannot be posted goes to the persistent outbox
+  and is retried until it lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import ClientError, web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError, SlackRequestError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.http_server import http_server
+from bot import progress
+from bot.app import Services
+from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
+from bot.surfaces import SurfaceUnavailable
+
+log = logging.getLogger(__name__)
+
+SURFACE = "slack"
+DEFAULT_API_URL = "https://slack.com/api/"
+#: Slack's per-file upload limit (1 GB); bigger files are linked instead.
+MAX_UPLOAD_BYTES = 1_000_000_000
+STATUS_MIN_INTERVAL_S = 1.0
+GROUP_CACHE_S = 300.0
+
+#: Slack reaction names ↔ the core's reaction vocabulary.
+REACTION_NAMES = {
+    "one": "1️⃣",
+    "two": "2️⃣",
+    "three": "3️⃣",
+    "four": "4️⃣",
+    "five": "5️⃣",
+    "six": "6️⃣",
+    "seven": "7️⃣",
+    "eight": "8️⃣",
+    "nine": "9️⃣",
+    "repeat": "🔁",
+    "x": "❌",
+    "movie_camera": "🎬",
+    "arrow_up": "⬆️",
+    "white_check_mark": "✅",
+}
+EMOJI_NAMES = {emoji: name for name, emoji in REACTION_NAMES.items()}
+_USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
+_NOT_A_MEMBER = ("not_in_channel", "channel_not_found", "is_archived")
+
+INVITE_HINT = (
+    "I can't post in this channel yet: invite me with `/invite @tierbot` (or add the app "
+    "from the channel's details), then try again."
+)
+
+
+def _utc(offset_s: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat(timespec="microseconds")
+
+
+class SlackSurface:
+    """tierbot in a Slack workspace."""
+
+    name = SURFACE
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        api_url: str | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        outbox_interval_s: float = 30.0,
+    ) -> None:
+        settings = services.settings
+        if settings.slack_bot_token is None:
+            raise SurfaceUnavailable("set SLACK_BOT_TOKEN")
+        if settings.slack_app_token is None and settings.slack_signing_secret is None:
+            raise SurfaceUnavailable(
+                "set SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
+            )
+        self.services = services
+        self.public_url = settings.public_url
+        base_url = (api_url or settings.slack_api_url or DEFAULT_API_URL).rstrip("/") + "/"
+        self.client = AsyncWebClient(
+            token=settings.slack_bot_token.get_secret_value(),
+            base_url=base_url,
+            timeout=30,
+            retry_handlers=[
+                AsyncConnectionErrorRetryHandler(),
+                AsyncRateLimitErrorRetryHandler(max_retry_count=3),
+            ],
+        )
+        secret = settings.slack_signing_secret
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=secret.get_secret_value() if secret else "",
+            logger=log,
+        )
+        self.app.command("/draft")(self._on_command)
+        self.app.command("/tierbot")(self._on_command)
+        self.app.event("reaction_added")(self._on_reaction)
+        self.app.event("reaction_removed")(self._ignore)
+        self.socket: AsyncSocketModeHandler | None = None
+        if settings.slack_app_token is not None:
+            self.socket = AsyncSocketModeHandler(
+                self.app, app_token=settings.slack_app_token.get_secret_value()
+            )
+        self.server = None
+        if secret is not None:
+            self.server = http_server(services, host=host, port=port)
+            self.server.add_external_post("/slack/events", self._on_http)
+        self.outbox_interval_s = outbox_interval_s
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._outbox: asyncio.Task[Any] | None = None
+        self._groups: dict[str, tuple[float, set[str]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Check the token, then connect Socket Mode and/or serve HTTP mode.
+
+        Raises:
+            SurfaceUnavailable: Slack refused the token (``invalid_auth``) or is unreachable.
+        """
+        try:
+            auth = await self.client.auth_test()
+        except SlackApiError as exc:
+            error = exc.response.get("error", "error")
+            raise SurfaceUnavailable(
+                f"Slack refused SLACK_BOT_TOKEN ({error}); check the token and reinstall the app"
+            ) from None
+        except (ClientError, SlackRequestError, TimeoutError) as exc:
+            raise SurfaceUnavailable(f"Slack is unreachable: {exc}") from None
+        modes = []
+        if self.socket is not None:
+            await self.socket.connect_async()
+            modes.append("Socket Mode")
+        if self.server is not None:
+            url = await self.server.start()
+            modes.append(f"HTTP mode at {url}/slack/events")
+        self._outbox = self._spawn(self._outbox_loop())
+        return f"Slack: on as @{auth.get('user')} in {auth.get('team')} ({', '.join(modes)})"
+
+    async def stop(self) -> None:
+        if self.socket is not None:
+            await self.socket.close_async()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.server is not None:
+            await self.server.stop()
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def idle(self) -> None:
+        """Wait until every command and reaction in flight has been answered."""
+        while pending := [t for t in self._tasks if not t.done() and t is not self._outbox]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    # -- inbound -----------------------------------------------------------------------------
+
+    async def _on_http(self, request: web.Request) -> web.Response:
+        """HTTP mode: Bolt verifies the signature and timestamp, dispatches and acks."""
+        response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(response)
+
+    # ----------------------------------------------------------------------------
+
+    async def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+        name = command["command"].lstrip("/")
+        # Slack escapes exactly these three in command text.
+        text = command.get("text", "").replace("&lt;", "<").replace("&gt;", ">")
+        text = text.replace("&amp;", "&")
+        await ack(response_type="ephemeral", text=f"⏳ On it: /{name} {text}".strip())
+        self._spawn(self._run_command(command, name, text, respond))
+
+    async def _run_command(
+        self, command: dict[str, Any], name: str, text: str, respond: Any
+    ) -> None:
+        origin = await self._origin(command["team_id"], command["channel_id"], command["user_id"])
+        replies = self.services.bot.handle_command(
+            CommandEvent(origin=origin, command=name, text=text)
+        )
+        await self._deliver(origin, replies, respond)
+
+    async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        item = event.get("item", {})
+        if item.get("type") != "message":
+            return
+        name = event.get("reaction", "").split("::", 1)[0]  # drop skin tones
+        emoji = REACTION_NAMES.get(name, f":{name}:")
+        self._spawn(self._run_reaction(body, event, item, emoji))
+
+    async def _run_reaction(
+        self, body: dict[str, Any], event: dict[str, Any], item: dict[str, Any], emoji: str
+    ) -> None:
+        team = body.get("team_id") or event.get("team", "")
+        origin = await self._origin(team, item["channel"], event["user"])
+        replies = self.services.bot.handle_reaction(
+            ReactionEvent(
+                origin=origin,
+                event_id=body.get("event_id")
+                or f"{item['channel']}:{item['ts']}:{event['user']}:{emoji}",
+                message_id=item["ts"],
+                emoji=emoji,
+            )
+        )
+        await self._deliver(origin, replies, respond=None)
+
+    async def _ignore(self) -> None:
+        return None
+
+    async def _origin(self, team: str, channel: str, user: str) -> Origin:
+        """The person, with the approver user groups (ids or @handles) they belong to."""
+        origin = Origin(surface=SURFACE, team=team, channel=channel, user=user)
+        groups = []
+        for entry in self.services.policy.rules_for(origin).approvers:
+            if (_USERGROUP_ID.match(entry) or entry.startswith("@")) and user in (
+                await self._group_members(entry)
+            ):
+                groups.append(entry)
+        return origin.model_copy(update={"groups": tuple(groups)})
+
+    async def _group_members(self, entry: str) -> set[str]:
+        cached = self._groups.get(entry)
+        if cached and time.monotonic() - cached[0] < GROUP_CACHE_S:
+            return cached[1]
+        members: set[str] = set()
+        try:
+            if entry.startswith("@"):
+                listing = await self.client.usergroups_list(include_users=True)
+                for group in listing.get("usergroups", []):
+                    if group.get("handle") == entry[1:]:
+                        members = set(group.get("users", []))
+            else:
+                members = set(
+                    (await self.client.usergroups_users_list(usergroup=entry)).get("users", [])
+                )
+        except SlackApiError as exc:
+            log.warning("cannot read user group %s: %s", entry, exc.response.get("error"))
+        self._groups[entry] = (time.monotonic(), members)
+        return members
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    async def _deliver(
+        self, origin: Origin, replies: AsyncIterator[Reply], respond: Any | None
+    ) -> None:
+        """Post a use case's replies as they come, keeping its status message current."""
+        status = _StatusMessage(self, origin)
+        progress.listen(status.on_progress)
+        async for reply in replies:
+            if reply.private:
+                await self._ephemeral(origin, reply, respond)
+                if reply.error:
+                    await status.finish(failed=True, detail=reply.text)
+            elif reply.status:
+                await status.open(reply)
+            else:
+                await self._post_or_queue(origin, reply, respond)
+                await status.finish(failed=reply.error, detail=reply.text if reply.error else None)
+        await status.finish(failed=False, detail=None)
+
+    async def _ephemeral(self, origin: Origin, reply: Reply, respond: Any | None) -> None:
+        try:
+            await self.client.chat_postEphemeral(
+                channel=origin.channel,
+                user=origin.user,
+                text=reply.text,
+                thread_ts=self.services.bot.thread_of(origin, reply),
+            )
+        except SlackApiError as exc:
+            if respond is None:
+                log.warning("ephemeral to %s failed: %s", origin.user, exc.response.get("error"))
+                return
+            text = reply.text
+            if exc.response.get("error") in _NOT_A_MEMBER:
+                text = f"{INVITE_HINT}\n\n{text}"
+            await respond(text=text, response_type="ephemeral", replace_original=False)
+
+    async def _post_or_queue(self, origin: Origin, reply: Reply, respond: Any | None) -> None:
+        """Post a reply; if Slack will not take it now, keep it in the outbox and retry."""
+        try:
+            await self.post(origin, reply)
+        except (SlackApiError, SlackRequestError, ClientError, TimeoutError) as exc:
+            error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+            log.warning("posting to %s failed (%s); queued for retry", origin.channel, error)
+            self.services.store.add_to_outbox(
+                SURFACE,
+                origin.model_dump(mode="json"),
+                reply.model_dump(mode="json"),
+                str(error),
+                _utc(self.outbox_interval_s),
+            )
+            if error in _NOT_A_MEMBER and respond is not None:
+                await respond(
+                    text=f"{INVITE_HINT} The result is kept and will be posted once I'm in.",
+                    response_type="ephemeral",
+                    replace_original=False,
+                )
+
+    async def post(self, origin: Origin, reply: Reply) -> None:
+        """Post one reply in its thread: an anchor message we own, the file uploaded into
+        the thread, and the reaction vocabulary pre-added to the anchor."""
+        thread_ts = self.services.bot.thread_of(origin, reply)
+        text = self._text(reply)
+        anchor = await self.client.chat_postMessage(
+            channel=origin.channel, text=text, thread_ts=thread_ts, unfurl_links=False
+        )
+        ts = anchor["ts"]
+        root = thread_ts or ts
+        for path in reply.files:
+            size = path.stat().st_size
+            if size > MAX_UPLOAD_BYTES:
+                await self._link_instead(origin, reply, root, size)
+                continue
+            try:
+                await self.client.files_upload_v2(
+                    channel=origin.channel,
+                    thread_ts=root,
+                    file=str(path),
+                    filename=f"tierbot-{reply.asset_id or 'file'}{path.suffix}",
+                    title=reply.text.splitlines()[0][:200],
+                )
+            except SlackApiError as exc:
+                if exc.response.get("error") != "file_upload_size_restricted":
+                    raise
+                await self._link_instead(origin, reply, root, size)
+        for emoji in reply.reactions:
+            try:
+                await self.client.reactions_add(
+                    channel=origin.channel, timestamp=ts, name=EMOJI_NAMES[emoji]
+                )
+            except SlackApiError as exc:
+                if exc.response.get("error") != "already_reacted":
+                    raise
+        self.services.bot.record_post(origin, ts, reply, thread_id=thread_ts)
+
+    async def _link_instead(self, origin: Origin, reply: Reply, root: str, size: int) -> None:
+        where = (
+            f"<{self.public_url}/assets/{reply.asset_id}|open it on its asset page>"
+            if self.public_url
+            else f"it is asset {reply.asset_id} in tierbot's store"
+        )
+        await self.client.chat_postMessage(
+            channel=origin.channel,
+            thread_ts=root,
+            text=f"The file is {size / 1e6:,.0f} MB, over Slack's upload limit: {where}.",
+        )
+
+    def _text(self, reply: Reply) -> str:
+        if self.public_url and reply.asset_id:
+            return f"{reply.text}\n<{self.public_url}/assets/{reply.asset_id}|asset page>"
+        return reply.text
+
+    # -- the outbox --------------------------------------------------------------------------
+
+    async def flush_outbox(self) -> int:
+        """Try every due reply in the outbox once; returns how many were posted."""
+        store = self.services.store
+        posted = 0
+        for entry in store.due_in_outbox(SURFACE, _utc()):
+            origin, reply = Origin(**entry["origin"]), Reply(**entry["reply"])
+            try:
+                await self.post(origin, reply)
+            except (SlackApiError, SlackRequestError, ClientError, TimeoutError) as exc:
+                error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+                wait = min(3600.0, self.outbox_interval_s * 2 ** entry["attempts"])
+                store.outbox_retry_later(entry["id"], str(error), _utc(wait))
+            else:
+                store.outbox_done(entry["id"])
+                posted += 1
+        return posted
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            try:
+                await self.flush_outbox()
+            except Exception:
+                log.exception("outbox flush failed")
+            await asyncio.sleep(self.outbox_interval_s)
+
+
+class _StatusMessage:
+    """One status message per command, edited as its jobs move (throttled, only on change)."""
+
+    def __init__(self, surface: SlackSurface, origin: Origin) -> None:
+        self.surface = surface
+        self.origin = origin
+        self.ts: str | None = None
+        self.base = ""
+        self.text = ""
+        self.started = 0.0
+        self.last_sent = 0.0
+        self.done = False
+        self.jobs: dict[str, str] = {}
+        self._pending: asyncio.Task[None] | None = None
+
+    async def open(self, reply: Reply) -> None:
+        self.base, self.text, self.done = reply.text, reply.text, False
+        self.jobs.clear()
+        try:
+            posted = await self.surface.client.chat_postMessage(
+                channel=self.origin.channel,
+                text=reply.text,
+                thread_ts=self.surface.services.bot.thread_of(self.origin, reply),
+            )
+            self.ts, self.last_sent = posted["ts"], time.monotonic()
+        except SlackApiError as exc:
+            log.warning("status message failed: %s", exc.response.get("error"))
+
+    def on_progress(self, job_id: str, state: str, detail: str | None) -> None:
+        if self.ts is None or self.done:
+            return
+        self.jobs[job_id] = state
+        if state == "running" and not self.started:
+            self.started = time.monotonic()
+        line = {
+            "queued": "queued",
+            "running": "running",
+            "retrying": f"retrying ({detail})",
+            "succeeded": "finishing",
+            "failed": f"failed: {detail}",
+        }.get(state, state)
+        self._set(f"{self.base}\n_{line}_")
+
+    def _set(self, text: str) -> None:
+        if text == self.text:
+            return
+        self.text = text
+        if self._pending is None or self._pending.done():
+            self._pending = self.surface._spawn(self._flush())
+
+    async def _flush(self) -> None:
+        wait = STATUS_MIN_INTERVAL_S - (time.monotonic() - self.last_sent)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._send(self.text)
+
+    async def _send(self, text: str) -> None:
+        if self.ts is None:
+            return
+        try:
+            await self.surface.client.chat_update(
+                channel=self.origin.channel, ts=self.ts, text=text
+            )
+            self.last_sent = time.monotonic()
+        except SlackApiError as exc:
+            log.warning("status update failed: %s", exc.response.get("error"))
+
+    async def finish(self, *, failed: bool, detail: str | None) -> None:
+        if self.ts is None or self.done:
+            return
+        self.done = True
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+        elapsed = f" in {time.monotonic() - self.started:.0f} s" if self.started else ""
+        outcome = f"failed: {detail}" if failed else f"done{elapsed}"
+        final = f"{self.base}\n_{outcome}_"
+        if final != self.text:
+            self.text = final
+            await self._send(final)
+
+
+def create(services: Services) -> SlackSurface:
+    """Slack switches on with SLACK_BOT_TOKEN plus SLACK_APP_TOKEN and/or SLACK_SIGNING_SECRET.
+
+    Raises:
+        SurfaceUnavailable: naming the variable to set.
+    """
+    return SlackSurface(services)

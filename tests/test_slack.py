@@ -1,0 +1,302 @@
+"""The Slack surface against a fake Slack on 127.0.0.1 (real slack-bolt and slack-sdk)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import adapters.slack as slack_adapter
+from adapters.slack import SlackSurface
+from bot.app import build
+from bot.surfaces import SurfaceUnavailable
+from tests.conftest import write_policy
+from tests.fakes.slack import FakeSlack
+
+CHANNEL = "C0GENERAL"
+QUIET = {"auth.test", "apps.connections.open", "chat.update"}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    slack = FakeSlack()
+    await slack.start()
+    yield slack
+    await slack.stop()
+
+
+class Rig:
+    """A Slack surface wired to the fake, rebuilt on demand to simulate restarts."""
+
+    def __init__(self, fake: FakeSlack, make_settings, policy: Path | None, **settings) -> None:
+        self.fake = fake
+        self.make_settings = make_settings
+        self.policy = policy
+        self.settings = settings
+        self.surface: SlackSurface | None = None
+        self.services = None
+
+    async def start(self) -> SlackSurface:
+        settings = self.make_settings(
+            slack_bot_token=self.fake.bot_token,
+            slack_signing_secret=self.fake.signing_secret,
+            slack_api_url=self.fake.api_url,
+            policy=self.policy,
+            **self.settings,
+        )
+        self.services = build(settings)
+        self.surface = SlackSurface(self.services, port=0, outbox_interval_s=3600)
+        await self.surface.start()
+        return self.surface
+
+    async def stop(self) -> None:
+        await self.surface.stop()
+        await self.services.aclose()
+
+    @property
+    def events_url(self) -> str:
+        return f"{self.surface.server.url}/slack/events"
+
+    def api(self) -> list[str]:
+        return [c.method for c in self.fake.calls if c.method not in QUIET]
+
+    def since(self, mark: int) -> list[str]:
+        return [c.method for c in self.fake.calls[mark:] if c.method not in QUIET]
+
+    async def command(self, text: str, command: str = "/draft", **kw) -> tuple[int, Any]:
+        status, body, _ = await self.fake.send_command(self.events_url, command, text, **kw)
+        await self.surface.idle()
+        return status, body
+
+    async def react(self, ts: str, reaction: str, user: str = "UALICE", **kw) -> int:
+        event = self.fake.reaction_added(user=user, reaction=reaction, channel=CHANNEL, ts=ts)
+        status, _, _ = await self.fake.send_event(self.events_url, event, **kw)
+        await self.surface.idle()
+        return status
+
+    def anchors(self, needle: str) -> list[dict[str, Any]]:
+        return [m for m in self.fake.messages.values() if needle in m["text"]]
+
+
+@pytest.fixture
+async def rig(fake: FakeSlack, make_settings) -> AsyncIterator[Rig]:
+    wired = Rig(fake, make_settings, None)
+    await wired.start()
+    yield wired
+    await wired.stop()
+
+
+def grid_anchor(rig: Rig) -> dict[str, Any]:
+    (anchor,) = rig.anchors("🖼️ Drafts for")
+    return anchor
+
+
+async def test_signed_draft_posts_anchor_grid_in_thread_and_reactions(rig: Rig) -> None:
+    status, body = await rig.command("a lighthouse at dawn --n 4")
+    assert status == 200 and body["response_type"] == "ephemeral"
+    assert body["text"].startswith("⏳ On it: /draft a lighthouse at dawn")
+    assert rig.api() == [
+        "chat.postMessage",  # the status message
+        "chat.postMessage",  # the grid's anchor: prompt, model, reason, price
+        "files.getUploadURLExternal",
+        "files.completeUploadExternal",
+        *["reactions.add"] * 6,
+    ]
+    anchor = grid_anchor(rig)
+    assert "local-draft" in anchor["text"] and "4 credits" in anchor["text"]
+    assert "cheapest available draft model" in anchor["text"]
+    (upload,) = rig.fake.files.values()
+    assert upload["thread_ts"] == anchor["ts"] and upload["channel"] == CHANNEL
+    names = [c.params["name"] for c in rig.fake.calls if c.method == "reactions.add"]
+    assert names == ["one", "two", "three", "four", "repeat", "x"]
+    updates = [c.params["text"] for c in rig.fake.calls if c.method == "chat.update"]
+    assert (updates and updates[-1].endswith("_done in 0 s_")) or "_done" in updates[-1]
+
+
+async def test_bad_signature_and_stale_timestamp_are_rejected(rig: Rig) -> None:
+    import time
+
+    status, _, _ = await rig.fake.send_command(rig.events_url, "/draft", "a cat", secret="wrong")
+    assert status == 401
+    stale = int(time.time()) - 301
+    status, _, _ = await rig.fake.send_command(rig.events_url, "/draft", "a cat", timestamp=stale)
+    assert status == 401
+    assert rig.api() == []
+
+
+async def test_full_flow_draft_select_video_with_exact_calls(rig: Rig) -> None:
+    await rig.command("a lighthouse at dawn --n 4")
+    anchor = grid_anchor(rig)
+    mark = len(rig.fake.calls)
+    assert await rig.react(anchor["ts"], "two") == 200
+    assert rig.since(mark) == [
+        "chat.postMessage",  # status in the grid's thread
+        "chat.postMessage",  # the final's anchor in the thread
+        "files.getUploadURLExternal",
+        "files.completeUploadExternal",
+        *["reactions.add"] * 5,  # 🎬 ⬆️ ✅ 🔁 ❌
+    ]
+    (final,) = rig.anchors("✨ Final")
+    assert final["thread_ts"] == anchor["ts"] and "local-final" in final["text"]
+    mark = len(rig.fake.calls)
+    await rig.react(final["ts"], "movie_camera")
+    assert rig.since(mark) == [
+        "chat.postMessage",
+        "chat.postMessage",
+        "files.getUploadURLExternal",
+        "files.completeUploadExternal",
+        "reactions.add",
+        "reactions.add",
+    ]
+    (video,) = rig.anchors("🎬 Video")
+    assert video["thread_ts"] == anchor["ts"]  # results stay in the grid's thread
+    uploads = list(rig.fake.files.values())
+    assert uploads[-1]["filename"].endswith(".mp4") and uploads[-1]["thread_ts"] == anchor["ts"]
+
+
+async def test_duplicate_event_delivery_is_acted_on_once(rig: Rig) -> None:
+    await rig.command("a kite --n 2")
+    anchor = grid_anchor(rig)
+    await rig.react(anchor["ts"], "one", event_id="Ev0DUP")
+    await rig.react(anchor["ts"], "one", event_id="Ev0DUP", retry_num=1)
+    assert len(rig.anchors("✨ Final")) == 1
+    assert rig.fake.ephemerals == []
+
+
+async def test_restart_between_draft_and_reaction(fake: FakeSlack, make_settings) -> None:
+    first = Rig(fake, make_settings, None)
+    await first.start()
+    await first.command("a harbour at night --n 2")
+    anchor = grid_anchor(first)
+    await first.stop()
+    second = Rig(fake, make_settings, None)  # same data dir: a restarted bot
+    await second.start()
+    await second.react(anchor["ts"], "two", event_id="Ev0AFTER")
+    (final,) = second.anchors("✨ Final")
+    assert final["thread_ts"] == anchor["ts"]
+    await second.react(anchor["ts"], "two", event_id="Ev0AFTER", retry_num=1)
+    assert len(second.anchors("✨ Final")) == 1
+    await second.stop()
+
+
+async def test_unauthorized_reaction_is_ephemeral_and_spends_nothing(
+    fake: FakeSlack, make_settings, tmp_path: Path
+) -> None:
+    fake.usergroups["S0LEADS"] = {"UCAROL"}
+    fake.usergroup_handles["S0LEADS"] = "leads"
+    fake.usergroups["S0ART"] = {"UDAN"}
+    fake.usergroup_handles["S0ART"] = "art"
+    fake.members[CHANNEL] |= {"UDAN"}
+    policy = write_policy(
+        tmp_path, f'[teams.T0TEST.channels.{CHANNEL}]\napprovers = ["UBOB", "S0LEADS", "@art"]\n'
+    )
+    rig = Rig(fake, make_settings, policy)
+    await rig.start()
+    await rig.command("a red bicycle --n 2")
+    anchor = grid_anchor(rig)
+    spent = rig.services.ledger.report("T0TEST")["day"]
+    mark = len(fake.calls)
+    await rig.react(anchor["ts"], "one", user="UALICE")
+    assert rig.since(mark) == ["chat.postEphemeral"]
+    (ephemeral,) = fake.ephemerals
+    assert ephemeral["user"] == "UALICE"
+    assert "Only approvers can spend credits here" in ephemeral["text"]
+    assert rig.services.ledger.report("T0TEST")["day"] == spent
+    await rig.react(anchor["ts"], "one", user="UCAROL")  # in the S0LEADS user group
+    assert len(rig.anchors("✨ Final")) == 1
+    await rig.react(anchor["ts"], "two", user="UDAN")  # in the @art user group
+    assert len(rig.anchors("✨ Final")) == 2
+    await rig.stop()
+
+
+async def test_meaningless_reaction_and_own_reactions(rig: Rig) -> None:
+    await rig.command("a kite --n 2")
+    anchor = grid_anchor(rig)
+    mark = len(rig.fake.calls)
+    await rig.react(anchor["ts"], "tada")
+    assert rig.since(mark) == ["chat.postEphemeral"]
+    assert "means nothing on a draft grid" in rig.fake.ephemerals[-1]["text"]
+    mark = len(rig.fake.calls)
+    await rig.react(anchor["ts"], "one", user="UBOT")  # the bot's own reaction
+    assert rig.since(mark) == []
+
+
+async def test_rate_limited_post_is_retried_with_retry_after(rig: Rig) -> None:
+    rig.fake.fail_next("chat.postMessage", "ratelimited", status=429, retry_after=1)
+    await rig.command("a kite --n 2")
+    assert rig.api().count("chat.postMessage") == 3  # the 429 and its retry, then the anchor
+    assert len(rig.anchors("🖼️ Drafts for")) == 1
+
+
+async def test_not_in_channel_explained_and_result_kept_for_later(rig: Rig) -> None:
+    rig.fake.members["C0OTHER"] = {"UALICE"}  # the bot was not invited
+    await rig.command("a kite --n 2", channel_id="C0OTHER")
+    hints = [p["text"] for p in rig.fake.response_url_posts]
+    assert any("/invite @tierbot" in h for h in hints)
+    assert rig.anchors("🖼️ Drafts for") == []
+    rig.fake.members["C0OTHER"].add(rig.fake.bot_user_id)  # now invited
+    rig.services.store.db.execute("update outbox set next_at = '0'")
+    assert await rig.surface.flush_outbox() == 1
+    (anchor,) = rig.anchors("🖼️ Drafts for")
+    assert anchor["channel"] == "C0OTHER" if "channel" in anchor else True
+    assert await rig.surface.flush_outbox() == 0
+
+
+async def test_failed_post_goes_to_the_outbox_and_is_retried(rig: Rig) -> None:
+    rig.fake.fail_next("files.completeUploadExternal", "internal_error")
+    await rig.command("a kite --n 2")
+    assert rig.fake.files == {}
+    rig.services.store.db.execute("update outbox set next_at = '0'")
+    assert await rig.surface.flush_outbox() == 1
+    assert len(rig.fake.files) == 1
+
+
+async def test_file_over_the_limit_is_linked(rig: Rig, monkeypatch) -> None:
+    monkeypatch.setattr(slack_adapter, "MAX_UPLOAD_BYTES", 10)
+    await rig.command("a kite --n 2")
+    assert rig.fake.files == {}
+    assert rig.anchors("over Slack's upload limit")
+
+
+async def test_socket_mode_serves_the_same_flow(fake: FakeSlack, make_settings) -> None:
+    settings = make_settings(
+        slack_bot_token=fake.bot_token, slack_app_token=fake.app_token, slack_api_url=fake.api_url
+    )
+    services = build(settings)
+    surface = SlackSurface(services)
+    assert surface.server is None  # no signing secret: Socket Mode only
+    line = await surface.start()
+    assert "Socket Mode" in line
+    await fake.wait_socket_connected()
+    ack = await fake.socket_command("/draft", "a lighthouse at dawn --n 2")
+    assert ack["payload"]["text"].startswith("⏳ On it")
+    await surface.idle()
+    anchor = next(m for m in fake.messages.values() if "🖼️ Drafts for" in m["text"])
+    await fake.socket_event(
+        fake.reaction_added(user="UALICE", reaction="one", channel=CHANNEL, ts=anchor["ts"]),
+        event_id="Ev0SOCK",
+    )
+    await surface.idle()
+    assert any("✨ Final" in m["text"] for m in fake.messages.values())
+    await surface.stop()
+    await services.aclose()
+
+
+async def test_invalid_auth_is_reported_at_start(fake: FakeSlack, make_settings) -> None:
+    settings = make_settings(
+        slack_bot_token="xoxb-wrong", slack_signing_secret="s", slack_api_url=fake.api_url
+    )
+    services = build(settings)
+    surface = SlackSurface(services, port=0)
+    with pytest.raises(SurfaceUnavailable, match="invalid_auth"):
+        await surface.start()
+    await services.aclose()
+
+
+def test_slack_needs_its_tokens(make_settings) -> None:
+    with pytest.raises(SurfaceUnavailable, match="set SLACK_BOT_TOKEN"):
+        SlackSurface(build(make_settings()))
+    with pytest.raises(SurfaceUnavailable, match="SLACK_APP_TOKEN"):
+        SlackSurface(build(make_settings(slack_bot_token="xoxb-1")))
