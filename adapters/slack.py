@@ -202,8 +202,6 @@ class SlackSurface:
         response = await self.app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
 
-    # ----------------------------------------------------------------------------
-
     async def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         name = command["command"].lstrip("/")
         # Slack escapes exactly these three in command text.

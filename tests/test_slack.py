@@ -239,8 +239,9 @@ async def test_not_in_channel_explained_and_result_kept_for_later(rig: Rig) -> N
     rig.fake.members["C0OTHER"].add(rig.fake.bot_user_id)  # now invited
     rig.services.store.db.execute("update outbox set next_at = '0'")
     assert await rig.surface.flush_outbox() == 1
-    (anchor,) = rig.anchors("🖼️ Drafts for")
-    assert anchor["channel"] == "C0OTHER" if "channel" in anchor else True
+    assert [
+        channel for (channel, _), m in rig.fake.messages.items() if "🖼️ Drafts for" in m["text"]
+    ] == ["C0OTHER"]
     assert await rig.surface.flush_outbox() == 0
 
 
@@ -300,3 +301,15 @@ def test_slack_needs_its_tokens(make_settings) -> None:
         SlackSurface(build(make_settings()))
     with pytest.raises(SurfaceUnavailable, match="SLACK_APP_TOKEN"):
         SlackSurface(build(make_settings(slack_bot_token="xoxb-1")))
+
+
+async def test_messages_link_to_the_asset_page_with_a_public_url(
+    fake: FakeSlack, make_settings
+) -> None:
+    rig = Rig(fake, make_settings, None, public_url="https://tierbot.example.com")
+    await rig.start()
+    await rig.command("a kite --n 2")
+    anchor = grid_anchor(rig)
+    grid_id = rig.services.store.asset_for_message("slack", CHANNEL, anchor["ts"])
+    assert f"<https://tierbot.example.com/assets/{grid_id}|asset page>" in anchor["text"]
+    await rig.stop()
