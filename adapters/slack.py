@@ -31,7 +31,6 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import ClientError, web
@@ -45,6 +44,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.delivery import Outbox, StatusLine
 from adapters.http_server import http_server
 from bot import progress
 from bot.app import Services
@@ -57,7 +57,6 @@ SURFACE = "slack"
 DEFAULT_API_URL = "https://slack.com/api/"
 #: Slack's per-file upload limit (1 GB); bigger files are linked instead.
 MAX_UPLOAD_BYTES = 1_000_000_000
-STATUS_MIN_INTERVAL_S = 1.0
 GROUP_CACHE_S = 300.0
 
 #: Slack reaction names ↔ the core's reaction vocabulary.
@@ -80,15 +79,13 @@ REACTION_NAMES = {
 EMOJI_NAMES = {emoji: name for name, emoji in REACTION_NAMES.items()}
 _USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
 _NOT_A_MEMBER = ("not_in_channel", "channel_not_found", "is_archived")
+#: What "Slack will not take this now" looks like: such replies go to the outbox.
+SLACK_ERRORS = (SlackApiError, SlackRequestError, ClientError, TimeoutError)
 
 INVITE_HINT = (
     "I can't post in this channel yet: invite me with `/invite @tierbot` (or add the app "
     "from the channel's details), then try again."
 )
-
-
-def _utc(offset_s: float = 0.0) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat(timespec="microseconds")
 
 
 class SlackSurface:
@@ -143,7 +140,7 @@ class SlackSurface:
         if secret is not None:
             self.server = http_server(services, host=host, port=port)
             self.server.add_external_post("/slack/events", self._on_http)
-        self.outbox_interval_s = outbox_interval_s
+        self.outbox = Outbox(SURFACE, services.store, self.post, SLACK_ERRORS, outbox_interval_s)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outbox: asyncio.Task[Any] | None = None
         self._groups: dict[str, tuple[float, set[str]]] = {}
@@ -172,7 +169,7 @@ class SlackSurface:
         if self.server is not None:
             url = await self.server.start()
             modes.append(f"HTTP mode at {url}/slack/events")
-        self._outbox = self._spawn(self._outbox_loop())
+        self._outbox = self._spawn(self.outbox.run())
         return f"Slack: on as @{auth.get('user')} in {auth.get('team')} ({', '.join(modes)})"
 
     async def stop(self) -> None:
@@ -283,7 +280,12 @@ class SlackSurface:
         self, origin: Origin, replies: AsyncIterator[Reply], respond: Any | None
     ) -> None:
         """Post a use case's replies as they come, keeping its status message current."""
-        status = _StatusMessage(self, origin)
+        status_ts: str | None = None
+
+        async def edit(text: str) -> None:
+            await self.client.chat_update(channel=origin.channel, ts=status_ts, text=text)
+
+        status = StatusLine(edit, self._spawn)
         progress.listen(status.on_progress)
         async for reply in replies:
             if reply.private:
@@ -291,11 +293,21 @@ class SlackSurface:
                 if reply.error:
                     await status.finish(failed=True, detail=reply.text)
             elif reply.status:
-                await status.open(reply)
+                try:
+                    posted = await self.client.chat_postMessage(
+                        channel=origin.channel,
+                        text=reply.text,
+                        thread_ts=self.services.bot.thread_of(origin, reply),
+                    )
+                except SLACK_ERRORS as exc:
+                    log.warning("status message in %s failed: %s", origin.channel, exc)
+                else:
+                    status_ts = posted["ts"]
+                    status.opened(reply.text)
             else:
                 await self._post_or_queue(origin, reply, respond)
                 await status.finish(failed=reply.error, detail=reply.text if reply.error else None)
-        await status.finish(failed=False, detail=None)
+        await status.finish(failed=False)
 
     async def _ephemeral(self, origin: Origin, reply: Reply, respond: Any | None) -> None:
         try:
@@ -318,16 +330,9 @@ class SlackSurface:
         """Post a reply; if Slack will not take it now, keep it in the outbox and retry."""
         try:
             await self.post(origin, reply)
-        except (SlackApiError, SlackRequestError, ClientError, TimeoutError) as exc:
+        except SLACK_ERRORS as exc:
             error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
-            log.warning("posting to %s failed (%s); queued for retry", origin.channel, error)
-            self.services.store.add_to_outbox(
-                SURFACE,
-                origin.model_dump(mode="json"),
-                reply.model_dump(mode="json"),
-                str(error),
-                _utc(self.outbox_interval_s),
-            )
+            self.outbox.keep(origin, reply, str(error))
             if error in _NOT_A_MEMBER and respond is not None:
                 await respond(
                     text=f"{INVITE_HINT} The result is kept and will be posted once I'm in.",
@@ -388,114 +393,6 @@ class SlackSurface:
         if self.public_url and reply.asset_id:
             return f"{reply.text}\n<{self.public_url}/assets/{reply.asset_id}|asset page>"
         return reply.text
-
-    # -- the outbox --------------------------------------------------------------------------
-
-    async def flush_outbox(self) -> int:
-        """Try every due reply in the outbox once; returns how many were posted."""
-        store = self.services.store
-        posted = 0
-        for entry in store.due_in_outbox(SURFACE, _utc()):
-            origin, reply = Origin(**entry["origin"]), Reply(**entry["reply"])
-            try:
-                await self.post(origin, reply)
-            except (SlackApiError, SlackRequestError, ClientError, TimeoutError) as exc:
-                error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
-                wait = min(3600.0, self.outbox_interval_s * 2 ** entry["attempts"])
-                store.outbox_retry_later(entry["id"], str(error), _utc(wait))
-            else:
-                store.outbox_done(entry["id"])
-                posted += 1
-        return posted
-
-    async def _outbox_loop(self) -> None:
-        while True:
-            try:
-                await self.flush_outbox()
-            except Exception:
-                log.exception("outbox flush failed")
-            await asyncio.sleep(self.outbox_interval_s)
-
-
-class _StatusMessage:
-    """One status message per command, edited as its jobs move (throttled, only on change)."""
-
-    def __init__(self, surface: SlackSurface, origin: Origin) -> None:
-        self.surface = surface
-        self.origin = origin
-        self.ts: str | None = None
-        self.base = ""
-        self.text = ""
-        self.started = 0.0
-        self.last_sent = 0.0
-        self.done = False
-        self.jobs: dict[str, str] = {}
-        self._pending: asyncio.Task[None] | None = None
-
-    async def open(self, reply: Reply) -> None:
-        self.base, self.text, self.done = reply.text, reply.text, False
-        self.jobs.clear()
-        try:
-            posted = await self.surface.client.chat_postMessage(
-                channel=self.origin.channel,
-                text=reply.text,
-                thread_ts=self.surface.services.bot.thread_of(self.origin, reply),
-            )
-            self.ts, self.last_sent = posted["ts"], time.monotonic()
-        except SlackApiError as exc:
-            log.warning("status message failed: %s", exc.response.get("error"))
-
-    def on_progress(self, job_id: str, state: str, detail: str | None) -> None:
-        if self.ts is None or self.done:
-            return
-        self.jobs[job_id] = state
-        if state == "running" and not self.started:
-            self.started = time.monotonic()
-        line = {
-            "queued": "queued",
-            "running": "running",
-            "retrying": f"retrying ({detail})",
-            "succeeded": "finishing",
-            "failed": f"failed: {detail}",
-        }.get(state, state)
-        self._set(f"{self.base}\n_{line}_")
-
-    def _set(self, text: str) -> None:
-        if text == self.text:
-            return
-        self.text = text
-        if self._pending is None or self._pending.done():
-            self._pending = self.surface._spawn(self._flush())
-
-    async def _flush(self) -> None:
-        wait = STATUS_MIN_INTERVAL_S - (time.monotonic() - self.last_sent)
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await self._send(self.text)
-
-    async def _send(self, text: str) -> None:
-        if self.ts is None:
-            return
-        try:
-            await self.surface.client.chat_update(
-                channel=self.origin.channel, ts=self.ts, text=text
-            )
-            self.last_sent = time.monotonic()
-        except SlackApiError as exc:
-            log.warning("status update failed: %s", exc.response.get("error"))
-
-    async def finish(self, *, failed: bool, detail: str | None) -> None:
-        if self.ts is None or self.done:
-            return
-        self.done = True
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
-        elapsed = f" in {time.monotonic() - self.started:.0f} s" if self.started else ""
-        outcome = f"failed: {detail}" if failed else f"done{elapsed}"
-        final = f"{self.base}\n_{outcome}_"
-        if final != self.text:
-            self.text = final
-            await self._send(final)
 
 
 def create(services: Services) -> SlackSurface:

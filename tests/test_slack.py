@@ -238,11 +238,11 @@ async def test_not_in_channel_explained_and_result_kept_for_later(rig: Rig) -> N
     assert rig.anchors("🖼️ Drafts for") == []
     rig.fake.members["C0OTHER"].add(rig.fake.bot_user_id)  # now invited
     rig.services.store.db.execute("update outbox set next_at = '0'")
-    assert await rig.surface.flush_outbox() == 1
+    assert await rig.surface.outbox.flush() == 1
     assert [
         channel for (channel, _), m in rig.fake.messages.items() if "🖼️ Drafts for" in m["text"]
     ] == ["C0OTHER"]
-    assert await rig.surface.flush_outbox() == 0
+    assert await rig.surface.outbox.flush() == 0
 
 
 async def test_failed_post_goes_to_the_outbox_and_is_retried(rig: Rig) -> None:
@@ -250,7 +250,7 @@ async def test_failed_post_goes_to_the_outbox_and_is_retried(rig: Rig) -> None:
     await rig.command("a kite --n 2")
     assert rig.fake.files == {}
     rig.services.store.db.execute("update outbox set next_at = '0'")
-    assert await rig.surface.flush_outbox() == 1
+    assert await rig.surface.outbox.flush() == 1
     assert len(rig.fake.files) == 1
 
 

@@ -1,0 +1,166 @@
+"""Delivery helpers shared by the platform surfaces (Slack, Discord): the status line of a
+command and the outbox of replies that could not be posted yet.
+
+Neither is a surface (no ``create``): the web channel keeps its own status in its history
+table; Slack and Discord edit one platform message per command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+from bot.domain import Origin, Reply
+from storage import Store
+
+log = logging.getLogger(__name__)
+
+STATUS_MIN_INTERVAL_S = 1.0
+_STATE_WORDS = {"queued": "queued", "running": "running", "succeeded": "finishing"}
+
+
+class StatusLine:
+    """The status text of one command, sent through ``send`` as its jobs move.
+
+    Edits go out only when the text changes and at most once per ``min_interval`` seconds
+    (platform rate limits: Slack allows about one message edit per second per channel); the
+    final "done in N s" / "failed: ..." always goes out.
+    """
+
+    def __init__(
+        self,
+        send: Callable[[str], Awaitable[None]],
+        spawn: Callable[[Awaitable[None]], object],
+        min_interval: float = STATUS_MIN_INTERVAL_S,
+    ) -> None:
+        self.send = send
+        self.spawn = spawn
+        self.min_interval = min_interval
+        self.base = ""
+        self.text = ""
+        self.open = False
+        self.started = 0.0
+        self.last_sent = 0.0
+        self._pending: asyncio.Future[None] | None = None
+
+    def opened(self, text: str) -> None:
+        """The status message now shows ``text`` (the surface has just posted it)."""
+        self.base = self.text = text
+        self.open = True
+        self.started = 0.0
+        self.last_sent = time.monotonic()
+
+    def on_progress(self, job_id: str, state: str, detail: str | None) -> None:
+        """A :mod:`bot.progress` listener."""
+        if not self.open:
+            return
+        if state == "running" and not self.started:
+            self.started = time.monotonic()
+        if state == "retrying":
+            word = f"retrying ({detail})"
+        elif state == "failed":
+            word = f"failed: {detail}"
+        else:
+            word = _STATE_WORDS.get(state, state)
+        self._set(f"{self.base}\n_{word}_")
+
+    def _set(self, text: str) -> None:
+        if text == self.text:
+            return
+        self.text = text
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(self._flush())
+            self.spawn(self._pending)
+
+    async def _flush(self) -> None:
+        wait = self.min_interval - (time.monotonic() - self.last_sent)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await self._send(self.text)
+
+    async def _send(self, text: str) -> None:
+        try:
+            await self.send(text)
+            self.last_sent = time.monotonic()
+        except Exception as exc:  # a status edit is never worth failing a job over
+            log.warning("status update failed: %s", exc)
+
+    async def finish(self, *, failed: bool, detail: str | None = None) -> None:
+        if not self.open:
+            return
+        self.open = False
+        if self._pending is not None and not self._pending.done():
+            self._pending.cancel()
+        elapsed = f" in {time.monotonic() - self.started:.0f} s" if self.started else ""
+        final = f"{self.base}\n_{f'failed: {detail}' if failed else f'done{elapsed}'}_"
+        if final != self.text:
+            self.text = final
+            await self._send(final)
+
+
+def _at(offset_s: float = 0.0) -> str:
+    return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat(timespec="microseconds")
+
+
+class Outbox:
+    """Replies a surface could not post yet, kept in SQLite and retried with backoff.
+
+    Args:
+        surface: the surface name the entries belong to.
+        store: the store.
+        post: posts one reply; raises one of ``errors`` when the platform will not take it.
+        errors: the exceptions that mean "try again later".
+        interval_s: the first retry delay; it doubles per attempt up to an hour.
+    """
+
+    def __init__(
+        self,
+        surface: str,
+        store: Store,
+        post: Callable[[Origin, Reply], Awaitable[None]],
+        errors: tuple[type[BaseException], ...],
+        interval_s: float = 30.0,
+    ) -> None:
+        self.surface = surface
+        self.store = store
+        self.post = post
+        self.errors = errors
+        self.interval_s = interval_s
+
+    def keep(self, origin: Origin, reply: Reply, error: str) -> None:
+        log.warning(
+            "%s: posting to %s failed (%s); kept for retry", self.surface, origin.channel, error
+        )
+        self.store.add_to_outbox(
+            self.surface,
+            origin.model_dump(mode="json"),
+            reply.model_dump(mode="json"),
+            error,
+            _at(self.interval_s),
+        )
+
+    async def flush(self) -> int:
+        """Try every due reply once; returns how many were posted."""
+        posted = 0
+        for entry in self.store.due_in_outbox(self.surface, _at()):
+            try:
+                await self.post(Origin(**entry["origin"]), Reply(**entry["reply"]))
+            except self.errors as exc:
+                wait = min(3600.0, self.interval_s * 2 ** entry["attempts"])
+                self.store.outbox_retry_later(entry["id"], str(exc), _at(wait))
+            else:
+                self.store.outbox_done(entry["id"])
+                posted += 1
+        return posted
+
+    async def run(self) -> None:
+        """Flush forever, every ``interval_s`` seconds."""
+        while True:
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("%s: outbox flush failed", self.surface)
+            await asyncio.sleep(self.interval_s)
