@@ -100,6 +100,15 @@ def load_surfaces(services: Services) -> tuple[list[ChatSurface], dict[str, str]
     return surfaces, off
 
 
+def surface_cli(name: str) -> Any | None:
+    """A surface's own shell command (``tierbot discord sync``), if ``name`` is a surface."""
+    try:
+        module = importlib.import_module(f"adapters.{name}")
+    except ModuleNotFoundError:
+        return None
+    return getattr(module, "cli", None)
+
+
 def build(settings: Settings, providers: ProviderRegistry | None = None) -> Services:
     """Wire the core from settings; ``providers`` overrides discovery (tests, benchmarks)."""
     catalog = load_catalog(settings.catalog)

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from bot.app import Services, build, load_surfaces
+from bot.app import Services, build, load_surfaces, surface_cli
 from bot.catalog import CatalogError
 from bot.commands import help_text
 from bot.domain import CommandEvent, Origin, Reply
@@ -36,6 +36,8 @@ usage: tierbot <command> [...]
 Only here:
   tierbot demo      a complete offline pass: drafts, grid, final, 2K upscale, 4 s video
   tierbot run       serve the web channel (http://127.0.0.1:8765) and configured surfaces
+  tierbot discord sync   publish the Discord commands globally (rate-limited; guilds in
+                    DISCORD_GUILD_IDS are synced at every start)
 
 The chat commands, from a shell (`tierbot draft ...` is /draft, `tierbot X ...` is /tierbot X):
 """
@@ -156,6 +158,8 @@ async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
             return await demo(services)
         if argv[0] == "run":
             return await serve(services)
+        if argv[0] in ("discord", "slack", "web") and (command := surface_cli(argv[0])):
+            return int(await command(services, list(argv[1:])))
         return await run_command(services, argv)
     finally:
         await services.aclose()

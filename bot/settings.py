@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,16 @@ class Settings(BaseSettings):
     #: Slack Web API base URL (proxies, Enterprise Grid set-ups, tests).
     slack_api_url: str | None = Field(default=None, validation_alias=AliasChoices("SLACK_API_URL"))
     discord_bot_token: SecretStr | None = _secret("DISCORD_BOT_TOKEN")
+    #: Guilds whose commands are synced at start (instant); others need `tierbot discord sync`.
+    discord_guild_ids: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, validation_alias=AliasChoices("DISCORD_GUILD_IDS")
+    )
+    discord_api_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_API_URL")
+    )
+    discord_gateway_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_GATEWAY_URL")
+    )
     fal_key: SecretStr | None = _secret("FAL_KEY")
     gemini_api_key: SecretStr | None = _secret("GEMINI_API_KEY")
     replicate_api_token: SecretStr | None = _secret("REPLICATE_API_TOKEN")
@@ -80,7 +90,17 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
-    @field_validator("public_url", "slack_api_url")
+    @field_validator("discord_guild_ids", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return [int(part) for part in value.replace(" ", "").split(",") if part]
+            except ValueError:
+                raise ValueError("must be guild ids separated by commas") from None
+        return value
+
+    @field_validator("public_url", "slack_api_url", "discord_api_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):

@@ -1,0 +1,597 @@
+"""Discord: app commands, draft grids, approval by reaction.
+
+A ``discord.Client`` with an ``app_commands.CommandTree``, started with ``client.start()`` as a
+task in the shared event loop (never ``client.run()``, which owns the loop). Intents: guilds
+and guild reactions only; nothing privileged. What Discord needs, and where it is handled
+(see ``shared/specs/chat_platforms.md`` §3):
+
+- **3-second window.** Every command's first act is ``defer(thinking=True, ephemeral=True)``,
+  so "Unknown interaction" is never reached. The deferred reply is the person's private line:
+  it shows errors, the status of the job, and read-only answers (help, budget, lineage).
+- **Bot token for results.** Grids go to the channel with ``channel.send`` and results into a
+  thread created from the grid message, all with the bot token, never the 15-minute
+  interaction token, so a 20-minute video still arrives.
+- **Reactions.** ``on_raw_reaction_add`` (it fires for messages outside the cache, so grids
+  posted before a restart work: the message → asset mapping is in SQLite). The bot's own
+  reactions are ignored. A refusal goes to the person by DM, or if DMs are closed as a short
+  reply that deletes itself.
+- **Limits and errors.** Files are fitted to the upload limit (images re-encoded, a video too
+  big is linked); 429s are handled by discord.py; ``Missing Permissions`` is explained to the
+  person with what to grant; a reply that cannot be posted goes to the outbox and is retried.
+- **Command sync.** ``DISCORD_GUILD_IDS`` syncs to those guilds at start (instant); global
+  sync is rate-limited, so it is a deliberate act: ``tierbot discord sync``.
+
+``DISCORD_API_URL`` and ``DISCORD_GATEWAY_URL`` redirect discord.py's REST base
+(``Route.BASE``) and gateway (``DiscordWebSocket.DEFAULT_GATEWAY``) for proxies and tests;
+they are process-wide class attributes, which is fine for one bot per process.
+"""
+
+import asyncio
+import io
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import discord
+import yarl
+from discord import app_commands
+from PIL import Image
+
+from adapters.delivery import Outbox, StatusLine
+from bot import progress
+from bot.app import Services
+from bot.commands import ASPECT_RATIOS
+from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
+from bot.surfaces import SurfaceUnavailable
+
+log = logging.getLogger(__name__)
+
+SURFACE = "discord"
+MAX_CONTENT = 2000
+DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024
+MISSING_PERMISSIONS = 50013
+THREAD_EXISTS = 160004
+#: Exactly what the bot needs in a channel; printed in the invite URL at start.
+PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    attach_files=True,
+    add_reactions=True,
+    read_message_history=True,
+    create_public_threads=True,
+    send_messages_in_threads=True,
+)
+PERMISSION_HINT = (
+    "I'm missing permissions in this channel. Please grant me View Channel, Send Messages, "
+    "Attach Files, Add Reactions, Read Message History, Create Public Threads and Send "
+    "Messages in Threads."
+)
+DISCORD_ERRORS = (discord.HTTPException, discord.ConnectionClosed, OSError, TimeoutError)
+
+
+def _quote(value: str) -> str:
+    """Quote a value for the shared command parser (options arrive already separated)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def command_text(*positionals: Any, hero: bool = False, **flags: Any) -> str:
+    """Rebuild the command text from app-command options, so one parser validates them all."""
+    parts = [_quote(str(p)) for p in positionals if p not in (None, "")]
+    for name, value in flags.items():
+        if value is not None and value != "":
+            parts.append(f"--{name} {_quote(str(value))}")
+    if hero:
+        parts.append("--hero")
+    return " ".join(parts)
+
+
+class _Client(discord.Client):
+    def __init__(self, surface: "DiscordSurface", **options: Any) -> None:
+        super().__init__(intents=discord.Intents(guilds=True, guild_reactions=True), **options)
+        self.surface = surface
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        await self.surface._sync_guilds()
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self.surface._on_reaction(payload)
+
+
+class DiscordSurface:
+    """tierbot in Discord guilds."""
+
+    name = SURFACE
+
+    def __init__(
+        self,
+        services: Services,
+        *,
+        api_url: str | None = None,
+        gateway_url: str | None = None,
+        guild_ready_timeout: float = 2.0,
+        outbox_interval_s: float = 30.0,
+    ) -> None:
+        settings = services.settings
+        if settings.discord_bot_token is None:
+            raise SurfaceUnavailable("set DISCORD_BOT_TOKEN")
+        self.services = services
+        self.token = settings.discord_bot_token.get_secret_value()
+        self.guild_ids = list(settings.discord_guild_ids)
+        self.public_url = settings.public_url
+        api_url = api_url or settings.discord_api_url
+        gateway_url = gateway_url or settings.discord_gateway_url
+        if api_url:
+            discord.http.Route.BASE = api_url.rstrip("/")
+        if gateway_url:
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
+        self.client = _Client(self, guild_ready_timeout=guild_ready_timeout)
+        self._register_commands()
+        self.outbox = Outbox(SURFACE, services.store, self.post, DISCORD_ERRORS, outbox_interval_s)
+        self._tasks: set[asyncio.Future[Any]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._outbox_task: asyncio.Future[Any] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Log in, connect the gateway and wait until ready.
+
+        Raises:
+            SurfaceUnavailable: Discord refused the token or could not be reached.
+        """
+        self._runner = asyncio.ensure_future(self.client.start(self.token))
+        while not self.client.is_ready():
+            if self._runner.done():
+                error = self._runner.exception()
+                if isinstance(error, discord.LoginFailure):
+                    raise SurfaceUnavailable("Discord refused DISCORD_BOT_TOKEN (login failed)")
+                raise SurfaceUnavailable(f"Discord could not start: {error}")
+            await asyncio.sleep(0.02)
+        self._outbox_task = self._spawn(self.outbox.run())
+        invite = discord.utils.oauth_url(
+            self.client.application_id or 0,
+            permissions=PERMISSIONS,
+            scopes=("bot", "applications.commands"),
+        )
+        guilds = len(self.client.guilds)
+        return f"Discord: on as {self.client.user} in {guilds} guild(s); invite: {invite}"
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.close()
+        if self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    def _spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def idle(self) -> None:
+        """Wait until every command and reaction in flight has been answered."""
+        while pending := [t for t in self._tasks if not t.done() and t is not self._outbox_task]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _sync_guilds(self) -> None:
+        for guild_id in self.guild_ids:
+            guild = discord.Object(id=guild_id)
+            self.client.tree.copy_global_to(guild=guild)
+            await self.client.tree.sync(guild=guild)
+
+    async def sync_global(self) -> int:
+        """Publish the commands to every guild (rate-limited by Discord: a deliberate act)."""
+        await self.client.login(self.token)
+        try:
+            return len(await self.client.tree.sync())
+        finally:
+            await self.client.close()
+
+    # -- commands ----------------------------------------------------------------------------
+
+    def _register_commands(self) -> None:
+        surface = self
+        catalog = self.services.catalog
+        ratios = [app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS]
+        styles = [app_commands.Choice(name=s, value=s) for s in sorted(catalog.styles)][:25]
+
+        async def models(
+            interaction: discord.Interaction, current: str
+        ) -> list[app_commands.Choice[str]]:
+            return [
+                app_commands.Choice(name=m, value=m)
+                for m in sorted(catalog.models)
+                if current.lower() in m
+            ][:25]
+
+        @app_commands.command(
+            name="draft", description="Draft images on the cheap tier, posted as one numbered grid"
+        )
+        @app_commands.describe(
+            prompt="what to draw",
+            ar="aspect ratio",
+            n="how many drafts",
+            seed="seed for repeatable drafts",
+            model="a catalog model id",
+            style="a style preset for the final",
+            no="what to avoid",
+            hero="finals on the best model regardless of price",
+        )
+        @app_commands.choices(ar=ratios, style=styles)
+        @app_commands.autocomplete(model=models)
+        async def draft(
+            interaction: discord.Interaction,
+            prompt: str,
+            ar: str | None = None,
+            n: app_commands.Range[int, 1, 9] | None = None,
+            seed: app_commands.Range[int, 0, 4294967295] | None = None,
+            model: str | None = None,
+            style: str | None = None,
+            no: str | None = None,
+            hero: bool = False,
+        ) -> None:
+            await surface._command(
+                interaction,
+                "draft",
+                command_text(
+                    prompt, ar=ar, n=n, seed=seed, model=model, style=style, no=no, hero=hero
+                ),
+            )
+
+        group = app_commands.Group(
+            name="tierbot", description="tierbot: finals, video, lineage, budget, models, help"
+        )
+
+        @group.command(name="final", description="Take draft k of a grid to the final tier")
+        @app_commands.autocomplete(model=models)
+        @app_commands.choices(style=styles)
+        async def final(
+            interaction: discord.Interaction,
+            grid: str,
+            k: app_commands.Range[int, 1, 9],
+            model: str | None = None,
+            style: str | None = None,
+            hero: bool = False,
+        ) -> None:
+            await surface._command(
+                interaction,
+                "tierbot",
+                "final " + command_text(grid, k, model=model, style=style, hero=hero),
+            )
+
+        @group.command(name="edit", description="Edit an image with an instruction")
+        @app_commands.autocomplete(model=models)
+        async def edit(
+            interaction: discord.Interaction,
+            asset: str,
+            instruction: str,
+            model: str | None = None,
+        ) -> None:
+            await surface._command(
+                interaction, "tierbot", "edit " + command_text(asset, instruction, model=model)
+            )
+
+        @group.command(name="upscale", description="Upscale an image to 2048 px")
+        @app_commands.autocomplete(model=models)
+        async def upscale(
+            interaction: discord.Interaction, asset: str, model: str | None = None
+        ) -> None:
+            await surface._command(
+                interaction, "tierbot", "upscale " + command_text(asset, model=model)
+            )
+
+        @group.command(name="video", description="Animate an image (image-to-video)")
+        @app_commands.autocomplete(model=models)
+        async def video(
+            interaction: discord.Interaction,
+            asset: str,
+            seconds: app_commands.Range[int, 1, 10] | None = None,
+            model: str | None = None,
+        ) -> None:
+            await surface._command(
+                interaction, "tierbot", "video " + command_text(asset, seconds=seconds, model=model)
+            )
+
+        @group.command(name="storyboard", description="One draft per beat; separate beats with |")
+        @app_commands.choices(ar=ratios, style=styles)
+        async def storyboard(
+            interaction: discord.Interaction,
+            beats: str,
+            ar: str | None = None,
+            seed: int | None = None,
+            style: str | None = None,
+        ) -> None:
+            await surface._command(
+                interaction,
+                "tierbot",
+                "storyboard " + command_text(beats, ar=ar, seed=seed, style=style),
+            )
+
+        def simple(name: str, description: str, argument: str | None) -> None:
+            if argument is None:
+
+                async def callback(interaction: discord.Interaction) -> None:
+                    await surface._command(interaction, "tierbot", name)
+            else:
+
+                async def callback(interaction: discord.Interaction, asset: str) -> None:
+                    await surface._command(interaction, "tierbot", f"{name} {command_text(asset)}")
+
+            group.add_command(
+                app_commands.Command(name=name, description=description, callback=callback)
+            )
+
+        simple("reroll", "Reroll a grid with new seeds", "grid")
+        simple("discard", "Discard a grid", "grid")
+        simple("approve", "QA sign-off on a result", "asset")
+        simple("reject", "Reject a result", "asset")
+        simple("lineage", "The lineage tree of an asset", "asset")
+        simple("budget", "Spend by stage, caps, cost per approved final", None)
+        simple("models", "The model catalog and availability", None)
+        simple("help", "The command and reaction vocabulary", None)
+        self.client.tree.add_command(draft)
+        self.client.tree.add_command(group)
+
+    async def _command(self, interaction: discord.Interaction, command: str, text: str) -> None:
+        # First, always: Discord invalidates an interaction not answered within 3 s.
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        self._spawn(self._run_command(interaction, command, text))
+
+    async def _run_command(self, interaction: discord.Interaction, command: str, text: str) -> None:
+        origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
+        replies = self.services.bot.handle_command(
+            CommandEvent(origin=origin, command=command, text=text)
+        )
+        await self._deliver(origin, replies, interaction)
+
+    # -- reactions ---------------------------------------------------------------------------
+
+    async def _on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        if self.client.user is not None and payload.user_id == self.client.user.id:
+            return  # our own pre-added reactions echo back
+        if payload.guild_id is None:
+            return
+        self._spawn(self._run_reaction(payload))
+
+    async def _run_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        user = payload.member or discord.Object(id=payload.user_id)
+        origin = await self._origin(payload.guild_id, payload.channel_id, user)
+        # Discord has no delivery id; a reaction is acted on once per person, message, emoji.
+        event_id = f"{payload.message_id}:{payload.user_id}:{payload.emoji}"
+        replies = self.services.bot.handle_reaction(
+            ReactionEvent(
+                origin=origin,
+                event_id=event_id,
+                message_id=str(payload.message_id),
+                emoji=str(payload.emoji),
+            )
+        )
+        await self._deliver(origin, replies, None)
+
+    async def _origin(self, guild_id: int | None, channel_id: int | None, user: Any) -> Origin:
+        """The person and their roles; threads count as their parent channel (policy, budget)."""
+        parent = await self._parent_id(channel_id or 0)
+        roles = tuple(str(role.id) for role in getattr(user, "roles", []) or [])
+        return Origin(
+            surface=SURFACE,
+            team=str(guild_id or "dm"),
+            channel=str(parent),
+            user=str(user.id),
+            groups=roles,
+        )
+
+    async def _parent_id(self, channel_id: int) -> int:
+        channel = await self._channel(channel_id)
+        if isinstance(channel, discord.Thread) and channel.parent_id:
+            return channel.parent_id
+        return channel_id
+
+    async def _channel(self, channel_id: int) -> Any:
+        channel = self.client.get_channel(channel_id)
+        if channel is None:
+            channel = await self.client.fetch_channel(channel_id)
+        return channel
+
+    # -- outbound ----------------------------------------------------------------------------
+
+    async def _deliver(
+        self,
+        origin: Origin,
+        replies: AsyncIterator[Reply],
+        interaction: discord.Interaction | None,
+    ) -> None:
+        """Post a use case's replies as they come, keeping its status line current."""
+        state: dict[str, Any] = {"message": None, "original_used": False}
+
+        async def edit(text: str) -> None:
+            if interaction is not None:
+                await interaction.edit_original_response(content=text[:MAX_CONTENT])
+            elif state["message"] is not None:
+                await state["message"].edit(content=text[:MAX_CONTENT])
+
+        status = StatusLine(edit, self._spawn)
+        progress.listen(status.on_progress)
+        async for reply in replies:
+            if reply.private:
+                await self._private(origin, reply, interaction, state)
+                if reply.error:
+                    await status.finish(failed=True, detail=reply.text)
+            elif reply.status:
+                if interaction is not None:
+                    state["original_used"] = True
+                    await self._safely(edit(reply.text))
+                else:
+                    state["message"] = await self._safely(self._send_text(origin, reply))
+                status.opened(reply.text)
+            else:
+                await self._post_or_keep(origin, reply, interaction)
+                await status.finish(failed=reply.error, detail=reply.text if reply.error else None)
+        await status.finish(failed=False)
+        if interaction is not None and not state["original_used"]:
+            await self._safely(interaction.delete_original_response())
+
+    async def _safely(self, work: Awaitable[Any]) -> Any:
+        try:
+            return await work
+        except DISCORD_ERRORS as exc:
+            log.warning("discord: %s", exc)
+            return None
+
+    async def _private(
+        self,
+        origin: Origin,
+        reply: Reply,
+        interaction: discord.Interaction | None,
+        state: dict[str, Any],
+    ) -> None:
+        """An ephemeral follow-up where an interaction exists, else a DM, else a short
+        reply in the channel that deletes itself."""
+        text = reply.text[:MAX_CONTENT]
+        if interaction is not None:
+            try:
+                if not state["original_used"]:
+                    state["original_used"] = True
+                    await interaction.edit_original_response(content=text)
+                else:
+                    await interaction.followup.send(text, ephemeral=True)
+                return
+            except DISCORD_ERRORS as exc:
+                log.info("interaction expired (%s); falling back to a DM", exc)
+        try:
+            user = self.client.get_user(int(origin.user)) or await self.client.fetch_user(
+                int(origin.user)
+            )
+            await user.send(text)
+        except DISCORD_ERRORS:
+            channel = await self._channel(int(origin.channel))
+            await self._safely(
+                channel.send(f"<@{origin.user}> {text}"[:MAX_CONTENT], delete_after=30)
+            )
+
+    async def _send_text(self, origin: Origin, reply: Reply) -> discord.Message:
+        target = await self._target(origin, reply)
+        return await target.send(reply.text[:MAX_CONTENT])
+
+    async def _post_or_keep(
+        self, origin: Origin, reply: Reply, interaction: discord.Interaction | None
+    ) -> None:
+        try:
+            await self.post(origin, reply)
+        except DISCORD_ERRORS as exc:
+            self.outbox.keep(origin, reply, str(exc))
+            if getattr(exc, "code", None) == MISSING_PERMISSIONS:
+                hint = Reply(
+                    text=f"{PERMISSION_HINT} The result is kept and will be posted once I can.",
+                    private=True,
+                )
+                await self._private(origin, hint, interaction, {"original_used": True})
+
+    async def post(self, origin: Origin, reply: Reply) -> None:
+        """Post one reply with the bot token: grids in the channel, results in the grid's
+        thread, each with its reaction vocabulary pre-added."""
+        target = await self._target(origin, reply)
+        text = self._text(reply)
+        files, notes = await self._files(reply, self._filesize_limit(target))
+        if notes:
+            text = f"{text}\n{notes}"
+        message = await target.send(text[:MAX_CONTENT], files=files)
+        for emoji in reply.reactions:
+            await message.add_reaction(emoji)
+        self.services.bot.record_post(
+            origin, str(message.id), reply, thread_id=self.services.bot.thread_of(origin, reply)
+        )
+
+    async def _target(self, origin: Origin, reply: Reply) -> Any:
+        channel = await self._channel(int(origin.channel))
+        root = self.services.bot.thread_of(origin, reply)
+        if root is None:
+            return channel
+        thread = self.client.get_channel(int(root))
+        if isinstance(thread, discord.Thread):
+            return thread
+        asset = self.services.store.get_asset(reply.thread_of or "")
+        name = f"tierbot · {(asset or {}).get('prompt') or 'results'}"[:100]
+        try:
+            return await channel.get_partial_message(int(root)).create_thread(
+                name=name, auto_archive_duration=1440
+            )
+        except discord.HTTPException as exc:
+            if exc.code != THREAD_EXISTS:
+                raise
+            return await self.client.fetch_channel(int(root))
+
+    def _filesize_limit(self, target: Any) -> int:
+        guild = getattr(target, "guild", None)
+        return getattr(guild, "filesize_limit", None) or DEFAULT_FILESIZE_LIMIT
+
+    async def _files(self, reply: Reply, limit: int) -> tuple[list[discord.File], str]:
+        files, notes = [], []
+        for path in reply.files:
+            data = await asyncio.to_thread(_fit, path, limit)
+            if data is None:
+                where = (
+                    f"{self.public_url}/assets/{reply.asset_id}"
+                    if self.public_url
+                    else f"asset {reply.asset_id} in tierbot's store"
+                )
+                notes.append(
+                    f"The file is over Discord's {limit // 2**20} MiB upload limit: {where}"
+                )
+                continue
+            name = f"tierbot-{reply.asset_id or 'file'}{path.suffix if data[1] else '.jpg'}"
+            files.append(discord.File(io.BytesIO(data[0]), filename=name))
+        return files, "\n".join(notes)
+
+    def _text(self, reply: Reply) -> str:
+        if self.public_url and reply.asset_id:
+            return f"{reply.text}\n<{self.public_url}/assets/{reply.asset_id}>"
+        return reply.text
+
+
+def _fit(path: Path, limit: int) -> tuple[bytes, bool] | None:
+    """The file's bytes if they fit ``limit``; an image re-encoded as JPEG until it fits;
+    None for anything else too big. The flag says whether the original bytes are kept."""
+    data = path.read_bytes()
+    if len(data) <= limit:
+        return data, True
+    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        return None
+    with Image.open(path) as image:
+        picture = image.convert("RGB")
+    for scale in (1.0, 0.75, 0.5, 0.35, 0.25):
+        size = (max(1, int(picture.width * scale)), max(1, int(picture.height * scale)))
+        resized = picture if scale == 1.0 else picture.resize(size, Image.Resampling.LANCZOS)
+        for quality in (90, 80, 70, 60):
+            buffer = io.BytesIO()
+            resized.save(buffer, "JPEG", quality=quality, optimize=True)
+            if buffer.tell() <= limit:
+                return buffer.getvalue(), False
+    return None
+
+
+def create(services: Services) -> DiscordSurface:
+    """Discord switches on with DISCORD_BOT_TOKEN.
+
+    Raises:
+        SurfaceUnavailable: naming the variable to set.
+    """
+    return DiscordSurface(services)
+
+
+async def cli(services: Services, args: list[str]) -> int:
+    """``tierbot discord sync``: publish the commands globally (rate-limited by Discord)."""
+    if args != ["sync"]:
+        print("usage: tierbot discord sync   (publish /draft and /tierbot to every guild)")
+        return 2
+    try:
+        surface = DiscordSurface(services)
+    except SurfaceUnavailable as exc:
+        print(f"Discord: {exc}")
+        return 2
+    count = await surface.sync_global()
+    print(f"Discord: {count} command(s) synced globally; they can take up to an hour to appear.")
+    return 0
