@@ -132,6 +132,8 @@ class DiscordSurface:
         self._tasks: set[asyncio.Future[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._outbox_task: asyncio.Future[Any] | None = None
+        #: The upload limit each guild's interactions report (attachment_size_limit).
+        self._upload_limits: dict[int, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -339,6 +341,8 @@ class DiscordSurface:
     async def _command(self, interaction: discord.Interaction, command: str, text: str) -> None:
         # First, always: Discord invalidates an interaction not answered within 3 s.
         await interaction.response.defer(thinking=True, ephemeral=True)
+        if interaction.guild_id is not None:
+            self._upload_limits[interaction.guild_id] = interaction.filesize_limit
         self._spawn(self._run_command(interaction, command, text))
 
     async def _run_command(self, interaction: discord.Interaction, command: str, text: str) -> None:
@@ -525,7 +529,10 @@ class DiscordSurface:
             return await self.client.fetch_channel(int(root))
 
     def _filesize_limit(self, target: Any) -> int:
+        """The guild's upload limit: what its interactions last reported, else its tier's."""
         guild = getattr(target, "guild", None)
+        if guild is not None and guild.id in self._upload_limits:
+            return self._upload_limits[guild.id]
         return getattr(guild, "filesize_limit", None) or DEFAULT_FILESIZE_LIMIT
 
     async def _files(self, reply: Reply, limit: int) -> tuple[list[discord.File], str]:

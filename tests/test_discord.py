@@ -1,0 +1,278 @@
+"""The Discord surface against a fake Discord (REST + gateway) on 127.0.0.1, real discord.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+
+from adapters.discord import PERMISSION_HINT, DiscordSurface, command_text
+from bot.app import build
+from bot.surfaces import SurfaceUnavailable
+from tests.conftest import write_policy
+from tests.fakes.discord_api import FakeDiscord
+
+ALICE, BOB, CAROL = 4001, 4002, 4003
+REACT = "PUT /channels/{channel}/messages/{message}/reactions/{emoji}/@me"
+SEND = "POST /channels/{channel}/messages"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    server = FakeDiscord()
+    await server.start()
+    with server.redirect():
+        yield server
+    await server.stop()
+
+
+class Rig:
+    def __init__(
+        self, fake: FakeDiscord, make_settings, policy: Path | None = None, **settings: Any
+    ) -> None:
+        self.fake, self.make_settings, self.policy, self.settings = (
+            fake,
+            make_settings,
+            policy,
+            settings,
+        )
+
+    async def start(self) -> Rig:
+        settings = self.make_settings(
+            discord_bot_token=self.fake.token,
+            discord_guild_ids=[self.fake.guild_id],
+            discord_api_url=self.fake.api_base,
+            discord_gateway_url=self.fake.gateway_url,
+            policy=self.policy,
+            **self.settings,
+        )
+        self.services = build(settings)
+        self.surface = DiscordSurface(
+            self.services, guild_ready_timeout=0.05, outbox_interval_s=3600
+        )
+        self.started = await self.surface.start()
+        return self
+
+    async def stop(self) -> None:
+        await self.surface.stop()
+        await self.services.aclose()
+
+    async def settle(self) -> None:
+        await asyncio.sleep(0.05)  # let the gateway deliver what the fake pushed
+        await self.surface.idle()
+
+    async def draft(self, text: str = "a lighthouse at dawn", **options: Any) -> dict[str, Any]:
+        handle = await self.fake.interaction("draft", {"prompt": text, **options})
+        body = await handle.deferred()
+        assert body["data"]["flags"] == 64  # the deferred line is private
+        await self.settle()
+        return self.message("🖼️ Drafts for")
+
+    async def react(self, message: dict[str, Any], emoji: str, user: int = ALICE) -> None:
+        await self.fake.react(message["id"], emoji, user_id=user, channel_id=message["channel_id"])
+        await self.settle()
+
+    def message(self, needle: str) -> dict[str, Any]:
+        found = self.messages(needle)
+        assert found, f"no message with {needle!r}"
+        return found[-1]
+
+    def messages(self, needle: str) -> list[dict[str, Any]]:
+        return [m for m in self.fake.messages.values() if needle in m["content"]]
+
+    def since(self, mark: int) -> list[str]:
+        return [r for r in self.fake.route_names()[mark:] if not r.startswith("PATCH")]
+
+
+@pytest.fixture
+async def rig(fake: FakeDiscord, make_settings) -> AsyncIterator[Rig]:
+    wired = await Rig(fake, make_settings).start()
+    yield wired
+    await wired.stop()
+
+
+async def test_start_identifies_with_minimal_intents_syncs_guild_and_prints_invite(
+    rig: Rig,
+) -> None:
+    assert rig.fake.identify["intents"] == discord.Intents(guilds=True, guild_reactions=True).value
+    synced = rig.fake.commands[f"guild:{rig.fake.guild_id}"]
+    assert {c["name"] for c in synced} == {"draft", "tierbot"}
+    assert "global" not in rig.fake.commands  # global sync is `tierbot discord sync`
+    assert "scope=bot+applications.commands" in rig.started
+    assert "permissions=" in rig.started
+
+
+async def test_full_flow_draft_select_video_with_rest_calls(rig: Rig) -> None:
+    mark = len(rig.fake.requests)
+    grid = await rig.draft(n=4)
+    assert rig.since(mark) == ["POST /interactions/{id}/{token}/callback", SEND, *[REACT] * 6]
+    assert list(grid["reactions"]) == ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "🔁", "❌"]
+    assert "local-draft" in grid["content"] and "4 credits" in grid["content"]
+    assert grid["attachments"][0]["filename"].endswith(".jpg")
+
+    mark = len(rig.fake.requests)
+    await rig.react(grid, "2️⃣")
+    assert rig.since(mark) == [
+        "POST /channels/{channel}/messages/{message}/threads",
+        SEND,
+        SEND,
+        *[REACT] * 5,
+    ]
+    final = rig.message("✨ Final")
+    assert final["channel_id"] == grid["id"]  # the thread started from the grid message
+    assert "local-final" in final["content"]
+
+    mark = len(rig.fake.requests)
+    await rig.react(final, "🎬")
+    assert rig.since(mark) == [SEND, SEND, REACT, REACT]
+    video = rig.message("🎬 Video")
+    assert video["channel_id"] == grid["id"]
+    assert video["attachments"][0]["filename"].endswith(".mp4")
+
+
+async def test_rate_limit_is_handled_by_the_library(rig: Rig) -> None:
+    rig.fake.fail_next(
+        "POST", f"/channels/{rig.fake.channel_id}/messages", status=429, retry_after=0.2
+    )
+    await rig.draft(n=2)
+    posts = [
+        r
+        for r in rig.fake.requests
+        if r.method == "POST" and r.path == f"/channels/{rig.fake.channel_id}/messages"
+    ]
+    assert [r.status for r in posts] == [429, 200]
+
+
+async def test_own_reactions_are_ignored(rig: Rig) -> None:
+    grid = await rig.draft(n=2)
+    mark = len(rig.fake.requests)
+    await rig.react(grid, "1️⃣", user=rig.fake.bot_user_id)
+    assert rig.since(mark) == []
+    assert rig.messages("✨ Final") == []
+
+
+async def test_unauthorized_reaction_gets_a_dm_and_spends_nothing(
+    fake: FakeDiscord, make_settings, tmp_path: Path
+) -> None:
+    leads = fake.add_role("leads")
+    fake.roles[CAROL] = [leads]
+    policy = write_policy(
+        tmp_path,
+        f'[teams."{fake.guild_id}".channels."{fake.channel_id}"]\n'
+        f'approvers = ["{BOB}", "{leads}"]\n',
+    )
+    rig = await Rig(fake, make_settings, policy).start()
+    grid = await rig.draft(n=2)
+    spent = rig.services.ledger.report(str(fake.guild_id))["day"]
+    await rig.react(grid, "1️⃣", user=ALICE)
+    assert "Only approvers can spend credits here" in fake.dms[ALICE][-1]
+    assert rig.messages("✨ Final") == []
+    assert rig.services.ledger.report(str(fake.guild_id))["day"] == spent
+    fake.dm_blocked.add(ALICE)  # DMs closed: a short reply in the channel instead
+    await rig.react(grid, "2️⃣", user=ALICE)
+    assert rig.messages(f"<@{ALICE}> Only approvers")
+    await rig.react(grid, "1️⃣", user=CAROL)  # has the approver role
+    assert len(rig.messages("✨ Final")) == 1
+    await rig.stop()
+
+
+async def test_reaction_on_a_grid_posted_before_a_restart(fake: FakeDiscord, make_settings) -> None:
+    first = await Rig(fake, make_settings).start()
+    grid = await first.draft(n=2)
+    await first.stop()
+    second = await Rig(fake, make_settings).start()  # same data dir, empty cache
+    await second.react(grid, "2️⃣")
+    assert second.message("✨ Final")["channel_id"] == grid["id"]
+    await second.stop()
+
+
+async def test_gateway_reconnect_resumes_without_losing_reactions(rig: Rig) -> None:
+    grid = await rig.draft(n=2)
+    async with rig.fake.outage():
+        await rig.fake.react(grid["id"], "1️⃣", user_id=ALICE, channel_id=grid["channel_id"])
+    await rig.settle()
+    assert rig.fake.resumes >= 1
+    assert len(rig.messages("✨ Final")) == 1
+
+
+async def test_uploads_fit_the_limit_and_big_videos_are_linked(
+    fake: FakeDiscord, make_settings
+) -> None:
+    fake.filesize_limit = 60_000
+    rig = await Rig(fake, make_settings, public_url="https://tierbot.example.com").start()
+    grid = await rig.draft(n=4)
+    (attachment,) = grid["attachments"]
+    assert attachment["size"] <= 60_000 and attachment["filename"].endswith(".jpg")
+    await rig.react(grid, "1️⃣")
+    final = rig.message("✨ Final")
+    await rig.react(final, "🎬")
+    video = rig.message("🎬 Video")
+    assert video["attachments"] == []
+    assert "over Discord's" in video["content"]
+    assert "https://tierbot.example.com/assets/" in video["content"]
+    await rig.stop()
+
+
+async def test_missing_permissions_explained_and_result_kept(rig: Rig) -> None:
+    rig.fake.fail_next(
+        "POST",
+        f"/channels/{rig.fake.channel_id}/messages",
+        status=403,
+        code=50013,
+        message="Missing Permissions",
+    )
+    handle = await rig.fake.interaction("draft", {"prompt": "a kite", "n": 2})
+    await handle.deferred()
+    await rig.settle()
+    assert rig.messages("🖼️ Drafts for") == []
+    hints = [
+        m["content"] for m in rig.fake.messages.values() if PERMISSION_HINT[:30] in m["content"]
+    ]
+    assert hints and "Create Public Threads" in hints[0]
+    rig.services.store.db.execute("update outbox set next_at = '0'")
+    assert await rig.surface.outbox.flush() == 1
+    assert rig.messages("🖼️ Drafts for")
+
+
+async def test_bad_input_is_answered_privately_on_the_deferred_line(rig: Rig) -> None:
+    handle = await rig.fake.interaction("tierbot", {"asset": "nope"}, subcommand="upscale")
+    await handle.deferred()
+    await rig.settle()
+    original = rig.fake.messages[handle.original_id]
+    assert "no asset nope" in original["content"]
+    assert rig.messages("Drafts for") == []
+
+
+async def test_model_autocomplete_comes_from_the_catalog(rig: Rig) -> None:
+    choices = await rig.fake.autocomplete("draft", "model", "nano", options={"prompt": "a cat"})
+    assert {c["value"] for c in choices} >= {"nano-banana", "nano-banana-pro", "nano-banana-2"}
+
+
+async def test_invalid_token_is_reported_at_start(fake: FakeDiscord, make_settings) -> None:
+    settings = make_settings(
+        discord_bot_token="wrong",
+        discord_api_url=fake.api_base,
+        discord_gateway_url=fake.gateway_url,
+    )
+    services = build(settings)
+    surface = DiscordSurface(services, guild_ready_timeout=0.05)
+    with pytest.raises(SurfaceUnavailable, match="refused DISCORD_BOT_TOKEN"):
+        await surface.start()
+    await surface.stop()
+    await services.aclose()
+
+
+@pytest.mark.parametrize(
+    ("args", "flags", "text"),
+    [
+        (("a cat",), {"ar": "16:9", "n": 4}, '"a cat" --ar "16:9" --n "4"'),
+        (('say "hi" --n 3',), {}, '"say \\"hi\\" --n 3"'),
+        (("g1", 2), {"hero": True}, '"g1" "2" --hero'),
+    ],
+)
+def test_options_become_one_parser_text(args, flags, text) -> None:
+    assert command_text(*args, **flags) == text
