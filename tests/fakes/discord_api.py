@@ -3,12 +3,21 @@
 It plays Discord for the *real* discord.py 2.7 client, over the wire (spec:
 /work/shared/specs/chat_platforms.md, sections 3 and 4). Point the library at it with::
 
-    async with FakeDiscord() as fake, contextlib.AsyncExitStack():
+    async with FakeDiscord() as fake:
         with fake.redirect():  # Route.BASE and DiscordWebSocket.DEFAULT_GATEWAY, restored on exit
             task = asyncio.create_task(client.start(fake.token))
             await fake.wait_ready()
             handle = await fake.interaction("draft", {"prompt": "fox"})
             await handle.deferred()
+            grid_id = (await handle.wait_followups())[0]
+            await fake.react(grid_id, "2\N{COMBINING ENCLOSING KEYCAP}", user_id=4002)
+            ...
+            await client.close()
+            await task
+
+Test-only behaviour to know: ``react``/``interaction`` raise without a gateway session;
+``react`` raises ``KeyError`` for a message the fake doesn't hold; ``wait_for`` counts answered
+requests, whatever their status.
 
 What it reproduces (each checked against the discord.py sources):
 
