@@ -278,12 +278,16 @@ def test_options_become_one_parser_text(args, flags, text) -> None:
     assert command_text(*args, **flags) == text
 
 
-async def test_global_sync_is_a_deliberate_cli_act(fake: FakeDiscord, make_settings,
-                                                   capsys) -> None:
+async def test_global_sync_is_a_deliberate_cli_act(
+    fake: FakeDiscord, make_settings, capsys
+) -> None:
     from adapters.discord import cli
 
-    settings = make_settings(discord_bot_token=fake.token, discord_api_url=fake.api_base,
-                             discord_gateway_url=fake.gateway_url)
+    settings = make_settings(
+        discord_bot_token=fake.token,
+        discord_api_url=fake.api_base,
+        discord_gateway_url=fake.gateway_url,
+    )
     services = build(settings)
     assert await cli(services, ["sync"]) == 0
     assert {c["name"] for c in fake.commands["global"]} == {"draft", "tierbot"}
