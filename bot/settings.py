@@ -74,6 +74,31 @@ class Settings(BaseSettings):
     gemini_api_key: SecretStr | None = _secret("GEMINI_API_KEY")
     replicate_api_token: SecretStr | None = _secret("REPLICATE_API_TOKEN")
     comfyui_url: str | None = Field(default=None, validation_alias=AliasChoices("COMFYUI_URL"))
+    # Provider base URLs: proxies, regional endpoints, and tests.
+    fal_queue_url: str = Field(
+        default="https://queue.fal.run", validation_alias=AliasChoices("FAL_QUEUE_URL")
+    )
+    gemini_api_url: str = Field(
+        default="https://generativelanguage.googleapis.com",
+        validation_alias=AliasChoices("GEMINI_API_URL"),
+    )
+    replicate_api_url: str = Field(
+        default="https://api.replicate.com", validation_alias=AliasChoices("REPLICATE_API_URL")
+    )
+    #: Hosts whose outputs may be downloaded over plain http (COMFYUI_URL's host always may).
+    allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Largest provider output accepted, in bytes.
+    max_download_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    #: Timeout of one HTTP call to a provider (connect, read, write), in seconds.
+    provider_timeout_s: float = Field(default=60.0, gt=0)
+    #: Seconds between two polls of a queued or running generation.
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    #: Longest wait for one generation before it counts as a transient failure, in seconds.
+    max_generation_s: float = Field(default=1800.0, gt=0)
+    #: Per-provider request rates, requests per second: "fal=5,gemini=2".
+    provider_rates: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    #: Per-provider concurrent jobs, overriding the catalog: "fal=8,comfyui=1".
+    provider_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
 
     @field_validator("log_level")
     @classmethod
@@ -90,6 +115,28 @@ class Settings(BaseSettings):
             raise ValueError(f"no such file: {value}")
         return value
 
+    @field_validator("allow_http_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("provider_rates", "provider_concurrency", mode="before")
+    @classmethod
+    def _name_values(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for part in value.split(","):
+            if not part.strip():
+                continue
+            name, sep, number = part.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"expected name=number pairs separated by commas; got {part!r}")
+            pairs[name.strip()] = number.strip()
+        return pairs
+
     @field_validator("discord_guild_ids", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
@@ -100,7 +147,15 @@ class Settings(BaseSettings):
                 raise ValueError("must be guild ids separated by commas") from None
         return value
 
-    @field_validator("public_url", "slack_api_url", "discord_api_url")
+    @field_validator(
+        "public_url",
+        "slack_api_url",
+        "discord_api_url",
+        "fal_queue_url",
+        "gemini_api_url",
+        "replicate_api_url",
+        "comfyui_url",
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
