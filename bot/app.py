@@ -128,6 +128,7 @@ def build(settings: Settings, providers: ProviderRegistry | None = None) -> Serv
         health=health,
         retries=settings.retries,
         max_backoff_s=settings.max_backoff_s,
+        concurrency=settings.provider_concurrency,
     )
     pipeline = Pipeline(
         store=store,

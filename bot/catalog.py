@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -26,12 +26,30 @@ log = logging.getLogger(__name__)
 ALL_ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "4:5", "21:9")
 
 
+class Serving(BaseModel):
+    """One provider's deployment of a model, in the model's order of preference."""
+
+    provider: str = Field(min_length=1)
+    #: The provider's id for the model (an endpoint, model name, workflow file...).
+    model: str = Field(min_length=1)
+    #: Per-capability ids where the provider splits them (fal's ``.../edit`` endpoints).
+    models: dict[Capability, str] = Field(default_factory=dict)
+    #: Milli-credits per unit on this provider, when it differs from the model's price.
+    price: int | None = Field(default=None, ge=0)
+
+    def model_for(self, capability: Capability) -> str:
+        return self.models.get(capability, self.model)
+
+
 class ModelSpec(BaseModel):
-    """One model as the catalog describes it."""
+    """One model as the catalog describes it.
+
+    ``providers`` lists who serves it, preferred first. The short form ``provider = ...`` with
+    ``provider_model = ...`` declares a single provider.
+    """
 
     id: str
-    provider: str
-    provider_model: str
+    providers: list[Serving] = Field(min_length=1)
     stages: list[Stage]
     capabilities: set[Capability]
     aspect_ratios: list[str] = Field(default_factory=lambda: list(ALL_ASPECT_RATIOS))
@@ -48,15 +66,48 @@ class ModelSpec(BaseModel):
     enabled: bool = True
     description: str = ""
 
-    def cost(self, *, images: int = 1, seconds: int | None = None) -> int:
-        """Milli-credits for one call making ``images`` images or ``seconds`` of video."""
-        if self.unit == "second":
-            return self.price * (seconds or 0)
-        return self.price * images
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "provider" in data:
+            data = dict(data)
+            serving = {"provider": data.pop("provider"), "model": data.pop("provider_model", "")}
+            data["providers"] = [serving, *data.get("providers", [])]
+        return data
 
-    def calls_for(self, images: int) -> int:
-        """How many provider calls ``images`` images take on this model."""
-        return math.ceil(images / self.max_images)
+    def cost(
+        self, *, images: int = 1, seconds: int | None = None, serving: Serving | None = None
+    ) -> int:
+        """Milli-credits for one call making ``images`` images or ``seconds`` of video."""
+        price = serving.price if serving is not None and serving.price is not None else self.price
+        if self.unit == "second":
+            return price * (seconds or 0)
+        return price * images
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model on one of its providers: what the router ranks and the runner calls."""
+
+    model: ModelSpec
+    serving: Serving
+
+    @property
+    def key(self) -> str:
+        """``model@provider``: how jobs, fallbacks, health and ``--model`` name it."""
+        return f"{self.model.id}@{self.serving.provider}"
+
+    @property
+    def label(self) -> str:
+        """What people read: the model id, with the provider when there is a choice."""
+        return self.key if len(self.model.providers) > 1 else self.model.id
+
+    @property
+    def provider(self) -> str:
+        return self.serving.provider
+
+    def cost(self, *, images: int = 1, seconds: int | None = None) -> int:
+        return self.model.cost(images=images, seconds=seconds, serving=self.serving)
 
 
 class StylePreset(BaseModel):
@@ -85,7 +136,18 @@ class Catalog(BaseModel):
         return [m for m in self.models.values() if stage in m.stages]
 
     def provider_names(self) -> set[str]:
-        return {m.provider for m in self.models.values()}
+        return {s.provider for m in self.models.values() for s in m.providers}
+
+    def candidate(self, key: str) -> Candidate | None:
+        """The candidate named ``model@provider`` (or a bare model id: its first provider)."""
+        model_id, _, provider = key.partition("@")
+        model = self.models.get(model_id)
+        if model is None:
+            return None
+        for serving in model.providers:
+            if not provider or serving.provider == provider:
+                return Candidate(model, serving)
+        return None
 
     def concurrency(self, provider: str) -> int:
         return self.providers.get(provider, ProviderConfig()).concurrency

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.catalog import Catalog, ModelSpec
+from bot.catalog import Catalog
 from bot.commands import Invocation
 from bot.domain import (
     FINAL_REACTIONS,
@@ -224,8 +224,7 @@ class Pipeline:
     async def _draft_grid(
         self, origin: Origin, request_id: str, spec: Draftspec, route: Route, thread_of: str | None
     ) -> AsyncIterator[Reply]:
-        primary = route.primary
-        price = route.prices.get(primary.id, 0)
+        price = route.price
         yield Reply(
             text=f"⏳ Drafting {spec.n} × “{spec.prompt}” ({spec.ar}, seed {spec.seed}) · "
             f"{route.reason} · {credits(price)} reserved",
@@ -259,7 +258,7 @@ class Pipeline:
         cost = sum(job.cost for job in jobs)
         numbers = [r.value for r in NUMBER_REACTIONS[: len(draft_ids)]]
         yield Reply(
-            text=f"🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].model.id} · "
+            text=f"🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].label} · "
             f"{credits(cost)}\n{jobs[0].reason}\nReact {numbers[0]}–{numbers[-1]} to take a "
             f"draft to the final tier, 🔁 to reroll, ❌ to discard.",
             files=[self.files.path(relative)],
@@ -277,7 +276,7 @@ class Pipeline:
         self, origin: Origin, request_id: str, spec: Draftspec, route: Route
     ) -> list[CompletedJob]:
         """Split n images into calls the model allows (max_images per call) and run them."""
-        per_call = route.primary.max_images
+        per_call = route.primary.model.max_images
         chunks: list[tuple[str, int, int]] = []  # (prompt, images, seed)
         if spec.beats:
             chunks = [(beat, 1, spec.seed) for beat in spec.beats]
@@ -599,16 +598,19 @@ class Pipeline:
         return "\n".join(lines)
 
     def models(self) -> str:
-        lines = ["id · provider · stages · capabilities · price · status"]
+        lines = ["id · provider now (its model id) · stages · capabilities · price · status"]
         for model in sorted(self.catalog.models.values(), key=lambda m: (m.stages[0], m.id)):
             why = self.router.why_unavailable(model)
-            unit = "image" if model.unit == "image" else "second"
+            now = self.router.serving_now(model)
+            serving = now.serving if now else model.providers[0]
+            others = [s.provider for s in model.providers if s is not serving]
             lines.append(
-                f"{model.id} · {model.provider} ({model.provider_model}) · "
+                f"{model.id} · {serving.provider} ({serving.model}) · "
                 f"{'/'.join(s.value for s in model.stages)} · "
                 f"{', '.join(sorted(c.value for c in model.capabilities))} · "
-                f"{credits(model.price)}/{unit} · "
+                f"{credits(model.cost(serving=serving))}/{model.unit} · "
                 + (f"unavailable: {why}" if why else "available")
+                + (f" · also on {', '.join(others)}" if others else "")
             )
         styles = ", ".join(sorted(self.catalog.styles))
         lines.append(f"Styles: {styles}")
@@ -646,7 +648,7 @@ class Pipeline:
         )
 
     def _authorize(self, origin: Origin, route: Route, action: str) -> None:
-        price = route.prices.get(route.primary.id, 0)
+        price = route.price
         if self.policy.may_spend(origin, price):
             return
         approvers = ", ".join(self.policy.rules_for(origin).approvers)
@@ -712,13 +714,12 @@ class Pipeline:
         long_edge: int | None = None,
         duration_s: int | None = None,
     ) -> JobPlan:
-        primary: ModelSpec = route.primary
         request = GenerationRequest(
             job_id="",
             stage=stage,
             capability=capability,
-            model_id=primary.id,
-            provider_model=primary.provider_model,
+            model_id=route.primary.model.id,
+            provider_model="",  # the runner fills in each candidate's own id
             prompt=prompt,
             negative_prompt=negative,
             n=n,
@@ -728,7 +729,7 @@ class Pipeline:
             duration_s=duration_s,
             references=[],
         )
-        prices = {m.id: m.cost(images=n, seconds=duration_s) for m in route.candidates}
+        prices = {c.key: c.cost(images=n, seconds=duration_s) for c in route.candidates}
         return JobPlan(
             request_id=request_id,
             team=origin.team,
@@ -757,7 +758,7 @@ class Pipeline:
         return done
 
     def _status(self, what: str, route: Route, *, thread_of: str | None) -> Reply:
-        price = route.prices.get(route.primary.id, 0)
+        price = route.price
         return Reply(
             text=f"⏳ {what} · {route.reason} · {credits(price)} reserved",
             thread_of=thread_of,
@@ -778,7 +779,7 @@ class Pipeline:
         assert asset is not None
         path: Path = self.files.path(asset["path"])
         return Reply(
-            text=f"{label} {asset_id} {extra} · {job.model.id} · {credits(job.cost)}\n{job.reason}",
+            text=f"{label} {asset_id} {extra} · {job.label} · {credits(job.cost)}\n{job.reason}",
             files=[path],
             reactions=reactions if reactions is not None else [r.value for r in FINAL_REACTIONS],
             asset_id=asset_id,

@@ -2,13 +2,17 @@
 
 The rules, in the order they apply (each has a table-driven test in ``tests/test_router.py``):
 
-1. **Tier.** A stage is served by the catalog models listed for it. Drafts of a request whose
-   grids were rejected ``reroute_after`` times in a row route up to the final tier.
+1. **Tier.** A stage is served by the catalog models listed for it, each on every configured
+   provider that serves it, in the catalog's order (a provider failing falls back to the same
+   model elsewhere first). The offline ``local`` models serve a tier only while no real
+   provider does. Drafts of a request whose grids were rejected ``reroute_after`` times in a
+   row route up to the final tier.
 2. **Capability.** The model must do what the stage needs (a final re-renders a reference
    image, so it needs image-to-image; video needs image-to-video), support the aspect ratio and
    the video length asked for.
-3. **Explicit ``--model``.** Only that model, no fallback; refused with the reason when it is
-   unknown, unavailable, lacks the capability, is cooling down or is over budget.
+3. **Explicit ``--model``.** Only that model (on any of its providers, or ``model@provider``
+   pinned); refused with the reason when it is unknown, unavailable, lacks the capability, is
+   cooling down or is over budget.
 4. **Order.** ``--hero`` finals take the highest ``quality`` regardless of price; drafts and
    video go cheapest first (then fastest); final, edit and upscale follow the catalog ``rank``.
 5. **Health.** A model that failed ``failures`` times within ``window_s`` cools down for
@@ -30,12 +34,15 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.catalog import Catalog, ModelSpec, nearest
+from bot.catalog import Candidate, Catalog, ModelSpec, nearest
 from bot.domain import STAGE_NEEDS, Capability, Stage
 from bot.ledger import credits
 from bot.policy import HealthRules
 
 log = logging.getLogger(__name__)
+
+#: The offline provider: it serves a tier only while no real provider does.
+LOCAL = "local"
 
 _COUNT_WORDS = (
     r"two|three|four|five|six|several|multiple|many|group|crowd|couple|pair|team|family|"
@@ -111,13 +118,18 @@ class RouteContext:
 class Route:
     stage: Stage
     tier: Stage
-    candidates: list[ModelSpec]
+    candidates: list[Candidate]
     reason: str
+    #: Milli-credits of each candidate (by ``model@provider`` key) for this request.
     prices: dict[str, int] = field(default_factory=dict)
 
     @property
-    def primary(self) -> ModelSpec:
+    def primary(self) -> Candidate:
         return self.candidates[0]
+
+    @property
+    def price(self) -> int:
+        return self.prices.get(self.primary.key, 0)
 
 
 class RouteRefused(Exception):
@@ -148,11 +160,29 @@ class Router:
         self.health = health
 
     def why_unavailable(self, model: ModelSpec) -> str | None:
-        reason = self.unavailable(model.provider)
-        return f"provider {model.provider} {reason}" if reason else None
+        """None when some provider of ``model`` can serve it here, else every reason."""
+        reasons = []
+        for serving in model.providers:
+            reason = self.unavailable(serving.provider)
+            if reason is None:
+                return None
+            reasons.append(f"provider {serving.provider} {reason}")
+        return "; ".join(reasons)
 
-    def price(self, model: ModelSpec, ctx: RouteContext) -> int:
-        return model.cost(images=ctx.images, seconds=ctx.seconds)
+    def serving_now(self, model: ModelSpec) -> Candidate | None:
+        """The candidate that would serve ``model`` now: its first available provider."""
+        for serving in model.providers:
+            if self.unavailable(serving.provider) is None:
+                return Candidate(model, serving)
+        return None
+
+    def _available(self, model: ModelSpec) -> list[Candidate]:
+        return [
+            Candidate(model, s) for s in model.providers if self.unavailable(s.provider) is None
+        ]
+
+    def price(self, candidate: Candidate, ctx: RouteContext) -> int:
+        return candidate.cost(images=ctx.images, seconds=ctx.seconds)
 
     def _misfit(self, model: ModelSpec, ctx: RouteContext, need: Capability) -> str | None:
         if need not in model.capabilities:
@@ -193,92 +223,123 @@ class Router:
         if not models:
             raise RouteRefused(self._nothing_serves(ctx, tier, need))
         models.sort(key=self._order(ctx, tier))
+        # Each model on each provider that serves it, in order: a failing provider falls back
+        # to the same model elsewhere before another model is tried.
+        candidates = [c for m in models for c in self._available(m)]
+        if any(c.provider != LOCAL for c in candidates):
+            # Offline previews stop serving a tier once a real provider does (ask by name).
+            candidates = [c for c in candidates if c.provider != LOCAL]
 
         skipped: list[str] = []
-        healthy = [m for m in models if self.health.cooling_for(m.id) == 0]
+        healthy = [c for c in candidates if self.health.cooling_for(c.key) == 0]
         if not healthy:
-            waits = ", ".join(f"{m.id} {self.health.cooling_for(m.id):.0f} s" for m in models)
+            waits = ", ".join(
+                f"{c.label} {self.health.cooling_for(c.key):.0f} s" for c in candidates
+            )
             raise RouteRefused(
                 f"every {tier.value} model is cooling down after repeated failures ({waits}); "
                 "try again shortly"
             )
-        skipped += [f"{m.id} (cooling down)" for m in models if m not in healthy]
+        skipped += [f"{c.label} (cooling down)" for c in candidates if c not in healthy]
 
-        prices = {m.id: self.price(m, ctx) for m in healthy}
+        prices = {c.key: self.price(c, ctx) for c in healthy}
         affordable = [
-            m for m in healthy if ctx.budget_left is None or prices[m.id] <= ctx.budget_left
+            c for c in healthy if ctx.budget_left is None or prices[c.key] <= ctx.budget_left
         ]
         if not affordable:
-            cheapest = min(healthy, key=lambda m: prices[m.id])
+            cheapest = min(healthy, key=lambda c: prices[c.key])
             raise RouteRefused(
-                f"not enough budget: {ctx.stage.value} on {cheapest.id} costs "
-                f"{credits(prices[cheapest.id])}; {credits(ctx.budget_left or 0)} left"
+                f"not enough budget: {ctx.stage.value} on {cheapest.label} costs "
+                f"{credits(prices[cheapest.key])}; {credits(ctx.budget_left or 0)} left"
             )
         skipped += [
-            f"{m.id} (costs {credits(prices[m.id])}, over budget)"
-            for m in healthy
-            if m not in affordable
+            f"{c.label} (costs {credits(prices[c.key])}, over budget)"
+            for c in healthy
+            if c not in affordable
         ]
         if several_subjects(ctx.prompt):
-            blending = [m for m in affordable if not m.multi_subject]
+            blending = [c for c in affordable if not c.model.multi_subject]
             if blending and len(blending) < len(affordable):
-                affordable = [m for m in affordable if m.multi_subject]
-                skipped += [f"{m.id} (blends several subjects)" for m in blending]
+                affordable = [c for c in affordable if c.model.multi_subject]
+                skipped += [f"{c.label} (blends several subjects)" for c in blending]
         return self._route(ctx, tier, affordable, why, skipped, prices)
 
     def _order(self, ctx: RouteContext, tier: Stage) -> Callable[[ModelSpec], tuple]:
         if ctx.hero and ctx.stage is Stage.FINAL:
             return lambda m: (-m.quality, m.rank)
+
+        def cost(m: ModelSpec) -> int:
+            return m.cost(images=ctx.images, seconds=ctx.seconds)
+
         if tier in (Stage.DRAFT, Stage.VIDEO):
-            return lambda m: (self.price(m, ctx), m.latency_s)
-        return lambda m: (m.rank, self.price(m, ctx))
+            return lambda m: (cost(m), m.latency_s)
+        return lambda m: (m.rank, cost(m))
 
     def _route(
         self,
         ctx: RouteContext,
         tier: Stage,
-        candidates: list[ModelSpec],
+        candidates: list[Candidate],
         why: str,
         skipped: list[str],
         prices: dict[str, int],
     ) -> Route:
-        fallbacks = ", ".join(m.id for m in candidates[1:]) or "none"
-        reason = f"{ctx.stage.value} on {candidates[0].id}: {why}; fallback {fallbacks}"
+        fallbacks = ", ".join(c.label for c in candidates[1:]) or "none"
+        reason = f"{ctx.stage.value} on {candidates[0].label}: {why}; fallback {fallbacks}"
         if skipped:
             reason += "; skipped " + ", ".join(skipped)
         return Route(ctx.stage, tier, candidates, reason, prices)
 
     def _route_explicit(self, ctx: RouteContext, need: Capability) -> Route:
-        model_id = ctx.explicit_model or ""
+        """``--model ID`` (any provider of it, in order) or ``--model ID@PROVIDER`` (pinned)."""
+        asked = ctx.explicit_model or ""
+        model_id, _, pinned = asked.partition("@")
         model = self.catalog.get(model_id)
         if model is None:
             hint = nearest(model_id, self.catalog.models)
             suggestion = f"; did you mean {hint}?" if hint else ""
             raise RouteRefused(f"unknown model {model_id}{suggestion} (see /tierbot models)")
-        unavailable = self.why_unavailable(model)
-        if unavailable:
-            raise RouteRefused(f"{model.id} is unavailable: {unavailable}")
         misfit = self._misfit(model, ctx, need)
         if misfit:
             raise RouteRefused(f"--model {misfit}")
-        cooling = self.health.cooling_for(model.id)
-        if cooling:
+        servings = model.providers
+        if pinned:
+            servings = [s for s in model.providers if s.provider == pinned]
+            if not servings:
+                served = ", ".join(s.provider for s in model.providers)
+                raise RouteRefused(f"{model.id} is not served by {pinned} (served by {served})")
+        candidates = []
+        reasons = []
+        for serving in servings:
+            reason = self.unavailable(serving.provider)
+            if reason:
+                reasons.append(f"provider {serving.provider} {reason}")
+            else:
+                candidates.append(Candidate(model, serving))
+        if not candidates:
+            raise RouteRefused(f"{asked} is unavailable: {'; '.join(reasons)}")
+        healthy = [c for c in candidates if self.health.cooling_for(c.key) == 0]
+        if not healthy:
+            cooling = min(self.health.cooling_for(c.key) for c in candidates)
             raise RouteRefused(
-                f"{model.id} is cooling down after repeated failures; try again in "
+                f"{asked} is cooling down after repeated failures; try again in "
                 f"{cooling:.0f} s or drop --model"
             )
-        price = self.price(model, ctx)
+        prices = {c.key: self.price(c, ctx) for c in healthy}
+        price = prices[healthy[0].key]
         if ctx.budget_left is not None and price > ctx.budget_left:
             raise RouteRefused(
-                f"not enough budget: {ctx.stage.value} on {model.id} costs {credits(price)}; "
-                f"{credits(ctx.budget_left)} left"
+                f"not enough budget: {ctx.stage.value} on {healthy[0].label} costs "
+                f"{credits(price)}; {credits(ctx.budget_left)} left"
             )
+        fallbacks = ", ".join(c.label for c in healthy[1:]) or "none"
         return Route(
             ctx.stage,
             ctx.stage,
-            [model],
-            f"{ctx.stage.value} on {model.id}: asked for with --model; fallback none",
-            {model.id: price},
+            healthy,
+            f"{ctx.stage.value} on {healthy[0].label}: asked for with --model; "
+            f"fallback {fallbacks}",
+            prices,
         )
 
     def _nothing_serves(self, ctx: RouteContext, tier: Stage, need: Capability) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
-from bot.catalog import Catalog, ModelSpec
+from bot.catalog import Candidate, Catalog, ModelSpec
 from bot.domain import AssetKind, JobState
 from bot.ledger import Ledger, credits
 from bot.progress import report
@@ -56,7 +56,7 @@ class JobPlan:
     channel: str
     request: GenerationRequest  # job_id and model fields are filled per candidate
     inputs: list[str]  # input asset ids: the lineage parents of every output
-    candidates: list[ModelSpec]
+    candidates: list[Candidate]
     reason: str
     prices: dict[str, int] = field(default_factory=dict)
 
@@ -69,6 +69,8 @@ class CompletedJob:
     asset_ids: list[str]
     cost: int
     reason: str
+    #: Who made it, as people read it: the model id, with ``@provider`` when there is a choice.
+    label: str = ""
 
 
 class JobFailed(Exception):
@@ -100,6 +102,7 @@ class JobRunner:
         retries: int = 2,
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        concurrency: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -110,6 +113,7 @@ class JobRunner:
         self.retries = retries
         self.max_backoff_s = max_backoff_s
         self.sleep = sleep
+        self.concurrency = concurrency or {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._running: dict[str, asyncio.Task[Any]] = {}
 
@@ -174,16 +178,20 @@ class JobRunner:
         channel: str,
         request: GenerationRequest,
         inputs: list[str],
-        candidates: list[ModelSpec],
+        candidates: list[Candidate],
         reason: str,
         prices: dict[str, int],
     ) -> str:
         """Write a job for the first affordable candidate, with its reservation."""
         last: BudgetExceeded | None = None
-        for index, model in enumerate(candidates):
-            price = prices.get(model.id) or model.cost(images=request.n, seconds=request.duration_s)
+        for index, candidate in enumerate(candidates):
+            model = candidate.model
+            price = prices.get(candidate.key) or candidate.cost(
+                images=request.n, seconds=request.duration_s
+            )
+            provider_model = candidate.serving.model_for(request.capability)
             params = request.model_copy(
-                update={"job_id": "", "model_id": model.id, "provider_model": model.provider_model}
+                update={"job_id": "", "model_id": model.id, "provider_model": provider_model}
             ).model_dump(mode="json", exclude={"job_id", "references"})
             try:
                 job_id = self.ledger.reserve_job(
@@ -191,21 +199,21 @@ class JobRunner:
                         "request_id": request_id,
                         "stage": request.stage.value,
                         "model_id": model.id,
-                        "provider": model.provider,
+                        "provider": candidate.provider,
                         "params": params,
                         "inputs": inputs,
-                        "fallbacks": [m.id for m in candidates[index + 1 :]],
+                        "fallbacks": [c.key for c in candidates[index + 1 :]],
                         "reason": reason,
                         "team": team,
                         "channel": channel,
                     },
                     price,
                 )
-                report(job_id, "queued", model.id)
+                report(job_id, "queued", candidate.label)
                 return job_id
             except BudgetExceeded as exc:
                 last = exc
-                log.info("budget refuses %s on %s: %s", request.stage, model.id, exc)
+                log.info("budget refuses %s on %s: %s", request.stage, candidate.key, exc)
         assert last is not None
         raise JobFailed(
             f"not enough budget: {request.stage.value} costs {credits(last.amount)}; "
@@ -221,11 +229,11 @@ class JobRunner:
             except _FallBack as fallback:
                 job = self.store.get_job(job_id)
                 assert job is not None
-                candidates = [m for m in map(self.catalog.get, job["fallbacks"]) if m]
+                candidates = [c for c in map(self.catalog.candidate, job["fallbacks"]) if c]
                 if not candidates:
                     raise JobFailed(fallback.message, "transient", job_id) from None
                 request = self._request_for(job)
-                log.info("job %s falls back to %s", job_id, candidates[0].id)
+                log.info("job %s falls back to %s", job_id, candidates[0].key)
                 job_id = self._reserve(
                     job["request_id"],
                     job["team"],
@@ -247,7 +255,8 @@ class JobRunner:
 
     def _slot(self, provider: str) -> asyncio.Semaphore:
         if provider not in self._slots:
-            self._slots[provider] = asyncio.Semaphore(self.catalog.concurrency(provider))
+            limit = self.concurrency.get(provider) or self.catalog.concurrency(provider)
+            self._slots[provider] = asyncio.Semaphore(limit)
         return self._slots[provider]
 
     def _wait(self, state: RetryCallState, job_id: str) -> float:
@@ -262,37 +271,41 @@ class JobRunner:
     async def _execute(self, job_id: str) -> CompletedJob:
         job = self.store.get_job(job_id)
         assert job is not None
-        model = self.catalog.get(job["model_id"])
-        if model is None:
+        candidate = self.catalog.candidate(f"{job['model_id']}@{job['provider']}")
+        if candidate is None:
             self._fail(job_id, "permanent", "model left the catalog")
             raise JobFailed(f"{job['model_id']} is no longer in the catalog", "permanent", job_id)
         request = self._request_for(job)
         self._running[job_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
-            provider = self.providers.get(model.provider)
-            async with self._slot(model.provider):
-                report(job_id, "running", model.id)
+            provider = self.providers.get(candidate.provider)
+            async with self._slot(candidate.provider):
+                report(job_id, "running", candidate.label)
                 outputs = await self._call_with_retries(job_id, provider, request)
         except ProviderUnavailable as exc:
             self._fail(job_id, "permanent", str(exc))
-            raise JobFailed(f"{model.id} is unavailable: {exc}", "permanent", job_id) from None
+            raise JobFailed(
+                f"{candidate.label} is unavailable: {exc}", "permanent", job_id
+            ) from None
         except ContentPolicyError as exc:
             self._fail(job_id, "policy", exc.message)
             raise JobFailed(
-                f"{model.id} refused the content: {exc.message}", "policy", job_id
+                f"{candidate.label} refused the content: {exc.message}", "policy", job_id
             ) from None
         except TransientError as exc:
             self._fail(job_id, "transient", exc.message)
-            self.health.record_failure(model.id)
-            raise _FallBack(f"{model.id} failed: {exc.message}") from None
+            self.health.record_failure(candidate.key)
+            raise _FallBack(f"{candidate.label} failed: {exc.message}") from None
         except ProviderError as exc:
             self._fail(job_id, "permanent", exc.message)
-            raise JobFailed(f"{model.id} failed: {exc.message}", "permanent", job_id) from None
+            raise JobFailed(
+                f"{candidate.label} failed: {exc.message}", "permanent", job_id
+            ) from None
         finally:
             self._running.pop(job_id, None)
-        self.health.record_success(model.id)
-        completed = await self._complete(job, model, outputs)
-        report(job_id, "succeeded", model.id)
+        self.health.record_success(candidate.key)
+        completed = await self._complete(job, candidate, outputs)
+        report(job_id, "succeeded", candidate.label)
         return completed
 
     def _fail(self, job_id: str, kind: str, error: str) -> None:
@@ -327,14 +340,15 @@ class JobRunner:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _complete(
-        self, job: dict[str, Any], model: ModelSpec, outputs: list[GeneratedFile]
+        self, job: dict[str, Any], candidate: Candidate, outputs: list[GeneratedFile]
     ) -> CompletedJob:
+        model = candidate.model
         stored = await asyncio.to_thread(
             lambda: [self.files.put(out.data, out.mime) for out in outputs]
         )
         reserved = self.store.ledger_entry(job["id"])
         seconds = round(max((o.duration_s or 0) for o in outputs)) if outputs else None
-        actual = model.cost(images=len(outputs), seconds=seconds or None)
+        actual = candidate.cost(images=len(outputs), seconds=seconds or None)
         amount = min(actual, reserved["amount"]) if reserved else actual
         params = job["params"]
         rows = [
@@ -360,7 +374,9 @@ class JobRunner:
             for out, (digest, relative) in zip(outputs, stored, strict=True)
         ]
         asset_ids = self.store.complete_job(job["id"], rows, job["inputs"], amount)
-        return CompletedJob(job["id"], job["request_id"], model, asset_ids, amount, job["reason"])
+        return CompletedJob(
+            job["id"], job["request_id"], model, asset_ids, amount, job["reason"], candidate.label
+        )
 
 
 class _FallBack(Exception):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.catalog import load_catalog
-from bot.domain import Stage
+from bot.domain import Capability, Stage
 from bot.policy import HealthRules
 from bot.router import Health, RouteContext, Router, RouteRefused, several_subjects
 
@@ -147,7 +147,7 @@ ROUTES = [
 @pytest.mark.parametrize(("ctx", "expected", "reason"), ROUTES)
 def test_routes(router: Router, ctx: RouteContext, expected: list[str], reason: str) -> None:
     route = router.route(ctx)
-    assert [m.id for m in route.candidates] == expected
+    assert [c.label for c in route.candidates] == expected
     assert reason in route.reason
 
 
@@ -190,36 +190,36 @@ def test_refusals(router: Router, ctx: RouteContext, message: str) -> None:
 
 def test_failing_model_cools_down_then_recovers(router: Router, clock: Clock) -> None:
     for _ in range(3):
-        router.health.record_failure("turbo")
+        router.health.record_failure("turbo@on")
     route = router.route(RouteContext(Stage.DRAFT, "a cat"))
-    assert [m.id for m in route.candidates] == ["flash"]
+    assert [c.label for c in route.candidates] == ["flash"]
     assert "skipped turbo (cooling down)" in route.reason
     with pytest.raises(RouteRefused, match="cooling down"):
         router.route(RouteContext(Stage.DRAFT, "a cat", explicit_model="turbo"))
     clock.now += 121
-    assert router.route(RouteContext(Stage.DRAFT, "a cat")).primary.id == "turbo"
+    assert router.route(RouteContext(Stage.DRAFT, "a cat")).primary.label == "turbo"
 
 
 def test_failures_outside_the_window_do_not_add_up(router: Router, clock: Clock) -> None:
     for _ in range(2):
-        router.health.record_failure("turbo")
+        router.health.record_failure("turbo@on")
     clock.now += 61
-    router.health.record_failure("turbo")
-    assert router.health.cooling_for("turbo") == 0
+    router.health.record_failure("turbo@on")
+    assert router.health.cooling_for("turbo@on") == 0
 
 
 def test_everything_cooling_down_is_refused(router: Router) -> None:
     for model in ("turbo", "flash"):
         for _ in range(3):
-            router.health.record_failure(model)
+            router.health.record_failure(f"{model}@on")
     with pytest.raises(RouteRefused, match="every draft model is cooling down"):
         router.route(RouteContext(Stage.DRAFT, "a cat"))
 
 
 def test_only_turbo_left_still_serves_a_complex_scene(router: Router) -> None:
     for _ in range(3):
-        router.health.record_failure("flash")
-    assert router.route(RouteContext(Stage.DRAFT, "two cats")).primary.id == "turbo"
+        router.health.record_failure("flash@on")
+    assert router.route(RouteContext(Stage.DRAFT, "two cats")).primary.label == "turbo"
 
 
 @pytest.mark.parametrize(
@@ -254,3 +254,100 @@ def test_shipped_catalog_offline_serves_every_stage_locally(make_settings) -> No
         route = services.router.route(RouteContext(stage, "a cat", **ctx))
         assert route.primary.provider == "local", stage
     services.store.close()
+
+
+MULTI = """
+[models.banana]
+stages = ["draft"]
+capabilities = ["text-to-image"]
+price = 4000
+
+[[models.banana.providers]]
+provider = "gemini"
+model = "gemini-2.5-flash-image"
+
+[[models.banana.providers]]
+provider = "fal"
+model = "fal-ai/nano-banana"
+models = { "image-to-image" = "fal-ai/nano-banana/edit" }
+price = 3900
+
+[models.turbo]
+provider = "fal"
+provider_model = "fal-ai/z-image/turbo"
+stages = ["draft"]
+capabilities = ["text-to-image"]
+price = 5000
+"""
+
+
+@pytest.fixture
+def multi(tmp_path: Path, clock: Clock):
+    path = tmp_path / "multi.toml"
+    path.write_text(MULTI, encoding="utf-8")
+    catalog = load_catalog(path)
+    catalog.models = {
+        k: v for k, v in catalog.models.items() if k in ("banana", "turbo", "local-draft")
+    }
+    configured = {"gemini", "fal", "local"}
+
+    def make(*providers: str) -> Router:
+        configured.clear()
+        configured.update(providers)
+        return Router(
+            catalog,
+            lambda p: None if p in configured else "not configured",
+            Health(HealthRules(), clock=clock),
+        )
+
+    return make
+
+
+def test_a_model_falls_back_across_its_providers_before_another_model(multi) -> None:
+    route = multi("gemini", "fal", "local").route(RouteContext(Stage.DRAFT, "a cat"))
+    assert [c.key for c in route.candidates] == ["banana@gemini", "banana@fal", "turbo@fal"]
+    assert "draft on banana@gemini" in route.reason
+    assert route.candidates[1].serving.model_for(Capability.IMAGE_TO_IMAGE) == (
+        "fal-ai/nano-banana/edit"
+    )
+
+
+def test_local_models_stop_serving_a_tier_once_a_real_provider_does(multi) -> None:
+    keys = [c.key for c in multi("fal", "local").route(RouteContext(Stage.DRAFT, "a")).candidates]
+    assert keys == ["banana@fal", "turbo@fal"]
+    keys = [c.key for c in multi("local").route(RouteContext(Stage.DRAFT, "a")).candidates]
+    assert keys == ["local-draft@local"]
+    asked = multi("fal", "local").route(
+        RouteContext(Stage.DRAFT, "a", explicit_model="local-draft")
+    )
+    assert [c.key for c in asked.candidates] == ["local-draft@local"]  # by name, still served
+
+
+def test_model_pinned_to_a_provider(multi) -> None:
+    router = multi("gemini", "fal")
+    route = router.route(RouteContext(Stage.DRAFT, "a", explicit_model="banana@fal"))
+    assert [c.key for c in route.candidates] == ["banana@fal"]
+    route = router.route(RouteContext(Stage.DRAFT, "a", explicit_model="banana"))
+    assert [c.key for c in route.candidates] == ["banana@gemini", "banana@fal"]
+    with pytest.raises(
+        RouteRefused, match=r"banana is not served by replicate \(served by gemini, fal\)"
+    ):
+        router.route(RouteContext(Stage.DRAFT, "a", explicit_model="banana@replicate"))
+    with pytest.raises(
+        RouteRefused, match="banana@gemini is unavailable: provider gemini not configured"
+    ):
+        multi("fal").route(RouteContext(Stage.DRAFT, "a", explicit_model="banana@gemini"))
+
+
+def test_health_is_per_provider(multi) -> None:
+    router = multi("gemini", "fal")
+    for _ in range(3):
+        router.health.record_failure("banana@gemini")
+    route = router.route(RouteContext(Stage.DRAFT, "a"))
+    assert [c.key for c in route.candidates] == ["banana@fal", "turbo@fal"]
+    assert "skipped banana@gemini (cooling down)" in route.reason
+
+
+def test_provider_price_overrides_the_model_price(multi) -> None:
+    route = multi("fal").route(RouteContext(Stage.DRAFT, "a", images=2))
+    assert route.prices == {"banana@fal": 7800, "turbo@fal": 10000}

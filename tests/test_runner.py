@@ -87,7 +87,7 @@ def plan(services, candidates=("alpha", "beta"), n=2) -> JobPlan:
             seed=10,
         ),
         inputs=[],
-        candidates=[services.catalog.get(c) for c in candidates],
+        candidates=[services.catalog.candidate(c) for c in candidates],
         reason="test",
     )
 
@@ -147,7 +147,7 @@ async def test_repeated_failures_cool_a_model_down(wire):
     services = wire(alpha)
     for _ in range(3):
         await services.runner.run(plan(services))
-    assert services.router.health.cooling_for("alpha") > 0
+    assert services.router.health.cooling_for("alpha@scripted") > 0
 
 
 @pytest.mark.parametrize(

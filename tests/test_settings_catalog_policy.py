@@ -96,16 +96,16 @@ adds = "black and white, hard shadows"
 """)
     catalog = load_catalog(override)
     assert catalog.models["nano-banana"].price == 2000
-    assert catalog.models["nano-banana"].provider == "gemini"  # untouched fields kept
+    assert catalog.models["nano-banana"].providers[0].provider == "gemini"  # untouched kept
     assert "z-image-turbo" not in catalog.models
-    assert catalog.models["my-sdxl"].provider == "comfyui"
+    assert catalog.models["my-sdxl"].providers[0].provider == "comfyui"
     assert catalog.styles["noir"].adds.startswith("black and white")
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[models.x]\nprovider = 'p'\n", "models.x.provider_model: Field required"),
+        ("[models.x]\nprovider = 'p'\n", "models.x.providers.0.model: String should have"),
         ("[models.nano-banana]\nprice = -1\n", "models.nano-banana.price"),
         ("[models.nano-banana]\nstages = ['drafts']\n", "models.nano-banana.stages.0"),
         ("[models\n", "mine.toml"),
