@@ -50,7 +50,8 @@ def test_models_lists_the_catalog_with_availability(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "local-draft · local (preview) · draft" in out
-    assert "veo-3 · gemini (veo-3.1-generate-preview) · video" in out
+    assert "veo-3.1 · gemini (veo-3.1-generate-preview) · video" in out
+    assert "also on fal, replicate" in out
     assert "unavailable: provider gemini not configured" in out
 
 
