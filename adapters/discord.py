@@ -419,21 +419,27 @@ class DiscordSurface:
 
         status = StatusLine(edit, self._spawn)
         progress.listen(status.on_progress)
-        async for reply in replies:
-            if reply.private:
-                await self._private(origin, reply, interaction, state)
-                if reply.error:
-                    await status.finish(failed=True, detail=reply.text)
-            elif reply.status:
-                if interaction is not None:
-                    state["original_used"] = True
-                    await self._safely(edit(reply.text))
+        try:
+            async for reply in replies:
+                if reply.private:
+                    await self._private(origin, reply, interaction, state)
+                    if reply.error:
+                        await status.finish(failed=True, detail=reply.text)
+                elif reply.status:
+                    if interaction is not None:  # the person's private line: no reactions
+                        state["original_used"] = True
+                        await self._safely(edit(reply.text))
+                    else:
+                        state["message"] = await self._safely(self._post_status(origin, reply))
+                    status.opened(reply.text)
                 else:
-                    state["message"] = await self._safely(self._send_text(origin, reply))
-                status.opened(reply.text)
-            else:
-                await self._post_or_keep(origin, reply, interaction)
-                await status.finish(failed=reply.error, detail=reply.text if reply.error else None)
+                    await self._post_or_keep(origin, reply, interaction)
+                    await status.finish(
+                        failed=reply.error, detail=reply.text if reply.error else None
+                    )
+        except asyncio.CancelledError:
+            await status.finish(failed=True, detail="cancelled")
+            raise
         await status.finish(failed=False)
         if interaction is not None and not state["original_used"]:
             await self._safely(interaction.delete_original_response())
@@ -476,9 +482,14 @@ class DiscordSurface:
                 channel.send(f"<@{origin.user}> {text}"[:MAX_CONTENT], delete_after=30)
             )
 
-    async def _send_text(self, origin: Origin, reply: Reply) -> discord.Message:
+    async def _post_status(self, origin: Origin, reply: Reply) -> discord.Message:
+        """A public status message, with ❌ pre-added to cancel the job."""
         target = await self._target(origin, reply)
-        return await target.send(reply.text[:MAX_CONTENT])
+        message = await target.send(reply.text[:MAX_CONTENT])
+        for emoji in reply.reactions:
+            await message.add_reaction(emoji)
+        self.services.bot.record_post(origin, str(message.id), reply)
+        return message
 
     async def _post_or_keep(
         self, origin: Origin, reply: Reply, interaction: discord.Interaction | None

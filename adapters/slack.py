@@ -287,27 +287,43 @@ class SlackSurface:
 
         status = StatusLine(edit, self._spawn)
         progress.listen(status.on_progress)
-        async for reply in replies:
-            if reply.private:
-                await self._ephemeral(origin, reply, respond)
-                if reply.error:
-                    await status.finish(failed=True, detail=reply.text)
-            elif reply.status:
-                try:
-                    posted = await self.client.chat_postMessage(
-                        channel=origin.channel,
-                        text=reply.text,
-                        thread_ts=self.services.bot.thread_of(origin, reply),
-                    )
-                except SLACK_ERRORS as exc:
-                    log.warning("status message in %s failed: %s", origin.channel, exc)
+        try:
+            async for reply in replies:
+                if reply.private:
+                    await self._ephemeral(origin, reply, respond)
+                    if reply.error:
+                        await status.finish(failed=True, detail=reply.text)
+                elif reply.status:
+                    status_ts = await self._post_status(origin, reply)
+                    if status_ts:
+                        status.opened(reply.text)
                 else:
-                    status_ts = posted["ts"]
-                    status.opened(reply.text)
-            else:
-                await self._post_or_queue(origin, reply, respond)
-                await status.finish(failed=reply.error, detail=reply.text if reply.error else None)
+                    await self._post_or_queue(origin, reply, respond)
+                    await status.finish(
+                        failed=reply.error, detail=reply.text if reply.error else None
+                    )
+        except asyncio.CancelledError:
+            await status.finish(failed=True, detail="cancelled")
+            raise
         await status.finish(failed=False)
+
+    async def _post_status(self, origin: Origin, reply: Reply) -> str | None:
+        """The status message, with ❌ pre-added to cancel; its ts, or None if Slack refused."""
+        try:
+            posted = await self.client.chat_postMessage(
+                channel=origin.channel,
+                text=reply.text,
+                thread_ts=self.services.bot.thread_of(origin, reply),
+            )
+            for emoji in reply.reactions:
+                await self.client.reactions_add(
+                    channel=origin.channel, timestamp=posted["ts"], name=EMOJI_NAMES[emoji]
+                )
+        except SLACK_ERRORS as exc:
+            log.warning("status message in %s failed: %s", origin.channel, exc)
+            return None
+        self.services.bot.record_post(origin, posted["ts"], reply)
+        return str(posted["ts"])
 
     async def _ephemeral(self, origin: Origin, reply: Reply, respond: Any | None) -> None:
         try:

@@ -308,6 +308,9 @@ class WebSurface:
                 self._post(origin, reply)
                 if not reply.private or reply.error:
                     status.close(failed=reply.error, detail=reply.text if reply.error else None)
+        except asyncio.CancelledError:
+            status.close(failed=True, detail="cancelled")
+            raise
         except Exception:
             log.exception("web delivery failed")
             status.close(failed=True, detail="the bot failed on its side; see the logs")

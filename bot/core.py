@@ -63,22 +63,51 @@ class Tierbot:
         if not self.store.first_delivery(f"{event.origin.surface}:{event.event_id}"):
             log.info("duplicate delivery %s ignored", event.event_id)
             return
-        asset_id = self.store.asset_for_message(
-            event.origin.surface, event.origin.channel, event.message_id
-        )
-        if asset_id is None:
-            return  # not one of our asset messages: reactions there mean nothing to us
-        async for reply in self._guard(self._reaction(event.origin, asset_id, event.emoji)):
+        where = (event.origin.surface, event.origin.channel, event.message_id)
+        asset_id = self.store.asset_for_message(*where)
+        if asset_id is not None:
+            replies = self._reaction(event.origin, asset_id, event.emoji)
+        elif request_id := self.store.request_for_message(*where):
+            replies = self._status_reaction(event.origin, request_id, event.emoji)
+        else:
+            return  # not one of our messages: reactions there mean nothing to us
+        async for reply in self._guard(replies):
             yield reply
+
+    async def _status_reaction(
+        self, origin: Origin, request_id: str, emoji: str
+    ) -> AsyncIterator[Reply]:
+        """❌ on a status line cancels the request's running jobs; credits are released."""
+        if normalize_emoji(emoji) != normalize_emoji(Reaction.DISCARD):
+            raise UserError(f"{emoji} means nothing on a status line: react ❌ to cancel the job")
+        request = self.store.get_request(request_id)
+        if request is None:
+            return
+        if request["user"] != origin.user and not self.pipeline.policy.is_approver(origin):
+            raise UserError("Only the person who asked, or an approver, can cancel this job.")
+        jobs = self.store.unfinished_jobs_for_request(request_id)
+        if not jobs:
+            raise UserError("Nothing is running for that request any more.")
+        cancelled = [job["id"] for job in jobs if await self.runner.cancel(job["id"])]
+        yield Reply(
+            text=f"🛑 Cancelled by {origin.user}: {len(cancelled)} job(s) stopped; their "
+            "reserved credits were released."
+        )
 
     def record_post(
         self, origin: Origin, message_id: str, reply: Reply, thread_id: str | None = None
     ) -> None:
-        """Remember which asset a posted message presents (for reactions on it) and the
-        thread it lives in (so later results thread under the same root)."""
-        if reply.asset_id:
+        """Remember which asset a posted message presents (for reactions on it), the thread
+        it lives in (so later results thread under the same root), and, for a status line,
+        its request (so ❌ on it cancels)."""
+        if reply.asset_id or (reply.status and reply.request_id):
             self.store.record_message(
-                origin.surface, origin.channel, message_id, reply.asset_id, thread_id
+                origin.surface,
+                origin.channel,
+                message_id,
+                reply.asset_id,
+                thread_id,
+                request_id=reply.request_id if reply.status else None,
             )
 
     def thread_of(self, origin: Origin, reply: Reply) -> str | None:

@@ -167,3 +167,5 @@ class Reply(BaseModel):
     error: bool = False
     #: True for a short status line ("drafting 4 on …") that a surface may later replace.
     status: bool = False
+    #: The request a status line is about: ❌ on the status message cancels its running jobs.
+    request_id: str | None = None

@@ -227,9 +227,11 @@ class Pipeline:
         price = route.price
         yield Reply(
             text=f"⏳ Drafting {spec.n} × “{spec.prompt}” ({spec.ar}, seed {spec.seed}) · "
-            f"{route.reason} · {credits(price)} reserved",
+            f"{route.reason} · {credits(price)} reserved · ❌ cancels",
             thread_of=thread_of,
             status=True,
+            request_id=request_id,
+            reactions=[Reaction.DISCARD.value],
         )
         jobs = await self._run_chunks(origin, request_id, spec, route)
         draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
@@ -485,7 +487,7 @@ class Pipeline:
         duration_s: int | None = None,
     ) -> AsyncIterator[Reply]:
         """One job on one input (final, edit, upscale, video): a status line, then the result."""
-        yield self._status(status, route, thread_of=thread_of)
+        yield self._status(status, route, thread_of=thread_of, request_id=request_id)
         (job,) = await self._run_all(
             [
                 self._plan(
@@ -757,12 +759,13 @@ class Pipeline:
             raise failure
         return done
 
-    def _status(self, what: str, route: Route, *, thread_of: str | None) -> Reply:
-        price = route.price
+    def _status(self, what: str, route: Route, *, thread_of: str | None, request_id: str) -> Reply:
         return Reply(
-            text=f"⏳ {what} · {route.reason} · {credits(price)} reserved",
+            text=f"⏳ {what} · {route.reason} · {credits(route.price)} reserved · ❌ cancels",
             thread_of=thread_of,
             status=True,
+            request_id=request_id,
+            reactions=[Reaction.DISCARD.value],
         )
 
     def _result(

@@ -157,3 +157,9 @@ def m003_threads_and_outbox(db: Database) -> None:
         },
         pk="id",
     )
+
+
+@migrations()
+def m004_status_messages(db: Database) -> None:
+    # A status message belongs to a request: ❌ on it cancels the request's running jobs.
+    db["messages"].add_column("request_id", str)

@@ -254,6 +254,12 @@ class Store:
         row = self._get("jobs", job_id)
         return _decode_job(row) if row else None
 
+    def unfinished_jobs_for_request(self, request_id: str) -> list[dict[str, Any]]:
+        rows = self.db["jobs"].rows_where(
+            "request_id = ? and state in ('queued', 'running')", [request_id]
+        )
+        return [_decode_job(r) for r in rows]
+
     def unfinished_jobs(self) -> list[dict[str, Any]]:
         rows = self.db["jobs"].rows_where("state in ('queued', 'running')", order_by="created_at")
         return [_decode_job(r) for r in rows]
@@ -353,8 +359,9 @@ class Store:
         surface: str,
         channel: str,
         message_id: str,
-        asset_id: str,
+        asset_id: str | None,
         thread_id: str | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.db["messages"].upsert(
             {
@@ -363,10 +370,19 @@ class Store:
                 "message_id": message_id,
                 "asset_id": asset_id,
                 "thread_id": thread_id,
+                "request_id": request_id,
                 "posted_at": utcnow(),
             },
             pk=("surface", "channel", "message_id"),
         )
+
+    def request_for_message(self, surface: str, channel: str, message_id: str) -> str | None:
+        """The request whose status a message shows, if it is a status message."""
+        row = self.db.execute(
+            "select request_id from messages where surface = ? and channel = ? and message_id = ?",
+            [surface, channel, message_id],
+        ).fetchone()
+        return row[0] if row else None
 
     def thread_for_asset(self, surface: str, channel: str, asset_id: str) -> str | None:
         """The thread root of the newest message presenting ``asset_id`` (itself if a root)."""
@@ -381,7 +397,8 @@ class Store:
 
     def asset_for_message(self, surface: str, channel: str, message_id: str) -> str | None:
         row = self.db.execute(
-            "select asset_id from messages where surface = ? and channel = ? and message_id = ?",
+            "select asset_id from messages where surface = ? and channel = ? and message_id = ? "
+            "and asset_id is not null",
             [surface, channel, message_id],
         ).fetchone()
         return row[0] if row else None

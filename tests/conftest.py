@@ -88,11 +88,16 @@ class Chat:
         return next(m for m, r in self.posted.items() if r.asset_id == asset_id)
 
     async def react(self, asset_id: str, emoji: str, event_id: str | None = None) -> list[Reply]:
+        return await self.react_to(self.message_of(asset_id), emoji, event_id)
+
+    async def react_to(
+        self, message_id: str, emoji: str, event_id: str | None = None
+    ) -> list[Reply]:
         self._events += 1
         event = ReactionEvent(
             origin=self.origin,
-            event_id=event_id or f"{self.origin.user}-{self._events}-{asset_id}-{emoji}",
-            message_id=self.message_of(asset_id),
+            event_id=event_id or f"{self.origin.user}-{self._events}-{message_id}-{emoji}",
+            message_id=message_id,
             emoji=emoji,
         )
         return await self._post(self.services.bot.handle_reaction(event))

@@ -283,3 +283,39 @@ async def test_failed_final_is_reported_charges_nothing_and_can_be_retried(flaky
     assert final.asset_id
     states = [r["state"] for r in chat.services.store.db["ledger"].rows_where("stage = 'final'")]
     assert sorted(states) == ["released", "released", "settled"]
+
+
+async def test_cross_on_a_status_line_cancels_the_running_job(
+    tmp_path: Path, make_settings
+) -> None:
+    import asyncio
+
+    from tests.conftest import ScriptedProvider, registry_with
+
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[models.local-final]\nprovider = "gated"\n')
+    settings = make_settings(catalog=catalog)
+    gated = ScriptedProvider("gated")
+    gated.gate = asyncio.Event()  # the final never finishes on its own
+    services = build(settings, providers=registry_with(settings, gated=gated))
+    chat = Chat(services)
+    grid = grid_of(await chat.command("draft", "a cat --n 2"))
+    selecting = asyncio.create_task(chat.react(grid.asset_id, "1️⃣"))
+    await gated.entered.wait()
+    status = next(m for m, r in chat.posted.items() if r.status and r.thread_of == grid.asset_id)
+    assert chat.posted[status].reactions == ["❌"]
+
+    (nothing,) = await chat.react_to(status, "🎬")
+    assert nothing.private and "react ❌ to cancel" in nothing.text
+    (cancelled,) = await chat.react_to(status, "❌")
+    assert cancelled.text.startswith("🛑 Cancelled by alice: 1 job(s) stopped")
+    with pytest.raises(asyncio.CancelledError):
+        await selecting
+    assert gated.cancelled == ["gated-req-1"]
+    final_jobs = [j for j in services.store.db["jobs"].rows if j["stage"] == "final"]
+    assert [j["state"] for j in final_jobs] == ["cancelled"]
+    states = [r["state"] for r in services.store.db["ledger"].rows_where("stage = 'final'")]
+    assert states == ["released"]
+    (again,) = await chat.react_to(status, "❌", event_id="second")
+    assert "Nothing is running" in again.text
+    services.store.close()
