@@ -63,6 +63,8 @@ class ModelSpec(BaseModel):
     quality: int = Field(default=5, ge=1, le=10)
     rank: int = 50
     max_seconds: int | None = None
+    #: The only video lengths a model accepts (Veo: 4, 6 or 8 s), if it is that strict.
+    durations: list[int] | None = None
     enabled: bool = True
     description: str = ""
 

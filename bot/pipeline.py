@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.catalog import Catalog
-from bot.commands import Invocation
+from bot.commands import ASPECT_RATIOS, Invocation
 from bot.domain import (
     FINAL_REACTIONS,
     NUMBER_REACTIONS,
@@ -48,6 +49,16 @@ DEFAULT_AR = "1:1"
 DEFAULT_VIDEO_SECONDS = 4
 UPSCALE_LONG_EDGE = 2048
 MAX_SEED = 2**32 - 1
+
+
+def nearest_ratio(width: int, height: int) -> str:
+    """The supported aspect ratio closest to ``width``×``height`` (for edits and videos)."""
+
+    def distance(ratio: str) -> float:
+        w, h = (int(x) for x in ratio.split(":"))
+        return abs(math.log((width / height) / (w / h)))
+
+    return min(ASPECT_RATIOS, key=distance)
 
 
 class UserError(Exception):
@@ -716,6 +727,10 @@ class Pipeline:
         long_edge: int | None = None,
         duration_s: int | None = None,
     ) -> JobPlan:
+        if aspect_ratio is None and inputs:
+            source = self.store.get_asset(inputs[0])
+            if source and source["width"] and source["height"]:
+                aspect_ratio = nearest_ratio(source["width"], source["height"])
         request = GenerationRequest(
             job_id="",
             stage=stage,

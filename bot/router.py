@@ -192,6 +192,9 @@ class Router:
             return f"{model.id} does not render {ctx.aspect_ratio} (it does {allowed})"
         if ctx.seconds and model.max_seconds and ctx.seconds > model.max_seconds:
             return f"{model.id} makes at most {model.max_seconds} s of video"
+        if ctx.seconds and model.durations and ctx.seconds not in model.durations:
+            lengths = ", ".join(str(d) for d in model.durations)
+            return f"{model.id} makes videos of {lengths} s only"
         return None
 
     def route(self, ctx: RouteContext) -> Route:

@@ -319,3 +319,19 @@ async def test_cross_on_a_status_line_cancels_the_running_job(
     (again,) = await chat.react_to(status, "❌", event_id="second")
     assert "Nothing is running" in again.text
     services.store.close()
+
+
+@pytest.mark.parametrize(
+    ("size", "ratio"),
+    [
+        ((1536, 864), "16:9"),
+        ((1024, 1024), "1:1"),
+        ((864, 1080), "4:5"),
+        ((576, 1024), "9:16"),
+        ((2100, 900), "21:9"),
+    ],
+)
+def test_results_keep_the_shape_of_their_source(size, ratio) -> None:
+    from bot.pipeline import nearest_ratio
+
+    assert nearest_ratio(*size) == ratio

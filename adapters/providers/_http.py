@@ -37,6 +37,8 @@ from bot.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Headers that carry credentials; stripped from downloads to other hosts.
+SECRET_HEADERS = {"authorization", "x-goog-api-key", "x-api-key", "x-key", "cookie"}
 TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 VIDEO_TYPES = {"video/mp4", "video/quicktime", "video/webm"}
@@ -178,8 +180,8 @@ async def download(
     """Fetch one output under guard and return it decoded.
 
     Args:
-        client: an HTTP client (its base URL and auth headers are not used: the URL is
-            absolute and ``headers`` replaces them, so a key never leaks to a CDN host).
+        client: an HTTP client; its credential headers go only to its own base URL's host
+            (a Gemini file download needs the key), never to a CDN or other host.
         url: the output's URL.
         policy: scheme, host, size and time limits.
         expect: ``"image"`` or ``"video"``.
@@ -191,13 +193,19 @@ async def download(
         TransientError: timeout, connection failure, 5xx.
     """
     check_url(url, policy)
+    request = client.build_request("GET", url, headers=headers or {})
+    if urlsplit(url).hostname != client.base_url.host:
+        # httpx merges the client's default headers into every request: an API key must
+        # never travel to a CDN or any other host the provider points us at.
+        for name in list(request.headers):
+            if name.lower() in SECRET_HEADERS and not (headers and name in headers):
+                del request.headers[name]
     chunks: list[bytes] = []
     size = 0
     try:
         async with asyncio.timeout(policy.timeout_s):
-            async with client.stream(
-                "GET", url, headers=headers or {}, follow_redirects=False
-            ) as response:
+            response = await client.send(request, stream=True, follow_redirects=False)
+            try:
                 if response.is_error:
                     await response.aread()
                     raise error_from_response(response)
@@ -210,6 +218,8 @@ async def download(
                     if size > policy.max_bytes:
                         raise _too_large(size, policy)
                     chunks.append(chunk)
+            finally:
+                await response.aclose()
     except TimeoutError:
         raise TransientError(f"download timed out after {policy.timeout_s:.0f} s") from None
     except httpx.HTTPError as exc:
@@ -219,9 +229,13 @@ async def download(
 
 def _too_large(size: int, policy: DownloadPolicy) -> PermanentError:
     return PermanentError(
-        f"the provider's output is {size / 1e6:,.1f} MB, over the "
-        f"{policy.max_bytes / 1e6:,.0f} MB limit (TIERBOT_MAX_DOWNLOAD_BYTES)"
+        f"the provider's output is {_megabytes(size)}, over the {_megabytes(policy.max_bytes)} "
+        "limit (TIERBOT_MAX_DOWNLOAD_BYTES)"
     )
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:,.1f} MB" if size >= 100_000 else f"{size:,} bytes"
 
 
 def decode(

@@ -1,0 +1,133 @@
+"""The shared provider HTTP helpers: error classes and the guarded download."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from adapters.providers._http import DownloadPolicy, download, error_from_response
+from bot.providers import PermanentError, TransientError
+
+
+def _png(size: tuple[int, int] = (32, 16)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (10, 200, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+POLICY = DownloadPolicy(frozenset({"comfy.local"}), max_bytes=50_000, timeout_s=5)
+
+
+def _client(handler, **kw) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.MockTransport(handler), **kw)
+
+
+async def test_download_decodes_an_image_and_never_sends_the_key_elsewhere() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, content=_png(), headers={"content-type": "image/png"})
+
+    async with _client(
+        handler,
+        base_url="https://api.example.com",
+        headers={"Authorization": "Key s3cret", "x-goog-api-key": "k"},
+    ) as client:
+        file = await download(
+            client, "https://cdn.example.net/out.png", POLICY, expect="image", seed=7
+        )
+        await download(client, "https://api.example.com/v1/files/x", POLICY, expect="image")
+    assert (file.mime, file.width, file.height, file.seed) == ("image/png", 32, 16, 7)
+    assert "authorization" not in seen[0].headers and "x-goog-api-key" not in seen[0].headers
+    assert seen[1].headers["authorization"] == "Key s3cret"  # its own API host keeps the key
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "headers", "error"),
+    [
+        ("http://cdn.example.net/a.png", b"", {}, "only https"),
+        ("ftp://cdn.example.net/a.png", b"", {}, "only https"),
+        (
+            "https://cdn.example.net/a.png",
+            b"x" * 60_000,
+            {"content-type": "image/png"},
+            "over the 50,000 bytes limit",
+        ),
+        (
+            "https://cdn.example.net/a.png",
+            b"<html>",
+            {"content-type": "text/html"},
+            "expected an image, the provider sent text/html",
+        ),
+        (
+            "https://cdn.example.net/a.png",
+            b"not an image",
+            {"content-type": "image/png"},
+            "not a readable image",
+        ),
+    ],
+)
+async def test_download_refusals_are_permanent(url, body, headers, error) -> None:
+    async with _client(lambda r: httpx.Response(200, content=body, headers=headers)) as client:
+        with pytest.raises(PermanentError, match=error):
+            await download(client, url, POLICY, expect="image")
+
+
+async def test_http_is_allowed_for_listed_hosts_only() -> None:
+    png = _png()
+    async with _client(lambda r: httpx.Response(200, content=png)) as client:
+        file = await download(client, "http://comfy.local/view?f=1", POLICY, expect="image")
+    assert file.width == 32
+
+
+async def test_decompression_bombs_are_refused() -> None:
+    buffer = io.BytesIO()
+    Image.new("1", (20_000, 20_000)).save(buffer, "PNG")  # tiny file, 400 Mpx decoded
+    async with _client(lambda r: httpx.Response(200, content=buffer.getvalue())) as client:
+        policy = DownloadPolicy(frozenset(), max_bytes=10_000_000, timeout_s=5)
+        with pytest.raises(PermanentError, match="too large to decode safely"):
+            await download(client, "https://cdn.example.net/bomb.png", policy, expect="image")
+
+
+async def test_a_video_that_is_not_a_video_is_refused() -> None:
+    async with _client(
+        lambda r: httpx.Response(200, content=_png(), headers={"content-type": "video/mp4"})
+    ) as client:
+        with pytest.raises(PermanentError, match="not a readable video"):
+            await download(client, "https://cdn.example.net/v.mp4", POLICY, expect="video")
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "kind", "retry_after", "message"),
+    [
+        (
+            429,
+            {"retry-after": "7"},
+            {"error": {"message": "slow down"}},
+            TransientError,
+            7.0,
+            "HTTP 429: slow down",
+        ),
+        (503, {}, {"detail": "overloaded"}, TransientError, None, "HTTP 503: overloaded"),
+        (
+            422,
+            {},
+            {"detail": [{"msg": "prompt is required"}]},
+            PermanentError,
+            None,
+            "HTTP 422: prompt is required",
+        ),
+        (401, {}, {"title": "Unauthenticated"}, PermanentError, None, "HTTP 401: Unauthenticated"),
+    ],
+)
+def test_errors_are_classified_with_the_providers_words(
+    status, headers, body, kind, retry_after, message
+) -> None:
+    error = error_from_response(httpx.Response(status, json=body, headers=headers))
+    assert type(error) is kind and error.message == message
+    if kind is TransientError:
+        assert error.retry_after == retry_after
