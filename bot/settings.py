@@ -73,7 +73,10 @@ class Settings(BaseSettings):
     fal_key: SecretStr | None = _secret("FAL_KEY")
     gemini_api_key: SecretStr | None = _secret("GEMINI_API_KEY")
     replicate_api_token: SecretStr | None = _secret("REPLICATE_API_TOKEN")
-    comfyui_url: str | None = Field(default=None, validation_alias=AliasChoices("COMFYUI_URL"))
+    #: May carry user:password for a proxy, so it is kept out of repr() like a secret.
+    comfyui_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("COMFYUI_URL"), repr=False
+    )
     # Provider base URLs: proxies, regional endpoints, and tests.
     fal_queue_url: str = Field(
         default="https://queue.fal.run", validation_alias=AliasChoices("FAL_QUEUE_URL")
