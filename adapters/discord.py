@@ -402,6 +402,10 @@ class DiscordSurface:
 
     # -- outbound ----------------------------------------------------------------------------
 
+    async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
+        """Post replies nobody typed a command for (scheduled batches) in ``origin``'s channel."""
+        await self._deliver(origin, replies, None)
+
     async def _deliver(
         self,
         origin: Origin,

@@ -276,6 +276,10 @@ class SlackSurface:
 
     # -- outbound ----------------------------------------------------------------------------
 
+    async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
+        """Post replies nobody typed a command for (scheduled batches) in ``origin``'s channel."""
+        await self._deliver(origin, replies, respond=None)
+
     async def _deliver(
         self, origin: Origin, replies: AsyncIterator[Reply], respond: Any | None
     ) -> None:

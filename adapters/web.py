@@ -294,6 +294,10 @@ class WebSurface:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
+        """Post replies nobody typed a command for (scheduled batches) in the channel."""
+        await self._deliver(origin, replies, thread_root=None)
+
     async def _deliver(
         self, origin: Origin, replies: AsyncIterator[Reply], thread_root: int | None
     ) -> None:

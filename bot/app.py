@@ -22,6 +22,7 @@ from bot.policy import Policy, load_policy
 from bot.providers import Provider, ProviderRegistry, ProviderUnavailable
 from bot.router import Health, Router
 from bot.runner import JobRunner
+from bot.schedules import Scheduler
 from bot.settings import Settings
 from bot.surfaces import ChatSurface, SurfaceUnavailable
 from storage import AssetFiles, Store
@@ -63,10 +64,12 @@ class Services:
     runner: JobRunner
     pipeline: Pipeline
     bot: Tierbot
+    scheduler: Scheduler
     #: Resources adapters share within one process (e.g. the one HTTP server), by name.
     shared: dict[str, Any] = field(default_factory=dict)
 
     async def aclose(self) -> None:
+        self.scheduler.stop()
         await self.providers.aclose()
         self.store.close()
 
@@ -138,8 +141,27 @@ def build(settings: Settings, providers: ProviderRegistry | None = None) -> Serv
         router=router,
         ledger=ledger,
         runner=runner,
+        public_url=settings.public_url,
     )
-    bot = Tierbot(store=store, pipeline=pipeline, runner=runner)
+    scheduler = Scheduler(
+        store=store,
+        pipeline=pipeline,
+        catalog=catalog,
+        policy=policy,
+        grace_s=settings.schedule_grace_s,
+    )
+    bot = Tierbot(store=store, pipeline=pipeline, runner=runner, scheduler=scheduler)
     return Services(
-        settings, store, files, catalog, policy, registry, router, ledger, runner, pipeline, bot
+        settings,
+        store,
+        files,
+        catalog,
+        policy,
+        registry,
+        router,
+        ledger,
+        runner,
+        pipeline,
+        bot,
+        scheduler,
     )

@@ -137,9 +137,14 @@ async def serve(services: Services) -> int:
     if not started:
         print("No chat surface could start; see the reasons above.", file=sys.stderr)
         return 2
+    for surface in started:
+        services.scheduler.deliverers[surface.name] = surface.deliver
     outcomes = await services.bot.resume()
     if outcomes:
         print(f"Resumed {len(outcomes)} unfinished job(s).")
+    missed = await services.scheduler.start()
+    if missed:
+        print(f"Ran {missed} scheduled batch(es) missed while the bot was down.")
     print("Press Ctrl+C to stop.", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -175,6 +175,11 @@ class Invocation(BaseModel):
     seconds: int | None = Field(default=None, ge=VIDEO_SECONDS[0], le=VIDEO_SECONDS[1])
     index: int | None = Field(default=None, ge=1, le=MAX_N)
     beats: list[str] = Field(default_factory=list)
+    #: Schedules: time zone, day list and the hour of the "ready to publish" summary,
+    #: checked by ``bot.schedules`` (it knows the rules).
+    tz: str | None = None
+    days: str | None = None
+    summary: str | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -303,6 +308,23 @@ FLAGS: dict[str, FlagSpec] = {
         ),
         FlagSpec("hero", "hero", "hero asset: use the top-quality tier"),
         FlagSpec(
+            "tz", "tz", "time zone of a schedule, e.g. Europe/Berlin", "ZONE", _text(MAX_NAME_CHARS)
+        ),
+        FlagSpec(
+            "days",
+            "days",
+            "days a schedule runs, e.g. mon-fri or mon,wed,fri",
+            "DAYS",
+            _text(MAX_NAME_CHARS),
+        ),
+        FlagSpec(
+            "summary",
+            "summary",
+            "hour of the ready-to-publish summary, e.g. 17:00",
+            "HH:MM",
+            _text(MAX_NAME_CHARS),
+        ),
+        FlagSpec(
             "seconds",
             "seconds",
             f"clip length in seconds (default {DEFAULT_VIDEO_SECONDS})",
@@ -347,6 +369,8 @@ class CommandSpec:
     args: tuple[str, ...] = ()
     optional_args: tuple[str, ...] = ()
     takes_prompt: bool = False
+    #: With ``takes_prompt``: the free text may be empty (``schedule list``).
+    prompt_optional: bool = False
     beats: bool = False
     prompt_metavar: str = "<prompt>"
     prompt_label: str = "a prompt"
@@ -564,6 +588,19 @@ register(
         prompt_label=f"{STORYBOARD_BEATS[0]} to {STORYBOARD_BEATS[1]} beats separated by |",
         flags=("ar", "seed", "style", "model"),
         example="/tierbot storyboard a fox wakes | it sees snow | it leaps into a drift --ar 16:9",
+    )
+)
+register(
+    CommandSpec(
+        "schedule",
+        "Daily batches of drafts: add, list, pause, resume, remove, run-now, calendar.",
+        args=("action",),
+        takes_prompt=True,
+        prompt_optional=True,
+        prompt_metavar='<name> [daily HH:MM "<prompt template>"]',
+        flags=("tz", "days", "n", "ar", "style", "summary"),
+        example="/tierbot schedule add morning daily 09:00 --tz Europe/Berlin --days mon-fri "
+        '"a {weekday} coffee flat lay"',
     )
 )
 register(
@@ -861,13 +898,15 @@ def _parse_spec(spec: CommandSpec, tokens: list[_Token]) -> Invocation:
         prompt = " | ".join(beats)
     elif spec.takes_prompt:
         prompt = _normalise(" ".join(w.text for w in rest))
-        if not prompt:
+        if not prompt and spec.prompt_optional:
+            prompt = None
+        elif not prompt:
             raise CommandError(
                 MSG_NEEDS_PROMPT.format(
                     invoke=spec.invoke, label=spec.prompt_label, example=spec.example
                 )
             )
-        if len(prompt) > MAX_PROMPT_CHARS:
+        if prompt and len(prompt) > MAX_PROMPT_CHARS:
             raise CommandError(
                 MSG_PROMPT_TOO_LONG.format(length=len(prompt), limit=MAX_PROMPT_CHARS)
             )

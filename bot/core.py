@@ -29,6 +29,7 @@ from bot.domain import (
 from bot.pipeline import Pipeline, UserError
 from bot.router import RouteRefused
 from bot.runner import CompletedJob, JobFailed, JobRunner
+from bot.schedules import Scheduler
 from storage import Store
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,18 @@ def _private_error(text: str) -> Reply:
 class Tierbot:
     """Commands and reactions in, replies out; shared by every chat surface and the CLI."""
 
-    def __init__(self, *, store: Store, pipeline: Pipeline, runner: JobRunner) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        pipeline: Pipeline,
+        runner: JobRunner,
+        scheduler: Scheduler | None = None,
+    ) -> None:
         self.store = store
         self.pipeline = pipeline
         self.runner = runner
+        self.scheduler = scheduler
 
     async def handle_command(self, event: CommandEvent) -> AsyncIterator[Reply]:
         """Run one slash command; yields replies as the work progresses."""
@@ -173,6 +182,8 @@ class Tierbot:
             replies = pipeline.reject(origin, inv.args[0])
         elif name == "storyboard":
             replies = pipeline.storyboard(origin, inv)
+        elif name == "schedule" and self.scheduler is not None:
+            replies = self.scheduler.command(origin, inv)
         else:
             yield self._read_only(origin, inv)
             return

@@ -38,7 +38,7 @@ from bot.grid import GridImage, compose_grid
 from bot.ledger import Ledger, credits
 from bot.policy import Policy
 from bot.providers import GenerationRequest
-from bot.router import Route, RouteContext, Router
+from bot.router import Route, RouteContext, Router, RouteRefused
 from bot.runner import CompletedJob, JobFailed, JobPlan, JobRunner
 from storage import AssetFiles, Store
 
@@ -125,6 +125,7 @@ class Pipeline:
         ledger: Ledger,
         runner: JobRunner,
         seeds: Callable[[], int] | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -133,6 +134,7 @@ class Pipeline:
         self.router = router
         self.ledger = ledger
         self.runner = runner
+        self.public_url = public_url
         self._seeds = seeds or (lambda: random.SystemRandom().randrange(MAX_SEED))
 
     # -- drafts ------------------------------------------------------------------------------
@@ -188,6 +190,66 @@ class Pipeline:
         async for reply in self._draft_grid(origin, request_id, spec, route, thread_of=None):
             yield reply
 
+    async def batch(self, origin: Origin, inv: Invocation, label: str) -> AsyncIterator[Reply]:
+        """A scheduled batch: a draft grid like ``/draft``, posted in the channel under
+        ``label``; when the budget cannot pay for the whole batch, a notice instead."""
+        self._check_style(inv.style)
+        spec = Draftspec(
+            prompt=inv.prompt or "",
+            ar=inv.ar or DEFAULT_AR,
+            n=inv.n or DEFAULT_N,
+            seed=self._seeds(),
+            model=None,
+            style=inv.style,
+            negative=None,
+            hero=False,
+        )
+        try:
+            route = self._route(
+                origin, Stage.DRAFT, spec.prompt, images=spec.n, aspect_ratio=spec.ar
+            )
+        except RouteRefused as refused:
+            yield Reply(
+                text=f"{label}\n⚠️ Not posted: {self._budget_notice(origin, spec, refused)}",
+                error=True,
+            )
+            return
+        request_id = self.store.create_request(
+            origin=origin.model_dump(),
+            command="schedule",
+            prompt=spec.prompt,
+            options=spec.as_dict(),
+        )
+        async for reply in self._draft_grid(origin, request_id, spec, route, None, label):
+            yield reply
+
+    def _budget_notice(self, origin: Origin, spec: Draftspec, refused: RouteRefused) -> str:
+        headroom = self.ledger.headroom(origin.team, origin.channel)
+        if headroom.left is None:
+            return refused.message
+        try:
+            unbudgeted = self.router.route(
+                RouteContext(
+                    stage=Stage.DRAFT, prompt=spec.prompt, images=spec.n, aspect_ratio=spec.ar
+                )
+            )
+        except RouteRefused:
+            return refused.message
+        approvers = self.policy.rules_for(origin).approvers
+        who = (
+            f"an approver ({', '.join(approvers)}) can raise it"
+            if approvers
+            else "whoever keeps the policy file (TIERBOT_POLICY) can raise it"
+        )
+        return (
+            f"the batch of {spec.n} drafts costs {credits(unbudgeted.price)} and only "
+            f"{headroom.describe()}; {who}."
+        )
+
+    def link(self, asset_id: str) -> str:
+        """The asset page's URL when TIERBOT_PUBLIC_URL is set, else an empty string."""
+        return f"{self.public_url}/assets/{asset_id}" if self.public_url else ""
+
     async def reroll(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
         """🔁 on a grid: reject it and draft again with new seeds (up a tier after K rejections)."""
         grid = self._asset(grid_id, AssetKind.GRID, "a draft grid")
@@ -233,11 +295,18 @@ class Pipeline:
         yield Reply(text=f"🗑️ Grid {grid_id} discarded by {origin.user}.", thread_of=grid_id)
 
     async def _draft_grid(
-        self, origin: Origin, request_id: str, spec: Draftspec, route: Route, thread_of: str | None
+        self,
+        origin: Origin,
+        request_id: str,
+        spec: Draftspec,
+        route: Route,
+        thread_of: str | None,
+        label: str = "",
     ) -> AsyncIterator[Reply]:
         price = route.price
+        heading = f"{label}\n" if label else ""
         yield Reply(
-            text=f"⏳ Drafting {spec.n} × “{spec.prompt}” ({spec.ar}, seed {spec.seed}) · "
+            text=f"{heading}⏳ Drafting {spec.n} × “{spec.prompt}” ({spec.ar}, seed {spec.seed}) · "
             f"{route.reason} · {credits(price)} reserved · ❌ cancels",
             thread_of=thread_of,
             status=True,
@@ -271,7 +340,7 @@ class Pipeline:
         cost = sum(job.cost for job in jobs)
         numbers = [r.value for r in NUMBER_REACTIONS[: len(draft_ids)]]
         yield Reply(
-            text=f"🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].label} · "
+            text=f"{heading}🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].label} · "
             f"{credits(cost)}\n{jobs[0].reason}\nReact {numbers[0]}–{numbers[-1]} to take a "
             f"draft to the final tier, 🔁 to reroll, ❌ to discard.",
             files=[self.files.path(relative)],
@@ -764,7 +833,12 @@ class Pipeline:
         Jobs that succeeded are kept (and charged) even when a sibling failed: their drafts
         are real and the grid shows them.
         """
-        results = await asyncio.gather(*(self.runner.run(p) for p in plans), return_exceptions=True)
+        # Every job is reserved before any starts: a batch that does not fit the budget is
+        # refused whole, never posted half-made.
+        job_ids = self.runner.reserve_all(plans)
+        results = await asyncio.gather(
+            *(self.runner.drive(j) for j in job_ids), return_exceptions=True
+        )
         done = [r for r in results if isinstance(r, CompletedJob)]
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, JobFailed):

@@ -18,6 +18,9 @@ milli-credits. Example::
     open_spend_credits = 10        # spending reactions at or under this need no approver
     daily_credits = 100
 
+    [calendars]
+    morning = "calendars/morning.csv"   # content calendar of the schedule named "morning"
+
     [health]
     failures = 3                   # a model failing this often ...
     window_s = 60                  # ... within this window ...
@@ -78,7 +81,7 @@ class Cap:
 
     def describe(self) -> str:
         where = f"channel {self.channel}" if self.scope == "channel" else f"team {self.team}"
-        return f"{where} {self.window.value}ly cap"
+        return f"{where} {'daily' if self.window is Window.DAY else 'monthly'} cap"
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class Policy(BaseModel):
     default: Rules = Field(default_factory=Rules)
     teams: dict[str, TeamRules] = Field(default_factory=dict)
     health: HealthRules = Field(default_factory=HealthRules)
+    #: Content calendars by schedule name: CSV files (date, prompt, optional style, ar, n).
+    calendars: dict[str, Path] = Field(default_factory=dict)
 
     def _levels(self, team: str, channel: str) -> list[Rules]:
         team_rules = self.teams.get(team)

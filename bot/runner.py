@@ -137,6 +137,39 @@ class JobRunner:
         )
         return await self._drive(job_id)
 
+    def reserve_all(self, plans: list[JobPlan]) -> list[str]:
+        """Write every plan's job and reservation, or none: if one does not fit the budget,
+        the ones already reserved are released and :class:`JobFailed` is raised."""
+        job_ids: list[str] = []
+        try:
+            for plan in plans:
+                job_ids.append(
+                    self._reserve(
+                        plan.request_id,
+                        plan.team,
+                        plan.channel,
+                        plan.request,
+                        plan.inputs,
+                        plan.candidates,
+                        plan.reason,
+                        plan.prices,
+                    )
+                )
+        except JobFailed:
+            for job_id in job_ids:
+                self.store.fail_job(
+                    job_id,
+                    state=JobState.CANCELLED,
+                    error="its batch did not fit the budget",
+                    kind="budget",
+                )
+            raise
+        return job_ids
+
+    async def drive(self, job_id: str) -> CompletedJob:
+        """Run a reserved job to the end, falling back along its candidates."""
+        return await self._drive(job_id)
+
     async def resume(self) -> list[CompletedJob | JobFailed]:
         """Finish every job a previous process left unfinished, concurrently."""
         jobs = self.store.unfinished_jobs()

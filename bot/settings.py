@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     #: Public base URL of this bot (e.g. https://tierbot.example.com): chat messages link to
     #: asset pages under it.
     public_url: str | None = None
+    #: A scheduled batch missed while the bot was down runs at start-up if it is at most
+    #: this many seconds late (and never twice).
+    schedule_grace_s: float = Field(default=3600.0, ge=0)
     log_level: str = "INFO"
     #: Transient provider errors are retried this many times per candidate before falling back.
     retries: int = Field(default=2, ge=0, le=10)

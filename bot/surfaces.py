@@ -10,7 +10,10 @@ calls ``Tierbot.record_post`` for each reply that presents an asset.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Protocol
+
+from bot.domain import Origin, Reply
 
 log = logging.getLogger(__name__)
 
@@ -27,3 +30,7 @@ class ChatSurface(Protocol):
         ...
 
     async def stop(self) -> None: ...
+
+    async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
+        """Post replies in ``origin``'s channel unprompted (scheduled batches, summaries)."""
+        ...

@@ -163,3 +163,43 @@ def m003_threads_and_outbox(db: Database) -> None:
 def m004_status_messages(db: Database) -> None:
     # A status message belongs to a request: ❌ on it cancels the request's running jobs.
     db["messages"].add_column("request_id", str)
+
+
+@migrations()
+def m005_schedules(db: Database) -> None:
+    db["schedules"].create(
+        {
+            "id": str,
+            "name": str,
+            "surface": str,
+            "team": str,
+            "channel": str,
+            "origin": str,  # JSON Origin of the person who added it (batches run as them)
+            "at_time": str,  # "HH:MM" local time
+            "tz": str,
+            "days": str,  # "mon,tue,..." (cron day names)
+            "n": int,
+            "ar": str,
+            "style": str,
+            "template": str,
+            "summary_time": str,  # "HH:MM" of the ready-to-publish summary, or null
+            "calendar": str,  # CSV text attached with /tierbot schedule calendar, or null
+            "paused": int,
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["schedules"].create_index(["surface", "team", "channel", "name"], unique=True)
+    # One row per schedule per local date, written before the batch starts: never twice.
+    db["schedule_runs"].create(
+        {
+            "schedule_id": str,
+            "run_date": str,
+            "started_at": str,
+            "request_id": str,
+            "grid_id": str,
+            "state": str,  # started | posted | refused | failed
+            "summary_at": str,
+        },
+        pk=("schedule_id", "run_date"),
+    )

@@ -445,6 +445,64 @@ class Store:
     def outbox_done(self, entry_id: int) -> None:
         self.db.execute("delete from outbox where id = ?", [entry_id])
 
+    # -- schedules ---------------------------------------------------------------------------
+
+    def add_schedule(self, row: dict[str, Any]) -> str:
+        """Insert a schedule; raises ``sqlite3.IntegrityError`` if the name is taken here."""
+        schedule_id = new_id()
+        self.db["schedules"].insert(
+            {
+                "id": schedule_id,
+                "paused": 0,
+                "created_at": utcnow(),
+                **{k: _json(v) for k, v in row.items()},
+            }
+        )
+        return schedule_id
+
+    def schedules(
+        self, surface: str | None = None, team: str | None = None, channel: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        for column, value in (("surface", surface), ("team", team), ("channel", channel)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        rows = self.db["schedules"].rows_where(" and ".join(where) or None, params, order_by="name")
+        return [{**r, "origin": json.loads(r["origin"])} for r in rows]
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any] | None:
+        row = self._get("schedules", schedule_id)
+        return {**row, "origin": json.loads(row["origin"])} if row else None
+
+    def update_schedule(self, schedule_id: str, **fields: Any) -> None:
+        self.db["schedules"].update(schedule_id, fields)
+
+    def remove_schedule(self, schedule_id: str) -> None:
+        with self.db.atomic():
+            self.db.execute("delete from schedule_runs where schedule_id = ?", [schedule_id])
+            self.db.execute("delete from schedules where id = ?", [schedule_id])
+
+    def start_schedule_run(self, schedule_id: str, run_date: str) -> bool:
+        """Record a batch before it starts; False if that day's batch was already recorded."""
+        cursor = self.db.execute(
+            "insert or ignore into schedule_runs (schedule_id, run_date, started_at, state) "
+            "values (?, ?, ?, 'started')",
+            [schedule_id, run_date, utcnow()],
+        )
+        return cursor.rowcount == 1
+
+    def update_schedule_run(self, schedule_id: str, run_date: str, **fields: Any) -> None:
+        self.db["schedule_runs"].update((schedule_id, run_date), fields)
+
+    def schedule_run(self, schedule_id: str, run_date: str) -> dict[str, Any] | None:
+        rows = list(
+            self.db["schedule_runs"].rows_where(
+                "schedule_id = ? and run_date = ?", [schedule_id, run_date]
+            )
+        )
+        return rows[0] if rows else None
+
     # -- the web channel's history -----------------------------------------------------------
 
     def add_web_message(self, message: dict[str, Any]) -> int:

@@ -596,13 +596,15 @@ def test_expected_commands_are_registered() -> None:
         "approve",
         "reject",
         "storyboard",
+        "schedule",
         "lineage",
         "budget",
         "models",
         "help",
     }
     assert COMMANDS.get("select") is COMMANDS.get("final")
-    assert set(FLAGS) == {"ar", "n", "seed", "model", "style", "no", "hero", "seconds"}
+    assert set(FLAGS) == {"ar", "n", "seed", "model", "style", "no", "hero", "seconds", "tz",
+                          "days", "summary"}
 
 
 @pytest.mark.parametrize(
