@@ -603,8 +603,19 @@ def test_expected_commands_are_registered() -> None:
         "help",
     }
     assert COMMANDS.get("select") is COMMANDS.get("final")
-    assert set(FLAGS) == {"ar", "n", "seed", "model", "style", "no", "hero", "seconds", "tz",
-                          "days", "summary"}
+    assert set(FLAGS) == {
+        "ar",
+        "n",
+        "seed",
+        "model",
+        "style",
+        "no",
+        "hero",
+        "seconds",
+        "tz",
+        "days",
+        "summary",
+    }
 
 
 @pytest.mark.parametrize(

@@ -316,3 +316,25 @@ async def test_messages_link_to_the_asset_page_with_a_public_url(
     grid_id = rig.services.store.asset_for_message("slack", CHANNEL, anchor["ts"])
     assert f"<https://tierbot.example.com/assets/{grid_id}|asset page>" in anchor["text"]
     await rig.stop()
+
+
+async def test_a_schedule_runs_end_to_end_on_slack(rig: Rig) -> None:
+    from datetime import date
+
+    rig.services.scheduler.deliverers["slack"] = rig.surface.deliver
+    status, _ = await rig.command(
+        'schedule add morning daily 09:00 --tz Europe/Berlin --n 2 "a {weekday} coffee"',
+        command="/tierbot",
+    )
+    assert status == 200
+    assert rig.anchors("Schedule morning added")
+    (schedule,) = rig.services.store.schedules()
+    assert schedule["channel"] == CHANNEL and schedule["origin"]["user"] == "UALICE"
+    await rig.services.scheduler.fire(schedule, date(2026, 11, 23))
+    await rig.surface.idle()
+    anchor = grid_anchor(rig)
+    assert "📅 morning · Monday 23 November 2026" in anchor["text"]
+    assert "a Monday coffee" in anchor["text"]
+    await rig.react(anchor["ts"], "one")
+    (final,) = rig.anchors("✨ Final")
+    assert final["thread_ts"] == anchor["ts"]
