@@ -273,3 +273,38 @@ def test_day_lists(days, expected) -> None:
 def test_times_and_zones() -> None:
     assert parse_time("9:05") == "09:05"
     assert parse_tz("America/New_York") == "America/New_York"
+
+
+async def test_the_timer_arms_each_schedule_in_the_running_loop(rig) -> None:
+    chat, clock = rig
+    await chat.command("tierbot", ADD.replace("--n 2", "--n 2 --summary 17:00"))
+    scheduler = chat.services.scheduler
+    clock.now = berlin(2026, 11, 23, 8, 0)
+    assert await scheduler.start() == 0
+    (schedule,) = chat.services.store.schedules()
+    batch = scheduler._timer.get_job(f"batch:{schedule['id']}")
+    summary = scheduler._timer.get_job(f"summary:{schedule['id']}")
+    assert batch.trigger.get_next_fire_time(None, clock.now) == berlin(2026, 11, 23, 9, 0)
+    assert summary.trigger.get_next_fire_time(None, clock.now) == berlin(2026, 11, 23, 17, 0)
+    await chat.command("tierbot", "schedule pause morning")
+    assert scheduler._timer.get_job(f"batch:{schedule['id']}") is None
+    clock.now = berlin(2026, 11, 23, 9, 0)
+    await scheduler._on_time(schedule["id"])  # what the timer calls at 09:00
+    assert len(grids(chat)) == 1
+    scheduler.stop()
+
+
+async def test_calendar_named_in_the_policy_file(make_settings, tmp_path: Path) -> None:
+    calendar = tmp_path / "morning.csv"
+    calendar.write_text("date,prompt\n2026-11-23,pumpkin spice {weekday}\n")
+    policy = write_policy(tmp_path, f'[calendars]\nmorning = "{calendar}"\n')
+    services = build(make_settings(policy=policy))
+    services.scheduler.clock = Clock(berlin(2026, 11, 23, 8, 0))
+    chat = Chat(services)
+    services.scheduler.deliverers["test"] = lambda origin, replies: chat._post(replies)
+    await chat.command("tierbot", ADD)
+    (schedule,) = services.store.schedules()
+    await services.scheduler.fire(schedule, date(2026, 11, 23))
+    (grid,) = grids(chat)
+    assert "pumpkin spice Monday" in grid.text
+    services.store.close()
