@@ -327,6 +327,50 @@ class DiscordSurface:
                 app_commands.Command(name=name, description=description, callback=callback)
             )
 
+        actions = ["add", "list", "pause", "resume", "remove", "run-now", "calendar"]
+
+        @group.command(
+            name="schedule",
+            description="Daily batches: add, list, pause, resume, remove, run-now, calendar",
+        )
+        @app_commands.describe(
+            details='for add: <name> daily HH:MM "<prompt template>"; otherwise the name',
+            calendar="for calendar: a CSV (date, prompt, optional style, ar, n)",
+        )
+        @app_commands.choices(
+            action=[app_commands.Choice(name=a, value=a) for a in actions], ar=ratios, style=styles
+        )
+        async def schedule(
+            interaction: discord.Interaction,
+            action: str,
+            details: str | None = None,
+            tz: str | None = None,
+            days: str | None = None,
+            n: app_commands.Range[int, 1, 9] | None = None,
+            ar: str | None = None,
+            style: str | None = None,
+            summary: str | None = None,
+            calendar: discord.Attachment | None = None,
+        ) -> None:
+            text = (
+                f"schedule {action} {details or ''}".rstrip()
+                + " "
+                + command_text(tz=tz, days=days, n=n, ar=ar, style=style, summary=summary)
+            )
+            if calendar is None or not details:
+                await surface._command(interaction, "tierbot", text)
+                return
+            await interaction.response.defer(thinking=True, ephemeral=True)  # first, always
+            # The attachment is kept next to the data; the scheduler reads it from there.
+            folder = surface.services.settings.data_dir / "calendars"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{interaction.id}.csv"
+            path.write_bytes(await calendar.read())
+            name = details.split()[0]
+            surface._spawn(
+                surface._run_command(interaction, "tierbot", f"schedule calendar {name} {path}")
+            )
+
         simple("reroll", "Reroll a grid with new seeds", "grid")
         simple("discard", "Discard a grid", "grid")
         simple("approve", "QA sign-off on a result", "asset")

@@ -295,3 +295,22 @@ async def test_global_sync_is_a_deliberate_cli_act(
     assert "2 command(s) synced globally" in capsys.readouterr().out
     assert await cli(services, ["nope"]) == 2
     await services.aclose()
+
+
+async def test_schedules_from_discord(rig: Rig) -> None:
+    handle = await rig.fake.interaction(
+        "tierbot",
+        {
+            "action": "add",
+            "details": 'morning daily 09:00 "a {weekday} flat lay"',
+            "tz": "Europe/Berlin",
+            "n": 2,
+        },
+        subcommand="schedule",
+    )
+    await handle.deferred()
+    await rig.settle()
+    (schedule,) = rig.services.store.schedules()
+    assert (schedule["name"], schedule["tz"], schedule["n"]) == ("morning", "Europe/Berlin", 2)
+    assert schedule["channel"] == str(rig.fake.channel_id)
+    assert rig.messages("Schedule morning added")
