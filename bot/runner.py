@@ -125,16 +125,7 @@ class JobRunner:
         Raises:
             JobFailed: nothing was charged for the failed attempts.
         """
-        job_id = self._reserve(
-            plan.request_id,
-            plan.team,
-            plan.channel,
-            plan.request,
-            plan.inputs,
-            plan.candidates,
-            plan.reason,
-            plan.prices,
-        )
+        (job_id,) = self.reserve_all([plan])
         return await self._drive(job_id)
 
     def reserve_all(self, plans: list[JobPlan]) -> list[str]:
