@@ -139,7 +139,9 @@ class SlackBot:
 
 
 @contextlib.asynccontextmanager
-async def slack_bot(provider: FastProvider, concurrency: int | None = None) -> AsyncIterator[SlackBot]:
+async def slack_bot(
+    provider: FastProvider, concurrency: int | None = None
+) -> AsyncIterator[SlackBot]:
     """The bot with Slack in HTTP mode (signing secret set) on 127.0.0.1, a fresh data dir,
     ``provider`` serving ``local``, and the fake Slack's Web API in this process."""
     from adapters.slack import SlackSurface
