@@ -86,7 +86,7 @@ class StatusLine:
             await self.send(text)
             self.last_sent = time.monotonic()
         except Exception as exc:  # a status edit is never worth failing a job over
-            log.warning("status update failed: %s", exc)
+            log.warning("status update failed: %r", exc)
 
     async def finish(self, *, failed: bool, detail: str | None = None) -> None:
         if not self.open:

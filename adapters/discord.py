@@ -545,7 +545,7 @@ class DiscordSurface:
         try:
             await self.post(origin, reply)
         except DISCORD_ERRORS as exc:
-            self.outbox.keep(origin, reply, str(exc))
+            self.outbox.keep(origin, reply, str(exc) or type(exc).__name__)
             if getattr(exc, "code", None) == MISSING_PERMISSIONS:
                 hint = Reply(
                     text=f"{PERMISSION_HINT} The result is kept and will be posted once I can.",

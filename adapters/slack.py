@@ -324,7 +324,7 @@ class SlackSurface:
                     channel=origin.channel, timestamp=posted["ts"], name=EMOJI_NAMES[emoji]
                 )
         except SLACK_ERRORS as exc:
-            log.warning("status message in %s failed: %s", origin.channel, exc)
+            log.warning("status message in %s failed: %r", origin.channel, exc)
             return None
         self.services.bot.record_post(origin, posted["ts"], reply)
         return str(posted["ts"])
@@ -351,7 +351,11 @@ class SlackSurface:
         try:
             await self.post(origin, reply)
         except SLACK_ERRORS as exc:
-            error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+            error = (
+                exc.response.get("error")
+                if isinstance(exc, SlackApiError)
+                else str(exc) or type(exc).__name__
+            )
             self.outbox.keep(origin, reply, str(error))
             if error in _NOT_A_MEMBER and respond is not None:
                 await respond(

@@ -19,9 +19,11 @@ import math
 import os
 import platform
 import resource
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +74,17 @@ def _png(index: int, size: int = 64) -> bytes:
     return buffer.getvalue()
 
 
+def _tagged(png: bytes, tag: int) -> bytes:
+    """``png`` with a tEXt chunk before IEND: still a valid PNG, with its own content hash
+    (the asset store is content-addressed, so identical outputs would be written once)."""
+    body = b"tEXt" + b"n\x00" + str(tag).encode()
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:-12] + chunk + png[-12:]
+
+
 class FastProvider:
-    """A provider double: answers after ``latency_s`` (or when :meth:`release` is called).
+    """A provider double: answers after ``latency_s`` (or when :meth:`release` is called)
+    with 64 px PNGs, each output different.
 
     Registered under the name ``local``, it serves the shipped catalog's ``local-draft`` with
     no catalog change. ``in_result`` counts the calls currently waiting in ``result``.
@@ -84,6 +95,7 @@ class FastProvider:
         self.latency_s = latency_s
         self.gate = asyncio.Event() if gated else None
         self.submitted = 0
+        self.outputs = 0
         self.in_result = 0
         self.peak_in_result = 0
         self._pngs = [_png(i) for i in range(1, 10)]
@@ -104,9 +116,10 @@ class FastProvider:
                 await asyncio.sleep(self.latency_s)
         finally:
             self.in_result -= 1
+        first, self.outputs = self.outputs, self.outputs + request.n
         return [
             GeneratedFile(
-                data=self._pngs[i % len(self._pngs)],
+                data=_tagged(self._pngs[i % len(self._pngs)], first + i),
                 mime="image/png",
                 width=64,
                 height=64,

@@ -1,26 +1,27 @@
-"""Run every benchmark in this folder and print their figures (`make bench`)."""
+"""Run every benchmark in this folder, each in its own process, and print their figures
+(`make bench`). Files starting with ``_`` are shared helpers, not benchmarks."""
 
 from __future__ import annotations
 
-import os
-import platform
-import runpy
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import _rig  # noqa: E402
 
 
 def main() -> None:
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}"
-    )
+    print(f"machine: {_rig.machine()}", flush=True)
+    started = time.perf_counter()
     for script in sorted(HERE.glob("*.py")):
-        if script.name == Path(__file__).name:
+        if script.name.startswith("_") or script.name == Path(__file__).name:
             continue
-        sys.stdout.flush()
-        runpy.run_path(str(script), run_name="__main__")
+        subprocess.run([sys.executable, str(script)], check=False)
+    print(f"all benchmarks: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
