@@ -1,102 +1,62 @@
-"""Memory: peak RSS of the bot process with 1,000 jobs in flight (the real core, a provider
-holding every job until all 1,000 are waiting on it), measured in a fresh process so earlier
-benchmarks do not inflate it.
+"""Memory: peak RSS of the bot process with 1,000 jobs in flight.
 
 Goal: ≤ 250 MB. Prints the figure; never fails on time.
+
+This process is the bot as `tierbot run` wires it with Slack in HTTP mode (see
+``slack_ack.py``; the fake Slack's Web API runs in this process too and is counted). A load
+generator in a second process sends 1,000 signed ``/draft`` commands (4 drafts each); the
+model (:class:`_rig.FastProvider`, cap raised to 1,000) holds every job until all 1,000 are
+waiting on it, so each command's whole state is alive at once: its Bolt request, task, status
+line, job row and reservation, runner slot and provider call. Then it lets them all finish
+(1,000 grids composed and posted). ``run_all.py`` runs each benchmark in its own process, so
+earlier benchmarks do not inflate the figure.
 """
 
 from __future__ import annotations
 
 import asyncio
-import resource
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import time
 
 import _rig
 
 N = 1000
+RATE = 200  # commands per second from the load generator
 GOAL_MB = 250.0
+TEXT = "a lighthouse at dawn --n 4"
 
 
-async def hold_jobs() -> int:
-    from bot.app import build
-    from bot.domain import Capability, Stage
-    from bot.providers import GenerationRequest, ProviderRegistry
-    from bot.runner import JobPlan
-    from bot.settings import Settings
-
-    with tempfile.TemporaryDirectory() as folder:
-        catalog = Path(folder) / "catalog.toml"
-        catalog.write_text(f"[providers.local]\nconcurrency = {N}\n")
-        settings = Settings(data_dir=Path(folder) / "data", catalog=catalog, _env_file=None)
-        provider = _rig.FastProvider(gated=True)
-        services = build(settings, providers=ProviderRegistry({"local": provider}, {}))
-        request_id = services.store.create_request(
-            origin={"surface": "bench", "team": "T", "channel": "C", "user": "u"},
-            command="draft",
-            prompt="a lighthouse",
-            options={},
+async def measure() -> None:
+    provider = _rig.FastProvider(gated=True)
+    async with _rig.slack_bot(provider, concurrency=N) as bot:
+        idle_mb = _rig.rss_mb()
+        result = await _rig.run_load(
+            bot.events_url,
+            bot.fake.signing_secret,
+            rate=RATE,
+            duration_s=N / RATE,
+            text=TEXT,
+            response_base=bot.fake.base_url,
         )
-        candidate = services.catalog.candidate("local-draft@local")
-        tasks = [
-            asyncio.ensure_future(
-                services.runner.run(
-                    JobPlan(
-                        request_id=request_id,
-                        team="T",
-                        channel="C",
-                        request=GenerationRequest(
-                            job_id="",
-                            stage=Stage.DRAFT,
-                            capability=Capability.TEXT_TO_IMAGE,
-                            model_id="",
-                            provider_model="",
-                            prompt="a lighthouse",
-                            n=1,
-                            seed=i,
-                        ),
-                        inputs=[],
-                        candidates=[candidate],
-                        reason="bench",
-                    )
-                )
-            )
-            for i in range(N)
-        ]
-        while provider.in_result < N:
+        deadline = time.monotonic() + 120
+        while provider.in_result < result.ok and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        in_flight = provider.in_result
+        in_flight, held_mb = provider.in_result, _rig.rss_mb()
+        held_peak_mb = _rig.peak_rss_mb()
         provider.release()
-        await asyncio.gather(*tasks)
-        await services.aclose()
-    return in_flight
-
-
-def child() -> None:
-    _rig.clean_environ()
-    in_flight = asyncio.run(hold_jobs())
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(f"{in_flight} {peak_mb:.1f}")
+        await bot.surface.idle()
+        grids = len(bot.fake.files)
+    peak_mb = _rig.peak_rss_mb()
+    print(
+        f"memory: peak RSS {held_peak_mb:.0f} MB with {in_flight} jobs in flight "
+        f"({idle_mb:.0f} MB idle, {held_mb:.0f} MB while held); goal ≤ {GOAL_MB:.0f} MB "
+        f"({'met' if held_peak_mb <= GOAL_MB else 'missed'})"
+    )
+    print(f"  peak {peak_mb:.0f} MB once all of them finished ({grids} grids posted)", flush=True)
 
 
 def main() -> None:
-    done = subprocess.run(
-        [sys.executable, __file__, "--child"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-    )
-    in_flight, peak_mb = done.stdout.split()
-    print(
-        f"memory: peak RSS {float(peak_mb):.0f} MB with {in_flight} jobs in flight; goal ≤ "
-        f"{GOAL_MB:.0f} MB ({'met' if float(peak_mb) <= GOAL_MB else 'missed'})"
-    )
+    asyncio.run(measure())
 
 
 if __name__ == "__main__":
-    child() if "--child" in sys.argv else main()
+    main()

@@ -33,7 +33,9 @@ GOAL = 1.05
 
 async def measure(folder: Path) -> None:
     provider = _rig.FastProvider(latency_s=LATENCY_S)
-    settings = Settings(data_dir=folder / "data", _env_file=None, provider_concurrency={"local": CAP})
+    settings = Settings(
+        data_dir=folder / "data", _env_file=None, provider_concurrency={"local": CAP}
+    )
     services = build(settings, providers=ProviderRegistry({"local": provider}, {}))
     candidate = services.catalog.candidate("local-draft")
     assert candidate is not None

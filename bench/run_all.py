@@ -10,6 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
+GOAL_S = 600.0  # `make bench` on a 2-core machine
 
 import _rig  # noqa: E402
 
@@ -20,8 +21,14 @@ def main() -> None:
     for script in sorted(HERE.glob("*.py")):
         if script.name.startswith("_") or script.name == Path(__file__).name:
             continue
-        subprocess.run([sys.executable, str(script)], check=False)
-    print(f"all benchmarks: {time.perf_counter() - started:.0f} s")
+        done = subprocess.run([sys.executable, str(script)], check=False)
+        if done.returncode:
+            print(f"{script.name} stopped with exit status {done.returncode}", flush=True)
+    total = time.perf_counter() - started
+    print(
+        f"all benchmarks: {total:.0f} s; goal ≤ {GOAL_S:.0f} s "
+        f"({'met' if total <= GOAL_S else 'missed'})"
+    )
 
 
 if __name__ == "__main__":

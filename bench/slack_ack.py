@@ -5,11 +5,18 @@ Goal: p99 ≤ 50 ms at 100/s (Slack's hard limit is 3 s). Prints the figures; ne
 
 This process is the bot: the real core (SQLite store, ledger, router, runner, pipeline, grid)
 and ``SlackSurface`` in HTTP mode on the shared HTTP server, with the fake Slack of the tests
-serving the Web API on loopback. The load generator (``_loadgen.py``) runs in a second process
-and sends on an open-loop schedule; latency is measured from each request's scheduled time.
-The draft model is a :class:`FastProvider` answering at once with 64 px PNGs, so every
-command also runs its whole flow here (status message, job, 1024 px grid, upload, reactions)
-while later commands arrive: the acknowledgement is measured under the bot's own load.
+serving the Web API on loopback (in this process too, so its work competes with the bot's).
+The load generator (``_loadgen.py``) runs in a second process and sends on an open-loop
+schedule; latency is measured from each request's scheduled time, so queueing is not hidden.
+
+Two draft models (:class:`_rig.FastProvider`, 64 px PNGs):
+
+* **instant** (the three rates): answers at once, so every command runs its whole flow here
+  (status message, job, 1024 px grid, upload, six reactions) at the command rate while later
+  commands arrive. The worst case: a provider that absorbs any load.
+* **1 s × 8** (one more run at 100/s): 1 s per job and at most 8 at once, the shipped cap of
+  the cloud providers, so results come back at 8 per second and the rest wait in the runner's
+  queue, as they would with a real model. Its backlog is cancelled at the end, not drained.
 """
 
 from __future__ import annotations
@@ -26,58 +33,68 @@ GOAL_P99_MS = 50.0
 GOAL_RATE = 100
 SLACK_LIMIT_MS = 3000.0
 TEXT = "a lighthouse at dawn --n 4"
+REAL_LATENCY_S, REAL_CAP = 1.0, 8
+
+
+async def load(bot: _rig.SlackBot, rate: float, duration_s: float) -> _rig.LoadResult:
+    return await _rig.run_load(
+        bot.events_url,
+        bot.fake.signing_secret,
+        rate=rate,
+        duration_s=duration_s,
+        text=TEXT,
+        response_base=bot.fake.base_url,
+    )
 
 
 async def measure(duration_s: float) -> None:
-    provider = _rig.FastProvider()
-    async with _rig.slack_bot(provider) as bot:
-        fake = bot.fake
+    async with _rig.slack_bot(_rig.FastProvider()) as bot:
         # Warm-up (not counted): Bolt's first request fetches auth.test, imports settle.
-        await _rig.run_load(
-            bot.events_url,
-            fake.signing_secret,
-            rate=10,
-            duration_s=1,
-            text=TEXT,
-            response_base=fake.base_url,
-        )
+        await load(bot, 10, 1)
         await bot.surface.idle()
         for rate in RATES:
-            grids_before = len(fake.files)
-            result = await _rig.run_load(
-                bot.events_url,
-                fake.signing_secret,
-                rate=rate,
-                duration_s=duration_s,
-                text=TEXT,
-                response_base=fake.base_url,
-            )
-            grids_during = len(fake.files) - grids_before
+            grids_before = len(bot.fake.files)
+            result = await load(bot, rate, duration_s)
+            grids_during = len(bot.fake.files) - grids_before
             drain = time.perf_counter()
             await bot.surface.idle()
-            drain_s = time.perf_counter() - drain
-            report(result, grids_during, len(fake.files) - grids_before, drain_s)
+            background = (
+                f"{grids_during} of {result.sent} grids posted during the run, the rest "
+                f"{time.perf_counter() - drain:.1f} s later"
+            )
+            report(f"instant model, {rate}/s", result, background)
+    provider = _rig.FastProvider(latency_s=REAL_LATENCY_S)
+    async with _rig.slack_bot(provider, concurrency=REAL_CAP) as bot:
+        await load(bot, 10, 1)
+        await bot.surface.idle()
+        grids_before = len(bot.fake.files)
+        result = await load(bot, GOAL_RATE, duration_s)
+        background = (
+            f"{len(bot.fake.files) - grids_before} of {result.sent} grids posted during the "
+            f"run, {result.sent - provider.submitted + 10} still queued for the model "
+            "(cancelled)"
+        )
+        report(f"model 1 s × {REAL_CAP} at once, {GOAL_RATE}/s", result, background, show_goal=True)
 
 
-def report(result: _rig.LoadResult, grids_during: int, grids: int, drain_s: float) -> None:
+def report(
+    label: str, result: _rig.LoadResult, background: str, show_goal: bool | None = None
+) -> None:
     lat = result.latencies_ms
     p50, p99 = _rig.percentile(lat, 50), _rig.percentile(lat, 99)
     late = sum(1 for v in lat if v > SLACK_LIMIT_MS)
-    failed = result.sent - result.ok
     line = (
-        f"slack ack at {result.rate:g}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+        f"slack ack, {label}: p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
         f"max {max(lat, default=float('nan')):.1f} ms "
-        f"({result.ok}/{result.sent} HTTP 200, {failed} not 200, {late} over 3 s)"
+        f"({result.ok}/{result.sent} HTTP 200, {late} over 3 s)"
     )
-    if result.rate == GOAL_RATE:
+    if show_goal or (show_goal is None and result.rate == GOAL_RATE):
         line += f"; goal p99 ≤ {GOAL_P99_MS:.0f} ms ({'met' if p99 <= GOAL_P99_MS else 'missed'})"
     print(line)
     print(
-        f"  background: {grids_during} of {result.sent} grids posted during the run, "
-        f"{grids} after {drain_s:.1f} s more; load generator late by ≤ "
-        f"{result.max_send_lag_ms:.1f} ms"
+        f"  {background}; load generator late by ≤ {result.max_send_lag_ms:.1f} ms",
+        flush=True,
     )
-    sys.stdout.flush()
 
 
 def main() -> None:
