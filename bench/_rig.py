@@ -6,6 +6,7 @@
   (SQLite store, ledger, router, runner, pipeline) and ``SlackSurface`` on the shared HTTP
   server, with the fake Slack of the tests serving the Web API on loopback.
 * :func:`run_load`: starts ``_loadgen.py`` in a second process and returns its timings.
+* :class:`LogTally`: counts the bot's warnings instead of printing hundreds of them.
 * RSS readings for the memory benchmark.
 """
 
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -24,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +59,30 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+class LogTally(logging.Handler):
+    """Counts the bot's log records at WARNING and above by message template (the bot logs
+    every failed Slack call; under overload that is hundreds of lines)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.counts: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.counts[str(record.msg)] += 1
+
+    @classmethod
+    def install(cls) -> LogTally:
+        tally = cls()
+        logging.getLogger().addHandler(tally)
+        return tally
+
+    def take(self) -> str:
+        """The counts since the last call, most frequent first, and reset them."""
+        text = "; ".join(f"{n} × {msg!r}" for msg, n in self.counts.most_common(3))
+        self.counts.clear()
+        return text
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -48,10 +48,12 @@ async def load(bot: _rig.SlackBot, rate: float, duration_s: float) -> _rig.LoadR
 
 
 async def measure(duration_s: float) -> None:
+    tally = _rig.LogTally.install()
     async with _rig.slack_bot(_rig.FastProvider()) as bot:
         # Warm-up (not counted): Bolt's first request fetches auth.test, imports settle.
         await load(bot, 10, 1)
         await bot.surface.idle()
+        tally.take()
         for rate in RATES:
             grids_before = len(bot.fake.files)
             result = await load(bot, rate, duration_s)
@@ -62,11 +64,12 @@ async def measure(duration_s: float) -> None:
                 f"{grids_during} of {result.sent} grids posted during the run, the rest "
                 f"{time.perf_counter() - drain:.1f} s later"
             )
-            report(f"instant model, {rate}/s", result, background)
+            report(f"instant model, {rate}/s", result, background, tally.take())
     provider = _rig.FastProvider(latency_s=REAL_LATENCY_S)
     async with _rig.slack_bot(provider, concurrency=REAL_CAP) as bot:
         await load(bot, 10, 1)
         await bot.surface.idle()
+        tally.take()
         grids_before = len(bot.fake.files)
         result = await load(bot, GOAL_RATE, duration_s)
         background = (
@@ -74,11 +77,16 @@ async def measure(duration_s: float) -> None:
             f"run, {result.sent - provider.submitted + 10} still queued for the model "
             "(cancelled)"
         )
-        report(f"model 1 s × {REAL_CAP} at once, {GOAL_RATE}/s", result, background, show_goal=True)
+        label = f"model 1 s × {REAL_CAP} at once, {GOAL_RATE}/s"
+        report(label, result, background, tally.take(), show_goal=True)
 
 
 def report(
-    label: str, result: _rig.LoadResult, background: str, show_goal: bool | None = None
+    label: str,
+    result: _rig.LoadResult,
+    background: str,
+    warnings: str,
+    show_goal: bool | None = None,
 ) -> None:
     lat = result.latencies_ms
     p50, p99 = _rig.percentile(lat, 50), _rig.percentile(lat, 99)
@@ -91,10 +99,10 @@ def report(
     if show_goal or (show_goal is None and result.rate == GOAL_RATE):
         line += f"; goal p99 ≤ {GOAL_P99_MS:.0f} ms ({'met' if p99 <= GOAL_P99_MS else 'missed'})"
     print(line)
-    print(
-        f"  {background}; load generator late by ≤ {result.max_send_lag_ms:.1f} ms",
-        flush=True,
-    )
+    print(f"  {background}; load generator late by ≤ {result.max_send_lag_ms:.1f} ms")
+    if warnings:
+        print(f"  the bot's warnings: {warnings}")
+    sys.stdout.flush()
 
 
 def main() -> None:
