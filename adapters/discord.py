@@ -39,7 +39,7 @@ from discord import app_commands
 from PIL import Image
 
 from adapters.delivery import Outbox, StatusLine
-from bot import progress
+from bot import cpu, progress
 from bot.app import Services
 from bot.commands import ASPECT_RATIOS
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
@@ -597,7 +597,7 @@ class DiscordSurface:
     async def _files(self, reply: Reply, limit: int) -> tuple[list[discord.File], str]:
         files, notes = [], []
         for path in reply.files:
-            data = await asyncio.to_thread(_fit, path, limit)
+            data = await cpu.run(_fit, path, limit)
             if data is None:
                 where = (
                     f"{self.public_url}/assets/{reply.asset_id}"

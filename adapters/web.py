@@ -32,6 +32,7 @@ import html
 import ipaddress
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -45,7 +46,7 @@ from aiohttp import web
 from PIL import Image
 
 from adapters.http_server import MAX_BODY, http_server
-from bot import progress
+from bot import cpu, progress
 from bot.app import Services
 from bot.commands import SLASH_COMMANDS
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
@@ -427,21 +428,12 @@ class WebSurface:
             )
         if not width.isdigit() or int(width) not in THUMB_WIDTHS:
             raise BadInput(f"w must be one of {', '.join(map(str, THUMB_WIDTHS))}")
-        thumb = await asyncio.to_thread(self._thumbnail, path, asset["sha256"], int(width))
-        return web.FileResponse(
-            thumb, headers={"Content-Type": "image/jpeg", "Cache-Control": "max-age=86400"}
-        )
-
-    def _thumbnail(self, path: Path, digest: str, width: int) -> Path:
-        target = self.services.settings.data_dir / "thumbs" / f"{digest}-{width}.jpg"
+        target = self.services.settings.data_dir / "thumbs" / f"{asset['sha256']}-{width}.jpg"
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with Image.open(path) as image:
-                image.thumbnail((width, width * 4))
-                tmp = target.with_suffix(".tmp")
-                image.convert("RGB").save(tmp, "JPEG", quality=85)
-                tmp.replace(target)
-        return target
+            await cpu.run(make_thumbnail, path, target, int(width))
+        return web.FileResponse(
+            target, headers={"Content-Type": "image/jpeg", "Cache-Control": "max-age=86400"}
+        )
 
     async def _asset_page(self, request: web.Request) -> web.StreamResponse:
         asset = self._asset(request)
@@ -573,6 +565,17 @@ class _StatusLine:
             fields["detail"] = detail
         with contextlib.suppress(Exception):
             self.surface.update(self.message_id, **fields)
+
+
+def make_thumbnail(path: Path, target: Path, width: int) -> Path:
+    """Write a JPEG of ``path`` at most ``width`` px wide to ``target`` (atomically)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(path) as image:
+        image.thumbnail((width, width * 4))
+        tmp = target.with_suffix(f".{os.getpid()}.tmp")
+        image.convert("RGB").save(tmp, "JPEG", quality=85)
+        tmp.replace(target)
+    return target
 
 
 def create(services: Services) -> WebSurface:

@@ -4,7 +4,8 @@
   (the grid step decodes them) after a fixed latency, or when released.
 * :func:`slack_bot`: the bot as `tierbot run` wires it with Slack in HTTP mode: the real core
   (SQLite store, ledger, router, runner, pipeline) and ``SlackSurface`` on the shared HTTP
-  server, with the fake Slack of the tests serving the Web API on loopback.
+  server, with the fake Slack of the tests serving the Web API on loopback from a process of
+  its own (:class:`FakeSlackProcess`).
 * :func:`run_load`: starts ``_loadgen.py`` in a second process and returns its timings.
 * :class:`LogTally`: counts the bot's warnings instead of printing hundreds of them.
 * RSS readings for the memory benchmark.
@@ -166,11 +167,50 @@ class FastProvider:
         return None
 
 
+class FakeSlackProcess:
+    """The fake Slack of the tests in its own process (``_fake_slack.py``), as real Slack
+    would be: its work and the grids it keeps are not the bot's."""
+
+    def __init__(self, process: asyncio.subprocess.Process, info: dict[str, str]) -> None:
+        self._process = process
+        self.base_url = info["base_url"]
+        self.api_url = info["api_url"]
+        self.bot_token = info["bot_token"]
+        self.signing_secret = info["signing_secret"]
+
+    @classmethod
+    async def start(cls) -> FakeSlackProcess:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(Path(__file__).with_name("_fake_slack.py")),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert process.stdout is not None
+        return cls(process, json.loads(await process.stdout.readline()))
+
+    async def files(self) -> int:
+        """How many files (grids, finals) the bot has uploaded so far."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(b"count\n")
+        await self._process.stdin.drain()
+        return int(json.loads(await self._process.stdout.readline())["files"])
+
+    async def stop(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        try:
+            await asyncio.wait_for(self._process.wait(), 10)
+        except TimeoutError:
+            self._process.kill()
+            await self._process.wait()
+
+
 @dataclass
 class SlackBot:
     services: Any
     surface: Any
-    fake: Any
+    fake: FakeSlackProcess
     provider: FastProvider
 
     @property
@@ -183,16 +223,14 @@ async def slack_bot(
     provider: FastProvider, concurrency: int | None = None
 ) -> AsyncIterator[SlackBot]:
     """The bot with Slack in HTTP mode (signing secret set) on 127.0.0.1, a fresh data dir,
-    ``provider`` serving ``local``, and the fake Slack's Web API in this process."""
+    ``provider`` serving ``local``, and the fake Slack's Web API in a process of its own."""
     from adapters.slack import SlackSurface
     from bot.app import build
     from bot.providers import ProviderRegistry
     from bot.settings import Settings
-    from tests.fakes.slack import FakeSlack
 
     clean_environ()
-    fake = FakeSlack()
-    await fake.start()
+    fake = await FakeSlackProcess.start()
     with tempfile.TemporaryDirectory(prefix="tierbot-bench-") as folder:
         settings = Settings(
             data_dir=Path(folder) / "data",

@@ -44,7 +44,7 @@ async def measure() -> None:
         held_peak_mb = _rig.peak_rss_mb()
         provider.release()
         await bot.surface.idle()
-        grids = len(bot.fake.files)
+        grids = await bot.fake.files()
     peak_mb = _rig.peak_rss_mb()
     print(
         f"memory: peak RSS {peak_mb:.0f} MB with {in_flight} jobs in flight; goal ≤ "

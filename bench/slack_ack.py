@@ -5,8 +5,8 @@ Goal: p99 ≤ 50 ms at 100/s (Slack's hard limit is 3 s). Prints the figures; ne
 
 This process is the bot: the real core (SQLite store, ledger, router, runner, pipeline, grid)
 and ``SlackSurface`` in HTTP mode on the shared HTTP server, with the fake Slack of the tests
-serving the Web API on loopback (in this process too, so its work competes with the bot's).
-The load generator (``_loadgen.py``) runs in a second process and sends on an open-loop
+serving the Web API on loopback from a second process, as real Slack would not share the
+bot's CPU. The load generator (``_loadgen.py``) runs in a third process and sends on an open-loop
 schedule; latency is measured from each request's scheduled time, so queueing is not hidden.
 
 Two draft models (:class:`_rig.FastProvider`, 64 px PNGs):
@@ -55,9 +55,9 @@ async def measure(duration_s: float) -> None:
         await bot.surface.idle()
         tally.take()
         for rate in RATES:
-            grids_before = len(bot.fake.files)
+            grids_before = await bot.fake.files()
             result = await load(bot, rate, duration_s)
-            grids_during = len(bot.fake.files) - grids_before
+            grids_during = await bot.fake.files() - grids_before
             drain = time.perf_counter()
             await bot.surface.idle()
             background = (
@@ -70,10 +70,10 @@ async def measure(duration_s: float) -> None:
         await load(bot, 10, 1)
         await bot.surface.idle()
         tally.take()
-        grids_before = len(bot.fake.files)
+        grids_before = await bot.fake.files()
         result = await load(bot, GOAL_RATE, duration_s)
         background = (
-            f"{len(bot.fake.files) - grids_before} of {result.sent} grids posted during the "
+            f"{await bot.fake.files() - grids_before} of {result.sent} grids posted during the "
             f"run, {result.sent - provider.submitted + 10} still queued for the model "
             "(cancelled)"
         )

@@ -6,7 +6,7 @@ Each tile carries a large number in its top-left corner; the number (1-based, le
 top to bottom) matches the reaction people click (1️⃣..9️⃣) to choose a draft for the final.
 
 Pure and synchronous: the only I/O is reading inputs given as paths. Callers run it in a
-thread (``asyncio.to_thread``).
+worker process (:func:`bot.cpu.run`).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot import cpu
 from bot.catalog import Catalog
 from bot.commands import ASPECT_RATIOS, Invocation
 from bot.domain import (
@@ -34,7 +35,7 @@ from bot.domain import (
     Reply,
     Stage,
 )
-from bot.grid import GridImage, compose_grid
+from bot.grid import compose_grid
 from bot.ledger import Ledger, credits
 from bot.policy import Policy
 from bot.providers import GenerationRequest
@@ -317,7 +318,8 @@ class Pipeline:
         draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
         drafts = [self.store.get_asset(a) for a in draft_ids]
         paths = [self.files.path(d["path"]) for d in drafts if d]
-        grid, (digest, relative) = await asyncio.to_thread(self._compose_and_store, paths)
+        grid = await cpu.run(compose_grid, paths)
+        digest, relative = await asyncio.to_thread(self.files.put, grid.data, grid.mime)
         grid_id = self.store.save_asset(
             {
                 "job_id": jobs[0].job_id,
@@ -348,11 +350,6 @@ class Pipeline:
             asset_id=grid_id,
             thread_of=thread_of,
         )
-
-    def _compose_and_store(self, paths: list[Path]) -> tuple[GridImage, tuple[str, str]]:
-        """CPU and file work of a grid, run in a worker thread."""
-        grid = compose_grid(paths)
-        return grid, self.files.put(grid.data, grid.mime)
 
     async def _run_chunks(
         self, origin: Origin, request_id: str, spec: Draftspec, route: Route

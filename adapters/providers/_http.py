@@ -32,6 +32,7 @@ import imageio_ffmpeg
 from aiolimiter import AsyncLimiter
 from PIL import Image
 
+from bot import cpu
 from bot.providers import GeneratedFile, PermanentError, ProviderError, TransientError
 from bot.settings import Settings
 
@@ -224,7 +225,7 @@ async def download(
         raise TransientError(f"download timed out after {policy.timeout_s:.0f} s") from None
     except httpx.HTTPError as exc:
         raise error_from_exception(exc) from None
-    return await decode_in_thread(b"".join(chunks), content_type, expect=expect, seed=seed)
+    return await decode_in_worker(b"".join(chunks), content_type, expect=expect, seed=seed)
 
 
 def _too_large(size: int, policy: DownloadPolicy) -> PermanentError:
@@ -317,8 +318,8 @@ def video_info(data: bytes) -> tuple[int, int, float]:
     return int(stream.group(2)), int(stream.group(3)), total
 
 
-async def decode_in_thread(
+async def decode_in_worker(
     data: bytes, content_type: str, *, expect: str, seed: int | None = None
 ) -> GeneratedFile:
-    """:func:`decode` off the event loop (Pillow and ffmpeg are CPU work)."""
-    return await asyncio.to_thread(decode, data, content_type, expect=expect, seed=seed)
+    """:func:`decode` in a worker process (Pillow and ffmpeg are CPU work)."""
+    return await cpu.run(decode, data, content_type, expect=expect, seed=seed)

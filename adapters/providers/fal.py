@@ -56,7 +56,7 @@ from PIL import Image
 from adapters.providers._http import (
     TRANSIENT_STATUS,
     DownloadPolicy,
-    decode_in_thread,
+    decode_in_worker,
     download,
     error_from_exception,
     error_from_response,
@@ -487,7 +487,7 @@ class FalProvider:
                     f"the provider's output is {len(data) / 1e6:,.1f} MB, over the "
                     f"{self._policy.max_bytes / 1e6:,.0f} MB limit (TIERBOT_MAX_DOWNLOAD_BYTES)"
                 )
-            return await decode_in_thread(data, mime, expect=expect, seed=seed)
+            return await decode_in_worker(data, mime, expect=expect, seed=seed)
         failures = 0
         while True:
             try:

@@ -48,7 +48,7 @@ from PIL import Image, UnidentifiedImageError
 from adapters.providers._http import (
     DownloadPolicy,
     check_url,
-    decode_in_thread,
+    decode_in_worker,
     download,
     error_from_exception,
     error_from_response,
@@ -318,7 +318,7 @@ class GeminiProvider:
         files = []
         for mime, data_b64 in inline:
             data = self._decode_base64(data_b64, what="image")
-            files.append(await decode_in_thread(data, mime, expect="image", seed=seed))
+            files.append(await decode_in_worker(data, mime, expect="image", seed=seed))
         log.debug("gemini: %s made %d image(s) for job %s", model, len(files), request.job_id)
         return files
 
@@ -360,7 +360,7 @@ class GeminiProvider:
             if isinstance(encoded, str) and encoded:
                 data = self._decode_base64(encoded, what="video")
                 mime = str(video.get("encoding") or video.get("mimeType") or "video/mp4")
-                files.append(await decode_in_thread(data, mime, expect="video"))
+                files.append(await decode_in_worker(data, mime, expect="video"))
             elif isinstance(uri, str) and uri:
                 files.append(await self._download_video(uri))
             else:
@@ -422,7 +422,7 @@ class GeminiProvider:
                     if response.is_error:
                         raise self._error(response, data)
                     content_type = response.headers.get("content-type", "")
-                    return await decode_in_thread(
+                    return await decode_in_worker(
                         data, content_type.split(";")[0].strip(), expect="video"
                     )
         except TimeoutError:

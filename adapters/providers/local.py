@@ -11,7 +11,7 @@ stable hash of the prompt, layout from the seed) and carry a large ``OFFLINE PRE
 band; finals and edits are Lanczos re-renders of their reference with an ``OFFLINE FINAL`` /
 ``OFFLINE EDIT`` label; upscales are plain Lanczos plus light sharpening; videos are a slow
 pan/zoom over the still, encoded to H.264 by the ffmpeg binary that the ``imageio-ffmpeg``
-wheel ships. All CPU work runs in worker threads (``asyncio.to_thread``).
+wheel ships. All CPU work runs in worker processes (:func:`bot.cpu.run`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from PIL import (
     UnidentifiedImageError,
 )
 
+from bot import cpu
 from bot.domain import Capability, Stage
 from bot.providers import GeneratedFile, GenerationRequest, PermanentError
 
@@ -127,17 +128,17 @@ class LocalProvider:
                 return list(
                     await asyncio.gather(
                         *(
-                            asyncio.to_thread(_render_draft, request, request.seed + i, size)
+                            cpu.run(_render_draft, request, request.seed + i, size)
                             for i in range(request.n)
                         )
                     )
                 )
             case Capability.IMAGE_TO_IMAGE:
-                return [await asyncio.to_thread(_render_final, request)]
+                return [await cpu.run(_render_final, request)]
             case Capability.UPSCALE:
-                return [await asyncio.to_thread(_render_upscale, request)]
+                return [await cpu.run(_render_upscale, request)]
             case Capability.IMAGE_TO_VIDEO:
-                return [await asyncio.to_thread(_render_video, request)]
+                return [await cpu.run(_render_video, request)]
         raise AssertionError("unreachable")  # pragma: no cover - _check_capability guards
 
     async def cancel(self, provider_request_id: str) -> None:

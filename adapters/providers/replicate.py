@@ -55,7 +55,7 @@ from PIL import Image
 from adapters.providers._http import (
     DownloadPolicy,
     checked,
-    decode_in_thread,
+    decode_in_worker,
     download,
     error_from_exception,
     error_from_response,
@@ -442,7 +442,7 @@ class ReplicateProvider:
                     f"the provider's output is {len(data) / 1e6:,.1f} MB, over the "
                     f"{self._policy.max_bytes / 1e6:,.0f} MB limit (TIERBOT_MAX_DOWNLOAD_BYTES)"
                 )
-            return await decode_in_thread(data, mime, expect=expect, seed=seed)
+            return await decode_in_worker(data, mime, expect=expect, seed=seed)
         return await download(self._downloads, url, self._policy, expect=expect, seed=seed)
 
     # -- cancel ------------------------------------------------------------------------------

@@ -1,0 +1,109 @@
+"""CPU-heavy work (decoding, drawing, resizing and encoding images) in worker processes.
+
+Why processes and not ``asyncio.to_thread``: Pillow releases the GIL only inside its C
+loops, and a thread composing grids takes the interpreter away from the event loop for up
+to 5 ms at a time, over and over. Under load that made the bot acknowledge Slack commands
+hundreds of milliseconds late (``bench/slack_ack.py``). In a process the work only competes
+for a core, and the workers run at a lower CPU priority (``nice``), so on a busy machine the
+loop that acknowledges commands gets the core first.
+
+One pool serves the whole process (like asyncio's default executor), made on first use with
+``min(4, cores)`` workers started by ``spawn`` (forking a process that runs threads can
+deadlock the child). A worker that dies (killed for memory, say) breaks the pool; the next
+call gets a fresh one and the call that saw it break is tried once more.
+
+What runs here must be a module-level function with picklable arguments and result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, ParamSpec, TypeVar
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Added to the workers' niceness: the event loop process wins a contended core.
+WORKER_NICENESS = 10
+MAX_WORKERS = 4
+
+_pool: ProcessPoolExecutor | None = None
+_lock = threading.Lock()
+
+
+def _lower_priority() -> None:
+    # Where that is not permitted the work still runs, only at normal priority.
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICENESS)
+
+
+def workers() -> int:
+    """How many worker processes the pool has (or will have)."""
+    return min(MAX_WORKERS, os.cpu_count() or 1)
+
+
+def _get_pool() -> ProcessPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None:
+            _pool = ProcessPoolExecutor(
+                max_workers=workers(),
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_priority,
+            )
+        return _pool
+
+
+def _replace_broken(broken: ProcessPoolExecutor) -> None:
+    global _pool
+    with _lock:
+        if _pool is broken:
+            _pool = None
+    broken.shutdown(wait=False, cancel_futures=True)
+
+
+async def run(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """``func(*args, **kwargs)`` in a worker process; its exception is raised here."""
+    call = functools.partial(func, *args, **kwargs)
+    loop = asyncio.get_running_loop()
+    for attempt in (1, 2):
+        pool = _get_pool()
+        try:
+            return await loop.run_in_executor(pool, call)
+        except BrokenProcessPool:
+            _replace_broken(pool)
+            if attempt == 2:
+                raise
+            log.warning("a CPU worker process died; starting new ones and retrying once")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def worker_pids() -> list[int]:
+    """The worker processes' ids (for the memory benchmark); empty before first use."""
+    pool = _pool
+    processes: dict[int, Any] = getattr(pool, "_processes", None) or {}
+    return list(processes)
+
+
+def shutdown() -> None:
+    """Stop the workers (at exit; also safe to call when none were started)."""
+    global _pool
+    with _lock:
+        pool, _pool = _pool, None
+    if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+atexit.register(shutdown)
