@@ -225,7 +225,7 @@ async def slack_bot(
     """The bot with Slack in HTTP mode (signing secret set) on 127.0.0.1, a fresh data dir,
     ``provider`` serving ``local``, and the fake Slack's Web API in a process of its own."""
     from adapters.slack import SlackSurface
-    from bot.app import build
+    from bot.app import build, freeze_startup_objects
     from bot.providers import ProviderRegistry
     from bot.settings import Settings
 
@@ -243,6 +243,7 @@ async def slack_bot(
         services = build(settings, providers=ProviderRegistry({provider.name: provider}, {}))
         surface = SlackSurface(services, port=0, outbox_interval_s=3600)
         await surface.start()
+        freeze_startup_objects()  # as `tierbot run` does once serving
         try:
             yield SlackBot(services, surface, fake, provider)
         finally:
@@ -312,6 +313,20 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return peak_rss_mb()
+
+
+def workers_peak_rss_mb() -> tuple[int, float]:
+    """How many image worker processes (:mod:`bot.cpu`) there are and their summed peak RSS."""
+    from bot import cpu
+
+    total = 0.0
+    pids = cpu.worker_pids()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return len(pids), total
 
 
 def peak_rss_mb() -> float:

@@ -45,6 +45,7 @@ async def measure() -> None:
         provider.release()
         await bot.surface.idle()
         grids = await bot.fake.files()
+        workers, workers_mb = _rig.workers_peak_rss_mb()
     peak_mb = _rig.peak_rss_mb()
     print(
         f"memory: peak RSS {peak_mb:.0f} MB with {in_flight} jobs in flight; goal ≤ "
@@ -52,7 +53,11 @@ async def measure() -> None:
     )
     print(
         f"  {idle_mb:.0f} MB idle; {held_mb:.0f} MB (peak {held_peak_mb:.0f} MB) while all of "
-        f"them wait on the model; {peak_mb:.0f} MB as they finish ({grids} grids posted)",
+        f"them wait on the model; {peak_mb:.0f} MB as they finish ({grids} grids posted)"
+    )
+    print(
+        f"  plus {workers_mb:.0f} MB peak across the {workers} image worker processes "
+        "that composed the grids",
         flush=True,
     )
 

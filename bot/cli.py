@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from bot.app import Services, build, load_surfaces, surface_cli
+from bot.app import Services, build, freeze_startup_objects, load_surfaces, surface_cli
 from bot.catalog import CatalogError
 from bot.commands import help_text
 from bot.domain import CommandEvent, Origin, Reply
@@ -145,6 +145,7 @@ async def serve(services: Services) -> int:
     missed = await services.scheduler.start()
     if missed:
         print(f"Ran {missed} scheduled batch(es) missed while the bot was down.")
+    freeze_startup_objects()
     print("Press Ctrl+C to stop.", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

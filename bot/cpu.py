@@ -12,7 +12,10 @@ One pool serves the whole process (like asyncio's default executor), made on fir
 deadlock the child). A worker that dies (killed for memory, say) breaks the pool; the next
 call gets a fresh one and the call that saw it break is tried once more.
 
-What runs here must be a module-level function with picklable arguments and result.
+What runs here must be a module-level function with picklable arguments and result. As with
+any ``spawn`` pool, a worker imports the main script again, so a script that drives the bot
+must keep its top-level code under ``if __name__ == "__main__":`` (the ``tierbot`` command and
+the benchmarks do).
 """
 
 from __future__ import annotations

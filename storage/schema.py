@@ -203,3 +203,14 @@ def m005_schedules(db: Database) -> None:
         },
         pk=("schedule_id", "run_date"),
     )
+
+
+@migrations()
+def m006_lookup_indexes(db: Database) -> None:
+    """Lookups that scanned whole tables, so every command got slower as history grew."""
+    # Which message shows an asset (every threaded reply asks): newest first.
+    db["messages"].create_index(["surface", "channel", "asset_id", "posted_at"])
+    # The budget check sums today's reservations inside the write lock; with the amount in the
+    # index it reads no table rows. It serves every query the (team, created_at) index did.
+    db["ledger"].create_index(["team", "created_at", "state", "channel", "amount"])
+    db.execute("drop index if exists idx_ledger_team_created_at")

@@ -1,0 +1,52 @@
+"""bot.cpu: image work runs in worker processes, errors come back, a dead worker is survived."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bot import cpu
+from bot.providers import PermanentError
+
+
+def _pid_and_niceness(value: int) -> tuple[int, int, int]:
+    return os.getpid(), os.nice(0), value * 2
+
+
+def _refuse(reason: str) -> None:
+    raise PermanentError(reason)
+
+
+def _die_once(marker: str) -> str:
+    """Kill this worker the first time (as the OOM killer would), answer the second."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("died")
+        os._exit(1)
+    return "answered"
+
+
+async def test_runs_in_a_lower_priority_worker_process() -> None:
+    pid, niceness, doubled = await cpu.run(_pid_and_niceness, 21)
+
+    assert doubled == 42
+    assert pid != os.getpid()
+    assert pid in cpu.worker_pids()
+    assert niceness >= os.nice(0) + cpu.WORKER_NICENESS or niceness == 19
+
+
+async def test_errors_raised_in_the_worker_are_raised_here() -> None:
+    with pytest.raises(PermanentError, match="no reference image"):
+        await cpu.run(_refuse, "no reference image")
+
+
+async def test_a_dead_worker_is_replaced_and_the_call_retried(tmp_path: Path) -> None:
+    await cpu.run(_pid_and_niceness, 1)  # the pool is up
+    before = set(cpu.worker_pids())
+
+    assert await cpu.run(_die_once, str(tmp_path / "marker")) == "answered"
+
+    assert (tmp_path / "marker").read_text() == "died"
+    assert set(cpu.worker_pids()).isdisjoint(before)
