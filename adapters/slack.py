@@ -33,7 +33,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -59,6 +59,10 @@ DEFAULT_API_URL = "https://slack.com/api/"
 MAX_UPLOAD_BYTES = 1_000_000_000
 GROUP_CACHE_S = 300.0
 API_TIMEOUT_S = 30
+#: Web API calls in flight at once; the rest wait their turn. Slack itself accepts about one
+#: message a second per channel, so more never helps, and under a burst of commands a bound
+#: keeps each turn of the event loop short, so acknowledgements are not kept waiting.
+MAX_API_CONNECTIONS = 16
 
 #: Slack reaction names ↔ the core's reaction vocabulary.
 REACTION_NAMES = {
@@ -158,8 +162,12 @@ class SlackSurface:
             SurfaceUnavailable: Slack refused the token (``invalid_auth``) or is unreachable.
         """
         # One keep-alive session for every Web API call; without it slack-sdk opens (and
-        # TLS-handshakes) a new connection per call.
-        self.client.session = ClientSession(timeout=ClientTimeout(total=API_TIMEOUT_S))
+        # TLS-handshakes) a new connection per call. aiohttp hands a connection back as soon
+        # as a response is read, so a 429's Retry-After sleep does not hold one.
+        self.client.session = ClientSession(
+            timeout=ClientTimeout(total=API_TIMEOUT_S),
+            connector=TCPConnector(limit=MAX_API_CONNECTIONS),
+        )
         try:
             auth = await self.client.auth_test()
         except SlackApiError as exc:
