@@ -86,3 +86,33 @@ def test_asset_files_are_content_addressed_and_contained(tmp_path: Path) -> None
     assert not list((tmp_path / "assets").rglob(".tmp-*"))
     with pytest.raises(ValueError, match="outside the asset store"):
         files.path("../../etc/passwd")
+
+
+def test_lookups_that_run_per_command_use_an_index_not_a_table_scan(tmp_path: Path) -> None:
+    """These run on every /draft; a scan would make each command slower as history grows."""
+    store = Store(tmp_path / "t.db")
+    statements = [
+        # the budget check inside the reservation's write lock
+        "select coalesce(sum(amount), 0) from ledger where team = 'T' and created_at >= '' "
+        "and channel = 'C' and state in ('reserved', 'settled')",
+        # which message shows an asset (every threaded reply)
+        "select message_id, thread_id from messages where surface = 's' and channel = 'C' "
+        "and asset_id = 'a' order by posted_at desc limit 1",
+        "update ledger set state = 'settled' where job_id = 'j' and state = 'reserved'",
+        "select * from jobs where request_id = 'r'",
+    ]
+    for sql in statements:
+        plan = " ".join(row[3] for row in store.db.execute(f"explain query plan {sql}"))
+        assert "SCAN" not in plan, (sql, plan)
+        assert "USING" in plan, (sql, plan)
+
+
+def test_rows_written_through_the_store_read_back_after_a_restart(tmp_path: Path) -> None:
+    store = Store(tmp_path / "t.db")
+    origin = {"surface": "slack", "team": "T", "channel": "C", "user": "U"}
+    request_id = store.create_request(origin=origin, command="draft", prompt="p", options={})
+    store.update_request_options(request_id, {"n": 4})
+    store.close()
+
+    again = Store(tmp_path / "t.db")
+    assert again.get_request(request_id)["options"] == {"n": 4}
