@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from bot.app import Services, build, freeze_startup_objects, load_surfaces, surface_cli
 from bot.catalog import CatalogError
@@ -139,9 +140,12 @@ async def serve(services: Services) -> int:
         return 2
     for surface in started:
         services.scheduler.deliverers[surface.name] = surface.deliver
-    outcomes = await services.bot.resume()
-    if outcomes:
-        print(f"Resumed {len(outcomes)} unfinished job(s).")
+    resuming = None
+    if unfinished := len(services.store.unfinished_jobs()):
+        # In the background: a resumed video may take minutes, and the bot serves meanwhile.
+        print(f"Resuming {unfinished} unfinished job(s); results go where they were asked for.")
+        resuming = asyncio.create_task(services.bot.resume())
+        resuming.add_done_callback(_log_resume)
     missed = await services.scheduler.start()
     if missed:
         print(f"Ran {missed} scheduled batch(es) missed while the bot was down.")
@@ -152,9 +156,20 @@ async def serve(services: Services) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
+    if resuming is not None:
+        resuming.cancel()  # unfinished jobs stay in the store; the next start resumes them
     for surface in started:
         await surface.stop()
     return 0
+
+
+def _log_resume(task: asyncio.Task[list[Any]]) -> None:
+    if task.cancelled():
+        return
+    if (error := task.exception()) is not None:
+        log.error("resuming unfinished jobs failed", exc_info=error)
+    else:
+        log.info("resumed %d unfinished job(s)", len(task.result()))
 
 
 async def _main_async(settings: Settings, argv: Sequence[str]) -> int:

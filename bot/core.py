@@ -126,8 +126,17 @@ class Tierbot:
         return self.store.thread_for_asset(origin.surface, origin.channel, reply.thread_of)
 
     async def resume(self) -> list[CompletedJob | JobFailed]:
-        """Finish jobs a previous process left unfinished."""
-        return await self.runner.resume()
+        """Finish jobs a previous process left unfinished and post what they made, or why
+        they failed, where they were asked for (through the scheduler's surfaces)."""
+        outcomes = await self.runner.resume()
+        for origin, replies in self.pipeline.resumed(outcomes):
+            guarded = self._guard(replies)
+            if self.scheduler is not None:
+                await self.scheduler.deliver(origin, guarded)
+            else:
+                async for reply in guarded:
+                    log.info("after restart, for %s: %s", origin.channel, reply.text)
+        return outcomes
 
     # -- internals ---------------------------------------------------------------------------
 

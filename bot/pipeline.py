@@ -50,6 +50,15 @@ DEFAULT_AR = "1:1"
 DEFAULT_VIDEO_SECONDS = 4
 UPSCALE_LONG_EDGE = 2048
 MAX_SEED = 2**32 - 1
+#: How a result of each stage after the draft is introduced in the chat.
+RESULT_LABELS = {
+    Stage.FINAL: "✨ Final",
+    Stage.EDIT: "✏️ Edit",
+    Stage.UPSCALE: "⬆️ Upscale",
+    Stage.VIDEO: "🎬 Video",
+}
+#: Reactions pre-added to a video: sign it off or discard it (nothing escalates further).
+VIDEO_REACTIONS = [Reaction.APPROVE.value, Reaction.DISCARD.value]
 
 
 def nearest_ratio(width: int, height: int) -> str:
@@ -315,6 +324,18 @@ class Pipeline:
             reactions=[Reaction.DISCARD.value],
         )
         jobs = await self._run_chunks(origin, request_id, spec, route)
+        yield await self._grid_reply(request_id, spec, jobs, heading=heading, thread_of=thread_of)
+
+    async def _grid_reply(
+        self,
+        request_id: str,
+        spec: Draftspec,
+        jobs: list[CompletedJob],
+        *,
+        heading: str,
+        thread_of: str | None,
+    ) -> Reply:
+        """Compose the drafts of ``jobs`` into a numbered grid, store it, and present it."""
         draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
         drafts = [self.store.get_asset(a) for a in draft_ids]
         paths = [self.files.path(d["path"]) for d in drafts if d]
@@ -341,7 +362,7 @@ class Pipeline:
         )
         cost = sum(job.cost for job in jobs)
         numbers = [r.value for r in NUMBER_REACTIONS[: len(draft_ids)]]
-        yield Reply(
+        return Reply(
             text=f"{heading}🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].label} · "
             f"{credits(cost)}\n{jobs[0].reason}\nReact {numbers[0]}–{numbers[-1]} to take a "
             f"draft to the final tier, 🔁 to reroll, ❌ to discard.",
@@ -427,7 +448,7 @@ class Pipeline:
                 request["id"],
                 Capability.IMAGE_TO_IMAGE,
                 status=f"Rendering the final of draft {index}",
-                label="✨ Final",
+                label=RESULT_LABELS[Stage.FINAL],
                 extra=f"from draft {index} of grid {grid_id}, seed {draft['seed']}",
                 thread_of=grid_id,
                 inputs=[draft["id"]],
@@ -484,7 +505,7 @@ class Pipeline:
             source["request_id"],
             Capability.IMAGE_TO_IMAGE,
             status=f"Editing {asset_id}",
-            label="✏️ Edit",
+            label=RESULT_LABELS[Stage.EDIT],
             extra=f"of {asset_id}",
             thread_of=asset_id,
             inputs=[asset_id],
@@ -506,7 +527,7 @@ class Pipeline:
             source["request_id"],
             Capability.UPSCALE,
             status=f"Upscaling {asset_id}",
-            label="⬆️ Upscale",
+            label=RESULT_LABELS[Stage.UPSCALE],
             extra=f"of {asset_id} to {UPSCALE_LONG_EDGE} px",
             thread_of=asset_id,
             inputs=[asset_id],
@@ -532,14 +553,14 @@ class Pipeline:
             source["request_id"],
             Capability.IMAGE_TO_VIDEO,
             status=f"Animating {asset_id} ({seconds} s)",
-            label="🎬 Video",
+            label=RESULT_LABELS[Stage.VIDEO],
             extra=f"of {asset_id}",
             thread_of=asset_id,
             inputs=[asset_id],
             prompt=source["prompt"] or "",
             seed=source["seed"] or 0,
             duration_s=seconds,
-            reactions=[Reaction.APPROVE.value, Reaction.DISCARD.value],
+            reactions=VIDEO_REACTIONS,
         ):
             yield reply
 
@@ -585,6 +606,104 @@ class Pipeline:
             ]
         )
         yield self._result(label, job, thread_of=thread_of, extra=extra, reactions=reactions)
+
+    # -- after a restart ---------------------------------------------------------------------
+
+    def resumed(
+        self, outcomes: list[CompletedJob | JobFailed]
+    ) -> list[tuple[Origin, AsyncIterator[Reply]]]:
+        """What to post for jobs a previous process left unfinished and this one finished.
+
+        A draft request gets its grid (in the thread of its newest grid when it was a reroll);
+        a final, edit, upscale or video is posted in its source's thread; a failure says so
+        there. Each goes to the channel the job was asked for in. The previous process's
+        status lines are left as they were: their messages belong to the surface.
+        """
+        flows: list[tuple[Origin, AsyncIterator[Reply]]] = []
+        drafts: dict[str, list[JobFailed]] = {}  # request id -> its failed draft jobs
+        for outcome in outcomes:
+            job = self.store.get_job(outcome.job_id) if outcome.job_id else None
+            request = self.store.get_request(job["request_id"]) if job else None
+            if job is None or request is None:
+                continue
+            origin = Origin(
+                surface=request["surface"],
+                team=job["team"],
+                channel=job["channel"],
+                user=request["user"],
+            )
+            if job["stage"] == Stage.DRAFT:
+                if request["id"] not in drafts:
+                    drafts[request["id"]] = []
+                    flows.append((origin, self._grid_after_restart(request, drafts[request["id"]])))
+                if isinstance(outcome, JobFailed):
+                    drafts[request["id"]].append(outcome)
+            else:
+                flows.append((origin, self._result_after_restart(job, outcome)))
+        return flows
+
+    async def _grid_after_restart(
+        self, request: dict[str, Any], failures: list[JobFailed]
+    ) -> AsyncIterator[Reply]:
+        jobs = [j for j in self.store.jobs_for_request(request["id"]) if j["stage"] == Stage.DRAFT]
+        grids = [
+            asset["id"]
+            for job in jobs
+            for asset in self.store.assets_for_job(job["id"])
+            if asset["kind"] == AssetKind.GRID
+        ]
+        done = [
+            completed
+            for job in jobs
+            if (completed := self.runner.completed(job["id"]))
+            and not any(  # drafts already shown in an earlier grid of this request
+                child["kind"] == AssetKind.GRID
+                for draft_id in completed.asset_ids
+                for child in self.store.children(draft_id)
+            )
+        ]
+        thread_of = grids[-1] if grids else None
+        spec = Draftspec(**request["options"])
+        if not done:
+            reason = failures[0].message if failures else "no draft was made"
+            yield Reply(
+                text=f"⚠️ The drafts of “{spec.prompt}” failed after a restart: {reason}. "
+                "Nothing was charged.",
+                thread_of=thread_of,
+                error=True,
+            )
+            return
+        yield await self._grid_reply(
+            request["id"], spec, done, heading="↻ After a restart: ", thread_of=thread_of
+        )
+
+    async def _result_after_restart(
+        self, job: dict[str, Any], outcome: CompletedJob | JobFailed
+    ) -> AsyncIterator[Reply]:
+        stage = Stage(job["stage"])
+        source = job["inputs"][0] if job["inputs"] else None
+        thread_of = source
+        if stage == Stage.FINAL and source:  # a final is posted in its draft's grid thread
+            grid = next(
+                (c for c in self.store.children(source) if c["kind"] == AssetKind.GRID), None
+            )
+            thread_of = grid["id"] if grid else source
+        if isinstance(outcome, JobFailed):
+            if stage == Stage.FINAL and source:
+                self.store.remove_gate(source, Decision.SELECTED)  # the draft may be chosen again
+            yield Reply(
+                text=f"⚠️ Failed after a restart: {outcome.message}. Nothing was charged.",
+                thread_of=thread_of,
+                error=True,
+            )
+            return
+        yield self._result(
+            RESULT_LABELS[stage],
+            outcome,
+            thread_of=thread_of or outcome.asset_ids[0],
+            extra=f"of {source} · finished after a restart" if source else "· after a restart",
+            reactions=VIDEO_REACTIONS if stage == Stage.VIDEO else None,
+        )
 
     # -- decisions ---------------------------------------------------------------------------
 

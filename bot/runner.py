@@ -177,6 +177,26 @@ class JobRunner:
                 raise result
         return outcomes
 
+    def completed(self, job_id: str) -> CompletedJob | None:
+        """A job that succeeded, read back from the store (after a restart the pipeline
+        needs the drafts a previous process finished); None if it did not succeed."""
+        job = self.store.get_job(job_id)
+        if job is None or job["state"] != JobState.SUCCEEDED:
+            return None
+        candidate = self.catalog.candidate(f"{job['model_id']}@{job['provider']}")
+        if candidate is None:
+            return None
+        entry = self.store.ledger_entry(job_id)
+        return CompletedJob(
+            job_id,
+            job["request_id"],
+            candidate.model,
+            [asset["id"] for asset in self.store.assets_for_job(job_id)],
+            entry["amount"] if entry else 0,
+            job["reason"],
+            candidate.label,
+        )
+
     async def cancel(self, job_id: str) -> bool:
         """Stop a queued or running job and release its credits; False if already finished."""
         job = self.store.get_job(job_id)

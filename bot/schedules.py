@@ -312,7 +312,7 @@ class Scheduler:
             return
         origin = Origin(**schedule["origin"])
         replies = self._batch(schedule, origin, day)
-        await self._deliver(origin, replies)
+        await self.deliver(origin, replies)
 
     async def _batch(
         self, schedule: dict[str, Any], origin: Origin, day: date
@@ -380,7 +380,7 @@ class Scheduler:
                 text=self.summary_text(schedule, run["grid_id"], day), thread_of=run["grid_id"]
             )
 
-        await self._deliver(origin, one())
+        await self.deliver(origin, one())
 
     def summary_text(self, schedule: dict[str, Any], grid_id: str, day: date) -> str:
         ready, waiting = [], []
@@ -407,12 +407,14 @@ class Scheduler:
             lines.append("Still waiting: " + "; ".join(waiting))
         return "\n".join(lines)
 
-    async def _deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
+    async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
+        """Post replies nobody is waiting on (a batch, a summary, a result finished after a
+        restart) through the surface ``origin`` names, or log them when it is not running."""
         deliver = self.deliverers.get(origin.surface)
         if deliver is None:  # the surface is not running here (CLI): do the work, log it
             async for reply in replies:
                 log.info(
-                    "schedule reply for %s/%s: %s",
+                    "reply for %s/%s (that surface is not running here): %s",
                     origin.surface,
                     origin.channel,
                     reply.text.splitlines()[0],

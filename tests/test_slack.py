@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import adapters.slack as slack_adapter
 from adapters.slack import SlackSurface
 from bot.app import build
 from bot.surfaces import SurfaceUnavailable
-from tests.conftest import write_policy
+from tests.conftest import ScriptedProvider, registry_with, write_policy
 from tests.fakes.slack import FakeSlack
 
 CHANNEL = "C0GENERAL"
@@ -30,8 +31,11 @@ async def fake() -> AsyncIterator[FakeSlack]:
 class Rig:
     """A Slack surface wired to the fake, rebuilt on demand to simulate restarts."""
 
-    def __init__(self, fake: FakeSlack, make_settings, policy: Path | None, **settings) -> None:
+    def __init__(
+        self, fake: FakeSlack, make_settings, policy: Path | None, local: Any = None, **settings
+    ) -> None:
         self.fake = fake
+        self.local = local  # stands in for the local model when given
         self.make_settings = make_settings
         self.policy = policy
         self.settings = settings
@@ -46,9 +50,11 @@ class Rig:
             policy=self.policy,
             **self.settings,
         )
-        self.services = build(settings)
+        providers = registry_with(settings, local=self.local) if self.local else None
+        self.services = build(settings, providers=providers)
         self.surface = SlackSurface(self.services, port=0, outbox_interval_s=3600)
         await self.surface.start()
+        self.services.scheduler.deliverers["slack"] = self.surface.deliver  # as `tierbot run`
         return self.surface
 
     async def stop(self) -> None:
@@ -181,6 +187,29 @@ async def test_restart_between_draft_and_reaction(fake: FakeSlack, make_settings
     assert final["thread_ts"] == anchor["ts"]
     await second.react(anchor["ts"], "two", event_id="Ev0AFTER", retry_num=1)
     assert len(second.anchors("✨ Final")) == 1
+    await second.stop()
+
+
+async def test_a_draft_cut_off_by_a_restart_is_posted_when_the_bot_is_back(
+    fake: FakeSlack, make_settings
+) -> None:
+    stalled = ScriptedProvider("local")
+    stalled.gate = asyncio.Event()  # never set: the bot stops while the model works
+    first = Rig(fake, make_settings, None, local=stalled)
+    await first.start()
+    status, _, _ = await fake.send_command(first.events_url, "/draft", "a harbour at night --n 2")
+    assert status == 200
+    await stalled.entered.wait()
+    await first.stop()
+    assert not first.anchors("🖼️ Drafts for")
+
+    second = Rig(fake, make_settings, None)
+    await second.start()
+    await second.services.bot.resume()
+    (anchor,) = second.anchors("🖼️ Drafts for “a harbour at night”")
+    assert anchor["text"].startswith("↻ After a restart") and anchor["channel"] == CHANNEL
+    (upload,) = fake.files.values()
+    assert upload["thread_ts"] == anchor["ts"]
     await second.stop()
 
 
@@ -321,7 +350,6 @@ async def test_messages_link_to_the_asset_page_with_a_public_url(
 async def test_a_schedule_runs_end_to_end_on_slack(rig: Rig) -> None:
     from datetime import date
 
-    rig.services.scheduler.deliverers["slack"] = rig.surface.deliver
     status, _ = await rig.command(
         'schedule add morning daily 09:00 --tz Europe/Berlin --n 2 "a {weekday} coffee"',
         command="/tierbot",
