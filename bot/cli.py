@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from bot import cpu
 from bot.app import Services, build, freeze_startup_objects, load_surfaces, surface_cli
 from bot.catalog import CatalogError
 from bot.commands import help_text
@@ -146,6 +147,7 @@ async def serve(services: Services) -> int:
         print(f"Resuming {unfinished} unfinished job(s); results go where they were asked for.")
         resuming = asyncio.create_task(services.bot.resume())
         resuming.add_done_callback(_log_resume)
+    cpu.warm_up()
     missed = await services.scheduler.start()
     if missed:
         print(f"Ran {missed} scheduled batch(es) missed while the bot was down.")

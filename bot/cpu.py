@@ -93,6 +93,14 @@ async def run(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def warm_up() -> None:
+    """Start the workers now (``tierbot run`` at start-up), so the first grid does not wait
+    for interpreters to start and import Pillow. Returns at once."""
+    pool = _get_pool()
+    for _ in range(workers()):
+        pool.submit(os.getpid)  # the pool starts a worker per call until it has them all
+
+
 def worker_pids() -> list[int]:
     """The worker processes' ids (for the memory benchmark); empty before first use."""
     pool = _pool

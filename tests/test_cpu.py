@@ -50,3 +50,10 @@ async def test_a_dead_worker_is_replaced_and_the_call_retried(tmp_path: Path) ->
 
     assert (tmp_path / "marker").read_text() == "died"
     assert set(cpu.worker_pids()).isdisjoint(before)
+
+
+async def test_warm_up_starts_every_worker_without_waiting() -> None:
+    cpu.warm_up()
+    await cpu.run(_pid_and_niceness, 1)
+
+    assert len(cpu.worker_pids()) == cpu.workers()
