@@ -42,7 +42,7 @@ from adapters.delivery import Outbox, StatusLine
 from bot import cpu, progress
 from bot.app import Services
 from bot.commands import ASPECT_RATIOS
-from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
+from bot.domain import CommandEvent, Origin, ReactionEvent, Reply, replies_of
 from bot.surfaces import SurfaceUnavailable
 
 log = logging.getLogger(__name__)
@@ -357,19 +357,7 @@ class DiscordSurface:
                 + " "
                 + command_text(tz=tz, days=days, n=n, ar=ar, style=style, summary=summary)
             )
-            if calendar is None or not details:
-                await surface._command(interaction, "tierbot", text)
-                return
-            await interaction.response.defer(thinking=True, ephemeral=True)  # first, always
-            # The attachment is kept next to the data; the scheduler reads it from there.
-            folder = surface.services.settings.data_dir / "calendars"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{interaction.id}.csv"
-            path.write_bytes(await calendar.read())
-            name = details.split()[0]
-            surface._spawn(
-                surface._run_command(interaction, "tierbot", f"schedule calendar {name} {path}")
-            )
+            await surface._command(interaction, "tierbot", text, attachment=calendar)
 
         simple("reroll", "Reroll a grid with new seeds", "grid")
         simple("discard", "Discard a grid", "grid")
@@ -382,17 +370,42 @@ class DiscordSurface:
         self.client.tree.add_command(draft)
         self.client.tree.add_command(group)
 
-    async def _command(self, interaction: discord.Interaction, command: str, text: str) -> None:
+    async def _command(
+        self,
+        interaction: discord.Interaction,
+        command: str,
+        text: str,
+        attachment: discord.Attachment | None = None,
+    ) -> None:
         # First, always: Discord invalidates an interaction not answered within 3 s.
         await interaction.response.defer(thinking=True, ephemeral=True)
         if interaction.guild_id is not None:
             self._upload_limits[interaction.guild_id] = interaction.filesize_limit
-        self._spawn(self._run_command(interaction, command, text))
+        self._spawn(self._run_command(interaction, command, text, attachment))
 
-    async def _run_command(self, interaction: discord.Interaction, command: str, text: str) -> None:
+    async def _run_command(
+        self,
+        interaction: discord.Interaction,
+        command: str,
+        text: str,
+        attachment: discord.Attachment | None = None,
+    ) -> None:
         origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
+        data = None
+        if attachment is not None:
+            try:
+                data = await attachment.read()
+            except discord.HTTPException as exc:
+                refusal = Reply(
+                    text=f"I could not download {attachment.filename} from Discord "
+                    f"({exc.status}); please attach it again.",
+                    private=True,
+                    error=True,
+                )
+                await self._deliver(origin, replies_of(refusal), interaction)
+                return
         replies = self.services.bot.handle_command(
-            CommandEvent(origin=origin, command=command, text=text)
+            CommandEvent(origin=origin, command=command, text=text, attachment=data)
         )
         await self._deliver(origin, replies, interaction)
 

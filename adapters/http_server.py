@@ -16,7 +16,9 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
+#: Requests are small JSON or Slack payloads; the largest is a content calendar sent from the
+#: web channel (base64 adds a third to bot.schedules.MAX_CALENDAR_BYTES).
+MAX_BODY = 400 * 1024
 
 
 class HttpServer:

@@ -26,6 +26,8 @@ so on a shared machine "private" means "not shown to other names", not secret.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import hmac
 import html
@@ -243,6 +245,7 @@ class WebSurface:
             raise BadInput("type a command, e.g. /draft a lighthouse at dawn --n 4")
         if len(text) > MAX_TEXT:
             raise BadInput(f"a command is at most {MAX_TEXT} characters; got {len(text)}")
+        attachment = self._attachment(body.get("attachment"))
         origin = self._origin(name)
         echo = self._post_row({"author": name, "text": text.strip()})
         command, _, rest = text.strip().partition(" ")
@@ -259,7 +262,7 @@ class WebSurface:
             )
             return web.json_response({"ok": True, "message_id": echo}, status=202)
         replies = self.services.bot.handle_command(
-            CommandEvent(origin=origin, command=command, text=rest)
+            CommandEvent(origin=origin, command=command, text=rest, attachment=attachment)
         )
         self._spawn(self._deliver(origin, replies, thread_root=None))
         return web.json_response({"ok": True, "message_id": echo}, status=202)
@@ -523,6 +526,18 @@ class WebSurface:
         if not isinstance(value, str) or not NAME.match(value.strip()):
             raise BadInput("set your name first: 1 to 40 letters, digits, spaces, '.', '@' or '-'")
         return value.strip()
+
+    @staticmethod
+    def _attachment(value: Any) -> bytes | None:
+        """A file sent with a command (📎), base64-encoded in the JSON body."""
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            raise BadInput("attachment must be the file's bytes in base64")
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error:
+            raise BadInput("attachment is not valid base64") from None
 
     @staticmethod
     def _origin(name: str) -> Origin:

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from bot import cpu
@@ -70,10 +71,22 @@ async def _collect(replies: AsyncIterator[Reply]) -> list[Reply]:
 
 async def run_command(services: Services, argv: Sequence[str]) -> int:
     """Run one chat command given as shell words; print its replies."""
+    attachment = None
+    if list(argv[:2]) == ["schedule", "calendar"] and len(argv) > 3:
+        # The operator's own file, read here: chat surfaces send the file itself.
+        path = Path(argv[3]).expanduser()
+        try:
+            attachment = path.read_bytes()
+        except OSError as exc:
+            print(f"cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return 2
+        argv = argv[:3]
     if argv[0] == "draft":
         event = CommandEvent(origin=_origin(), command="draft", text=shlex.join(argv[1:]))
     else:
-        event = CommandEvent(origin=_origin(), command="tierbot", text=shlex.join(argv))
+        event = CommandEvent(
+            origin=_origin(), command="tierbot", text=shlex.join(argv), attachment=attachment
+        )
     replies = await _collect(services.bot.handle_command(event))
     return 1 if any(r.error for r in replies) else 0
 

@@ -64,7 +64,7 @@ class Tierbot:
         except CommandError as exc:
             yield _private_error(exc.message)
             return
-        async for reply in self._guard(self._command(event.origin, inv)):
+        async for reply in self._guard(self._command(event.origin, inv, event.attachment)):
             yield reply
 
     async def handle_reaction(self, event: ReactionEvent) -> AsyncIterator[Reply]:
@@ -168,7 +168,9 @@ class Tierbot:
                 error=True,
             )
 
-    async def _command(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
+    async def _command(
+        self, origin: Origin, inv: Invocation, attachment: bytes | None = None
+    ) -> AsyncIterator[Reply]:
         pipeline = self.pipeline
         name = inv.name
         if name == "draft":
@@ -192,7 +194,7 @@ class Tierbot:
         elif name == "storyboard":
             replies = pipeline.storyboard(origin, inv)
         elif name == "schedule" and self.scheduler is not None:
-            replies = self.scheduler.command(origin, inv)
+            replies = self.scheduler.command(origin, inv, attachment)
         else:
             yield self._read_only(origin, inv)
             return

@@ -8,6 +8,7 @@ string here.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from pathlib import Path
 
@@ -138,6 +139,9 @@ class CommandEvent(BaseModel):
     origin: Origin
     command: str  # "draft" or "tierbot"
     text: str
+    #: A file sent with the command (a content calendar's CSV), as the platform delivered it.
+    #: Surfaces pass the bytes; the core never reads a path typed in a chat message.
+    attachment: bytes | None = None
 
 
 class ReactionEvent(BaseModel):
@@ -169,3 +173,9 @@ class Reply(BaseModel):
     status: bool = False
     #: The request a status line is about: ❌ on the status message cancels its running jobs.
     request_id: str | None = None
+
+
+async def replies_of(*replies: Reply) -> AsyncIterator[Reply]:
+    """Replies already made, as the stream a surface delivers."""
+    for reply in replies:
+        yield reply

@@ -6,9 +6,11 @@ draft grid in the schedule's channel, as the person who added it; approvals and 
 as for any grid. The prompt comes from the template (``{date}``, ``{weekday}``, ``{month}`` and
 the columns of a content-calendar row) unless the content calendar has a row for that day, which
 replaces it (its ``style``, ``ar`` and ``n`` too). A calendar is CSV (``date,prompt`` plus
-optional ``style,ar,n`` and any extra columns the template uses), attached with ``/tierbot
-schedule calendar <name> <file.csv>`` from the CLI or named in the policy file under
-``[calendars]``. With ``--summary 17:00`` a "ready to publish" summary is posted in the batch's
+optional ``style,ar,n`` and any extra columns the template uses), sent as a file with
+``/tierbot schedule calendar <name>`` (Discord's ``calendar`` option, the web channel's 📎, or
+``tierbot schedule calendar <name> <file.csv>`` in a terminal) or named in the policy file under
+``[calendars]``. The core only takes the file's bytes from the surface: a path typed in a chat
+is never read. With ``--summary 17:00`` a "ready to publish" summary is posted in the batch's
 thread at that hour: the approved finals with links, and what is still waiting.
 
 Timing: apscheduler 3's ``AsyncIOScheduler`` runs in the shared event loop with one
@@ -44,7 +46,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bot.catalog import Catalog
 from bot.commands import ASPECT_RATIOS, DEFAULT_N, MAX_N, Invocation
-from bot.domain import AssetKind, Decision, Origin, Reply
+from bot.domain import AssetKind, Decision, Origin, Reply, replies_of
 from bot.ledger import utc_now
 from bot.pipeline import Pipeline, UserError
 from bot.policy import Policy
@@ -58,6 +60,8 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
 _TIME = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
 Deliver = Callable[[Origin, AsyncIterator[Reply]], Awaitable[None]]
+#: The largest content calendar taken from a chat; a year of daily rows is about 60 KB.
+MAX_CALENDAR_BYTES = 256_000
 
 
 def parse_time(value: str, what: str = "the time") -> str:
@@ -375,12 +379,11 @@ class Scheduler:
         )
         origin = Origin(**schedule["origin"])
 
-        async def one() -> AsyncIterator[Reply]:
-            yield Reply(
-                text=self.summary_text(schedule, run["grid_id"], day), thread_of=run["grid_id"]
-            )
+        summary = Reply(
+            text=self.summary_text(schedule, run["grid_id"], day), thread_of=run["grid_id"]
+        )
 
-        await self.deliver(origin, one())
+        await self.deliver(origin, replies_of(summary))
 
     def summary_text(self, schedule: dict[str, Any], grid_id: str, day: date) -> str:
         ready, waiting = [], []
@@ -424,8 +427,10 @@ class Scheduler:
 
     # -- the command -------------------------------------------------------------------------
 
-    async def command(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
-        """``/tierbot schedule <action> ...``."""
+    async def command(
+        self, origin: Origin, inv: Invocation, attachment: bytes | None = None
+    ) -> AsyncIterator[Reply]:
+        """``/tierbot schedule <action> ...``; ``attachment`` is the CSV of ``calendar``."""
         action = inv.args[0].lower() if inv.args else "list"
         words = (inv.prompt or "").split()
         if action == "add":
@@ -447,7 +452,7 @@ class Scheduler:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             elif action == "calendar":
-                yield self._attach_calendar(schedule, words[1:])
+                yield self._attach_calendar(schedule, attachment)
             else:
                 yield self._change(schedule, action)
         else:
@@ -556,17 +561,24 @@ class Scheduler:
             f"{next_run(updated, self.clock()):%a %d %b %H:%M %Z}."
         )
 
-    def _attach_calendar(self, schedule: dict[str, Any], words: list[str]) -> Reply:
-        if not words:
+    def _attach_calendar(self, schedule: dict[str, Any], attachment: bytes | None) -> Reply:
+        # A path typed in chat is never read: it would let anyone read the bot's own files.
+        if attachment is None:
             raise UserError(
-                "attach the calendar: /tierbot schedule calendar <name> <file.csv> "
-                "from the CLI, or name the file in the policy file under [calendars]"
+                "attach the calendar's CSV file (columns date, prompt; optional style, ar, n) "
+                "to the command: Discord's calendar option, the web channel's 📎, or "
+                "`tierbot schedule calendar <name> <file.csv>` in a terminal; or name the file "
+                "in the policy file under [calendars]"
             )
-        path = Path(" ".join(words)).expanduser()
+        if len(attachment) > MAX_CALENDAR_BYTES:
+            raise UserError(
+                f"the calendar is {len(attachment) / 1000:,.0f} KB; the limit is "
+                f"{MAX_CALENDAR_BYTES // 1000} KB (about a year of daily rows)"
+            )
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"cannot read {path}: {exc.strerror}") from None
+            text = attachment.decode("utf-8-sig")  # spreadsheets often add a BOM
+        except UnicodeDecodeError:
+            raise UserError("the calendar must be a CSV file saved as UTF-8 text") from None
         rows = parse_calendar(text, self.catalog)
         self.store.update_schedule(schedule["id"], calendar=text)
         span = f" from {min(rows)} to {max(rows)}" if rows else ""

@@ -77,10 +77,12 @@ class Chat:
             out.append(reply)
         return out
 
-    async def command(self, command: str, text: str) -> list[Reply]:
+    async def command(
+        self, command: str, text: str, attachment: bytes | None = None
+    ) -> list[Reply]:
         return await self._post(
             self.services.bot.handle_command(
-                CommandEvent(origin=self.origin, command=command, text=text)
+                CommandEvent(origin=self.origin, command=command, text=text, attachment=attachment)
             )
         )
 

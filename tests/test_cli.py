@@ -84,3 +84,13 @@ def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
         assert step in out
     assert out.count("file: ") >= 4
     assert len(list((tmp_path / "data" / "assets").rglob("*.mp4"))) == 1
+
+
+def test_calendar_file_is_read_from_the_operators_disk(capsys, tmp_path: Path) -> None:
+    assert main(["schedule", "add", "morning", "daily", "09:00", "a {weekday} coffee"]) == 0
+    csv = tmp_path / "calendar.csv"
+    csv.write_text("date,prompt\n2026-11-23,a launch day teaser\n")
+    assert main(["schedule", "calendar", "morning", str(csv)]) == 0
+    assert "Calendar for morning: 1 day(s) from 2026-11-23" in capsys.readouterr().out
+    assert main(["schedule", "calendar", "morning", str(tmp_path / "missing.csv")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -314,3 +314,24 @@ async def test_schedules_from_discord(rig: Rig) -> None:
     assert (schedule["name"], schedule["tz"], schedule["n"]) == ("morning", "Europe/Berlin", 2)
     assert schedule["channel"] == str(rig.fake.channel_id)
     assert rig.messages("Schedule morning added")
+
+
+async def test_a_calendar_is_attached_to_the_schedule_command(rig: Rig) -> None:
+    await rig.fake.interaction(
+        "tierbot",
+        {"action": "add", "details": 'morning daily 09:00 "a {weekday} flat lay"'},
+        subcommand="schedule",
+    )
+    await rig.settle()
+    csv = b"date,prompt\n2026-11-23,a launch day teaser\n"
+    handle = await rig.fake.interaction(
+        "tierbot",
+        {"action": "calendar", "details": "morning", "calendar": ("november.csv", csv)},
+        subcommand="schedule",
+    )
+    await handle.deferred()
+    await rig.settle()
+    (schedule,) = rig.services.store.schedules()
+    assert schedule["calendar"] == csv.decode()
+    assert rig.messages("Calendar for morning: 1 day(s) from 2026-11-23")
+    assert not (rig.services.settings.data_dir / "calendars").exists()  # nothing kept on disk

@@ -121,7 +121,9 @@ async def test_calendar_row_replaces_the_template_for_its_day(rig, tmp_path: Pat
         "2026-11-23,launch day: {product} teaser for {weekday},product,16:9,3,Oat Latte\n"
         "2026-11-25,a rainy {weekday} window,,,,\n"
     )
-    (attached,) = await chat.command("tierbot", f"schedule calendar morning {csv}")
+    (attached,) = await chat.command(
+        "tierbot", "schedule calendar morning", attachment=csv.read_bytes()
+    )
     assert "Calendar for morning: 2 day(s) from 2026-11-23 to 2026-11-25" in attached.text
     (schedule,) = chat.services.store.schedules()
     await chat.services.scheduler.fire(schedule, date(2026, 11, 23))
@@ -131,6 +133,41 @@ async def test_calendar_row_replaces_the_template_for_its_day(rig, tmp_path: Pat
     drafts = chat.services.store.parents(first.asset_id)
     assert len(drafts) == 3 and (drafts[0]["width"], drafts[0]["height"]) == (1024, 576)
     assert "a Tuesday coffee flat lay in November" in second.text  # no row: the template
+
+
+async def test_a_path_typed_in_chat_is_never_read(rig, tmp_path: Path) -> None:
+    chat, _clock = rig
+    await chat.command("tierbot", ADD)
+    secret = tmp_path / "secret.csv"
+    secret.write_text("date,prompt\n2026-11-23,do not leak me\n")
+    (refused,) = await chat.command("tierbot", f"schedule calendar morning {secret}")
+    assert refused.error and refused.private and "attach the calendar's CSV file" in refused.text
+    (schedule,) = chat.services.store.schedules()
+    assert schedule["calendar"] is None
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"date,prompt\n2026-11-23,caf\xe9\n", "saved as UTF-8 text"),
+        (b"date,prompt\n" + b"2026-11-23,x\n" * 30_000, "the limit is 256 KB"),
+        (b"day,text\n2026-11-23,x\n", "needs the columns date and prompt"),
+    ],
+)
+async def test_a_bad_calendar_file_is_named_and_nothing_is_kept(rig, data, message) -> None:
+    chat, _clock = rig
+    await chat.command("tierbot", ADD)
+    (refused,) = await chat.command("tierbot", "schedule calendar morning", attachment=data)
+    assert refused.error and message in refused.text
+    assert chat.services.store.schedules()[0]["calendar"] is None
+
+
+async def test_a_spreadsheet_bom_is_fine(rig) -> None:
+    chat, _clock = rig
+    await chat.command("tierbot", ADD)
+    data = "\ufeffdate,prompt\n2026-11-23,café au lait\n".encode()
+    (attached,) = await chat.command("tierbot", "schedule calendar morning", attachment=data)
+    assert "Calendar for morning: 1 day(s)" in attached.text
 
 
 async def test_batch_that_does_not_fit_the_budget_posts_a_notice(

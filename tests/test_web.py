@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -146,6 +147,18 @@ async def test_event_stream_delivers_new_messages_and_status_updates(channel: Ch
         ("/api/commands", {"name": "alice", "text": "x" * 4001}, 400, "at most 4000"),
         ("/api/commands", ["not", "an", "object"], 400, "must be a JSON object"),
         (
+            "/api/commands",
+            {"name": "alice", "text": "/tierbot schedule list", "attachment": "%%%"},
+            400,
+            "not valid base64",
+        ),
+        (
+            "/api/commands",
+            {"name": "alice", "text": "/tierbot schedule list", "attachment": 7},
+            400,
+            "in base64",
+        ),
+        (
             "/api/reactions",
             {"name": "alice", "message_id": 999, "emoji": "1️⃣"},
             400,
@@ -174,11 +187,30 @@ async def test_not_json_and_too_large(channel: Channel) -> None:
         "/api/commands", content=b"{not json", headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 400 and "not valid JSON" in response.json()["error"]
-    big = json.dumps({"name": "alice", "text": "x" * 70_000})
+    big = json.dumps({"name": "alice", "text": "x", "attachment": "A" * 500_000})
     response = await channel.client.post(
         "/api/commands", content=big, headers={"Content-Type": "application/json"}
     )
-    assert response.status_code == 413 and "64 KiB" in response.json()["error"]
+    assert response.status_code == 413 and "400 KiB" in response.json()["error"]
+
+
+async def test_a_calendar_attached_with_the_paperclip_reaches_the_schedule(
+    channel: Channel,
+) -> None:
+    await channel.say("alice", '/tierbot schedule add morning daily 09:00 "a {weekday} coffee"')
+    await channel.wait_for(lambda m: "Schedule morning added" in m["text"])
+    csv = b"date,prompt\n2026-11-23,a launch day teaser\n2026-11-24,a rainy window\n"
+    response = await channel.client.post(
+        "/api/commands",
+        json={
+            "name": "alice",
+            "text": "/tierbot schedule calendar morning",
+            "attachment": base64.b64encode(csv).decode(),
+        },
+    )
+    assert response.status_code == 202
+    reply = await channel.wait_for(lambda m: "Calendar for morning" in m["text"])
+    assert "2 day(s) from 2026-11-23 to 2026-11-24" in reply["text"] and reply["private"]
 
 
 async def test_bad_commands_are_answered_privately_in_the_channel(channel: Channel) -> None:

@@ -89,3 +89,35 @@ async def test_draft_escalate_video_and_refusal_in_a_browser(make_settings, tmp_
     finally:
         await surface.stop()
         await services.aclose()
+
+
+async def test_a_calendar_is_attached_with_the_paperclip(make_settings, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    services = build(make_settings())
+    surface = WebSurface(services, port=0)
+    await surface.start()
+    csv = tmp_path / "november.csv"
+    csv.write_bytes("date,prompt\n2026-11-23,café launch teaser\n".encode())
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = await browser.new_page()
+            await page.goto(surface.url)
+            await page.fill("#name", "alice")
+            await page.press("#name", "Tab")
+            await page.fill("#command", '/tierbot schedule add morning daily 09:00 "a {weekday}"')
+            await page.press("#command", "Enter")
+            await expect(page.locator(".msg", has_text="Schedule morning added")).to_be_visible()
+
+            await page.set_input_files("#attachment", str(csv))
+            await expect(page.locator("#attached")).to_have_text("📎 november.csv ✕")
+            await page.fill("#command", "/tierbot schedule calendar morning")
+            await page.press("#command", "Enter")
+            reply = page.locator(".msg.private", has_text="Calendar for morning")
+            await expect(reply).to_contain_text("1 day(s) from 2026-11-23")
+            await expect(page.locator("#attached")).to_be_hidden()  # sent once, then cleared
+            await browser.close()
+    finally:
+        await surface.stop()
+        await services.aclose()

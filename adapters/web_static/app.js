@@ -169,13 +169,39 @@ async function react(messageId, emoji, chip) {
   }
 }
 
+const fileBox = $("attachment");
+const attachedChip = $("attached");
+
+function showAttachment() {
+  const file = fileBox.files[0];
+  attachedChip.hidden = !file;
+  attachedChip.textContent = file ? `📎 ${file.name} ✕` : "";
+}
+fileBox.addEventListener("change", showAttachment);
+attachedChip.addEventListener("click", () => { fileBox.value = ""; showAttachment(); });
+
+// The file travels as base64, so the bot sees its exact bytes (and can say if it is not UTF-8).
+async function base64Of(file) {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
 $("composer").addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = commandBox.value.trim();
   if (!text) return;
   if (!me()) { localNotice("set your name first (top right)"); nameBox.focus(); return; }
+  const body = { name: me(), text };
+  const file = fileBox.files[0];
+  if (file) body.attachment = await base64Of(file);
   commandBox.value = "";
-  await api("/api/commands", { name: me(), text });
+  fileBox.value = "";
+  showAttachment();
+  await api("/api/commands", body);
 });
 
 async function history() {

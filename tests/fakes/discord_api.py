@@ -320,6 +320,7 @@ class FakeDiscord:
         self.api_base = ""
         self.gateway_url = ""
         self.resume_url = ""
+        self.uploaded: dict[int, dict[str, Any]] = {}  # files users sent with a command
         # ---- knobs a test may change
         self.filesize_limit: int = 10 * 1024 * 1024  # attachment_size_limit; enforced (413)
         self.premium_tier = 0
@@ -545,18 +546,34 @@ class FakeDiscord:
         """Push an INTERACTION_CREATE for ``/name`` as Discord would when a user runs it.
 
         ``options`` is Discord's option list, or a ``{name: value}`` dict (types inferred: str 3,
-        int 4, bool 5, float 10). ``data.guild_id`` is set when the command is a guild command
-        (looked up in ``commands``; unknown commands count as guild commands).
+        int 4, bool 5, float 10, and a ``(filename, bytes)`` pair an uploaded file, type 11: its
+        value is the attachment id, described in ``data.resolved.attachments`` and served by the
+        CDN). ``data.guild_id`` is set when the command is a guild command (looked up in
+        ``commands``; unknown commands count as guild commands).
         """
         self._require_session()
         channel_id = channel_id or self.channel_id
         opts = _options(options)
+        resolved: dict[str, Any] = {}
+        for opt in opts:
+            if opt["type"] == 11 and isinstance(opt["value"], tuple):
+                (att,) = self._attachments(channel_id, [opt["value"]])
+                self.uploaded[att["id"]] = att
+                opt["value"] = str(att["id"])
+                resolved[str(att["id"])] = {
+                    **{k: v for k, v in att.items() if k != "data"},
+                    "id": str(att["id"]),
+                    "proxy_url": att["url"],
+                    "ephemeral": True,
+                }
         if subcommand is not None:
             opts = [{"type": 1, "name": subcommand, "options": opts}]
         command_id, command_guild = self._command_lookup(name)
         data: dict[str, Any] = {"id": str(command_id), "name": name, "type": 1}
         if opts:
             data["options"] = opts
+        if resolved:
+            data["resolved"] = {"attachments": resolved}
         if command_guild is not None:
             data["guild_id"] = str(command_guild)
         iid = self._snowflake()
@@ -1266,6 +1283,9 @@ class FakeDiscord:
 
     async def _cdn(self, request: web.Request) -> web.Response:
         att_id = _int(request.match_info["attachment"])
+        if att_id in self.uploaded:
+            att = self.uploaded[att_id]
+            return web.Response(body=att["data"], content_type=att["content_type"])
         for message in self.messages.values():
             for att in message["attachments"]:
                 if att["id"] == att_id:
@@ -2055,7 +2075,9 @@ def _options(options: list[dict[str, Any]] | dict[str, Any] | None) -> list[dict
         return [dict(o) for o in options]
     out = []
     for name, value in options.items():
-        if isinstance(value, bool):
+        if isinstance(value, tuple):
+            kind = 11  # ATTACHMENT: (filename, bytes) the user uploaded with the command
+        elif isinstance(value, bool):
             kind = 5
         elif isinstance(value, int):
             kind = 4
