@@ -10,6 +10,7 @@ even after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -128,15 +129,24 @@ class Tierbot:
     async def resume(self) -> list[CompletedJob | JobFailed]:
         """Finish jobs a previous process left unfinished and post what they made, or why
         they failed, where they were asked for (through the scheduler's surfaces)."""
-        outcomes = await self.runner.resume()
-        for origin, replies in self.pipeline.resumed(outcomes):
-            guarded = self._guard(replies)
-            if self.scheduler is not None:
-                await self.scheduler.deliver(origin, guarded)
-            else:
-                async for reply in guarded:
-                    log.info("after restart, for %s: %s", origin.channel, reply.text)
-        return outcomes
+        by_request: dict[str, list[str]] = {}
+        for job in self.store.unfinished_jobs():
+            by_request.setdefault(job["request_id"], []).append(job["id"])
+
+        async def finish(job_ids: list[str]) -> list[CompletedJob | JobFailed]:
+            # Per request, so a grid is not kept waiting for someone else's long video.
+            outcomes = await self.runner.resume(job_ids)
+            for origin, replies in self.pipeline.resumed(outcomes):
+                guarded = self._guard(replies)
+                if self.scheduler is not None:
+                    await self.scheduler.deliver(origin, guarded)
+                else:
+                    async for reply in guarded:
+                        log.info("after restart, for %s: %s", origin.channel, reply.text)
+            return outcomes
+
+        finished = await asyncio.gather(*(finish(ids) for ids in by_request.values()))
+        return [outcome for outcomes in finished for outcome in outcomes]
 
     # -- internals ---------------------------------------------------------------------------
 

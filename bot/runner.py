@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,9 +161,12 @@ class JobRunner:
         """Run a reserved job to the end, falling back along its candidates."""
         return await self._drive(job_id)
 
-    async def resume(self) -> list[CompletedJob | JobFailed]:
-        """Finish every job a previous process left unfinished, concurrently."""
+    async def resume(self, job_ids: Sequence[str] | None = None) -> list[CompletedJob | JobFailed]:
+        """Finish every job a previous process left unfinished (or those of ``job_ids``),
+        concurrently."""
         jobs = self.store.unfinished_jobs()
+        if job_ids is not None:
+            jobs = [job for job in jobs if job["id"] in job_ids]
         if jobs:
             log.info("resuming %d unfinished job(s)", len(jobs))
         results = await asyncio.gather(

@@ -7,11 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bot.app import Services, build
+from bot.app import Services, build, load_providers
 from bot.domain import AssetKind, CommandEvent, Decision, Origin, ReactionEvent, Reply
 from bot.providers import PermanentError
 from bot.settings import Settings
-from tests.conftest import Chat, ScriptedProvider, registry_with
+from tests.conftest import Chat, ScriptedProvider, collect, registry_with
 
 
 class Posted:
@@ -147,3 +147,59 @@ def chat_event(chat: Chat, command: str, text: str) -> CommandEvent:
 def chat_reaction(chat: Chat, message_id: str, emoji: str) -> ReactionEvent:
     event_id = f"resume-{message_id}-{emoji}"
     return ReactionEvent(origin=chat.origin, event_id=event_id, message_id=message_id, emoji=emoji)
+
+
+class HoldsOnePrompt:
+    """The real local model, except that a prompt containing ``held`` waits for ``release``."""
+
+    def __init__(self, settings: Settings, held: str) -> None:
+        self.real = load_providers({"local"}, settings).get("local")
+        self.held = held
+        self.release = asyncio.Event()
+
+    async def submit(self, request: Any) -> str:
+        return await self.real.submit(request)
+
+    async def result(self, provider_request_id: str, request: Any) -> Any:
+        if self.held in request.prompt:
+            await self.release.wait()
+        return await self.real.result(provider_request_id, request)
+
+    async def cancel(self, provider_request_id: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_each_request_is_posted_as_soon_as_its_own_jobs_finish(make_settings):
+    first = with_local(make_settings, stalled())
+    chat = Chat(first)
+    provider = first.runner.providers.get("local")
+    flows = [
+        asyncio.create_task(collect(first.bot.handle_command(chat_event(chat, "draft", text))))
+        for text in ("a quick fox --n 1", "a slow tortoise --n 1")
+    ]
+    while len(provider.results) < 2:
+        await asyncio.sleep(0.01)
+    for flow in flows:
+        flow.cancel()
+    await asyncio.gather(*flows, return_exceptions=True)
+    await first.aclose()
+
+    settings = make_settings()
+    holding = HoldsOnePrompt(settings, held="tortoise")
+    second = build(settings, providers=registry_with(settings, local=holding))
+    posted = Posted(second)
+    resuming = asyncio.create_task(second.bot.resume())
+
+    async def first_post() -> None:
+        while not posted.replies:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(first_post(), timeout=20)  # not held back by the tortoise
+    assert "a quick fox" in posted.replies[0][1].text and not resuming.done()
+    holding.release.set()
+    assert len(await resuming) == 2
+    assert "a slow tortoise" in posted.replies[1][1].text
+    await second.aclose()
