@@ -19,6 +19,8 @@ from storage import Store
 log = logging.getLogger(__name__)
 
 STATUS_MIN_INTERVAL_S = 1.0
+#: A status line cut off by a restart (its job resumes and its result follows).
+INTERRUPTED = "interrupted by a restart: the result follows once the bot is back"
 _STATE_WORDS = {"queued": "queued", "running": "running", "succeeded": "finishing"}
 
 
@@ -89,13 +91,21 @@ class StatusLine:
             log.warning("status update failed: %r", exc)
 
     async def finish(self, *, failed: bool, detail: str | None = None) -> None:
+        elapsed = f" in {time.monotonic() - self.started:.0f} s" if self.started else ""
+        await self._close(f"failed: {detail}" if failed else f"done{elapsed}")
+
+    async def interrupt(self) -> None:
+        """The bot is stopping mid-command. Its jobs stay in the store, the next start resumes
+        them and posts what they make (``Tierbot.resume``), so this is not a failure."""
+        await self._close(INTERRUPTED)
+
+    async def _close(self, word: str) -> None:
         if not self.open:
             return
         self.open = False
         if self._pending is not None and not self._pending.done():
             self._pending.cancel()
-        elapsed = f" in {time.monotonic() - self.started:.0f} s" if self.started else ""
-        final = f"{self.base}\n_{f'failed: {detail}' if failed else f'done{elapsed}'}_"
+        final = f"{self.base}\n_{word}_"
         if final != self.text:
             self.text = final
             await self._send(final)

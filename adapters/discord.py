@@ -130,6 +130,7 @@ class DiscordSurface:
         self._register_commands()
         self.outbox = Outbox(SURFACE, services.store, self.post, DISCORD_ERRORS, outbox_interval_s)
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self._outbox_task: asyncio.Future[Any] | None = None
         #: The upload limit each guild's interactions report (attachment_size_limit).
@@ -161,6 +162,7 @@ class DiscordSurface:
         return f"Discord: on as {self.client.user} in {guilds} guild(s); invite: {invite}"
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -499,7 +501,10 @@ class DiscordSurface:
                         failed=reply.error, detail=reply.text if reply.error else None
                     )
         except asyncio.CancelledError:
-            await status.finish(failed=True, detail="cancelled")
+            if self._stopping:
+                await status.interrupt()
+            else:  # ❌ on the status line
+                await status.finish(failed=True, detail="cancelled")
             raise
         await status.finish(failed=False)
         if interaction is not None and not state["original_used"]:

@@ -152,6 +152,7 @@ class SlackSurface:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outbox: asyncio.Task[Any] | None = None
         self._groups: dict[str, tuple[float, set[str]]] = {}
+        self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -190,6 +191,7 @@ class SlackSurface:
         return f"Slack: on as @{auth.get('user')} in {auth.get('team')} ({', '.join(modes)})"
 
     async def stop(self) -> None:
+        self._stopping = True
         if self.socket is not None:
             await self.socket.close_async()
         for task in list(self._tasks):
@@ -326,7 +328,10 @@ class SlackSurface:
                         failed=reply.error, detail=reply.text if reply.error else None
                     )
         except asyncio.CancelledError:
-            await status.finish(failed=True, detail="cancelled")
+            if self._stopping:
+                await status.interrupt()
+            else:  # ❌ on the status line
+                await status.finish(failed=True, detail="cancelled")
             raise
         await status.finish(failed=False)
 

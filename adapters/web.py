@@ -47,6 +47,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
+from adapters.delivery import INTERRUPTED
 from adapters.http_server import MAX_BODY, http_server
 from bot import cpu, progress
 from bot.app import Services
@@ -111,6 +112,7 @@ class WebSurface:
         self.server = http_server(services, host=host, port=port)
         self._listeners: set[_Listener] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._add_routes(self.server.app)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -132,10 +134,14 @@ class WebSurface:
 
     async def start(self) -> str:
         """Serve on the shared HTTP server; returns the console line."""
+        # Status lines a previous process left moving (it was killed mid-job): their jobs are
+        # resumed now, and the results are posted as new messages.
+        self.services.store.interrupt_web_statuses(INTERRUPTED, utcnow())
         url = await self.server.start()
         return f"Web channel: {url}  (open it in a browser, set your name, type /draft ...)"
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -317,7 +323,10 @@ class WebSurface:
                 if not reply.private or reply.error:
                     status.close(failed=reply.error, detail=reply.text if reply.error else None)
         except asyncio.CancelledError:
-            status.close(failed=True, detail="cancelled")
+            if self._stopping:
+                status.interrupt()
+            else:  # ❌ on the status line
+                status.close(failed=True, detail="cancelled")
             raise
         except Exception:
             log.exception("web delivery failed")
@@ -572,10 +581,17 @@ class _StatusLine:
             self.surface.update(self.message_id, detail=detail)
 
     def close(self, *, failed: bool, detail: str | None) -> None:
+        self._end("failed" if failed else "done", detail)
+
+    def interrupt(self) -> None:
+        """The bot is stopping; the job resumes at the next start (not a failure)."""
+        self._end("interrupted", INTERRUPTED)
+
+    def _end(self, state: str, detail: str | None) -> None:
         if self.message_id is None or self.closed:
             return
         self.closed = True
-        fields: dict[str, Any] = {"state": "failed" if failed else "done", "finished_at": utcnow()}
+        fields: dict[str, Any] = {"state": state, "finished_at": utcnow()}
         if detail:
             fields["detail"] = detail
         with contextlib.suppress(Exception):

@@ -519,6 +519,16 @@ class Store:
     def update_web_message(self, message_id: int, **fields: Any) -> None:
         self._table("web_messages").update(message_id, {k: _json(v) for k, v in fields.items()})
 
+    def interrupt_web_statuses(self, detail: str, at: str) -> int:
+        """Mark the web channel's status lines still queued or running as interrupted."""
+        with self._immediate():
+            cursor = self.db.execute(
+                "update web_messages set state = 'interrupted', detail = ?, finished_at = ? "
+                "where state in ('queued', 'running')",
+                [detail, at],
+            )
+            return cursor.rowcount
+
     def web_message(self, message_id: int) -> dict[str, Any] | None:
         rows = list(self._table("web_messages").rows_where("id = ?", [message_id]))
         return _decode_web(rows[0]) if rows else None

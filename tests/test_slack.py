@@ -202,6 +202,10 @@ async def test_a_draft_cut_off_by_a_restart_is_posted_when_the_bot_is_back(
     await stalled.entered.wait()
     await first.stop()
     assert not first.anchors("🖼️ Drafts for")
+    (status,) = first.anchors("⏳ Drafting 2")
+    assert status["text"].endswith(
+        "_interrupted by a restart: the result follows once the bot is back_"
+    )
 
     second = Rig(fake, make_settings, None)
     await second.start()
@@ -211,6 +215,21 @@ async def test_a_draft_cut_off_by_a_restart_is_posted_when_the_bot_is_back(
     (upload,) = fake.files.values()
     assert upload["thread_ts"] == anchor["ts"]
     await second.stop()
+
+
+async def test_cross_on_the_status_line_cancels_and_says_so(fake: FakeSlack, make_settings) -> None:
+    stalled = ScriptedProvider("local")
+    stalled.gate = asyncio.Event()
+    rig = Rig(fake, make_settings, None, local=stalled)
+    await rig.start()
+    await fake.send_command(rig.events_url, "/draft", "a harbour at night --n 2")
+    await stalled.entered.wait()
+    (status,) = rig.anchors("⏳ Drafting 2")
+    await rig.react(status["ts"], "x")
+    (status,) = rig.anchors("⏳ Drafting 2")
+    assert status["text"].endswith("_failed: cancelled_")
+    assert rig.anchors("🛑 Cancelled by UALICE")
+    await rig.stop()
 
 
 async def test_unauthorized_reaction_is_ephemeral_and_spends_nothing(

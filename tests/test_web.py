@@ -15,7 +15,7 @@ import pytest
 from adapters.web import WebSurface
 from bot.app import build
 from bot.surfaces import SurfaceUnavailable
-from tests.conftest import write_policy
+from tests.conftest import ScriptedProvider, registry_with, write_policy
 
 
 class Channel:
@@ -322,4 +322,39 @@ async def test_failed_step_shows_failed_status_with_the_reason(
         assert "Nothing was charged" in failed["detail"]
         notice = await channel.wait_for(lambda m: m["error"] and not m["state"])
         assert notice["thread_root"] == grid["id"] and not notice["private"]
+    await services.aclose()
+
+
+async def test_a_restart_mid_job_marks_the_status_line_interrupted_then_posts_the_result(
+    make_settings,
+) -> None:
+    stalled = ScriptedProvider("local")
+    stalled.gate = asyncio.Event()  # never set: the bot stops while the model works
+    settings = make_settings()
+    services = build(settings, providers=registry_with(settings, local=stalled))
+    async for channel in _open(services):
+        await channel.say("alice", "/draft a lighthouse at dawn --n 2")
+        await stalled.entered.wait()
+        status = await channel.wait_for(lambda m: m["state"] in ("queued", "running"))
+    await services.aclose()  # the surface stopped first, with the job still running
+    services = build(make_settings())
+    stopped = services.store.web_message(status["id"])
+    assert stopped["state"] == "interrupted"
+    assert "interrupted by a restart: the result follows" in stopped["detail"]
+    async for channel in _open(services):
+        services.scheduler.deliverers["web"] = channel.surface.deliver  # as `tierbot run`
+        await services.bot.resume()
+        grid = await channel.wait_for(lambda m: "↻ After a restart" in m["text"])
+        assert grid["files"] and grid["thread_root"] is None
+    await services.aclose()
+
+
+async def test_status_lines_a_killed_process_left_running_are_closed_at_start(
+    make_settings,
+) -> None:
+    services = build(make_settings())
+    row = services.store.add_web_message({"author": "tierbot", "text": "⏳", "state": "running"})
+    async for channel in _open(services):
+        (message,) = [m for m in await channel.history() if m["id"] == row]
+        assert message["state"] == "interrupted" and message["finished_at"]
     await services.aclose()

@@ -29,6 +29,7 @@ function statusText(msg) {
     case "running": return `⚙️ running${elapsed(msg)}` + (msg.detail ? ` · ${msg.detail}` : "");
     case "done": return `✔ done${elapsed(msg)}`;
     case "failed": return `✖ failed${msg.detail ? ": " + msg.detail : ""}`;
+    case "interrupted": return `↻ ${msg.detail || "interrupted by a restart"}`;
     default: return "";
   }
 }
