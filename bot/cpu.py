@@ -27,6 +27,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -46,8 +47,11 @@ _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
 
 
-def _lower_priority() -> None:
-    # Where that is not permitted the work still runs, only at normal priority.
+def _init_worker() -> None:
+    # Ctrl+C reaches the whole process group; the bot stops its workers itself, so a worker
+    # busy with a grid must not die mid-way with a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Where lowering the priority is not permitted the work still runs, at normal priority.
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
 
@@ -64,7 +68,7 @@ def _get_pool() -> ProcessPoolExecutor:
             _pool = ProcessPoolExecutor(
                 max_workers=workers(),
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
+                initializer=_init_worker,
             )
         return _pool
 
