@@ -9,10 +9,10 @@ from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
-from PIL import Image, ImageChops, ImageStat
+from PIL import Image, ImageChops, ImageFont, ImageStat
 
 from adapters.providers import local
-from adapters.providers.local import LocalProvider, create, render_draft
+from adapters.providers.local import LocalProvider, _drawable, create, render_draft
 from bot.domain import Capability, Stage
 from bot.providers import GeneratedFile, GenerationRequest, PermanentError, Provider
 
@@ -386,3 +386,12 @@ async def test_transparent_reference_is_flattened(provider: LocalProvider, tmp_p
     request = make_request(stage=Stage.UPSCALE, capability=Capability.UPSCALE, references=[path])
     image = decode((await provider.result("x", request))[0])
     assert image.mode == "RGB" and image.size == (2048, 1365)
+
+
+def test_labels_never_draw_missing_glyph_boxes() -> None:
+    ascii_only = ImageFont.load_default(size=24)  # Pillow's built-in font: ASCII and quotes
+    assert _drawable("café über — “noir” 日本", ascii_only) == "cafe uber - “noir” ??"
+    assert _drawable("plain ASCII stays", ascii_only) == "plain ASCII stays"
+
+    image = render_draft("café au lait — 日本のカフェ", "local-draft", 7, (512, 512))
+    assert image.size == (512, 512)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import colorsys
+import functools
 import hashlib
 import io
 import logging
@@ -25,6 +26,7 @@ import math
 import random
 import subprocess
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,9 +228,54 @@ def _shade(colour: tuple[int, int, int], factor: float) -> tuple[int, int, int]:
     return tuple(max(0, min(255, round(c * factor))) for c in colour)  # type: ignore[return-value]
 
 
+#: Fonts with accents, typographic punctuation, Greek and Cyrillic that Debian (and most Linux
+#: desktops) install; the first present is used, else Pillow's built-in font, which has ASCII
+#: only. Either way a character the font lacks is drawn as its nearest ASCII (see _drawable).
+SYSTEM_FONTS = (
+    Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+    Path("/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf"),
+    Path("/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf"),
+)
+_ASCII_PUNCTUATION = str.maketrans(
+    {"—": "-", "–": "-", "‒": "-", "“": '"', "”": '"', "„": '"', "‘": "'", "’": "'", "…": "..."}
+)
+
+
+@functools.cache
+def _font_file() -> Path | None:
+    return next((path for path in SYSTEM_FONTS if path.is_file()), None)
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     # Not cached: a FreeType face must not be shared by threads rendering at the same time.
+    path = _font_file()
+    if path is not None:
+        return ImageFont.truetype(str(path), max(8, size))
     return ImageFont.load_default(size=max(8, size))
+
+
+def _drawable(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> str:
+    """``text`` with each character ``font`` lacks replaced by its nearest ASCII ("café" →
+    "cafe", "—" → "-"), or "?" when there is none, so a label never shows empty boxes."""
+    box = "\ue000"  # private use: no font we use maps it, so it draws the missing-glyph box
+    missing = (font.getbbox(box), bytes(font.getmask(box)))
+    known: dict[str, bool] = {}
+
+    def has(char: str) -> bool:
+        if char not in known:
+            looks = (font.getbbox(char), bytes(font.getmask(char)))
+            known[char] = char.isspace() or looks != missing
+        return known[char]
+
+    out = []
+    for char in text:
+        if has(char):
+            out.append(char)
+            continue
+        plain = unicodedata.normalize("NFKD", char.translate(_ASCII_PUNCTUATION))
+        plain = "".join(c for c in plain if not unicodedata.combining(c))
+        out.append(plain if plain and all(has(c) for c in plain) else "?")
+    return "".join(out)
 
 
 def _fit_font(
@@ -328,7 +375,7 @@ def _band_layout(size: tuple[int, int], prompt: str, model_id: str, seed: int) -
     title_size = _font_size(title, 16)
     body = _font(max(12, round(title_size * 0.36)))
     line_height = round(_font_size(body, 12) * 1.25)
-    prompt_lines = _wrap(_clean_prompt(prompt), body, text_width, max_lines=3)
+    prompt_lines = _wrap(_drawable(_clean_prompt(prompt), body), body, text_width, max_lines=3)
     meta = _ellipsize(f"model {model_id} · seed {seed}", body, text_width)
     stripe = max(4, title_size // 5)
     pad = max(6, title_size // 4)
@@ -532,7 +579,7 @@ def _label_top(image: Image.Image, heading: str, prompt: str) -> Image.Image:
     head_font = _fit_font(heading, width - 2 * margin, size)
     body = _font(max(10, round(size * 0.72)))
     body_size = _font_size(body, 10)
-    line = _ellipsize(_clean_prompt(prompt), body, width - 2 * margin)
+    line = _ellipsize(_drawable(_clean_prompt(prompt), body), body, width - 2 * margin)
     bar = margin + size + margin // 2 + round(body_size * 1.2) + margin // 2
 
     out = image.convert("RGBA")
