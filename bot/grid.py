@@ -154,18 +154,20 @@ def _load(item: bytes | Path | str | os.PathLike[str], index: int) -> Image.Imag
         source = Path(item)
     try:
         with Image.open(source) as opened:
-            image = ImageOps.exif_transpose(opened)
-            image.load()
+            opened.load()
+            ImageOps.exif_transpose(opened, in_place=True)
+            # One copy that outlives the file (closing it frees the decoded pixels).
+            image = opened.copy() if opened.mode == "RGB" else opened.convert("RGBA")
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ValueError(f"image {index} is not a readable image") from exc
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise ValueError(f"image {index} could not be read: {exc}") from exc
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+    if image.mode == "RGBA":  # transparency flattened onto the letterbox colour
         flat = Image.new("RGBA", image.size, (*_BACKGROUND, 255))
-        image = Image.alpha_composite(flat, image.convert("RGBA"))
-    return image.convert("RGB")
+        image = Image.alpha_composite(flat, image).convert("RGB")
+    return image
 
 
 def tile_size(pictures: Sequence[Image.Image], cell: int) -> tuple[int, int]:
