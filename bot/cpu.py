@@ -24,6 +24,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import importlib
 import logging
 import multiprocessing
 import os
@@ -97,12 +98,17 @@ async def run(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _preload() -> int:
+    importlib.import_module("bot.grid")  # and with it Pillow
+    return os.getpid()
+
+
 def warm_up() -> None:
     """Start the workers now (``tierbot run`` at start-up), so the first grid does not wait
     for interpreters to start and import Pillow. Returns at once."""
     pool = _get_pool()
     for _ in range(workers()):
-        pool.submit(os.getpid)  # the pool starts a worker per call until it has them all
+        pool.submit(_preload)  # the pool starts a worker per call until it has them all
 
 
 def worker_pids() -> list[int]:
