@@ -617,7 +617,7 @@ class Pipeline:
         A draft request gets its grid (in the thread of its newest grid when it was a reroll);
         a final, edit, upscale or video is posted in its source's thread; a failure says so
         there. Each goes to the channel the job was asked for in. The previous process's
-        status lines are left as they were: their messages belong to the surface.
+        status lines are the surfaces' business (they read "interrupted by a restart").
         """
         flows: list[tuple[Origin, AsyncIterator[Reply]]] = []
         drafts: dict[str, list[JobFailed]] = {}  # request id -> its failed draft jobs
