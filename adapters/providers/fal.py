@@ -63,6 +63,7 @@ from adapters.providers._http import (
     provider_client,
     provider_message,
 )
+from bot import cpu
 from bot.domain import Capability
 from bot.providers import (
     ContentPolicyError,
@@ -194,7 +195,7 @@ class FalProvider:
             raise PermanentError(f"the fal adapter cannot do {request.capability.value}")
         references: list[Reference] = []
         if request.capability in NEEDS_REFERENCE:
-            references = await asyncio.to_thread(load_references, request.references)
+            references = await cpu.run(load_references, request.references)  # decodes
         body = model_input(request, endpoint, references)
         try:
             response = await self._client.post(f"/{endpoint}", json=body)

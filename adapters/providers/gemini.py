@@ -54,6 +54,7 @@ from adapters.providers._http import (
     error_from_response,
     provider_client,
 )
+from bot import cpu
 from bot.domain import Capability, Stage
 from bot.providers import (
     ContentPolicyError,
@@ -581,7 +582,7 @@ def _is_operation_name(name: str) -> bool:
 
 
 async def _load_references(paths: list[Path]) -> list[Reference]:
-    return [await asyncio.to_thread(_load_reference, Path(path)) for path in paths]
+    return [await cpu.run(_load_reference, Path(path)) for path in paths]  # may re-encode
 
 
 def _load_reference(path: Path) -> Reference:
