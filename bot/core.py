@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections.abc import AsyncIterator
 
 from bot.commands import CommandError, Invocation, help_text, parse
@@ -27,8 +26,7 @@ from bot.domain import (
     Stage,
     normalize_emoji,
 )
-from bot.pipeline import Pipeline, UserError
-from bot.router import RouteRefused
+from bot.pipeline import Pipeline, UserError, guarded, private_error
 from bot.runner import CompletedJob, JobFailed, JobRunner
 from bot.schedules import Scheduler
 from storage import Store
@@ -36,10 +34,6 @@ from storage import Store
 log = logging.getLogger(__name__)
 
 _NUMBERS = {normalize_emoji(r.value): i for i, r in enumerate(NUMBER_REACTIONS, start=1)}
-
-
-def _private_error(text: str) -> Reply:
-    return Reply(text=text, private=True, error=True)
 
 
 class Tierbot:
@@ -51,7 +45,7 @@ class Tierbot:
         store: Store,
         pipeline: Pipeline,
         runner: JobRunner,
-        scheduler: Scheduler | None = None,
+        scheduler: Scheduler,
     ) -> None:
         self.store = store
         self.pipeline = pipeline
@@ -63,9 +57,9 @@ class Tierbot:
         try:
             inv = parse(event.command, event.text)
         except CommandError as exc:
-            yield _private_error(exc.message)
+            yield private_error(exc.message)
             return
-        async for reply in self._guard(self._command(event.origin, inv, event.attachment)):
+        async for reply in guarded(self._command(event.origin, inv, event.attachment)):
             yield reply
 
     async def handle_reaction(self, event: ReactionEvent) -> AsyncIterator[Reply]:
@@ -81,7 +75,7 @@ class Tierbot:
             replies = self._status_reaction(event.origin, request_id, event.emoji)
         else:
             return  # not one of our messages: reactions there mean nothing to us
-        async for reply in self._guard(replies):
+        async for reply in guarded(replies):
             yield reply
 
     async def _status_reaction(
@@ -137,46 +131,13 @@ class Tierbot:
             # Per request, so a grid is not kept waiting for someone else's long video.
             outcomes = await self.runner.resume(job_ids)
             for origin, replies in self.pipeline.resumed(outcomes):
-                guarded = self._guard(replies)
-                if self.scheduler is not None:
-                    await self.scheduler.deliver(origin, guarded)
-                else:
-                    async for reply in guarded:
-                        log.info("after restart, for %s: %s", origin.channel, reply.text)
+                await self.scheduler.deliver(origin, replies)
             return outcomes
 
         finished = await asyncio.gather(*(finish(ids) for ids in by_request.values()))
         return [outcome for outcomes in finished for outcome in outcomes]
 
     # -- internals ---------------------------------------------------------------------------
-
-    async def _guard(self, replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
-        thread_of: str | None = None  # a failure is reported where its status line was
-        try:
-            async for reply in replies:
-                thread_of = reply.thread_of
-                yield reply
-        except (UserError, RouteRefused) as exc:
-            yield _private_error(exc.message)
-        except JobFailed as exc:
-            prefix = (
-                "🚫 Refused by the provider's content policy"
-                if exc.kind == "policy"
-                else "⚠️ Failed"
-            )
-            yield Reply(
-                text=f"{prefix}: {exc.message}. Nothing was charged.",
-                thread_of=thread_of,
-                error=True,
-            )
-        except Exception:
-            ref = secrets.token_hex(3)
-            log.exception("unexpected error (ref %s)", ref)
-            yield Reply(
-                text=f"⚠️ Something went wrong on our side (ref {ref}). Nothing was charged "
-                "for work that did not finish; the team can look the reference up in the logs.",
-                error=True,
-            )
 
     async def _command(
         self, origin: Origin, inv: Invocation, attachment: bytes | None = None
@@ -203,7 +164,7 @@ class Tierbot:
             replies = pipeline.reject(origin, inv.args[0])
         elif name == "storyboard":
             replies = pipeline.storyboard(origin, inv)
-        elif name == "schedule" and self.scheduler is not None:
+        elif name == "schedule":
             replies = self.scheduler.command(origin, inv, attachment)
         else:
             yield self._read_only(origin, inv)

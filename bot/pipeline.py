@@ -16,6 +16,7 @@ import asyncio
 import logging
 import math
 import random
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,42 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def private_error(text: str) -> Reply:
+    """A refusal or bad input, shown only to the person who asked."""
+    return Reply(text=text, private=True, error=True)
+
+
+async def guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
+    """``replies`` with the errors a use case raises turned into replies: a refusal or bad
+    input privately, a failed job where its status line was, anything else as a reference
+    to the log. Every stream a surface posts goes through it (commands, reactions, batches,
+    results after a restart)."""
+    thread_of: str | None = None  # a failure is reported where its status line was
+    try:
+        async for reply in replies:
+            thread_of = reply.thread_of
+            yield reply
+    except (UserError, RouteRefused) as exc:
+        yield private_error(exc.message)
+    except JobFailed as exc:
+        prefix = (
+            "🚫 Refused by the provider's content policy" if exc.kind == "policy" else "⚠️ Failed"
+        )
+        yield Reply(
+            text=f"{prefix}: {exc.message}. Nothing was charged.",
+            thread_of=thread_of,
+            error=True,
+        )
+    except Exception:
+        ref = secrets.token_hex(3)
+        log.exception("unexpected error (ref %s)", ref)
+        yield Reply(
+            text=f"⚠️ Something went wrong on our side (ref {ref}). Nothing was charged "
+            "for work that did not finish; the team can look the reference up in the logs.",
+            error=True,
+        )
 
 
 @dataclass(frozen=True)

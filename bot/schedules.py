@@ -48,8 +48,9 @@ from bot.catalog import Catalog
 from bot.commands import ASPECT_RATIOS, DEFAULT_N, MAX_N, Invocation
 from bot.domain import AssetKind, Decision, Origin, Reply, replies_of
 from bot.ledger import utc_now
-from bot.pipeline import Pipeline, UserError
+from bot.pipeline import Pipeline, UserError, guarded
 from bot.policy import Policy
+from bot.runner import JobFailed
 from storage import Store
 
 log = logging.getLogger(__name__)
@@ -329,14 +330,18 @@ class Scheduler:
             yield Reply(text=f"📅 {schedule['name']} for {day}: {exc.message}", error=True)
             return
         label = f"📅 {schedule['name']} · {day:%A %d %B %Y}"
-        async for reply in self.pipeline.batch(origin, inv, label):
-            if reply.status and reply.request_id:
-                self.store.update_schedule_run(*run, request_id=reply.request_id)
-            if reply.asset_id:
-                self.store.update_schedule_run(*run, grid_id=reply.asset_id, state="posted")
-            if reply.error:
-                self.store.update_schedule_run(*run, state="refused")
-            yield reply
+        try:
+            async for reply in self.pipeline.batch(origin, inv, label):
+                if reply.status and reply.request_id:
+                    self.store.update_schedule_run(*run, request_id=reply.request_id)
+                if reply.asset_id:
+                    self.store.update_schedule_run(*run, grid_id=reply.asset_id, state="posted")
+                if reply.error:
+                    self.store.update_schedule_run(*run, state="refused")
+                yield reply
+        except JobFailed:
+            self.store.update_schedule_run(*run, state="failed")
+            raise  # said in the channel by ``deliver``
 
     def _invocation(self, schedule: dict[str, Any], day: date) -> Invocation:
         calendar = self._calendar(schedule)
@@ -412,7 +417,9 @@ class Scheduler:
 
     async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
         """Post replies nobody is waiting on (a batch, a summary, a result finished after a
-        restart) through the surface ``origin`` names, or log them when it is not running."""
+        restart) through the surface ``origin`` names, or log them when it is not running.
+        Errors become replies here, as for a command: a failed batch is said in the channel."""
+        replies = guarded(replies)
         deliver = self.deliverers.get(origin.surface)
         if deliver is None:  # the surface is not running here (CLI): do the work, log it
             async for reply in replies:

@@ -12,8 +12,9 @@ import pytest
 from bot.app import build
 from bot.catalog import load_catalog
 from bot.pipeline import UserError
+from bot.providers import PermanentError
 from bot.schedules import next_run, parse_calendar, parse_days, parse_time, parse_tz
-from tests.conftest import Chat, write_policy
+from tests.conftest import Chat, ScriptedProvider, registry_with, write_policy
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -97,6 +98,28 @@ async def test_missed_run_within_grace_runs_once_and_never_twice(rig) -> None:
     clock.now = berlin(2026, 11, 24, 10, 0)  # next day, 60 min late: beyond the grace
     assert await scheduler.catch_up() == 0
     assert len(grids(chat)) == 1
+
+
+async def test_a_missed_batch_whose_drafts_fail_is_said_and_the_bot_starts(
+    make_settings,
+) -> None:
+    settings = make_settings(schedule_grace_s=1800)
+    broken = ScriptedProvider("local", [PermanentError("model unavailable")] * 4)
+    services = build(settings, providers=registry_with(settings, local=broken))
+    clock = Clock(berlin(2026, 11, 23, 8, 0))
+    services.scheduler.clock = clock
+    chat = Chat(services)
+    services.scheduler.deliverers["test"] = lambda origin, replies: chat._post(replies)
+    await chat.command("tierbot", ADD)
+    clock.now = berlin(2026, 11, 23, 9, 20)  # missed while down: runs at start-up
+
+    assert await services.scheduler.catch_up() == 1  # the failure does not stop the bot
+
+    failure = list(chat.posted.values())[-1]
+    assert failure.error and "⚠️ Failed" in failure.text and "model unavailable" in failure.text
+    (schedule,) = services.store.schedules()
+    assert services.store.schedule_run(schedule["id"], "2026-11-23")["state"] == "failed"
+    await services.aclose()
 
 
 async def test_restart_mid_batch_does_not_post_it_again(rig) -> None:
