@@ -188,84 +188,53 @@ class Pipeline:
 
     async def draft(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
         """``/draft``: n drafts on the draft tier, posted as one numbered grid."""
-        self._check_style(inv.style)
-        spec = Draftspec(
-            prompt=inv.prompt or "",
-            ar=inv.ar or DEFAULT_AR,
-            n=inv.n or DEFAULT_N,
-            seed=inv.seed if inv.seed is not None else self._seeds(),
-            model=inv.model,
-            style=inv.style,
-            negative=inv.negative,
-            hero=inv.hero,
-        )
-        route = self._route(
-            origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n, aspect_ratio=spec.ar
-        )
-        request_id = self.store.create_request(
-            origin=origin.model_dump(),
-            command="draft",
-            prompt=spec.prompt,
-            options=spec.as_dict(),
-        )
-        async for reply in self._draft_grid(origin, request_id, spec, route, thread_of=None):
+        async for reply in self._new_grid(origin, "draft", self._draft_spec(inv)):
             yield reply
 
     async def storyboard(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
         """``/tierbot storyboard a | b | c``: one draft per beat, in order, as one grid."""
-        self._check_style(inv.style)
-        spec = Draftspec(
-            prompt=" | ".join(inv.beats),
-            ar=inv.ar or DEFAULT_AR,
-            n=len(inv.beats),
-            seed=inv.seed if inv.seed is not None else self._seeds(),
-            model=inv.model,
-            style=inv.style,
-            negative=inv.negative,
-            hero=inv.hero,
-            beats=list(inv.beats),
-        )
-        route = self._route(
-            origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n, aspect_ratio=spec.ar
-        )
-        request_id = self.store.create_request(
-            origin=origin.model_dump(),
-            command="storyboard",
-            prompt=spec.prompt,
-            options=spec.as_dict(),
-        )
-        async for reply in self._draft_grid(origin, request_id, spec, route, thread_of=None):
+        async for reply in self._new_grid(origin, "storyboard", self._draft_spec(inv)):
             yield reply
 
     async def batch(self, origin: Origin, inv: Invocation, label: str) -> AsyncIterator[Reply]:
         """A scheduled batch: a draft grid like ``/draft``, posted in the channel under
         ``label``; when the budget cannot pay for the whole batch, a notice instead."""
-        self._check_style(inv.style)
-        spec = Draftspec(
-            prompt=inv.prompt or "",
-            ar=inv.ar or DEFAULT_AR,
-            n=inv.n or DEFAULT_N,
-            seed=self._seeds(),
-            model=None,
-            style=inv.style,
-            negative=None,
-            hero=False,
-        )
+        spec = self._draft_spec(inv)
         try:
-            route = self._route(
-                origin, Stage.DRAFT, spec.prompt, images=spec.n, aspect_ratio=spec.ar
-            )
-        except RouteRefused as refused:
+            async for reply in self._new_grid(origin, "schedule", spec, label):
+                yield reply
+        except RouteRefused as refused:  # raised by the routing, before any reply
             yield Reply(
                 text=f"{label}\n⚠️ Not posted: {self._budget_notice(origin, spec, refused)}",
                 error=True,
             )
-            return
+
+    def _draft_spec(self, inv: Invocation) -> Draftspec:
+        """A draft request's options resolved: defaults applied, a seed drawn if none given;
+        a storyboard's beats become its prompt (joined by " | ") and its number of drafts."""
+        self.check_style(inv.style)
+        beats = list(inv.beats) or None
+        return Draftspec(
+            prompt=" | ".join(beats) if beats else inv.prompt or "",
+            ar=inv.ar or DEFAULT_AR,
+            n=len(beats) if beats else inv.n or DEFAULT_N,
+            seed=inv.seed if inv.seed is not None else self._seeds(),
+            model=inv.model,
+            style=inv.style,
+            negative=inv.negative,
+            hero=inv.hero,
+            beats=beats,
+        )
+
+    async def _new_grid(
+        self, origin: Origin, command: str, spec: Draftspec, label: str = ""
+    ) -> AsyncIterator[Reply]:
+        """Route ``spec`` on the draft tier, record the request and post its grid."""
+        route = self._route(
+            origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n, aspect_ratio=spec.ar
+        )
         request_id = self.store.create_request(
-            origin=origin.model_dump(),
-            command="schedule",
-            prompt=spec.prompt,
-            options=spec.as_dict(),
+            origin=origin.model_dump(), command=command, prompt=spec.prompt, options=spec.as_dict()
         )
         async for reply in self._draft_grid(origin, request_id, spec, route, None, label):
             yield reply
@@ -460,7 +429,7 @@ class Pipeline:
         assert request is not None
         spec = Draftspec(**request["options"])
         style = (inv.style if inv else None) or spec.style
-        self._check_style(style)
+        self.check_style(style)
         hero = spec.hero or bool(inv and inv.hero)
         prompt = self._enrich(draft["prompt"], style)
         route = self._route(
@@ -682,23 +651,21 @@ class Pipeline:
     async def _grid_after_restart(
         self, request: dict[str, Any], failures: list[JobFailed]
     ) -> AsyncIterator[Reply]:
-        jobs = [j for j in self.store.jobs_for_request(request["id"]) if j["stage"] == Stage.DRAFT]
-        grids = [
-            asset["id"]
-            for job in jobs
-            for asset in self.store.assets_for_job(job["id"])
-            if asset["kind"] == AssetKind.GRID
-        ]
-        done = [
-            completed
-            for job in jobs
-            if (completed := self.runner.completed(job["id"]))
-            and not any(  # drafts already shown in an earlier grid of this request
+        grids: list[str] = []
+        done: list[CompletedJob] = []
+        for job in self.store.jobs_for_request(request["id"]):
+            if job["stage"] != Stage.DRAFT:
+                continue
+            assets = self.store.assets_for_job(job["id"])
+            grids += [a["id"] for a in assets if a["kind"] == AssetKind.GRID]
+            drafts = [a["id"] for a in assets if a["kind"] != AssetKind.GRID]
+            shown = any(  # drafts already in an earlier grid of this request
                 child["kind"] == AssetKind.GRID
-                for draft_id in completed.asset_ids
+                for draft_id in drafts
                 for child in self.store.children(draft_id)
             )
-        ]
+            if not shown and (completed := self.runner.completed(job, drafts)):
+                done.append(completed)
         thread_of = grids[-1] if grids else None
         spec = Draftspec(**request["options"])
         if not done:
@@ -898,7 +865,8 @@ class Pipeline:
         approvers = ", ".join(self.policy.rules_for(origin).approvers)
         raise UserError(f"Only approvers can decide here ({action}). Ask one of: {approvers}.")
 
-    def _check_style(self, style: str | None) -> None:
+    def check_style(self, style: str | None) -> None:
+        """Raises UserError unless ``style`` is None or a catalog style preset."""
         if style is not None and style not in self.catalog.styles:
             allowed = ", ".join(sorted(self.catalog.styles))
             raise UserError(f"--style must be one of {allowed}; got {style}")

@@ -162,15 +162,14 @@ class JobRunner:
         return await self._drive(job_id)
 
     async def resume(self, job_ids: Sequence[str] | None = None) -> list[CompletedJob | JobFailed]:
-        """Finish every job a previous process left unfinished (or those of ``job_ids``),
-        concurrently."""
-        jobs = self.store.unfinished_jobs()
-        if job_ids is not None:
-            jobs = [job for job in jobs if job["id"] in job_ids]
-        if jobs:
-            log.info("resuming %d unfinished job(s)", len(jobs))
+        """Finish the unfinished jobs ``job_ids`` (by default every job a previous process
+        left unfinished), concurrently."""
+        if job_ids is None:
+            job_ids = [job["id"] for job in self.store.unfinished_jobs()]
+        if job_ids:
+            log.info("resuming %d unfinished job(s)", len(job_ids))
         results = await asyncio.gather(
-            *(self._drive(job["id"]) for job in jobs), return_exceptions=True
+            *(self._drive(job_id) for job_id in job_ids), return_exceptions=True
         )
         outcomes: list[CompletedJob | JobFailed] = []
         for result in results:
@@ -180,21 +179,21 @@ class JobRunner:
                 raise result
         return outcomes
 
-    def completed(self, job_id: str) -> CompletedJob | None:
-        """A job that succeeded, read back from the store (after a restart the pipeline
-        needs the drafts a previous process finished); None if it did not succeed."""
-        job = self.store.get_job(job_id)
-        if job is None or job["state"] != JobState.SUCCEEDED:
+    def completed(self, job: dict[str, Any], asset_ids: list[str]) -> CompletedJob | None:
+        """The job row ``job`` with its outputs ``asset_ids`` as a :class:`CompletedJob`
+        (after a restart the pipeline needs the drafts a previous process finished); None if
+        it did not succeed."""
+        if job["state"] != JobState.SUCCEEDED:
             return None
         candidate = self.catalog.candidate(f"{job['model_id']}@{job['provider']}")
         if candidate is None:
             return None
-        entry = self.store.ledger_entry(job_id)
+        entry = self.store.ledger_entry(job["id"])
         return CompletedJob(
-            job_id,
+            job["id"],
             job["request_id"],
             candidate.model,
-            [asset["id"] for asset in self.store.assets_for_job(job_id)],
+            asset_ids,
             entry["amount"] if entry else 0,
             job["reason"],
             candidate.label,

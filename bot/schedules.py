@@ -324,7 +324,8 @@ class Scheduler:
     ) -> AsyncIterator[Reply]:
         run = (schedule["id"], day.isoformat())
         try:
-            inv = self._invocation(schedule, day)
+            # A thread: the calendar may be a file, and up to a year of rows to parse.
+            inv = await asyncio.to_thread(self._invocation, schedule, day)
         except UserError as exc:
             self.store.update_schedule_run(*run, state="failed")
             yield Reply(text=f"📅 {schedule['name']} for {day}: {exc.message}", error=True)
@@ -495,10 +496,7 @@ class Scheduler:
                 f"the template uses {{{unknown[0]}}}; it may use {{date}}, "
                 "{weekday}, {month} (and a calendar's columns in calendar rows)"
             )
-        if inv.style is not None and inv.style not in self.catalog.styles:
-            raise UserError(
-                f"--style must be one of {', '.join(sorted(self.catalog.styles))}; got {inv.style}"
-            )
+        self.pipeline.check_style(inv.style)
         row = {
             "name": name,
             "surface": origin.surface,
