@@ -72,6 +72,13 @@ def nearest_ratio(width: int, height: int) -> str:
     return min(ASPECT_RATIOS, key=distance)
 
 
+def _ratio_of(asset: dict[str, Any]) -> str | None:
+    """The supported aspect ratio nearest to an image asset's, None if its size is unknown."""
+    if asset["width"] and asset["height"]:
+        return nearest_ratio(asset["width"], asset["height"])
+    return None
+
+
 class UserError(Exception):
     """Bad input or a refused action: shown privately to the person; nothing was spent."""
 
@@ -517,6 +524,7 @@ class Pipeline:
             inputs=[asset_id],
             prompt=instruction,
             seed=inv.seed if inv.seed is not None else source["seed"] or 0,
+            aspect_ratio=_ratio_of(source),
         ):
             yield reply
 
@@ -539,6 +547,7 @@ class Pipeline:
             inputs=[asset_id],
             prompt=source["prompt"] or "",
             seed=source["seed"] or 0,
+            aspect_ratio=_ratio_of(source),
             long_edge=UPSCALE_LONG_EDGE,
         ):
             yield reply
@@ -565,6 +574,7 @@ class Pipeline:
             inputs=[asset_id],
             prompt=source["prompt"] or "",
             seed=source["seed"] or 0,
+            aspect_ratio=_ratio_of(source),
             duration_s=seconds,
             reactions=VIDEO_REACTIONS,
         ):
@@ -917,10 +927,6 @@ class Pipeline:
         long_edge: int | None = None,
         duration_s: int | None = None,
     ) -> JobPlan:
-        if aspect_ratio is None and inputs:
-            source = self.store.get_asset(inputs[0])
-            if source and source["width"] and source["height"]:
-                aspect_ratio = nearest_ratio(source["width"], source["height"])
         request = GenerationRequest(
             job_id="",
             stage=stage,

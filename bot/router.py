@@ -171,14 +171,14 @@ class Router:
 
     def serving_now(self, model: ModelSpec) -> Candidate | None:
         """The candidate that would serve ``model`` now: its first available provider."""
-        for serving in model.providers:
-            if self.unavailable(serving.provider) is None:
-                return Candidate(model, serving)
-        return None
+        return next(iter(self._available(model)), None)
 
-    def _available(self, model: ModelSpec) -> list[Candidate]:
+    def _available(self, model: ModelSpec, pinned: str | None = None) -> list[Candidate]:
+        """``model`` on each provider that can serve it here (only ``pinned``, if given)."""
         return [
-            Candidate(model, s) for s in model.providers if self.unavailable(s.provider) is None
+            Candidate(model, s)
+            for s in model.providers
+            if (pinned is None or s.provider == pinned) and self.unavailable(s.provider) is None
         ]
 
     def price(self, candidate: Candidate, ctx: RouteContext) -> int:
@@ -221,14 +221,18 @@ class Router:
         if ctx.hero and ctx.stage is Stage.FINAL:
             why = "--hero takes the best final model"
 
-        models = [m for m in self.catalog.for_stage(tier) if self.why_unavailable(m) is None]
-        models = [m for m in models if self._misfit(m, ctx, need) is None]
+        available = {m.id: self._available(m) for m in self.catalog.for_stage(tier)}
+        models = [
+            m
+            for m in self.catalog.for_stage(tier)
+            if available[m.id] and self._misfit(m, ctx, need) is None
+        ]
         if not models:
             raise RouteRefused(self._nothing_serves(ctx, tier, need))
         models.sort(key=self._order(ctx, tier))
         # Each model on each provider that serves it, in order: a failing provider falls back
         # to the same model elsewhere before another model is tried.
-        candidates = [c for m in models for c in self._available(m)]
+        candidates = [c for m in models for c in available[m.id]]
         if any(c.provider != LOCAL for c in candidates):
             # Offline previews stop serving a tier once a real provider does (ask by name).
             candidates = [c for c in candidates if c.provider != LOCAL]
@@ -305,21 +309,16 @@ class Router:
         misfit = self._misfit(model, ctx, need)
         if misfit:
             raise RouteRefused(f"--model {misfit}")
-        servings = model.providers
-        if pinned:
-            servings = [s for s in model.providers if s.provider == pinned]
-            if not servings:
-                served = ", ".join(s.provider for s in model.providers)
-                raise RouteRefused(f"{model.id} is not served by {pinned} (served by {served})")
-        candidates = []
-        reasons = []
-        for serving in servings:
-            reason = self.unavailable(serving.provider)
-            if reason:
-                reasons.append(f"provider {serving.provider} {reason}")
-            else:
-                candidates.append(Candidate(model, serving))
+        if pinned and all(s.provider != pinned for s in model.providers):
+            served = ", ".join(s.provider for s in model.providers)
+            raise RouteRefused(f"{model.id} is not served by {pinned} (served by {served})")
+        candidates = self._available(model, pinned or None)
         if not candidates:
+            reasons = [
+                f"provider {s.provider} {self.unavailable(s.provider)}"
+                for s in model.providers
+                if not pinned or s.provider == pinned
+            ]
             raise RouteRefused(f"{asked} is unavailable: {'; '.join(reasons)}")
         healthy = [c for c in candidates if self.health.cooling_for(c.key) == 0]
         if not healthy:
