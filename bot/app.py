@@ -15,7 +15,7 @@ import pkgutil
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.catalog import Catalog, load_catalog
+from bot.catalog import Catalog, ProviderConfig, load_catalog
 from bot.core import Tierbot
 from bot.ledger import Ledger
 from bot.pipeline import Pipeline
@@ -128,6 +128,8 @@ def surface_cli(name: str) -> Any | None:
 def build(settings: Settings, providers: ProviderRegistry | None = None) -> Services:
     """Wire the core from settings; ``providers`` overrides discovery (tests, benchmarks)."""
     catalog = load_catalog(settings.catalog)
+    for provider, limit in settings.provider_concurrency.items():  # the setting wins
+        catalog.providers[provider] = ProviderConfig(concurrency=limit)
     policy = load_policy(settings.policy)
     store = Store(settings.db_path)
     files = AssetFiles(settings.asset_dir)
@@ -144,7 +146,6 @@ def build(settings: Settings, providers: ProviderRegistry | None = None) -> Serv
         health=health,
         retries=settings.retries,
         max_backoff_s=settings.max_backoff_s,
-        concurrency=settings.provider_concurrency,
     )
     pipeline = Pipeline(
         store=store,

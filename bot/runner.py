@@ -102,7 +102,6 @@ class JobRunner:
         retries: int = 2,
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        concurrency: dict[str, int] | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -113,7 +112,6 @@ class JobRunner:
         self.retries = retries
         self.max_backoff_s = max_backoff_s
         self.sleep = sleep
-        self.concurrency = concurrency or {}
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._running: dict[str, asyncio.Task[Any]] = {}
 
@@ -301,7 +299,7 @@ class JobRunner:
 
     def _slot(self, provider: str) -> asyncio.Semaphore:
         if provider not in self._slots:
-            limit = self.concurrency.get(provider) or self.catalog.concurrency(provider)
+            limit = self.catalog.concurrency(provider)
             self._slots[provider] = asyncio.Semaphore(limit)
         return self._slots[provider]
 

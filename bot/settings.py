@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     #: Per-provider request rates, requests per second: "fal=5,gemini=2".
     provider_rates: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     #: Per-provider concurrent jobs, overriding the catalog: "fal=8,comfyui=1".
-    provider_concurrency: Annotated[dict[str, int], NoDecode] = Field(default_factory=dict)
+    provider_concurrency: Annotated[dict[str, PositiveInt], NoDecode] = Field(default_factory=dict)
 
     @field_validator("log_level")
     @classmethod

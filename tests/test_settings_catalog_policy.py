@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.app import build
 from bot.catalog import CatalogError, load_catalog
 from bot.domain import Capability, Origin, Stage
 from bot.policy import PolicyError, load_policy
@@ -156,3 +157,15 @@ def test_policy_errors_name_the_entry(tmp_path: Path) -> None:
     path.write_text("[teams.T1]\ndaily_credits = 'lots'\n")
     with pytest.raises(PolicyError, match=r"teams\.T1\.daily_credits"):
         load_policy(path)
+
+
+def test_provider_concurrency_overrides_the_catalog_and_must_be_positive(
+    monkeypatch, make_settings
+) -> None:
+    services = build(make_settings(provider_concurrency={"fal": 3}))
+    assert services.catalog.concurrency("fal") == 3
+    assert services.catalog.concurrency("local") == load_catalog().concurrency("local")
+    monkeypatch.setenv("TIERBOT_PROVIDER_CONCURRENCY", "fal=0")
+    with pytest.raises(SettingsError) as failed:
+        load_settings()
+    assert "TIERBOT_PROVIDER_CONCURRENCY" in str(failed.value)
