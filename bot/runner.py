@@ -124,7 +124,7 @@ class JobRunner:
             JobFailed: nothing was charged for the failed attempts.
         """
         (job_id,) = self.reserve_all([plan])
-        return await self._drive(job_id)
+        return await self.drive(job_id)
 
     def reserve_all(self, plans: list[JobPlan]) -> list[str]:
         """Write every plan's job and reservation, or none: if one does not fit the budget,
@@ -155,10 +155,6 @@ class JobRunner:
             raise
         return job_ids
 
-    async def drive(self, job_id: str) -> CompletedJob:
-        """Run a reserved job to the end, falling back along its candidates."""
-        return await self._drive(job_id)
-
     async def resume(self, job_ids: Sequence[str] | None = None) -> list[CompletedJob | JobFailed]:
         """Finish the unfinished jobs ``job_ids`` (by default every job a previous process
         left unfinished), concurrently."""
@@ -167,7 +163,7 @@ class JobRunner:
         if job_ids:
             log.info("resuming %d unfinished job(s)", len(job_ids))
         results = await asyncio.gather(
-            *(self._drive(job_id) for job_id in job_ids), return_exceptions=True
+            *(self.drive(job_id) for job_id in job_ids), return_exceptions=True
         )
         outcomes: list[CompletedJob | JobFailed] = []
         for result in results:
@@ -265,8 +261,9 @@ class JobRunner:
             "budget",
         )
 
-    async def _drive(self, job_id: str) -> CompletedJob:
-        """Execute a job; on exhausted transient errors continue with its fallbacks."""
+    async def drive(self, job_id: str) -> CompletedJob:
+        """Run a reserved job to the end; on exhausted transient errors continue with its
+        fallbacks."""
         while True:
             try:
                 return await self._execute(job_id)
