@@ -3,12 +3,13 @@
 Goal: ≤ 250 MB. Prints the figure; never fails on time.
 
 This process is the bot as `tierbot run` wires it with Slack in HTTP mode (see
-``slack_ack.py``; the fake Slack's Web API runs in this process too and is counted). A load
-generator in a second process sends 1,000 signed ``/draft`` commands (4 drafts each); the
-model (:class:`_rig.FastProvider`, cap raised to 1,000) holds every job until all 1,000 are
-waiting on it, so each command's whole state is alive at once: its Bolt request, task, status
-line, job row and reservation, runner slot and provider call. Then it lets them all finish
-(1,000 grids composed and posted); the figure is the peak over both phases. ``run_all.py``
+``slack_ack.py``; the fake Slack runs in a process of its own and is not counted, and the
+image workers' peak is printed separately). A load generator in another process sends 1,000
+signed ``/draft`` commands (4 drafts each); the model (:class:`_rig.FastProvider`, cap raised
+to 1,000) holds every job until all 1,000 are waiting on it, so each command's whole state is
+alive at once: its Bolt request, task, status line, job row and reservation, runner slot and
+provider call. Then it lets them all finish (1,000 grids composed and posted); the figure is
+the peak over both phases. ``run_all.py``
 runs each benchmark in its own process, so earlier benchmarks do not inflate the figure.
 """
 

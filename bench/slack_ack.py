@@ -70,12 +70,12 @@ async def measure(duration_s: float) -> None:
         await load(bot, 10, 1)
         await bot.surface.idle()
         tally.take()
-        grids_before = await bot.fake.files()
+        grids_before, submitted_before = await bot.fake.files(), provider.submitted
         result = await load(bot, GOAL_RATE, duration_s)
+        queued = result.ok - (provider.submitted - submitted_before)
         background = (
             f"{await bot.fake.files() - grids_before} of {result.sent} grids posted during the "
-            f"run, {result.sent - provider.submitted + 10} still queued for the model "
-            "(cancelled)"
+            f"run, {queued} still queued for the model (cancelled)"
         )
         label = f"model 1 s × {REAL_CAP} at once, {GOAL_RATE}/s"
         report(label, result, background, tally.take(), show_goal=True)

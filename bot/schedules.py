@@ -283,7 +283,8 @@ class Scheduler:
 
     async def _on_time(self, schedule_id: str) -> None:
         schedule = self.store.get_schedule(schedule_id)
-        if schedule is not None:
+        # Paused between the timer waking and this call: the pause wins.
+        if schedule is not None and not schedule["paused"]:
             await self.fire(schedule, self.clock().astimezone(ZoneInfo(schedule["tz"])).date())
 
     async def _on_summary_time(self, schedule_id: str) -> None:

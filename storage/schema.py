@@ -214,3 +214,11 @@ def m006_lookup_indexes(db: Database) -> None:
     # index it reads no table rows. It serves every query the (team, created_at) index did.
     db["ledger"].create_index(["team", "created_at", "state", "channel", "amount"])
     db.execute("drop index if exists idx_ledger_team_created_at")
+
+
+@migrations()
+def m007_decision_indexes(db: Database) -> None:
+    """🔁 counts a request's rejected grids and /tierbot budget counts approvals since a date;
+    both scanned every decision ever recorded."""
+    db["assets"].create_index(["request_id"])
+    db["gates"].create_index(["decision", "at"])

@@ -349,6 +349,9 @@ async def test_the_timer_arms_each_schedule_in_the_running_loop(rig) -> None:
     await chat.command("tierbot", "schedule pause morning")
     assert scheduler._timer.get_job(f"batch:{schedule['id']}") is None
     clock.now = berlin(2026, 11, 23, 9, 0)
+    await scheduler._on_time(schedule["id"])  # a timer that woke just before the pause
+    assert grids(chat) == []
+    await chat.command("tierbot", "schedule resume morning")
     await scheduler._on_time(schedule["id"])  # what the timer calls at 09:00
     assert len(grids(chat)) == 1
     scheduler.stop()
