@@ -1,5 +1,6 @@
-"""Delivery helpers shared by the platform surfaces (Slack, Discord): the status line of a
-command and the outbox of replies that could not be posted yet.
+"""Delivery helpers shared by the platform surfaces (Slack, Discord): the loop that posts a
+use case's replies (:func:`deliver_replies`), the status line of a command and the outbox of
+replies that could not be posted yet.
 
 Neither is a surface (no ``create``): the web channel keeps its own status in its history
 table; Slack and Discord edit one platform message per command.
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
+from bot import progress
 from bot.domain import Origin, Reply
 from storage import Store
 
@@ -109,6 +111,56 @@ class StatusLine:
         if final != self.text:
             self.text = final
             await self._send(final)
+
+
+#: What a status line says when posting went wrong in our own code (the traceback is logged).
+FAILED_ON_OUR_SIDE = "the bot failed on its side; see the logs"
+
+
+async def deliver_replies(
+    replies: AsyncIterator[Reply],
+    status: StatusLine,
+    *,
+    private: Callable[[Reply], Awaitable[None]],
+    open_status: Callable[[Reply], Awaitable[object | None]],
+    result: Callable[[Reply], Awaitable[None]],
+    stopping: Callable[[], bool],
+) -> None:
+    """Post a use case's replies as they come, keeping ``status`` current.
+
+    The surface supplies the steps: ``private`` shows a reply to the person only;
+    ``open_status`` posts a status message and returns it (None if it could not), and only
+    then does ``status`` start showing progress; ``result`` posts anything else. A private
+    error or a result ends the status line (failed if the reply is an error).
+
+    Cancelled while ``stopping()`` (the bot is shutting down) the status line says the job
+    resumes after the restart; otherwise (❌ on the status line) it says cancelled; the
+    cancellation is re-raised. Any other exception is logged and ends the status line as
+    failed, so it is never left moving; it is not re-raised.
+    """
+    progress.listen(status.on_progress)
+    try:
+        async for reply in replies:
+            if reply.private:
+                await private(reply)
+                if reply.error:
+                    await status.finish(failed=True, detail=reply.text)
+            elif reply.status:
+                if await open_status(reply) is not None:
+                    status.opened(reply.text)
+            else:
+                await result(reply)
+                await status.finish(failed=reply.error, detail=reply.text if reply.error else None)
+    except asyncio.CancelledError:
+        if stopping():
+            await status.interrupt()
+        else:  # ❌ on the status line
+            await status.finish(failed=True, detail="cancelled")
+        raise
+    except Exception:
+        log.exception("delivering replies failed")
+        await status.finish(failed=True, detail=FAILED_ON_OUR_SIDE)
+    await status.finish(failed=False)
 
 
 def _at(offset_s: float = 0.0) -> str:

@@ -38,8 +38,8 @@ import yarl
 from discord import app_commands
 from PIL import Image
 
-from adapters.delivery import Outbox, StatusLine
-from bot import cpu, progress
+from adapters.delivery import Outbox, StatusLine, deliver_replies
+from bot import cpu
 from bot.app import Services
 from bot.commands import ASPECT_RATIOS
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply, replies_of
@@ -316,14 +316,16 @@ class DiscordSurface:
             )
 
         def simple(name: str, description: str, argument: str | None) -> None:
+            """``/tierbot <name>`` with no option, or one required option named ``argument``."""
             if argument is None:
 
                 async def callback(interaction: discord.Interaction) -> None:
                     await surface._command(interaction, "tierbot", name)
             else:
-
-                async def callback(interaction: discord.Interaction, asset: str) -> None:
-                    await surface._command(interaction, "tierbot", f"{name} {command_text(asset)}")
+                # The parameter's name is fixed in the source; Discord shows ``argument``.
+                @app_commands.rename(value=argument)
+                async def callback(interaction: discord.Interaction, value: str) -> None:
+                    await surface._command(interaction, "tierbot", f"{name} {command_text(value)}")
 
             group.add_command(
                 app_commands.Command(name=name, description=description, callback=callback)
@@ -480,33 +482,29 @@ class DiscordSurface:
             elif state["message"] is not None:
                 await state["message"].edit(content=text[:MAX_CONTENT])
 
-        status = StatusLine(edit, self._spawn)
-        progress.listen(status.on_progress)
-        try:
-            async for reply in replies:
-                if reply.private:
-                    await self._private(origin, reply, interaction, state)
-                    if reply.error:
-                        await status.finish(failed=True, detail=reply.text)
-                elif reply.status:
-                    if interaction is not None:  # the person's private line: no reactions
-                        state["original_used"] = True
-                        await self._safely(edit(reply.text))
-                    else:
-                        state["message"] = await self._safely(self._post_status(origin, reply))
-                    status.opened(reply.text)
-                else:
-                    await self._post_or_keep(origin, reply, interaction)
-                    await status.finish(
-                        failed=reply.error, detail=reply.text if reply.error else None
-                    )
-        except asyncio.CancelledError:
-            if self._stopping:
-                await status.interrupt()
-            else:  # ❌ on the status line
-                await status.finish(failed=True, detail="cancelled")
-            raise
-        await status.finish(failed=False)
+        async def open_status(reply: Reply) -> discord.Message | None:
+            if interaction is not None:  # the person's private line: no reactions
+                state["original_used"] = True
+                return await self._safely(
+                    interaction.edit_original_response(content=reply.text[:MAX_CONTENT])
+                )
+            state["message"] = await self._safely(self._post_status(origin, reply))
+            return state["message"]
+
+        async def private(reply: Reply) -> None:
+            await self._private(origin, reply, interaction, state)
+
+        async def result(reply: Reply) -> None:
+            await self._post_or_keep(origin, reply, interaction)
+
+        await deliver_replies(
+            replies,
+            StatusLine(edit, self._spawn),
+            private=private,
+            open_status=open_status,
+            result=result,
+            stopping=lambda: self._stopping,
+        )
         if interaction is not None and not state["original_used"]:
             await self._safely(interaction.delete_original_response())
 
@@ -550,7 +548,7 @@ class DiscordSurface:
 
     async def _post_status(self, origin: Origin, reply: Reply) -> discord.Message:
         """A public status message, with ❌ pre-added to cancel the job."""
-        target = await self._target(origin, reply)
+        target, _ = await self._target(origin, reply)
         message = await target.send(reply.text[:MAX_CONTENT])
         for emoji in reply.reactions:
             await message.add_reaction(emoji)
@@ -574,7 +572,7 @@ class DiscordSurface:
     async def post(self, origin: Origin, reply: Reply) -> None:
         """Post one reply with the bot token: grids in the channel, results in the grid's
         thread, each with its reaction vocabulary pre-added."""
-        target = await self._target(origin, reply)
+        target, root = await self._target(origin, reply)
         text = self._text(reply)
         files, notes = await self._files(reply, self._filesize_limit(target))
         if notes:
@@ -582,28 +580,29 @@ class DiscordSurface:
         message = await target.send(text[:MAX_CONTENT], files=files)
         for emoji in reply.reactions:
             await message.add_reaction(emoji)
-        self.services.bot.record_post(
-            origin, str(message.id), reply, thread_id=self.services.bot.thread_of(origin, reply)
-        )
+        self.services.bot.record_post(origin, str(message.id), reply, thread_id=root)
 
-    async def _target(self, origin: Origin, reply: Reply) -> Any:
+    async def _target(self, origin: Origin, reply: Reply) -> tuple[Any, str | None]:
+        """Where ``reply`` goes (the channel, or its thread, created from the root message
+        if need be) and the thread's root message id (None in the channel)."""
         channel = await self._channel(int(origin.channel))
         root = self.services.bot.thread_of(origin, reply)
         if root is None:
-            return channel
+            return channel, None
         thread = self.client.get_channel(int(root))
         if isinstance(thread, discord.Thread):
-            return thread
+            return thread, root
         asset = self.services.store.get_asset(reply.thread_of or "")
         name = f"tierbot · {(asset or {}).get('prompt') or 'results'}"[:100]
         try:
-            return await channel.get_partial_message(int(root)).create_thread(
+            thread = await channel.get_partial_message(int(root)).create_thread(
                 name=name, auto_archive_duration=1440
             )
         except discord.HTTPException as exc:
             if exc.code != THREAD_EXISTS:
                 raise
-            return await self.client.fetch_channel(int(root))
+            thread = await self.client.fetch_channel(int(root))
+        return thread, root
 
     def _filesize_limit(self, target: Any) -> int:
         """The guild's upload limit: what its interactions last reported, else its tier's."""
@@ -613,9 +612,15 @@ class DiscordSurface:
         return getattr(guild, "filesize_limit", None) or DEFAULT_FILESIZE_LIMIT
 
     async def _files(self, reply: Reply, limit: int) -> tuple[list[discord.File], str]:
+        """The reply's files for one message: as they are when they fit ``limit``, images
+        re-encoded until they do, anything else too big linked in the returned notes."""
         files, notes = [], []
         for path in reply.files:
-            data = await cpu.run(_fit, path, limit)
+            name = f"tierbot-{reply.asset_id or 'file'}"
+            if path.stat().st_size <= limit:
+                files.append(discord.File(path, filename=f"{name}{path.suffix}"))
+                continue
+            data = await cpu.run(_fit, path, limit) if _is_image(path) else None
             if data is None:
                 where = (
                     f"{self.public_url}/assets/{reply.asset_id}"
@@ -626,8 +631,7 @@ class DiscordSurface:
                     f"The file is over Discord's {limit // 2**20} MiB upload limit: {where}"
                 )
                 continue
-            name = f"tierbot-{reply.asset_id or 'file'}{path.suffix if data[1] else '.jpg'}"
-            files.append(discord.File(io.BytesIO(data[0]), filename=name))
+            files.append(discord.File(io.BytesIO(data), filename=f"{name}.jpg"))
         return files, "\n".join(notes)
 
     def _text(self, reply: Reply) -> str:
@@ -636,14 +640,16 @@ class DiscordSurface:
         return reply.text
 
 
-def _fit(path: Path, limit: int) -> tuple[bytes, bool] | None:
-    """The file's bytes if they fit ``limit``; an image re-encoded as JPEG until it fits;
-    None for anything else too big. The flag says whether the original bytes are kept."""
-    data = path.read_bytes()
-    if len(data) <= limit:
-        return data, True
-    if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        return None
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in _IMAGE_SUFFIXES
+
+
+def _fit(path: Path, limit: int) -> bytes | None:
+    """An image too big for ``limit`` re-encoded as JPEG (smaller each try) until it fits;
+    None if even the smallest try does not."""
     with Image.open(path) as image:
         picture = image.convert("RGB")
     for scale in (1.0, 0.75, 0.5, 0.35, 0.25):
@@ -653,7 +659,7 @@ def _fit(path: Path, limit: int) -> tuple[bytes, bool] | None:
             buffer = io.BytesIO()
             resized.save(buffer, "JPEG", quality=quality, optimize=True)
             if buffer.tell() <= limit:
-                return buffer.getvalue(), False
+                return buffer.getvalue()
     return None
 
 

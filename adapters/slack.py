@@ -44,9 +44,8 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.delivery import Outbox, StatusLine
+from adapters.delivery import Outbox, StatusLine, deliver_replies
 from adapters.http_server import http_server
-from bot import progress
 from bot.app import Services
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
 from bot.surfaces import SurfaceUnavailable
@@ -310,30 +309,25 @@ class SlackSurface:
         async def edit(text: str) -> None:
             await self.client.chat_update(channel=origin.channel, ts=status_ts, text=text)
 
-        status = StatusLine(edit, self._spawn)
-        progress.listen(status.on_progress)
-        try:
-            async for reply in replies:
-                if reply.private:
-                    await self._ephemeral(origin, reply, respond)
-                    if reply.error:
-                        await status.finish(failed=True, detail=reply.text)
-                elif reply.status:
-                    status_ts = await self._post_status(origin, reply)
-                    if status_ts:
-                        status.opened(reply.text)
-                else:
-                    await self._post_or_queue(origin, reply, respond)
-                    await status.finish(
-                        failed=reply.error, detail=reply.text if reply.error else None
-                    )
-        except asyncio.CancelledError:
-            if self._stopping:
-                await status.interrupt()
-            else:  # ❌ on the status line
-                await status.finish(failed=True, detail="cancelled")
-            raise
-        await status.finish(failed=False)
+        async def open_status(reply: Reply) -> str | None:
+            nonlocal status_ts
+            status_ts = await self._post_status(origin, reply)
+            return status_ts
+
+        async def private(reply: Reply) -> None:
+            await self._ephemeral(origin, reply, respond)
+
+        async def result(reply: Reply) -> None:
+            await self._post_or_queue(origin, reply, respond)
+
+        await deliver_replies(
+            replies,
+            StatusLine(edit, self._spawn),
+            private=private,
+            open_status=open_status,
+            result=result,
+            stopping=lambda: self._stopping,
+        )
 
     async def _post_status(self, origin: Origin, reply: Reply) -> str | None:
         """The status message, with ❌ pre-added to cancel; its ts, or None if Slack refused."""
@@ -403,11 +397,13 @@ class SlackSurface:
             if size > MAX_UPLOAD_BYTES:
                 await self._link_instead(origin, reply, root, size)
                 continue
+            # Read off the loop: given a path, slack-sdk reads the whole file synchronously.
+            data = await asyncio.to_thread(path.read_bytes)
             try:
                 await self.client.files_upload_v2(
                     channel=origin.channel,
                     thread_ts=root,
-                    file=str(path),
+                    file=data,
                     filename=f"tierbot-{reply.asset_id or 'file'}{path.suffix}",
                     title=reply.text.splitlines()[0][:200],
                 )

@@ -19,8 +19,9 @@ Endpoints (all JSON unless noted):
 Safety: binds 127.0.0.1 by default; any other address needs ``TIERBOT_WEB_TOKEN``, checked on
 every request but the page itself (header ``Authorization: Bearer`` or the ``tierbot_token``
 cookie the page sets after asking). Requests from another origin, or to a Host that is not
-this server (DNS rebinding), are refused; bodies are capped at 64 KiB; a name is only a label,
-so on a shared machine "private" means "not shown to other names", not secret.
+this server (DNS rebinding), are refused; bodies are capped at 400 KiB (``MAX_BODY``, room for
+a calendar in base64); a name is only a label, so on a shared machine "private" means "not
+shown to other names", not secret.
 """
 
 from __future__ import annotations
@@ -47,11 +48,10 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from adapters.delivery import INTERRUPTED
+from adapters.delivery import FAILED_ON_OUR_SIDE, INTERRUPTED
 from adapters.http_server import MAX_BODY, http_server
 from bot import cpu, progress
 from bot.app import Services
-from bot.commands import SLASH_COMMANDS
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
 from bot.ledger import credits
 from bot.pipeline import LineageNode, UserError
@@ -255,22 +255,13 @@ class WebSurface:
         origin = self._origin(name)
         echo = self._post_row({"author": name, "text": text.strip()})
         command, _, rest = text.strip().partition(" ")
-        command = command.lstrip("/").lower()
-        if command not in SLASH_COMMANDS:
-            self._post(
-                origin,
-                Reply(
-                    text=f"commands start with /draft or /tierbot; got {command[:40]!r}. "
-                    "Try /tierbot help",
-                    private=True,
-                    error=True,
-                ),
-            )
-            return web.json_response({"ok": True, "message_id": echo}, status=202)
+        # An unknown command is the parser's to refuse, in the same words as on every surface.
         replies = self.services.bot.handle_command(
-            CommandEvent(origin=origin, command=command, text=rest, attachment=attachment)
+            CommandEvent(
+                origin=origin, command=command.lstrip("/"), text=rest, attachment=attachment
+            )
         )
-        self._spawn(self._deliver(origin, replies, thread_root=None))
+        self._spawn(self._deliver(origin, replies))
         return web.json_response({"ok": True, "message_id": echo}, status=202)
 
     async def _reaction(self, request: web.Request) -> web.StreamResponse:
@@ -294,7 +285,7 @@ class WebSurface:
                 emoji=emoji,
             )
         )
-        self._spawn(self._deliver(origin, replies, thread_root=None))
+        self._spawn(self._deliver(origin, replies))
         return web.json_response({"ok": True}, status=202)
 
     # -- delivering replies ------------------------------------------------------------------
@@ -306,11 +297,9 @@ class WebSurface:
 
     async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
         """Post replies nobody typed a command for (scheduled batches) in the channel."""
-        await self._deliver(origin, replies, thread_root=None)
+        await self._deliver(origin, replies)
 
-    async def _deliver(
-        self, origin: Origin, replies: AsyncIterator[Reply], thread_root: int | None
-    ) -> None:
+    async def _deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
         """Post a use case's replies as they come; keep its status line moving."""
         status = _StatusLine(self)
         progress.listen(status.on_progress)
@@ -330,12 +319,13 @@ class WebSurface:
             raise
         except Exception:
             log.exception("web delivery failed")
-            status.close(failed=True, detail="the bot failed on its side; see the logs")
+            status.close(failed=True, detail=FAILED_ON_OUR_SIDE)
         finally:
             status.close(failed=True, detail="stopped")
 
     def _post(self, origin: Origin, reply: Reply, state: str | None = None) -> int:
-        thread_root = self._thread_root(reply.thread_of)
+        root = self.services.bot.thread_of(origin, reply)
+        thread_root = int(root) if root is not None else None
         message_id = self._post_row(
             {
                 "author": BOT_NAME,
@@ -349,7 +339,7 @@ class WebSurface:
                 "error": int(reply.error),
             }
         )
-        self.services.bot.record_post(origin, str(message_id), reply)
+        self.services.bot.record_post(origin, str(message_id), reply, thread_id=root)
         return message_id
 
     def _post_row(self, row: dict[str, Any]) -> int:
@@ -360,17 +350,6 @@ class WebSurface:
     def update(self, message_id: int, **fields: Any) -> None:
         self.services.store.update_web_message(message_id, **fields)
         self._publish("update", message_id)
-
-    def _thread_root(self, asset_id: str | None) -> int | None:
-        if not asset_id:
-            return None
-        found = self.services.store.message_for_asset(SURFACE, CHANNEL, asset_id)
-        if found is None:
-            return None
-        row = self.services.store.web_message(int(found))
-        if row is None:
-            return None
-        return row["thread_root"] or row["id"]
 
     def _publish(self, kind: str, message_id: int) -> None:
         row = self.services.store.web_message(message_id)
@@ -559,20 +538,17 @@ class _StatusLine:
     def __init__(self, surface: WebSurface) -> None:
         self.surface = surface
         self.message_id: int | None = None
-        self.jobs: dict[str, str] = {}
         self.started = 0.0
         self.closed = False
 
     def open(self, message_id: int) -> None:
         self.message_id, self.closed = message_id, False
-        self.jobs.clear()
 
     def on_progress(self, job_id: str, state: str, detail: str | None) -> None:
         if self.message_id is None or self.closed:
             return
-        self.jobs[job_id] = state
-        active = [s for s in self.jobs.values() if s in ("running", "retrying")]
-        if active and not self.started:
+        # Until one job runs nothing is running, so the first running job starts the clock.
+        if state in ("running", "retrying") and not self.started:
             self.started = time.monotonic()
             self.surface.update(
                 self.message_id, state="running", started_at=utcnow(), detail=detail

@@ -408,15 +408,6 @@ class Store:
         ).fetchone()
         return row[0] if row else None
 
-    def message_for_asset(self, surface: str, channel: str, asset_id: str) -> str | None:
-        """The newest message that presents ``asset_id`` on a surface's channel."""
-        row = self.db.execute(
-            "select message_id from messages where surface = ? and channel = ? and asset_id = ? "
-            "order by posted_at desc limit 1",
-            [surface, channel, asset_id],
-        ).fetchone()
-        return row[0] if row else None
-
     # -- the outbox: replies waiting to be posted ---------------------------------------------
 
     def add_to_outbox(

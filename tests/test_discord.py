@@ -239,6 +239,21 @@ async def test_missing_permissions_explained_and_result_kept(rig: Rig) -> None:
     assert rig.messages("🖼️ Drafts for")
 
 
+async def test_single_option_commands_name_their_option_after_what_it_takes(rig: Rig) -> None:
+    synced = rig.fake.commands[f"guild:{rig.fake.guild_id}"]
+    group = next(c for c in synced if c["name"] == "tierbot")
+    options = {sub["name"]: [o["name"] for o in sub.get("options", [])] for sub in group["options"]}
+    assert options["reroll"] == options["discard"] == ["grid"]
+    assert options["approve"] == options["reject"] == options["lineage"] == ["asset"]
+    assert options["help"] == []
+
+    handle = await rig.fake.interaction("tierbot", {"grid": "nope"}, subcommand="reroll")
+    await handle.deferred()
+    await rig.settle()
+    # the grid id reached /tierbot reroll (and was looked up)
+    assert "no asset nope" in rig.fake.messages[handle.original_id]["content"]
+
+
 async def test_bad_input_is_answered_privately_on_the_deferred_line(rig: Rig) -> None:
     handle = await rig.fake.interaction("tierbot", {"asset": "nope"}, subcommand="upscale")
     await handle.deferred()

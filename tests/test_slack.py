@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -303,6 +304,21 @@ async def test_failed_post_goes_to_the_outbox_and_is_retried(rig: Rig) -> None:
     rig.services.store.db.execute("update outbox set next_at = '0'")
     assert await rig.surface.outbox.flush() == 1
     assert len(rig.fake.files) == 1
+
+
+async def test_a_failure_on_our_side_ends_the_status_line_and_is_logged(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The grid's anchor gets an answer slack-sdk cannot read (a JSON array, not an object):
+    # not a Slack error, so not the outbox's to retry.
+    rig.fake.answer_next("chat.postMessage", [], skip=1)
+    with caplog.at_level(logging.ERROR, logger="adapters.delivery"):
+        await rig.command("a kite --n 2")
+    (status,) = rig.anchors("⏳ Drafting 2")
+    assert status["text"].endswith("_failed: the bot failed on its side; see the logs_")
+    assert [r.exc_info[0] for r in caplog.records if r.exc_info] == [AttributeError]
+    assert rig.anchors("🖼️ Drafts for") == []
+    assert rig.services.store.db.execute("select count(*) from outbox").fetchone()[0] == 0
 
 
 async def test_file_over_the_limit_is_linked(rig: Rig, monkeypatch) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from adapters.web import WebSurface
 from bot.app import build
+from bot.commands import MSG_UNKNOWN_SLASH
 from bot.surfaces import SurfaceUnavailable
 from tests.conftest import ScriptedProvider, registry_with, write_policy
 
@@ -216,7 +217,8 @@ async def test_a_calendar_attached_with_the_paperclip_reaches_the_schedule(
 async def test_bad_commands_are_answered_privately_in_the_channel(channel: Channel) -> None:
     await channel.say("alice", "hello bot")
     reply = await channel.wait_for(lambda m: m["private"])
-    assert "commands start with /draft or /tierbot" in reply["text"]
+    assert reply["text"] == MSG_UNKNOWN_SLASH.format(command="hello")  # the parser's words
+    assert reply["error"]
     await channel.say("alice", "/draft a cat --ar 16x9")
     reply = await channel.wait_for(lambda m: m["private"] and "--ar" in m["text"])
     assert "--ar must be one of 1:1, 4:3, 3:4, 16:9, 9:16, 4:5, 21:9; got 16x9" in reply["text"]

@@ -79,6 +79,12 @@ class _Failure:
     retry_after: int | None
 
 
+@dataclass
+class _Answer:
+    body: Any
+    skip: int
+
+
 class FakeSlack:
     """Slack's Web API, upload host, response_url host and Socket Mode server in one process."""
 
@@ -112,6 +118,7 @@ class FakeSlack:
         self.socket_connections = 0  # websockets accepted so far
         self._announced: dict[str, dict[str, Any]] = {}  # file_id -> getUploadURLExternal args
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
+        self._answers: dict[str, deque[_Answer]] = defaultdict(deque)
         self._ids = itertools.count(1)
         self._last_us = 0
         self._tickets: set[str] = set()
@@ -217,6 +224,11 @@ class FakeSlack:
         for _ in range(times):
             self._failures[method].append(_Failure(error, status, retry_after))
 
+    def answer_next(self, method: str, body: Any, *, skip: int = 0) -> None:
+        """Make the call of ``method`` after the next ``skip`` ones answer ``body`` as is (HTTP
+        200 JSON), whatever it is: a proxy or an API change answering what Slack would not."""
+        self._answers[method].append(_Answer(body, skip))
+
     def seed_message(
         self, channel: str, text: str, *, user: str = "UALICE", thread_ts: str | None = None
     ) -> str:
@@ -250,6 +262,10 @@ class FakeSlack:
 
         if self._failures.get(method):
             return self._failure_response(self._failures[method].popleft())
+        if answers := self._answers.get(method):
+            if answers[0].skip == 0:
+                return web.json_response(answers.popleft().body)
+            answers[0].skip -= 1
         try:
             if parse_error:
                 raise SlackError(parse_error)
