@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     replicate_api_url: str = Field(
         default="https://api.replicate.com", validation_alias=AliasChoices("REPLICATE_API_URL")
     )
-    #: Hosts whose outputs may be downloaded over plain http (COMFYUI_URL's host always may).
+    #: Hosts whose outputs may be downloaded over plain http (ComfyUI's own host always may,
+    #: for ComfyUI downloads only).
     allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Largest provider output accepted, in bytes.
     max_download_bytes: int = Field(default=200 * 1024 * 1024, gt=0)

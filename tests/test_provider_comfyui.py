@@ -33,6 +33,7 @@ from bot.providers import PermanentError
 from bot.settings import Settings
 from tests.conftest import Chat
 from tests.fakes.comfyui_fake import FakeComfyUI
+from tests.provider_rig import ProviderRig
 
 CATALOG = """
 [providers.comfyui]
@@ -152,32 +153,13 @@ async def wire(
     workflows.mkdir(parents=True)
     (workflows / "sdxl-backup-t2i.json").write_text(json.dumps(SDXL_BACKUP), encoding="utf-8")
     (workflows / "wan-i2v.json").write_text(json.dumps(WAN_I2V), encoding="utf-8")
-    built: list[Services] = []
+    # max_generation_s: a broken adapter fails the test instead of hanging it.
+    async with ProviderRig(make_settings, catalog=catalog, max_generation_s=10) as rig:
 
-    def make(fake: FakeComfyUI, *, url: str | None = None, **overrides: Any) -> Services:
-        defaults: dict[str, Any] = {
-            "comfyui_url": url or fake.url,
-            "catalog": catalog,
-            "allow_http_hosts": ["127.0.0.1"],
-            "poll_interval_s": 0.01,
-            "max_generation_s": 10,  # a broken adapter fails the test instead of hanging it
-            "retries": 2,
-        }
-        settings = make_settings(**{**defaults, **overrides})
-        services = build(settings)
-        sleeps: list[float] = []
+        def make(fake: FakeComfyUI, *, url: str | None = None, **overrides: Any) -> Services:
+            return rig.build(comfyui_url=url or fake.url, **overrides)
 
-        async def fake_sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-
-        services.runner.sleep = fake_sleep
-        services.sleeps = sleeps  # type: ignore[attr-defined]
-        built.append(services)
-        return services
-
-    yield make
-    for services in built:
-        await services.aclose()  # closing twice (after a simulated restart) is harmless
+        yield make
 
 
 # --------------------------------------------------------------------------- helpers
@@ -287,6 +269,15 @@ async def test_a_rate_limited_submission_waits_for_retry_after(comfy, wire) -> N
     (job,) = jobs(services)
     assert (job["state"], job["attempts"]) == ("succeeded", 2)
     assert ledger(services) == [("settled", 1000)]
+
+
+async def test_its_own_server_may_answer_over_plain_http_without_the_allow_list(
+    comfy, wire
+) -> None:
+    services = wire(comfy, allow_http_hosts=[])  # COMFYUI_URL is http://127.0.0.1:<port>
+    grid = grid_of(await Chat(services).command("draft", "a cat --n 1 --model t-comfyui-draft"))
+    assert len(services.store.parents(grid.asset_id)) == 1
+    assert len(comfy.calls("GET", "/view")) == 1
 
 
 async def test_server_errors_fall_back_to_the_next_model(comfy, wire) -> None:

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
-from bot.app import Services, build
+from bot.app import Services
 from bot.domain import Reply
 from bot.runner import CompletedJob
 from bot.settings import Settings
 from tests.conftest import Chat
 from tests.fakes.fal_fake import FakeFal
+from tests.provider_rig import ProviderRig
 
 # Test models on fal, in the catalog's short form. The shipped draft models that could outrank
 # them (local-draft, z-image-turbo) are switched off so routing and fallback are predictable.
@@ -94,34 +95,10 @@ async def wire(
     fal: FakeFal, make_settings: Callable[..., Settings], catalog_file: Path
 ) -> AsyncIterator[Callable[..., Services]]:
     """Build the real core wired to the fake; the runner's backoff sleeps are recorded."""
-    built: list[Services] = []
-
-    def make(**overrides: Any) -> Services:
-        settings = make_settings(
-            **{
-                "fal_key": fal.key,
-                "fal_queue_url": fal.url,
-                "allow_http_hosts": ["127.0.0.1"],
-                "poll_interval_s": 0.01,
-                "retries": 2,
-                "catalog": catalog_file,
-                **overrides,
-            }
-        )
-        services = build(settings)
-        sleeps: list[float] = []
-
-        async def fake_sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-
-        services.runner.sleep = fake_sleep
-        services.sleeps = sleeps  # type: ignore[attr-defined]
-        built.append(services)
-        return services
-
-    yield make
-    for services in built:
-        await services.aclose()
+    async with ProviderRig(
+        make_settings, fal_key=fal.key, fal_queue_url=fal.url, catalog=catalog_file
+    ) as rig:
+        yield rig.build
 
 
 def grid_of(replies: list[Reply]) -> Reply:

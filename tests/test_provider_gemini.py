@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from adapters.providers import gemini
-from bot.app import Services, build, load_providers
+from bot.app import Services, load_providers
 from bot.domain import Reply
 from bot.providers import ProviderUnavailable
 from bot.settings import Settings
 from tests.conftest import Chat
 from tests.fakes.gemini_fake import FakeGemini
+from tests.provider_rig import ProviderRig
 
 DRAFT_MODEL = "gemini-2.5-flash-image"
 FALLBACK_MODEL = "gemini-3.1-flash-image-preview"
@@ -84,32 +85,10 @@ async def wire(
     """Builds real services wired to the fake; the runner's backoff is recorded, not slept."""
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG, encoding="utf-8")
-    built: list[Services] = []
-
-    def make(**overrides: Any) -> Services:
-        options: dict[str, Any] = {
-            "gemini_api_key": fake.api_key,
-            "gemini_api_url": fake.base_url,
-            "allow_http_hosts": ["127.0.0.1"],
-            "poll_interval_s": 0.01,
-            "retries": 2,
-            "catalog": catalog,
-            **overrides,
-        }
-        services = build(make_settings(**options))
-        sleeps: list[float] = []
-
-        async def fake_sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-
-        services.runner.sleep = fake_sleep
-        services.sleeps = sleeps  # type: ignore[attr-defined]
-        built.append(services)
-        return services
-
-    yield make
-    for services in built:
-        await services.aclose()
+    async with ProviderRig(
+        make_settings, gemini_api_key=fake.api_key, gemini_api_url=fake.base_url, catalog=catalog
+    ) as rig:
+        yield rig.build
 
 
 @pytest.fixture
@@ -550,3 +529,32 @@ async def test_cancel_while_queued_calls_googles_cancel_and_releases_credits(
     assert row is not None and row["state"] == "cancelled"
     assert services.store.ledger_entry(job["id"])["state"] == "released"  # type: ignore[index]
     fake.release()
+
+
+async def test_operation_google_no_longer_knows_is_resubmitted_at_once(
+    wire: Callable[..., Services], fake: FakeGemini
+) -> None:
+    first = wire()
+    chat = Chat(first)
+    final_id = await make_final(chat)
+    fake.hold()
+    task = asyncio.create_task(chat.command("tierbot", f"video {final_id} --model t-gemini-video"))
+    job = await wait_for_request_id(first, final_id)
+    task.cancel()  # the process dies while Veo still works...
+    await asyncio.gather(task, return_exceptions=True)
+    await first.aclose()
+    lost = json.loads(job["provider_request_id"])["operation"]
+    fake.operations.clear()  # ...and by the restart Google has forgotten the operation
+    fake.release()
+
+    second = wire()
+    polls_before = len(fake.polls())
+    (outcome,) = await second.runner.resume()
+    assert outcome.job_id == job["id"] and len(outcome.asset_ids) == 1
+    # One 404 stops the polling at once; the runner's retry submits the video again.
+    after = [p.path for p in fake.polls()[polls_before:]]
+    assert after.count(f"/v1beta/{lost}") == 1
+    assert len(fake.calls("predictLongRunning")) == 2
+    assert len(second.sleeps) == 1  # type: ignore[attr-defined]
+    row = second.store.get_job(job["id"])
+    assert row is not None and row["state"] == "succeeded"

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import io
 
 import httpx
 import pytest
 from PIL import Image
 
-from adapters.providers._http import DownloadPolicy, download, error_from_response
+from adapters.providers._http import (
+    DownloadPolicy,
+    download,
+    error_from_response,
+    read_reference,
+    same_origin,
+    scrub,
+)
 from bot.providers import PermanentError, TransientError
 
 
@@ -131,3 +139,75 @@ def test_errors_are_classified_with_the_providers_words(
     assert type(error) is kind and error.message == message
     if kind is TransientError:
         assert error.retry_after == retry_after
+
+
+async def test_an_inline_data_uri_output_is_decoded_like_a_download() -> None:
+    payload = base64.b64encode(_png()).decode()
+    async with httpx.AsyncClient() as client:  # never used: nothing goes over the network
+        file = await download(
+            client, f"data:image/png;base64,{payload}", POLICY, expect="image", seed=3
+        )
+    assert (file.mime, file.width, file.height, file.seed) == ("image/png", 32, 16, 3)
+
+
+@pytest.mark.parametrize(
+    ("uri", "error"),
+    [
+        ("data:image/png;base64," + "A" * 70_000, "over the 50,000 bytes limit"),
+        ("data:image/png;base64,not*base64", "does not decode"),
+        ("data:image/png,rawbytes", "not base64"),
+        ("data:text/html;base64," + base64.b64encode(b"<html>").decode(), "sent text/html"),
+    ],
+)
+async def test_inline_data_uri_refusals_are_permanent(uri: str, error: str) -> None:
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(PermanentError, match=error):
+            await download(client, uri, POLICY, expect="image")
+
+
+def test_only_the_allow_list_gives_plain_http_comfyuis_host_is_comfyuis_own(
+    make_settings,
+) -> None:
+    settings = make_settings(comfyui_url="http://gpu-box:8188", allow_http_hosts=["Cdn.Lan"])
+    assert DownloadPolicy.from_settings(settings).allow_http_hosts == {"cdn.lan"}
+    own = DownloadPolicy.from_settings(settings, http_hosts=["gpu-box"])
+    assert own.allow_http_hosts == {"cdn.lan", "gpu-box"}
+
+
+def test_a_reference_is_read_from_its_header(tmp_path) -> None:
+    path = tmp_path / "ref.png"
+    path.write_bytes(_png((40, 30)))
+    image = read_reference(path)
+    assert (image.format, image.mime, image.width, image.height) == ("PNG", "image/png", 40, 30)
+    assert image.data == path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "accept", "error"),
+    [
+        (None, None, "reference image 'ref.img' does not exist"),
+        (b"not an image", None, "reference image 'ref.img' is not a readable image"),
+        ("GIF", {"image/png"}, "reference image 'ref.img' is a GIF image"),
+    ],
+)
+def test_unusable_references_are_refused(tmp_path, content, accept, error) -> None:
+    path = tmp_path / "ref.img"
+    if content == "GIF":
+        Image.new("P", (4, 4)).save(path, "GIF")
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(PermanentError, match=error):
+        read_reference(path, accept)
+
+
+def test_scrub_removes_the_key_and_both_halves_of_an_id_secret_key() -> None:
+    key = "0123456789ab:secret-part-xyz"
+    text = f"bad key {key}; id 0123456789ab; secret secret-part-xyz"
+    assert scrub(text, key) == "bad key [redacted]; id [redacted]; secret [redacted]"
+    assert scrub("short k", "k:v") == "short k"  # halves under 8 characters are left
+
+
+def test_same_origin_compares_scheme_host_and_port() -> None:
+    assert same_origin("https://Queue.fal.run/a/b", "https://queue.fal.run")
+    assert not same_origin("http://queue.fal.run/a", "https://queue.fal.run")
+    assert not same_origin("https://queue.fal.run:8443/a", "https://queue.fal.run")

@@ -13,12 +13,13 @@ from typing import Any
 import imageio_ffmpeg
 import pytest
 
-from bot.app import Services, build
+from bot.app import Services
 from bot.domain import Reply
 from bot.runner import CompletedJob
 from bot.settings import Settings
 from tests.conftest import Chat
 from tests.fakes.replicate_fake import DEFAULT_TOKEN, REFUSAL, ReplicateFake
+from tests.provider_rig import ProviderRig
 
 TOKEN = DEFAULT_TOKEN
 
@@ -95,33 +96,13 @@ async def wire(
 
     The runner's backoff is recorded instead of slept (``services.sleeps``).
     """
-    built: list[Services] = []
-
-    def make(**overrides: Any) -> Services:
-        options: dict[str, Any] = {
-            "replicate_api_token": TOKEN,
-            "replicate_api_url": fake.base_url,
-            "allow_http_hosts": ["127.0.0.1"],
-            "poll_interval_s": 0.01,
-            "retries": 2,
-            "catalog": catalog_file,
-            **overrides,
-        }
-        services = build(make_settings(**options))
-        sleeps: list[float] = []
-
-        async def fake_sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-
-        services.runner.sleep = fake_sleep
-        services.sleeps = sleeps  # type: ignore[attr-defined]
-        built.append(services)
-        return services
-
-    yield make
-    for services in built:
-        with contextlib.suppress(Exception):  # a test may have closed it already
-            await services.aclose()
+    async with ProviderRig(
+        make_settings,
+        replicate_api_token=TOKEN,
+        replicate_api_url=fake.base_url,
+        catalog=catalog_file,
+    ) as rig:
+        yield rig.build
 
 
 def grid_of(replies: list[Reply]) -> Reply:

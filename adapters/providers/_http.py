@@ -8,20 +8,25 @@ guarded download of outputs.
   are transient (429's ``Retry-After`` honoured), other 4xx permanent with the provider's own
   message; :func:`error_from_exception` does the same for timeouts and connection failures.
 - :func:`download` fetches an output under guard: https only (plain http only for hosts in
-  ``TIERBOT_ALLOW_HTTP_HOSTS`` and ``COMFYUI_URL``'s host), a size cap, a timeout, the content
-  type checked, and the bytes decoded (images under Pillow's decompression-bomb limit, videos
-  probed with ffmpeg) before anything can enter the asset store.
+  ``TIERBOT_ALLOW_HTTP_HOSTS``, and for ComfyUI its own ``COMFYUI_URL`` host), a size cap, a
+  timeout, the content type checked, and the bytes decoded (images under Pillow's
+  decompression-bomb limit, videos probed with ffmpeg) before anything can enter the asset
+  store. An inline ``data:`` output goes through the same size cap and decoding.
+- :func:`read_reference` reads a reference image from the asset store for sending.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import io
 import json
 import logging
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,9 @@ log = logging.getLogger(__name__)
 #: Headers that carry credentials; stripped from downloads to other hosts.
 SECRET_HEADERS = {"authorization", "x-goog-api-key", "x-api-key", "x-key", "cookie"}
 TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
-IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
+#: Pillow's format names of the image types accepted as outputs, and their MIME types.
+FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+IMAGE_TYPES = set(FORMAT_MIME.values())
 VIDEO_TYPES = {"video/mp4", "video/quicktime", "video/webm"}
 
 
@@ -51,7 +58,6 @@ def provider_client(
     *,
     base_url: str = "",
     headers: dict[str, str] | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
     """The HTTP client of one provider, with timeouts and its rate limit.
 
@@ -61,7 +67,6 @@ def provider_client(
         base_url: the API base.
         headers: auth headers; they are sent only to ``base_url``'s requests made through this
             client, never to download hosts (see :func:`download`).
-        transport: for tests that want httpx's ``MockTransport``; normally None.
     """
     hooks: dict[str, list[Any]] = {}
     rate = settings.provider_rates.get(provider)
@@ -77,7 +82,6 @@ def provider_client(
         headers=headers or {},
         timeout=httpx.Timeout(settings.provider_timeout_s, connect=10.0),
         event_hooks=hooks,
-        transport=transport,
         follow_redirects=False,
     )
 
@@ -130,15 +134,48 @@ def error_from_exception(exc: httpx.HTTPError) -> ProviderError:
     return TransientError(f"{kind} talking to the provider")
 
 
-async def checked(response_or_call: Any) -> httpx.Response:
-    """Await an httpx call and raise the runner's error class unless it succeeded."""
+async def checked(
+    response_or_call: Any,
+    classify: Callable[[httpx.Response], ProviderError] = error_from_response,
+) -> httpx.Response:
+    """Await an httpx call and raise the runner's error class unless it succeeded.
+
+    Args:
+        response_or_call: the awaitable httpx call (``client.post(...)``).
+        classify: the error for an error answer; a provider with its own words for some
+            answers (a content-policy refusal, a rejected workflow) passes its own.
+    """
     try:
         response: httpx.Response = await response_or_call
     except httpx.HTTPError as exc:
         raise error_from_exception(exc) from None
     if response.is_error:
-        raise error_from_response(response)
+        raise classify(response)
     return response
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response's JSON body if it is an object, else None (not JSON, or another type)."""
+    try:
+        body = response.json()
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def same_origin(url: str, base: str) -> bool:
+    """Whether ``url`` has the scheme and host (with port) of ``base``."""
+    given, ours = urlsplit(url), urlsplit(base)
+    return (given.scheme, given.netloc.lower()) == (ours.scheme, ours.netloc.lower())
+
+
+def scrub(text: str, secret: str, placeholder: str = "[redacted]") -> str:
+    """``text`` with ``secret``, and either half (8 characters or more) of an ``id:secret``
+    key, replaced by ``placeholder``."""
+    halves = {part for part in secret.split(":") if len(part) >= 8}
+    for part in sorted({secret, *halves} - {""}, key=len, reverse=True):
+        text = text.replace(part, placeholder)
+    return text
 
 
 @dataclass(frozen=True)
@@ -148,10 +185,12 @@ class DownloadPolicy:
     timeout_s: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DownloadPolicy:
-        hosts = {h.lower() for h in settings.allow_http_hosts}
-        if settings.comfyui_url:
-            hosts.add((urlsplit(settings.comfyui_url).hostname or "").lower())
+    def from_settings(
+        cls, settings: Settings, *, http_hosts: Collection[str] = ()
+    ) -> DownloadPolicy:
+        """The settings' limits; plain http for ``TIERBOT_ALLOW_HTTP_HOSTS`` and ``http_hosts``
+        (a provider's own server, such as ComfyUI's host, for that provider only)."""
+        hosts = {h.lower() for h in [*settings.allow_http_hosts, *http_hosts] if h}
         return cls(frozenset(hosts), settings.max_download_bytes, settings.provider_timeout_s)
 
 
@@ -183,7 +222,7 @@ async def download(
     Args:
         client: an HTTP client; its credential headers go only to its own base URL's host
             (a Gemini file download needs the key), never to a CDN or other host.
-        url: the output's URL.
+        url: the output's URL, or an inline base64 ``data:`` URI (some models answer so).
         policy: scheme, host, size and time limits.
         expect: ``"image"`` or ``"video"``.
         seed: the seed to record on the file.
@@ -193,6 +232,9 @@ async def download(
         PermanentError: refused URL, too large, wrong content type, undecodable.
         TransientError: timeout, connection failure, 5xx.
     """
+    if url.startswith("data:"):
+        mime, data = _data_uri(url, policy)
+        return await decode_in_worker(data, mime, expect=expect, seed=seed)
     check_url(url, policy)
     request = client.build_request("GET", url, headers=headers or {})
     if urlsplit(url).hostname != client.base_url.host:
@@ -226,6 +268,21 @@ async def download(
     except httpx.HTTPError as exc:
         raise error_from_exception(exc) from None
     return await decode_in_worker(b"".join(chunks), content_type, expect=expect, seed=seed)
+
+
+def _data_uri(uri: str, policy: DownloadPolicy) -> tuple[str, bytes]:
+    """``(mime, bytes)`` of a base64 ``data:`` URI, its size checked before decoding."""
+    header, comma, payload = uri.partition(",")
+    if not comma or not header.endswith(";base64"):
+        raise PermanentError("the provider sent an output data URI that is not base64")
+    estimated = len(payload) * 3 // 4
+    if estimated > policy.max_bytes:  # before decoding: do not build a huge buffer
+        raise _too_large(estimated, policy)
+    mime = header.removeprefix("data:").removesuffix(";base64").split(";")[0].strip()
+    try:
+        return mime, base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise PermanentError("the provider sent an output data URI that does not decode") from None
 
 
 def _too_large(size: int, policy: DownloadPolicy) -> PermanentError:
@@ -272,12 +329,7 @@ def image_info(data: bytes) -> tuple[str, int, int]:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes: truncated or hostile data fails here, not later
             kind = (image.format or "").upper()
-            mime = {
-                "PNG": "image/png",
-                "JPEG": "image/jpeg",
-                "WEBP": "image/webp",
-                "GIF": "image/gif",
-            }.get(kind)
+            mime = FORMAT_MIME.get(kind)
             if mime is None:
                 raise PermanentError(f"the provider sent an unsupported image type {kind}")
             return mime, image.width, image.height
@@ -287,6 +339,59 @@ def image_info(data: bytes) -> tuple[str, int, int]:
         raise
     except Exception:
         raise PermanentError("the provider sent something that is not a readable image") from None
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A reference image read for sending to a provider.
+
+    Attributes:
+        data: the file's bytes, as stored.
+        format: Pillow's name of its type (``PNG``, ``JPEG``...).
+        mime: its MIME type; ``application/octet-stream`` for a type outside
+            :data:`FORMAT_MIME` (only when :func:`read_reference` was told to accept any).
+        width: in pixels.
+        height: in pixels.
+    """
+
+    data: bytes
+    format: str
+    mime: str
+    width: int
+    height: int
+
+
+def read_reference(path: Path, accept: Collection[str] | None = IMAGE_TYPES) -> ReferenceImage:
+    """Read a reference image and its type and size from its header (file I/O: run it in a
+    thread). References come from the asset store, where :func:`decode` checked them fully,
+    so they are not decoded again.
+
+    Args:
+        path: the image file.
+        accept: the MIME types the provider takes; None takes any type Pillow recognises.
+
+    Raises:
+        PermanentError: the file is missing, unreadable, not an image, or of a type not in
+            ``accept``.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PermanentError(f"reference image {path.name!r} does not exist") from None
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise PermanentError(f"reference image {path.name!r} could not be read: {reason}") from None
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            kind = (image.format or "").upper()
+            width, height = image.size
+    except Exception:
+        raise PermanentError(f"reference image {path.name!r} is not a readable image") from None
+    mime = FORMAT_MIME.get(kind, "application/octet-stream")
+    if accept is not None and mime not in accept:
+        raise PermanentError(f"reference image {path.name!r} is a {kind or 'unknown'} image")
+    return ReferenceImage(data=data, format=kind, mime=mime, width=width, height=height)
 
 
 _STREAM = re.compile(r"Video: (\w+).*?, (\d{2,5})x(\d{2,5})")

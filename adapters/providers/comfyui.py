@@ -91,7 +91,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
 import math
@@ -104,15 +103,16 @@ from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlencode, urlsplit, urlunsplit
 
 import httpx
-from PIL import Image
 
 from adapters.providers._http import (
     DownloadPolicy,
+    checked,
     download,
-    error_from_exception,
     error_from_response,
+    json_object,
     provider_client,
     provider_message,
+    read_reference,
 )
 from bot.domain import Capability
 from bot.providers import (
@@ -196,7 +196,6 @@ _POLICY_WORDS = re.compile(
     r"nsfw|safety[ _-]?check|content[ _-]?policy|unsafe[ _-]?content|moderation", re.IGNORECASE
 )
 _OUT_OF_MEMORY = re.compile(r"out ?of ?memory|OutOfMemory", re.IGNORECASE)
-_FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 _FORMAT_SUFFIX = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif"}
 
 _T = TypeVar("_T")
@@ -398,22 +397,13 @@ class _Reference:
 
 def _read_reference(path: Path) -> _Reference:
     """Read a reference image and its size (header only; it came from our asset store)."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        reason = exc.strerror or "unreadable"
-        raise PermanentError(f"reference image {path.name} could not be read: {reason}") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            size, kind = image.size, (image.format or "PNG").upper()
-    except Exception:
-        raise PermanentError(f"reference image {path.name} is not a readable image") from None
-    digest = hashlib.sha256(data).hexdigest()[:24]
+    image = read_reference(path, accept=None)  # ComfyUI's LoadImage takes what Pillow reads
+    digest = hashlib.sha256(image.data).hexdigest()[:24]
     return _Reference(
-        name=f"tierbot-{digest}.{_FORMAT_SUFFIX.get(kind, 'png')}",
-        data=data,
-        mime=_FORMAT_MIME.get(kind, "application/octet-stream"),
-        size=size,
+        name=f"tierbot-{digest}.{_FORMAT_SUFFIX.get(image.format, 'png')}",
+        data=image.data,
+        mime=image.mime,
+        size=(image.width, image.height),
     )
 
 
@@ -430,11 +420,11 @@ class _OutputFile:
     kind: str | None  # "image", "video", or None for anything else
 
 
-def _json_body(response: httpx.Response, what: str) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        raise PermanentError(f"ComfyUI sent a malformed reply to {what} (not JSON)") from None
+def _json_body(response: httpx.Response, what: str) -> dict[str, Any]:
+    body = json_object(response)
+    if body is None:
+        raise PermanentError(f"ComfyUI sent a malformed reply to {what} (not a JSON object)")
+    return body
 
 
 def _malformed(what: str) -> PermanentError:
@@ -601,7 +591,10 @@ class ComfyUIProvider:
         self._client = provider_client(
             settings, self.name, base_url=self._base_url, headers=auth_headers
         )
-        self._policy = DownloadPolicy.from_settings(settings)
+        # Plain http is fine for the configured server itself (often on the LAN), and for this
+        # provider only: the other providers' outputs must still come over https.
+        own_host = urlsplit(self._base_url).hostname or ""
+        self._policy = DownloadPolicy.from_settings(settings, http_hosts=[own_host])
         self._user_workflows = settings.data_dir / USER_WORKFLOWS
         self._poll_interval_s = settings.poll_interval_s
         self._max_generation_s = settings.max_generation_s
@@ -651,7 +644,7 @@ class ComfyUIProvider:
             "prompt_id": str(uuid.uuid4()),
         }
         reply = _json_body(await self._send("POST", "/prompt", json=body), "POST /prompt")
-        prompt_id = reply.get("prompt_id") if isinstance(reply, dict) else None
+        prompt_id = reply.get("prompt_id")
         if not isinstance(prompt_id, str) or not prompt_id:
             raise _malformed("POST /prompt returned no prompt_id")
         log.info(
@@ -728,17 +721,12 @@ class ComfyUIProvider:
     # -- internals ---------------------------------------------------------------------------
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """One call to ComfyUI, its failures as the runner's error classes.
+        """One call to ComfyUI, its failures as the runner's error classes."""
+        return await checked(self._client.request(method, path, **kwargs), self._error)
 
-        The classification is :func:`~adapters.providers._http.checked`'s, plus ComfyUI's own
-        400 body (the node errors of a rejected workflow) and a hint for refused credentials.
-        """
-        try:
-            response = await self._client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc) from None
-        if not response.is_error:
-            return response
+    def _error(self, response: httpx.Response) -> ProviderError:
+        """:func:`~adapters.providers._http.error_from_response`, plus ComfyUI's own 400 body
+        (the node errors of a rejected workflow) and a hint for refused credentials."""
         if response.status_code in (401, 403):
             hint = (
                 "check the user and password in COMFYUI_URL"
@@ -746,12 +734,12 @@ class ComfyUIProvider:
                 else "it sits behind a login: put the user and password in COMFYUI_URL "
                 "(https://user:password@host)"
             )
-            raise PermanentError(f"ComfyUI refused access ({provider_message(response)}); {hint}")
+            return PermanentError(f"ComfyUI refused access ({provider_message(response)}); {hint}")
         if response.status_code == 400:
             message = _validation_message(response)
             if message:
-                raise PermanentError(message)
-        raise error_from_response(response)
+                return PermanentError(message)
+        return error_from_response(response)
 
     async def _through_hiccups(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``call``, retrying transient failures with backoff a few times.
@@ -776,8 +764,8 @@ class ComfyUIProvider:
                 log.warning("comfyui: %s failed (%s); retrying in %.1f s", what, exc.message, wait)
                 await asyncio.sleep(wait)
 
-    async def _get_json(self, path: str) -> Any:
-        async def get() -> Any:
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        async def get() -> dict[str, Any]:
             return _json_body(await self._send("GET", path), f"GET {path}")
 
         return await self._through_hiccups(f"GET {path}", get)
@@ -785,8 +773,6 @@ class ComfyUIProvider:
     async def _history_entry(self, prompt_id: str) -> dict[str, Any] | None:
         """The prompt's history entry, or None while it is queued or running."""
         history = await self._get_json(f"/history/{quote(prompt_id, safe='')}")
-        if not isinstance(history, dict):
-            raise _malformed("GET /history is not an object")
         entry = history.get(prompt_id)
         if entry is None:
             return None
@@ -806,7 +792,7 @@ class ComfyUIProvider:
             data={"type": "input", "subfolder": UPLOAD_SUBFOLDER, "overwrite": "true"},
         )
         reply = _json_body(response, "POST /upload/image")
-        name = reply.get("name") if isinstance(reply, dict) else None
+        name = reply.get("name")
         if not isinstance(name, str) or not name:
             raise _malformed("POST /upload/image returned no name")
         subfolder = reply.get("subfolder") or ""

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import io
 import json
 import logging
 import math
@@ -48,22 +46,23 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image
 
 from adapters.providers._http import (
     TRANSIENT_STATUS,
     DownloadPolicy,
-    decode_in_worker,
+    checked,
     download,
     error_from_exception,
     error_from_response,
+    json_object,
     provider_client,
     provider_message,
+    read_reference,
+    same_origin,
+    scrub,
 )
-from bot import cpu
 from bot.domain import Capability
 from bot.providers import (
     ContentPolicyError,
@@ -95,6 +94,11 @@ VEO_RATIOS = frozenset({"16:9", "9:16"})
 SEEDANCE_RATIOS = frozenset({"21:9", "16:9", "4:3", "1:1", "3:4", "9:16"})
 #: Veo's durations, seconds (sent as "4s"...).
 VEO_SECONDS = (4, 6, 8)
+#: Reference image types sent inline (fal's clients encode any file; these are the ones the
+#: model families above document).
+REFERENCE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
+#: Polling and download backoff doubles at most this many times (then max_backoff_s caps it).
+MAX_BACKOFF_DOUBLINGS = 16
 #: Pixels per image: Z-Image is priced per megapixel (1 MP default, up to 4 MP); Seedream 4.5
 #: needs at least 2560×1440, so it gets ~4 MP.
 Z_IMAGE_PIXELS = 1024 * 1024
@@ -148,14 +152,11 @@ class FalProvider:
 
     Args:
         settings: ``fal_key``, ``fal_queue_url``, poll and download limits.
-        transport: For tests that want httpx's ``MockTransport``; normally None.
     """
 
     name = "fal"
 
-    def __init__(
-        self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         if settings.fal_key is None or not settings.fal_key.get_secret_value().strip():
             raise ProviderUnavailable("not configured (set FAL_KEY)")
         self._key = settings.fal_key.get_secret_value().strip()
@@ -166,11 +167,10 @@ class FalProvider:
             "fal",
             base_url=self._base,
             headers={"Authorization": f"Key {self._key}"},
-            transport=transport,
         )
         # Outputs live on fal's CDN: a client without the key, because httpx merges a
         # client's default headers into every request, whatever ``download`` passes.
-        self._downloads = provider_client(settings, "fal-downloads", transport=transport)
+        self._downloads = provider_client(settings, "fal-downloads")
         self._policy = DownloadPolicy.from_settings(settings)
 
     # -- the Provider protocol ---------------------------------------------------------------
@@ -195,15 +195,10 @@ class FalProvider:
             raise PermanentError(f"the fal adapter cannot do {request.capability.value}")
         references: list[Reference] = []
         if request.capability in NEEDS_REFERENCE:
-            references = await cpu.run(load_references, request.references)  # decodes
+            references = await load_references(request.references)
         body = model_input(request, endpoint, references)
-        try:
-            response = await self._client.post(f"/{endpoint}", json=body)
-        except httpx.HTTPError as exc:
-            raise error_from_exception(exc) from None
-        if response.is_error:
-            raise self._error(response)
-        answer = _json_object(response)
+        response = await checked(self._client.post(f"/{endpoint}", json=body), self._error)
+        answer = json_object(response)
         if answer is None:
             raise PermanentError(f"fal answered the submission to {endpoint} with no JSON object")
         request_id = answer.get("request_id")
@@ -264,7 +259,7 @@ class FalProvider:
         except httpx.HTTPError as exc:
             log.warning("fal: cancel of %s failed: %s", handle.request_id, type(exc).__name__)
             return
-        answer = _json_object(response) or {}
+        answer = json_object(response) or {}
         log.info(
             "fal: cancel of %s answered HTTP %s %s",
             handle.request_id,
@@ -289,7 +284,7 @@ class FalProvider:
         urls = {}
         for name, fallback in built.items():
             given = answer.get(name)
-            if isinstance(given, str) and self._on_queue_origin(given):
+            if isinstance(given, str) and same_origin(given, self._base):
                 urls[name] = given
             else:
                 if given is not None:
@@ -317,10 +312,6 @@ class FalProvider:
         # Re-checked at every use: FAL_QUEUE_URL may have changed since the handle was stored.
         return self._handle(request_id, app, stored)
 
-    def _on_queue_origin(self, url: str) -> bool:
-        given, base = urlsplit(url), urlsplit(self._base)
-        return (given.scheme, given.netloc.lower()) == (base.scheme, base.netloc.lower())
-
     # -- polling -----------------------------------------------------------------------------
 
     async def _wait_until_completed(self, handle: QueueHandle, deadline: float) -> None:
@@ -336,7 +327,7 @@ class FalProvider:
                 raise TransientError(f"fal no longer knows request {handle.request_id}")
             if response.is_error:
                 raise self._error(response)
-            status = _json_object(response) or {}
+            status = json_object(response) or {}
             state = str(status.get("status", "")).upper()
             if state == "COMPLETED":
                 if status.get("error"):
@@ -357,7 +348,7 @@ class FalProvider:
         response = await self._get(handle.response_url, deadline, model_errors=True)
         if response.is_error:
             raise self._error(response)
-        output = _json_object(response)
+        output = json_object(response)
         if output is None:
             raise PermanentError("fal returned a result that is not a JSON object")
         return output
@@ -403,7 +394,7 @@ class FalProvider:
         self, failures: int, hiccup: ProviderError, deadline: float, doing: str
     ) -> None:
         """Wait before retry ``failures`` of a poll or download (Retry-After honoured)."""
-        delay = self._settings.poll_interval_s * 2**failures
+        delay = self._settings.poll_interval_s * 2 ** min(failures, MAX_BACKOFF_DOUBLINGS)
         if isinstance(hiccup, TransientError) and hiccup.retry_after is not None:
             delay = max(delay, hiccup.retry_after)
         delay = min(delay, self._settings.max_backoff_s)
@@ -447,11 +438,7 @@ class FalProvider:
         return TransientError(message)
 
     def _scrub(self, text: str) -> str:
-        """``text`` without the key or either half of an ``id:secret`` key."""
-        for secret in {self._key, *self._key.split(":")}:
-            if len(secret) >= 8:
-                text = text.replace(secret, "[redacted]")
-        return text
+        return scrub(text, self._key)
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -476,19 +463,11 @@ class FalProvider:
     async def _fetch(
         self, url: str, expect: str, seed: int | None, deadline: float
     ) -> GeneratedFile:
-        """One output: an inline data URI, or a download retried on CDN hiccups.
+        """One output, its download retried on CDN hiccups.
 
         The generation is done and paid for, so a 5xx or timeout of the CDN is retried here
         (until the deadline) rather than raised, which would make the runner submit again.
         """
-        if url.startswith("data:"):  # sync_mode outputs arrive inline
-            mime, data = parse_data_uri(url)
-            if len(data) > self._policy.max_bytes:
-                raise PermanentError(
-                    f"the provider's output is {len(data) / 1e6:,.1f} MB, over the "
-                    f"{self._policy.max_bytes / 1e6:,.0f} MB limit (TIERBOT_MAX_DOWNLOAD_BYTES)"
-                )
-            return await decode_in_worker(data, mime, expect=expect, seed=seed)
         failures = 0
         while True:
             try:
@@ -544,32 +523,23 @@ def takes_seed(endpoint: str) -> bool:
 # ---------------------------------------------------------------------------- inputs
 
 
-def load_references(paths: list[Path]) -> list[Reference]:
-    """Read and check the reference images and turn them into data URIs.
+async def load_references(paths: list[Path]) -> list[Reference]:
+    """Read and check the reference images and turn them into data URIs (in a thread: file
+    I/O and base64; the images came from the asset store, checked, so only headers are read).
 
     Raises:
-        PermanentError: None given, a missing file, or a file that is not a readable image.
+        PermanentError: None given, a missing file, or a file that is not a readable image
+            of a type fal takes.
     """
     if not paths:
         raise PermanentError("this needs a reference image and none was given")
-    references = []
-    for path in map(Path, paths):
-        try:
-            data = path.read_bytes()
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                kind = (image.format or "").upper()
-                size = image.size
-        except FileNotFoundError:
-            raise PermanentError(f"reference image {path.name!r} does not exist") from None
-        except (OSError, Image.DecompressionBombError):
-            raise PermanentError(f"reference image {path.name!r} is not a readable image") from None
-        mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}.get(kind)
-        if mime is None:
-            raise PermanentError(f"reference image {path.name!r} is {kind or 'of unknown type'}")
-        uri = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-        references.append(Reference(uri, size[0], size[1]))
-    return references
+    return [await asyncio.to_thread(_load_reference, Path(path)) for path in paths]
+
+
+def _load_reference(path: Path) -> Reference:
+    image = read_reference(path, REFERENCE_TYPES)
+    uri = f"data:{image.mime};base64,{base64.b64encode(image.data).decode('ascii')}"
+    return Reference(uri, image.width, image.height)
 
 
 def model_input(
@@ -775,14 +745,6 @@ _FAMILIES: list[tuple[str, InputBuilder]] = [
 # --------------------------------------------------------------------------- answers
 
 
-def _json_object(response: httpx.Response) -> dict[str, Any] | None:
-    try:
-        body = response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
 def _is_hiccup(response: httpx.Response, *, model_errors: bool) -> bool:
     """Whether an answer is a passing failure of fal's queue, not the request's outcome."""
     if response.status_code not in TRANSIENT_STATUS:
@@ -792,12 +754,12 @@ def _is_hiccup(response: httpx.Response, *, model_errors: bool) -> bool:
     # The result URL relays the model's own error (with x-fal-request-id or an error type);
     # a gateway error page (nginx, no fal markers, no JSON) says nothing about the request.
     marked = "x-fal-request-id" in response.headers or "x-fal-error-type" in response.headers
-    return not marked and _json_object(response) is None
+    return not marked and json_object(response) is None
 
 
 def fal_message(response: httpx.Response) -> str:
     """fal's own words for an error: ``detail`` items as ``field: message``, else the usual."""
-    body = _json_object(response)
+    body = json_object(response)
     detail = body.get("detail") if body else None
     if isinstance(detail, list) and detail:
         parts = []
@@ -817,7 +779,7 @@ def _is_content_policy(response: httpx.Response) -> bool:
     is ``content_policy_violation``; also accepted: the error type header, or the words)."""
     if _POLICY_WORDS.search(response.headers.get("x-fal-error-type", "")):
         return True
-    body = _json_object(response) or {}
+    body = json_object(response) or {}
     if _POLICY_WORDS.search(str(body.get("error_type") or "")):
         return True
     detail = body.get("detail")
@@ -873,19 +835,3 @@ def output_urls(output: dict[str, Any], expect: str) -> list[str]:
         said = f"; the model said: {str(description)[:200]}" if description else ""
         raise PermanentError(f"fal's result has no {what}{said}")
     return urls
-
-
-def parse_data_uri(uri: str) -> tuple[str, bytes]:
-    """``(mime, bytes)`` of a base64 ``data:`` URI.
-
-    Raises:
-        PermanentError: Not a base64 data URI.
-    """
-    header, _, payload = uri.partition(",")
-    if not header.endswith(";base64") or not payload:
-        raise PermanentError("fal sent an inline output that is not a base64 data URI")
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise PermanentError("fal sent an inline output that is not valid base64") from None
-    return header.removeprefix("data:").removesuffix(";base64"), data

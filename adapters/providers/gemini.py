@@ -36,23 +36,26 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from adapters.providers._http import (
     DownloadPolicy,
+    ReferenceImage,
     check_url,
     decode_in_worker,
     download,
     error_from_exception,
     error_from_response,
     provider_client,
+    read_reference,
+    same_origin,
+    scrub,
 )
 from bot import cpu
 from bot.domain import Capability, Stage
@@ -108,6 +111,8 @@ RPC_CANCELLED = 1
 #: generateContent answers only when the image is done (Nano Banana Pro at 4K can take well
 #: over a minute), so its read timeout is at least this, whatever TIERBOT_PROVIDER_TIMEOUT_S.
 GENERATE_TIMEOUT_FLOOR_S = 180.0
+#: Polling backoff doubles at most this many times (then TIERBOT_MAX_BACKOFF_S caps it).
+MAX_BACKOFF_DOUBLINGS = 16
 #: Room for the JSON around inline base64 images when capping a response's size.
 JSON_OVERHEAD_BYTES = 1 << 20
 
@@ -131,6 +136,10 @@ VIDEO_CAPABILITIES = frozenset({Capability.IMAGE_TO_VIDEO, Capability.TEXT_TO_VI
 INLINE_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
+class _OperationGone(TransientError):
+    """A 404 on a Veo operation: expired or never existed; only a new submission can help."""
+
+
 @dataclass(frozen=True)
 class Reference:
     """An input image, ready to be sent inline."""
@@ -147,7 +156,6 @@ class GeminiProvider:
     Args:
         settings: the key (``GEMINI_API_KEY``), the base URL (``GEMINI_API_URL``), timeouts,
             poll interval, generation deadline and download limits.
-        transport: an httpx transport for tests; normally None.
 
     Raises:
         ProviderUnavailable: no API key is set.
@@ -155,9 +163,7 @@ class GeminiProvider:
 
     name = "gemini"
 
-    def __init__(
-        self, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         key = settings.gemini_api_key.get_secret_value() if settings.gemini_api_key else ""
         if not key.strip():
             raise ProviderUnavailable("not configured (set GEMINI_API_KEY)")
@@ -170,12 +176,8 @@ class GeminiProvider:
         # The key is NOT a default header of the client: httpx would send default headers to
         # every URL, download hosts included. It is added to API requests one by one.
         self._auth = {"x-goog-api-key": self._key}
-        self._client = provider_client(
-            settings, self.name, base_url=self._base_url, transport=transport
-        )
+        self._client = provider_client(settings, self.name, base_url=self._base_url)
         self._policy = DownloadPolicy.from_settings(settings)
-        #: Waits between polls and after polling hiccups; tests replace it.
-        self.sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
     # -- the Provider protocol ---------------------------------------------------------------
 
@@ -378,16 +380,20 @@ class GeminiProvider:
                 state = await self._api(
                     "GET", f"/{API_VERSION}/{operation}", missing_is_transient=True
                 )
+            except _OperationGone:
+                # Expired or never existed: polling again cannot bring it back, and only a
+                # new submission (the runner's retry) can still produce the video.
+                raise
             except TransientError as exc:
                 if time.time() >= deadline:
                     raise TransientError(f"Veo polling kept failing: {exc.message}") from None
                 hiccups += 1
                 wait = exc.retry_after
                 if wait is None:
-                    wait = settings.poll_interval_s * 2**hiccups
+                    wait = settings.poll_interval_s * 2 ** min(hiccups, MAX_BACKOFF_DOUBLINGS)
                 wait = min(wait, settings.max_backoff_s)
                 log.info("gemini: polling %s failed (%s); again in %.1f s", operation, exc, wait)
-                await self.sleep(wait)
+                await asyncio.sleep(wait)
                 continue
             hiccups = 0
             if state.get("done") is True:  # proto3 omits done=false: missing means running
@@ -395,7 +401,7 @@ class GeminiProvider:
             if time.time() >= deadline:
                 await self._cancel_operation(operation)
                 raise TransientError(f"Veo did not finish within {settings.max_generation_s:.0f} s")
-            await self.sleep(settings.poll_interval_s)
+            await asyncio.sleep(settings.poll_interval_s)
 
     async def _download_video(self, uri: str) -> GeneratedFile:
         """Fetch a generated video; the key goes only to the API's own host."""
@@ -405,7 +411,7 @@ class GeminiProvider:
             uri = f"{self._base_url}/{API_VERSION}/{name}"
             if ":download" not in name:
                 uri += ":download?alt=media"
-        if not self._is_api_url(uri):
+        if not same_origin(uri, self._base_url):
             return await download(self._client, uri, self._policy, expect="video")
         check_url(uri, self._policy)
         try:
@@ -464,7 +470,7 @@ class GeminiProvider:
             timeout: overrides the client's timeout (generateContent waits for the image).
             max_bytes: the largest answer accepted.
             missing_is_transient: a 404 means "gone, submit again" (an expired operation)
-                rather than a bad request.
+                rather than a bad request: :class:`_OperationGone`, a transient error.
         """
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
@@ -474,7 +480,7 @@ class GeminiProvider:
                 data = await self._read_capped(response, max_bytes)
                 if response.is_error:
                     if missing_is_transient and response.status_code == 404:
-                        raise TransientError(f"{path} is gone: {self._error(response, data)}")
+                        raise _OperationGone(f"{path} is gone: {self._error(response, data)}")
                     raise self._error(response, data)
         except httpx.HTTPError as exc:
             raise error_from_exception(exc) from None
@@ -518,11 +524,7 @@ class GeminiProvider:
         return PermanentError(message)
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "[redacted]")
-
-    def _is_api_url(self, url: str) -> bool:
-        ours, theirs = urlsplit(self._base_url), urlsplit(url)
-        return (ours.scheme, ours.netloc.lower()) == (theirs.scheme, theirs.netloc.lower())
+        return scrub(text, self._key)
 
     def _decode_base64(self, text: str, *, what: str) -> bytes:
         limit = self._policy.max_bytes
@@ -582,27 +584,35 @@ def _is_operation_name(name: str) -> bool:
 
 
 async def _load_references(paths: list[Path]) -> list[Reference]:
-    return [await cpu.run(_load_reference, Path(path)) for path in paths]  # may re-encode
+    return [await _load_reference(Path(path)) for path in paths]
 
 
-def _load_reference(path: Path) -> Reference:
+async def _load_reference(path: Path) -> Reference:
     """Read an input image for inline sending; types Gemini may not take become PNG."""
+    image, encoded = await asyncio.to_thread(_read_inline, path)  # file I/O, header only
+    if encoded is None:
+        encoded = await cpu.run(_png_base64, image.data, path.name)  # decodes: a CPU worker
+        return Reference("image/png", encoded, image.width, image.height)
+    return Reference(image.mime, encoded, image.width, image.height)
+
+
+def _read_inline(path: Path) -> tuple[ReferenceImage, str | None]:
+    """A reference image and, when Gemini takes its type inline, its base64."""
+    image = read_reference(path, accept=None)
+    if image.format not in INLINE_IMAGE_TYPES:
+        return image, None
+    return image, base64.b64encode(image.data).decode("ascii")
+
+
+def _png_base64(data: bytes, name: str) -> str:
+    """``data`` re-encoded as PNG, in base64 (a CPU worker: it decodes the image)."""
     try:
-        data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            mime = INLINE_IMAGE_TYPES.get((image.format or "").upper())
-            if mime is None:
-                buffer = io.BytesIO()
-                image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, "PNG")
-                data, mime = buffer.getvalue(), "image/png"
-    except FileNotFoundError:
-        raise PermanentError(f"reference image {path.name!r} does not exist") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError):
-        raise PermanentError(f"reference image {path.name!r} is not a readable image") from None
-    except OSError as exc:
-        raise PermanentError(f"reference image {path.name!r} could not be read: {exc}") from None
-    return Reference(mime, base64.b64encode(data).decode("ascii"), width, height)
+            buffer = io.BytesIO()
+            image.convert("RGBA" if "A" in image.getbands() else "RGB").save(buffer, "PNG")
+    except Exception:
+        raise PermanentError(f"reference image {name!r} is not a readable image") from None
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def _image_prompt(request: GenerationRequest) -> str:

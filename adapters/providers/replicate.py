@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
-import io
 import logging
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,16 +48,17 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from PIL import Image
 
 from adapters.providers._http import (
     DownloadPolicy,
     checked,
-    decode_in_worker,
     download,
     error_from_exception,
     error_from_response,
+    json_object,
     provider_client,
+    read_reference,
+    scrub,
 )
 from bot.domain import Capability
 from bot.providers import (
@@ -190,18 +189,12 @@ class ReplicateProvider:
 
     name = "replicate"
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         """Build the provider's HTTP clients.
 
         Args:
             settings: ``replicate_api_token`` (required), ``replicate_api_url``, the poll
                 interval, the generation time limit and the download guard settings.
-            sleep: the wait between polls (tests may make it instant).
         """
         assert settings.replicate_api_token is not None  # create() checks it
         self._token = settings.replicate_api_token.get_secret_value().strip()
@@ -218,7 +211,6 @@ class ReplicateProvider:
         self._policy = DownloadPolicy.from_settings(settings)
         self._poll_interval = settings.poll_interval_s
         self._max_generation = settings.max_generation_s
-        self._sleep = sleep
 
     # -- the Provider protocol ---------------------------------------------------------------
 
@@ -325,12 +317,13 @@ class ReplicateProvider:
         return prediction_id
 
     async def _reference(self, path: Path) -> Reference:
-        data, mime, width, height = await asyncio.to_thread(_read_reference, path)
-        if len(data) <= DATA_URI_MAX_BYTES:
-            encoded = base64.b64encode(data).decode("ascii")
-            return Reference(f"data:{mime};base64,{encoded}", width, height)
+        image = await asyncio.to_thread(read_reference, path)
+        width, height = image.width, image.height
+        if len(image.data) <= DATA_URI_MAX_BYTES:
+            encoded = base64.b64encode(image.data).decode("ascii")
+            return Reference(f"data:{image.mime};base64,{encoded}", width, height)
         response = await checked(
-            self._api.post("/v1/files", files={"content": (path.name, data, mime)})
+            self._api.post("/v1/files", files={"content": (path.name, image.data, image.mime)})
         )
         uploaded = _json_object(response, "the uploaded file")
         urls = uploaded.get("urls")
@@ -366,21 +359,25 @@ class ReplicateProvider:
                     f"Replicate did not finish within {self._max_generation:g} s "
                     "(TIERBOT_MAX_GENERATION_S); the prediction was cancelled"
                 )
-            await self._sleep(self._poll_interval)
+            await asyncio.sleep(self._poll_interval)
         expect = "video" if request.capability in _VIDEO else "image"
         family = family_of(request.provider_model)
-        return list(
-            await asyncio.gather(
-                *(
-                    self._fetch_with_retries(
-                        _first_output(prediction_id, done[prediction_id]),
-                        expect,
-                        request.seed + index if family.seed else None,
+        urls = [_first_output(prediction_id, done[prediction_id]) for prediction_id in ids]
+        # A TaskGroup, not gather: when one download fails the others are cancelled, not
+        # left running (and holding their bytes) after the error has gone to the runner.
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(
+                        self._fetch_with_retries(
+                            url, expect, request.seed + index if family.seed else None
+                        )
                     )
-                    for index, prediction_id in enumerate(ids)
-                )
-            )
-        )
+                    for index, url in enumerate(urls)
+                ]
+        except* ProviderError as failed:
+            raise failed.exceptions[0] from None
+        return [task.result() for task in tasks]
 
     async def _poll(self, prediction_id: str, deadline: float) -> dict[str, Any]:
         """One ``GET /v1/predictions/{id}``, retrying polling hiccups until ``deadline``."""
@@ -413,7 +410,7 @@ class ReplicateProvider:
                 self._scrub(error.message),
                 wait,
             )
-            await self._sleep(wait)
+            await asyncio.sleep(wait)
             backoff = min(backoff * 2, MAX_POLL_BACKOFF_S)
 
     async def _fetch_with_retries(self, url: str, expect: str, seed: int | None) -> GeneratedFile:
@@ -430,19 +427,12 @@ class ReplicateProvider:
                     MAX_POLL_BACKOFF_S,
                 )
                 log.info("replicate: download failed (%s); again in %.1f s", exc.message, wait)
-                await self._sleep(wait)
+                await asyncio.sleep(wait)
                 backoff = min(backoff * 2, MAX_POLL_BACKOFF_S)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _fetch(self, url: str, expect: str, seed: int | None) -> GeneratedFile:
-        if url.startswith("data:"):
-            mime, data = _parse_data_uri(url)
-            if len(data) > self._policy.max_bytes:
-                raise PermanentError(
-                    f"the provider's output is {len(data) / 1e6:,.1f} MB, over the "
-                    f"{self._policy.max_bytes / 1e6:,.0f} MB limit (TIERBOT_MAX_DOWNLOAD_BYTES)"
-                )
-            return await decode_in_worker(data, mime, expect=expect, seed=seed)
+        """One output: a URL, or an inline ``data:`` URI (both handled by ``download``)."""
         return await download(self._downloads, url, self._policy, expect=expect, seed=seed)
 
     # -- cancel ------------------------------------------------------------------------------
@@ -460,7 +450,7 @@ class ReplicateProvider:
     # -- secrets -----------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._token, "[REPLICATE_API_TOKEN]") if self._token else text
+        return scrub(text, self._token, "[REPLICATE_API_TOKEN]")
 
     @contextmanager
     def _secret_kept(self) -> Iterator[None]:
@@ -523,8 +513,8 @@ def build_input(
         if request.duration_s:
             model_input[family.duration_field] = request.duration_s
     elif references and family.match_input_image:
-        # The core sends 1:1 when a stage names no ratio (edits); the reference's own shape
-        # is what a final or an edit should keep.
+        # The core sends the ratio nearest to the reference's (an approximation from its
+        # list); the reference's own shape is what a final or an edit should keep exactly.
         model_input["aspect_ratio"] = "match_input_image"
     else:
         model_input["aspect_ratio"] = request.aspect_ratio
@@ -580,11 +570,8 @@ def _prediction_ids(provider_request_id: str) -> list[str]:
 
 
 def _json_object(response: httpx.Response, what: str) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    body = json_object(response)
+    if body is None:
         raise PermanentError(f"Replicate sent a malformed response for {what} (not a JSON object)")
     return body
 
@@ -629,34 +616,3 @@ def _first_output(prediction_id: str, prediction: dict[str, Any]) -> str:
             f"Replicate reported prediction {prediction_id} succeeded but sent no output file"
         )
     return urls[0]
-
-
-def _parse_data_uri(uri: str) -> tuple[str, bytes]:
-    header, comma, payload = uri.partition(",")
-    if not comma or not header.endswith(";base64"):
-        raise PermanentError("Replicate sent an output data URI that is not base64")
-    mime = header.removeprefix("data:").removesuffix(";base64").split(";")[0].strip()
-    try:
-        return mime, base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        raise PermanentError("Replicate sent an output data URI that does not decode") from None
-
-
-def _read_reference(path: Path) -> tuple[bytes, str, int, int]:
-    """``(bytes, mime, width, height)`` of a reference image (worker thread)."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PermanentError(f"reference image {path.name!r} does not exist") from None
-    except OSError as exc:
-        raise PermanentError(f"reference image {path.name!r} could not be read: {exc}") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            kind = (image.format or "").upper()
-            width, height = image.size
-    except Exception:
-        raise PermanentError(f"reference image {path.name!r} is not a readable image") from None
-    mime = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
-    if kind not in mime:
-        raise PermanentError(f"reference image {path.name!r} is a {kind or 'unknown'} image")
-    return data, mime[kind], width, height
