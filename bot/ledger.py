@@ -77,12 +77,6 @@ class Ledger:
             job, amount=amount, caps=self.caps_with_windows(job["team"], job["channel"])
         )
 
-    def settle(self, job_id: str, amount: int) -> bool:
-        return self.store.settle(job_id, amount)
-
-    def release(self, job_id: str) -> bool:
-        return self.store.release(job_id)
-
     def report(self, team: str) -> dict[str, Any]:
         """Spend by stage today and this month, and the cost per approved final this month."""
         day = self.store.spend_by_stage(team, self.window_start(Window.DAY))

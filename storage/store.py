@@ -139,7 +139,7 @@ class Store:
         now = utcnow()
         with self._immediate():
             for cap, since in caps:
-                used = self._used(cap.team, cap.channel, since)
+                used = self.used(cap.team, cap.channel, since)
                 if used + amount > cap.limit:
                     raise BudgetExceeded(cap, used, amount)
             self._table("jobs").insert(
@@ -166,7 +166,8 @@ class Store:
             )
         return job["id"]
 
-    def _used(self, team: str, channel: str | None, since: str) -> int:
+    def used(self, team: str, channel: str | None, since: str) -> int:
+        """Milli-credits reserved or settled in ``team`` (and ``channel``) since ``since``."""
         sql = "select coalesce(sum(amount), 0) from ledger where team = ? and created_at >= ?"
         params: list[Any] = [team, since]
         if channel is not None:
@@ -175,29 +176,23 @@ class Store:
         sql += " and state in ('reserved', 'settled')"
         return int(self.db.execute(sql, params).fetchone()[0])
 
-    def used(self, team: str, channel: str | None, since: str) -> int:
-        """Milli-credits reserved or settled in ``team`` (and ``channel``) since ``since``."""
-        return self._used(team, channel, since)
+    def _settle(self, job_id: str, amount: int) -> None:
+        """Turn a job's reservation into a charge of ``amount`` (once: a settled or released
+        entry stays as it is). Call inside a transaction."""
+        self.db.execute(
+            "update ledger set state = 'settled', amount = ?, updated_at = ? "
+            "where job_id = ? and state = 'reserved'",
+            [amount, utcnow(), job_id],
+        )
 
-    def settle(self, job_id: str, amount: int) -> bool:
-        """Turn a job's reservation into a charge of ``amount``; False if already settled."""
-        with self._immediate():
-            cursor = self.db.execute(
-                "update ledger set state = 'settled', amount = ?, updated_at = ? "
-                "where job_id = ? and state = 'reserved'",
-                [amount, utcnow(), job_id],
-            )
-            return cursor.rowcount == 1
-
-    def release(self, job_id: str) -> bool:
-        """Return a job's reservation to the budget; False if it was not reserved."""
-        with self._immediate():
-            cursor = self.db.execute(
-                "update ledger set state = 'released', updated_at = ? "
-                "where job_id = ? and state = 'reserved'",
-                [utcnow(), job_id],
-            )
-            return cursor.rowcount == 1
+    def _release(self, job_id: str) -> None:
+        """Return a job's reservation to the budget, if it is still reserved. Call inside a
+        transaction."""
+        self.db.execute(
+            "update ledger set state = 'released', updated_at = ? "
+            "where job_id = ? and state = 'reserved'",
+            [utcnow(), job_id],
+        )
 
     def ledger_entry(self, job_id: str) -> dict[str, Any] | None:
         rows = list(self._table("ledger").rows_where("job_id = ?", [job_id]))
@@ -226,11 +221,7 @@ class Store:
         with self._immediate():
             for asset in assets:
                 ids.append(self.save_asset(asset, parents))
-            self.db.execute(
-                "update ledger set state = 'settled', amount = ?, updated_at = ? "
-                "where job_id = ? and state = 'reserved'",
-                [amount, utcnow(), job_id],
-            )
+            self._settle(job_id, amount)
             self._table("jobs").update(
                 job_id, {"state": "succeeded", "last_error": None, "updated_at": utcnow()}
             )
@@ -243,11 +234,7 @@ class Store:
                 job_id,
                 {"state": state, "last_error": error, "error_kind": kind, "updated_at": utcnow()},
             )
-            self.db.execute(
-                "update ledger set state = 'released', updated_at = ? "
-                "where job_id = ? and state = 'reserved'",
-                [utcnow(), job_id],
-            )
+            self._release(job_id)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = utcnow()

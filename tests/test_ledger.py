@@ -87,22 +87,24 @@ async def test_concurrent_asyncio_reservations_and_release_returns_credit(tmp_pa
 
     ids = [i for i in await asyncio.gather(*(reserve() for _ in range(50))) if i]
     assert len(ids) == 10
-    assert ledger.release(ids[0]) and not ledger.release(ids[0])
-    assert ledger.headroom("T1", "C1").left == 1000
+    for _ in range(2):  # failing a job releases its credit once, never twice
+        store.fail_job(ids[0], state="cancelled", error="cancelled", kind="cancelled")
+        assert ledger.headroom("T1", "C1").left == 1000
     ledger.reserve_job(_job(store), 1000)  # the released credit is spendable again
     with pytest.raises(BudgetExceeded) as refused:
         ledger.reserve_job(_job(store), 1000)
     assert refused.value.left == 0
 
 
-def test_settle_charges_the_actual_amount_once(tmp_path: Path) -> None:
+def test_completing_a_job_charges_the_actual_amount_once(tmp_path: Path) -> None:
     store = Store(tmp_path / "l.db")
     ledger = Ledger(store, Policy())
     job_id = ledger.reserve_job(_job(store), 4000)
-    assert ledger.settle(job_id, 3000) is True
-    assert ledger.settle(job_id, 3000) is False
-    assert ledger.release(job_id) is False  # settled stays settled
-    assert store.ledger_entry(job_id)["amount"] == 3000
+    store.complete_job(job_id, [], [], 3000)
+    store.complete_job(job_id, [], [], 5000)  # a second completion charges nothing more
+    store.fail_job(job_id, state="failed", error="late", kind="transient")  # settled stays
+    entry = store.ledger_entry(job_id)
+    assert (entry["state"], entry["amount"]) == ("settled", 3000)
 
 
 def test_channel_cap_and_monthly_cap_apply_alongside_the_team_cap(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -89,25 +90,47 @@ def test_asset_files_are_content_addressed_and_contained(tmp_path: Path) -> None
         files.path("../../etc/passwd")
 
 
+def _plans_of(store: Store, call: Callable[[], object]) -> str:
+    """The query plans of the statements ``call`` makes the store run (traced, not copied)."""
+    statements: list[str] = []
+    store.db.conn.set_trace_callback(statements.append)
+    try:
+        call()
+    finally:
+        store.db.conn.set_trace_callback(None)
+    queries = [q for q in statements if q.lstrip().lower().startswith(("select", "update"))]
+    assert queries, "the call ran no query"
+    return " | ".join(
+        " ".join(row[3] for row in store.db.execute(f"explain query plan {q}")) for q in queries
+    )
+
+
 def test_lookups_that_run_per_command_use_an_index_not_a_table_scan(tmp_path: Path) -> None:
-    """These run on every /draft; a scan would make each command slower as history grows."""
+    """These run on every /draft, reaction or threaded reply; a scan would make each command
+    slower as history grows. The store's own statements are traced and explained."""
     store = Store(tmp_path / "t.db")
+    origin = {"surface": "s", "team": "T", "channel": "C", "user": "u"}
+    request_id = store.create_request(origin=origin, command="draft", prompt="p", options={})
+    job = {"request_id": request_id, "stage": "draft", "model_id": "m", "provider": "p"}
+    job_id = store.create_job({**job, "team": "T", "channel": "C"}, amount=1, caps=[])
     expected_plans = {
         # the budget check, inside the reservation's write lock: no table rows read at all
-        "select coalesce(sum(amount), 0) from ledger where team = 'T' and created_at >= '' "
-        "and channel = 'C' and state in ('reserved', 'settled')": "COVERING INDEX",
+        "budget": (lambda: store.used("T", "C", ""), "COVERING INDEX"),
         # which message shows an asset (every threaded reply)
-        "select message_id, thread_id from messages where surface = 's' and channel = 'C' "
-        "and asset_id = 'a' order by posted_at desc limit 1": "asset_id=?",
-        "update ledger set state = 'settled' where job_id = 'j' and state = 'reserved'": (
-            "job_id=?"
+        "thread": (lambda: store.thread_for_asset("s", "C", "a"), "asset_id=?"),
+        "release": (
+            lambda: store.fail_job(job_id, state="failed", error="e", kind="k"),
+            "job_id=?",
         ),
-        "select * from jobs where request_id = 'r'": "request_id=?",
+        "jobs of a request": (lambda: store.jobs_for_request("r"), "request_id=?"),
+        # 🔁 counts the request's rejected grids; /tierbot budget counts approvals by date
+        "rejected grids": (lambda: store.count_rejected_grids("r"), "request_id=?"),
+        "approvals": (lambda: store.approved_finals("T", ""), "decision=? AND at>?"),
     }
-    for sql, fragment in expected_plans.items():
-        plan = " ".join(row[3] for row in store.db.execute(f"explain query plan {sql}"))
-        assert "SCAN" not in plan, (sql, plan)
-        assert fragment in plan, (sql, plan)
+    for name, (call, fragment) in expected_plans.items():
+        plan = _plans_of(store, call)
+        assert "SCAN" not in plan, (name, plan)
+        assert fragment in plan, (name, plan)
 
 
 def test_rows_written_through_the_store_read_back_after_a_restart(tmp_path: Path) -> None:
