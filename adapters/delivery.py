@@ -26,28 +26,52 @@ INTERRUPTED = "interrupted by a restart: the result follows once the bot is back
 _STATE_WORDS = {"queued": "queued", "running": "running", "succeeded": "finishing"}
 
 
+class Pace:
+    """Turns at least ``interval`` seconds apart, for the progress edits that share it.
+
+    Slack allows about one message edit per second per *channel*, so a Slack surface gives
+    every status line of a channel the same pace and their progress edits take turns; a
+    Discord status line is its own interaction's message and keeps a pace of its own.
+    """
+
+    def __init__(self, interval: float = STATUS_MIN_INTERVAL_S) -> None:
+        self.interval = interval
+        self._next = 0.0
+
+    def used(self) -> None:
+        """Something was just sent (a post, a final edit): the next turn waits a full interval."""
+        self._next = max(self._next, time.monotonic() + self.interval)
+
+    async def turn(self) -> None:
+        """Wait for the next free turn, which is taken at once (no lock: one event loop)."""
+        now = time.monotonic()
+        at = max(now, self._next)
+        self._next = at + self.interval
+        if at > now:
+            await asyncio.sleep(at - now)
+
+
 class StatusLine:
     """The status text of one command, sent through ``send`` as its jobs move.
 
-    Edits go out only when the text changes and at most once per ``min_interval`` seconds
-    (platform rate limits: Slack allows about one message edit per second per channel); the
-    final "done in N s" / "failed: ..." always goes out.
+    Progress edits go out only when the text changes, at the ``pace`` they share (see
+    :class:`Pace`); while one waits for its turn, later changes join it. The final "done in
+    N s" / "failed: ..." goes out at once: a command's end is never held back.
     """
 
     def __init__(
         self,
         send: Callable[[str], Awaitable[None]],
         spawn: Callable[[Awaitable[None]], object],
-        min_interval: float = STATUS_MIN_INTERVAL_S,
+        pace: Pace | None = None,
     ) -> None:
         self.send = send
         self.spawn = spawn
-        self.min_interval = min_interval
+        self.pace = pace or Pace()
         self.base = ""
         self.text = ""
         self.open = False
         self.started = 0.0
-        self.last_sent = 0.0
         self._pending: asyncio.Future[None] | None = None
 
     def opened(self, text: str) -> None:
@@ -55,7 +79,7 @@ class StatusLine:
         self.base = self.text = text
         self.open = True
         self.started = 0.0
-        self.last_sent = time.monotonic()
+        self.pace.used()
 
     def on_progress(self, job_id: str, state: str, detail: str | None) -> None:
         """A :mod:`bot.progress` listener."""
@@ -80,15 +104,12 @@ class StatusLine:
             self.spawn(self._pending)
 
     async def _flush(self) -> None:
-        wait = self.min_interval - (time.monotonic() - self.last_sent)
-        if wait > 0:
-            await asyncio.sleep(wait)
+        await self.pace.turn()
         await self._send(self.text)
 
     async def _send(self, text: str) -> None:
         try:
             await self.send(text)
-            self.last_sent = time.monotonic()
         except Exception as exc:  # a status edit is never worth failing a job over
             log.warning("status update failed: %r", exc)
 
@@ -110,6 +131,7 @@ class StatusLine:
         final = f"{self.base}\n_{word}_"
         if final != self.text:
             self.text = final
+            self.pace.used()
             await self._send(final)
 
 

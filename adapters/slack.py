@@ -30,6 +30,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -44,7 +45,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.delivery import Outbox, StatusLine, deliver_replies
+from adapters.delivery import Outbox, Pace, StatusLine, deliver_replies
 from adapters.http_server import http_server
 from bot.app import Services
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
@@ -152,6 +153,7 @@ class SlackSurface:
         self._outbox: asyncio.Task[Any] | None = None
         self._groups: dict[str, tuple[float, set[str]]] = {}
         self._stopping = False
+        self._paces: defaultdict[str, Pace] = defaultdict(Pace)  # status edits per channel
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -322,7 +324,7 @@ class SlackSurface:
 
         await deliver_replies(
             replies,
-            StatusLine(edit, self._spawn),
+            StatusLine(edit, self._spawn, self._paces[origin.channel]),
             private=private,
             open_status=open_status,
             result=result,
