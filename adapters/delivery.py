@@ -27,52 +27,68 @@ _STATE_WORDS = {"queued": "queued", "running": "running", "succeeded": "finishin
 
 
 class Pace:
-    """Turns at least ``interval`` seconds apart, for the progress edits that share it.
+    """The status edits of one message stream, at most one per ``interval`` seconds.
 
-    Slack allows about one message edit per second per *channel*, so a Slack surface gives
-    every status line of a channel the same pace and their progress edits take turns; a
-    Discord status line is its own interaction's message and keeps a pace of its own.
+    Slack allows about one message edit per second per *channel*, so a Slack surface keeps
+    one pace per channel for all its status lines; a Discord status line is its own
+    interaction's message and gets a pace of its own. A status line that changed waits in
+    line once, however often it changes, and one task sends the waiting lines in turn, each
+    with its latest text: a backlog of commands costs one entry each, not a task each.
     """
 
-    def __init__(self, interval: float = STATUS_MIN_INTERVAL_S) -> None:
+    def __init__(
+        self, spawn: Callable[[Awaitable[None]], object], interval: float = STATUS_MIN_INTERVAL_S
+    ) -> None:
+        self.spawn = spawn
         self.interval = interval
         self._next = 0.0
+        self._waiting: dict[StatusLine, None] = {}  # in order of arrival
+        self._sending = False
 
     def used(self) -> None:
-        """Something was just sent (a post, a final edit): the next turn waits a full interval."""
+        """Something was just sent (a post, a final edit): the next edit waits a full turn."""
         self._next = max(self._next, time.monotonic() + self.interval)
 
-    async def turn(self) -> None:
-        """Wait for the next free turn, which is taken at once (no lock: one event loop)."""
-        now = time.monotonic()
-        at = max(now, self._next)
-        self._next = at + self.interval
-        if at > now:
-            await asyncio.sleep(at - now)
+    def request(self, line: StatusLine) -> None:
+        """``line`` has a new text to show; it is sent at its turn."""
+        self._waiting.setdefault(line, None)
+        if not self._sending:
+            self._sending = True
+            self.spawn(self._send_in_turn())
+
+    def withdraw(self, line: StatusLine) -> None:
+        self._waiting.pop(line, None)
+
+    async def _send_in_turn(self) -> None:
+        try:
+            while self._waiting:
+                wait = self._next - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue  # lines may have left or joined meanwhile
+                line = next(iter(self._waiting))
+                del self._waiting[line]
+                self._next = time.monotonic() + self.interval
+                await line.send_current()
+        finally:
+            self._sending = False
 
 
 class StatusLine:
     """The status text of one command, sent through ``send`` as its jobs move.
 
-    Progress edits go out only when the text changes, at the ``pace`` they share (see
-    :class:`Pace`); while one waits for its turn, later changes join it. The final "done in
-    N s" / "failed: ..." goes out at once: a command's end is never held back.
+    Progress edits go out only when the text changes, at the ``pace`` the line shares (see
+    :class:`Pace`). The final "done in N s" / "failed: ..." goes out at once: a command's end
+    is never held back.
     """
 
-    def __init__(
-        self,
-        send: Callable[[str], Awaitable[None]],
-        spawn: Callable[[Awaitable[None]], object],
-        pace: Pace | None = None,
-    ) -> None:
+    def __init__(self, send: Callable[[str], Awaitable[None]], pace: Pace) -> None:
         self.send = send
-        self.spawn = spawn
-        self.pace = pace or Pace()
+        self.pace = pace
         self.base = ""
         self.text = ""
         self.open = False
         self.started = 0.0
-        self._pending: asyncio.Future[None] | None = None
 
     def opened(self, text: str) -> None:
         """The status message now shows ``text`` (the surface has just posted it)."""
@@ -93,19 +109,15 @@ class StatusLine:
             word = f"failed: {detail}"
         else:
             word = _STATE_WORDS.get(state, state)
-        self._set(f"{self.base}\n_{word}_")
+        text = f"{self.base}\n_{word}_"
+        if text != self.text:
+            self.text = text
+            self.pace.request(self)
 
-    def _set(self, text: str) -> None:
-        if text == self.text:
-            return
-        self.text = text
-        if self._pending is None or self._pending.done():
-            self._pending = asyncio.ensure_future(self._flush())
-            self.spawn(self._pending)
-
-    async def _flush(self) -> None:
-        await self.pace.turn()
-        await self._send(self.text)
+    async def send_current(self) -> None:
+        """Send the current text (the pace calls this at the line's turn)."""
+        if self.open:
+            await self._send(self.text)
 
     async def _send(self, text: str) -> None:
         try:
@@ -126,8 +138,7 @@ class StatusLine:
         if not self.open:
             return
         self.open = False
-        if self._pending is not None and not self._pending.done():
-            self._pending.cancel()
+        self.pace.withdraw(self)
         final = f"{self.base}\n_{word}_"
         if final != self.text:
             self.text = final

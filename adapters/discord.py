@@ -38,7 +38,7 @@ import yarl
 from discord import app_commands
 from PIL import Image
 
-from adapters.delivery import Outbox, StatusLine, deliver_replies
+from adapters.delivery import Outbox, Pace, StatusLine, deliver_replies
 from bot import cpu
 from bot.app import Services
 from bot.commands import ASPECT_RATIOS
@@ -499,7 +499,7 @@ class DiscordSurface:
 
         await deliver_replies(
             replies,
-            StatusLine(edit, self._spawn),
+            StatusLine(edit, Pace(self._spawn)),
             private=private,
             open_status=open_status,
             result=result,

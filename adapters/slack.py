@@ -153,7 +153,8 @@ class SlackSurface:
         self._outbox: asyncio.Task[Any] | None = None
         self._groups: dict[str, tuple[float, set[str]]] = {}
         self._stopping = False
-        self._paces: defaultdict[str, Pace] = defaultdict(Pace)  # status edits per channel
+        # One pace of status edits per channel (Slack's limit is per channel).
+        self._paces: defaultdict[str, Pace] = defaultdict(lambda: Pace(self._spawn))
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -324,7 +325,7 @@ class SlackSurface:
 
         await deliver_replies(
             replies,
-            StatusLine(edit, self._spawn, self._paces[origin.channel]),
+            StatusLine(edit, self._paces[origin.channel]),
             private=private,
             open_status=open_status,
             result=result,

@@ -10,14 +10,18 @@ from adapters.delivery import Pace, StatusLine
 
 async def test_status_lines_sharing_a_channel_pace_take_turns() -> None:
     sent: list[tuple[int, str, float]] = []
-    tasks: set[object] = set()
-    pace = Pace(interval=0.2)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(work: object) -> None:
+        tasks.add(asyncio.ensure_future(work))  # type: ignore[arg-type]
+
+    pace = Pace(spawn, interval=0.2)
 
     def line(number: int) -> StatusLine:
         async def send(text: str) -> None:
             sent.append((number, text, time.monotonic()))
 
-        return StatusLine(send, tasks.add, pace)
+        return StatusLine(send, pace)
 
     first, second = line(1), line(2)
     posted = time.monotonic()
@@ -25,8 +29,9 @@ async def test_status_lines_sharing_a_channel_pace_take_turns() -> None:
     second.opened("⏳ two")
     first.on_progress("j1", "running", None)
     second.on_progress("j2", "running", None)
-    first.on_progress("j1", "succeeded", None)  # joins the edit still waiting for its turn
+    first.on_progress("j1", "succeeded", None)  # still waiting: it will send its latest text
     await asyncio.sleep(0.7)
+    assert len(tasks) == 1  # one sender for the channel, not a task per line
 
     assert [(n, text) for n, text, _ in sent] == [
         (1, "⏳ one\n_finishing_"),
@@ -38,4 +43,9 @@ async def test_status_lines_sharing_a_channel_pace_take_turns() -> None:
     await first.finish(failed=False)  # the end is not paced: it goes out at once
     assert sent[-1][0] == 1 and sent[-1][1].startswith("⏳ one\n_done in ")
     await first.finish(failed=False)
-    assert len(sent) == 3  # closed: nothing more
+    second.on_progress("j2", "succeeded", None)
+    await second.interrupt()  # closed while waiting for its turn: only the final goes out
+    await asyncio.sleep(0.3)
+    assert [text for _, text, _ in sent[3:]] == [
+        "⏳ two\n_interrupted by a restart: the result follows once the bot is back_"
+    ]
