@@ -13,7 +13,8 @@ What Slack needs, and where it is handled (see ``shared/specs/chat_platforms.md`
   message we own (text, model, reason, price), the file is uploaded into the anchor's thread
   (always the thread's parent ``ts``), and the reactions are pre-added to the anchor.
 - **Progress.** One status message per command, edited with ``chat.update`` as its jobs move,
-  only when the text changes and at most once a second.
+  only when the text changes; a channel's status lines take turns at one edit a second
+  (Slack's limit is per channel), and the final edit goes out at once.
 - **Reactions.** ``reaction_added`` goes to the core with the ``event_id``; the core persists
   it, so a retried delivery, even after a restart, acts once. Bolt drops the bot's own
   reactions (it learns its user id from ``auth.test``). Refusals are ``chat.postEphemeral``.
