@@ -1,6 +1,6 @@
 """Delivery helpers shared by the platform surfaces (Slack, Discord): the loop that posts a
-use case's replies (:func:`deliver_replies`), the status line of a command and the outbox of
-replies that could not be posted yet.
+use case's replies (:func:`deliver_replies`), the status line of a command, the outbox of
+replies that could not be posted yet, and the set of background tasks (the web channel's too).
 
 Neither is a surface (no ``create``): the web channel keeps its own status in its history
 table; Slack and Discord edit one platform message per command.
@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from bot import progress
 from bot.domain import Origin, Reply
@@ -24,6 +25,30 @@ STATUS_MIN_INTERVAL_S = 1.0
 #: A status line cut off by a restart (its job resumes and its result follows).
 INTERRUPTED = "interrupted by a restart: the result follows once the bot is back"
 _STATE_WORDS = {"queued": "queued", "running": "running", "succeeded": "finishing"}
+
+
+class Tasks:
+    """A surface's work in the background (commands, reactions, status edits): kept alive
+    (asyncio holds tasks only weakly), waited for by :meth:`idle`, cancelled at stop."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Future[Any]] = set()
+
+    def spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(work)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
+
+    async def idle(self) -> None:
+        """Wait until every task, and every task those start meanwhile, has ended."""
+        while pending := [task for task in self._running if not task.done()]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def cancel_all(self) -> None:
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
 
 
 class Pace:

@@ -38,7 +38,7 @@ import yarl
 from discord import app_commands
 from PIL import Image
 
-from adapters.delivery import Outbox, Pace, StatusLine, deliver_replies
+from adapters.delivery import Outbox, Pace, StatusLine, Tasks, deliver_replies
 from bot import cpu
 from bot.app import Services
 from bot.commands import ASPECT_RATIOS
@@ -129,10 +129,11 @@ class DiscordSurface:
         self.client = _Client(self, guild_ready_timeout=guild_ready_timeout)
         self._register_commands()
         self.outbox = Outbox(SURFACE, services.store, self.post, DISCORD_ERRORS, outbox_interval_s)
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self.tasks = Tasks()
+        self._spawn = self.tasks.spawn
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
-        self._outbox_task: asyncio.Future[Any] | None = None
+        self._outbox_task: asyncio.Future[Any] | None = None  # apart: idle() never waits on it
         #: The upload limit each guild's interactions report (attachment_size_limit).
         self._upload_limits: dict[int, int] = {}
 
@@ -152,7 +153,7 @@ class DiscordSurface:
                     raise SurfaceUnavailable("Discord refused DISCORD_BOT_TOKEN (login failed)")
                 raise SurfaceUnavailable(f"Discord could not start: {error}")
             await asyncio.sleep(0.02)
-        self._outbox_task = self._spawn(self.outbox.run())
+        self._outbox_task = asyncio.ensure_future(self.outbox.run())
         invite = discord.utils.oauth_url(
             self.client.application_id or 0,
             permissions=PERMISSIONS,
@@ -163,23 +164,17 @@ class DiscordSurface:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._outbox_task is not None:
+            self._outbox_task.cancel()
+            await asyncio.gather(self._outbox_task, return_exceptions=True)
+        await self.tasks.cancel_all()
         await self.client.close()
         if self._runner is not None:
             await asyncio.gather(self._runner, return_exceptions=True)
 
-    def _spawn(self, work: Awaitable[Any]) -> asyncio.Future[Any]:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)  # asyncio keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def idle(self) -> None:
         """Wait until every command and reaction in flight has been answered."""
-        while pending := [t for t in self._tasks if not t.done() and t is not self._outbox_task]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.tasks.idle()
 
     async def _sync_guilds(self) -> None:
         for guild_id in self.guild_ids:

@@ -32,7 +32,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
@@ -46,7 +46,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.delivery import Outbox, Pace, StatusLine, deliver_replies
+from adapters.delivery import Outbox, Pace, StatusLine, Tasks, deliver_replies
 from adapters.http_server import http_server
 from bot.app import Services
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
@@ -150,8 +150,9 @@ class SlackSurface:
             self.server = http_server(services, host=host, port=port)
             self.server.add_external_post("/slack/events", self._on_http)
         self.outbox = Outbox(SURFACE, services.store, self.post, SLACK_ERRORS, outbox_interval_s)
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._outbox: asyncio.Task[Any] | None = None
+        self.tasks = Tasks()
+        self._spawn = self.tasks.spawn
+        self._outbox: asyncio.Future[Any] | None = None  # runs apart: idle() never waits on it
         self._groups: dict[str, tuple[float, set[str]]] = {}
         self._stopping = False
         # One pace of status edits per channel (Slack's limit is per channel).
@@ -190,31 +191,25 @@ class SlackSurface:
         if self.server is not None:
             url = await self.server.start()
             modes.append(f"HTTP mode at {url}/slack/events")
-        self._outbox = self._spawn(self.outbox.run())
+        self._outbox = asyncio.ensure_future(self.outbox.run())
         return f"Slack: on as @{auth.get('user')} in {auth.get('team')} ({', '.join(modes)})"
 
     async def stop(self) -> None:
         self._stopping = True
         if self.socket is not None:
             await self.socket.close_async()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._outbox is not None:
+            self._outbox.cancel()
+            await asyncio.gather(self._outbox, return_exceptions=True)
+        await self.tasks.cancel_all()
         if self.server is not None:
             await self.server.stop()
         if self.client.session is not None:
             await self.client.session.close()
 
-    def _spawn(self, work: Awaitable[Any]) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)  # asyncio keeps only weak references to tasks
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def idle(self) -> None:
         """Wait until every command and reaction in flight has been answered."""
-        while pending := [t for t in self._tasks if not t.done() and t is not self._outbox]:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await self.tasks.idle()
 
     # -- inbound -----------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from adapters.delivery import FAILED_ON_OUR_SIDE, INTERRUPTED
+from adapters.delivery import FAILED_ON_OUR_SIDE, INTERRUPTED, Tasks
 from adapters.http_server import MAX_BODY, http_server
 from bot import cpu, progress
 from bot.app import Services
@@ -111,7 +111,8 @@ class WebSurface:
             )
         self.server = http_server(services, host=host, port=port)
         self._listeners: set[_Listener] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = Tasks()
+        self._spawn = self.tasks.spawn
         self._stopping = False
         self._add_routes(self.server.app)
 
@@ -142,9 +143,7 @@ class WebSurface:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.tasks.cancel_all()
         for listener in list(self._listeners):
             listener.queue.put_nowait(("close", {}))
         await self.server.stop()
@@ -289,11 +288,6 @@ class WebSurface:
         return web.json_response({"ok": True}, status=202)
 
     # -- delivering replies ------------------------------------------------------------------
-
-    def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
         """Post replies nobody typed a command for (scheduled batches) in the channel."""
