@@ -62,13 +62,15 @@ class Pace:
     """
 
     def __init__(
-        self, spawn: Callable[[Awaitable[None]], object], interval: float = STATUS_MIN_INTERVAL_S
+        self,
+        spawn: Callable[[Awaitable[None]], asyncio.Future[Any]],
+        interval: float = STATUS_MIN_INTERVAL_S,
     ) -> None:
         self.spawn = spawn
         self.interval = interval
         self._next = 0.0
         self._waiting: dict[StatusLine, None] = {}  # in order of arrival
-        self._sending = False
+        self._sender: asyncio.Future[Any] | None = None
 
     def used(self) -> None:
         """Something was just sent (a post, a final edit): the next edit waits a full turn."""
@@ -77,26 +79,25 @@ class Pace:
     def request(self, line: StatusLine) -> None:
         """``line`` has a new text to show; it is sent at its turn."""
         self._waiting.setdefault(line, None)
-        if not self._sending:
-            self._sending = True
-            self.spawn(self._send_in_turn())
+        if self._sender is None or self._sender.done():
+            self._sender = self.spawn(self._send_in_turn())
 
     def withdraw(self, line: StatusLine) -> None:
+        """``line`` has ended; if nothing else waits, the sender stops sleeping for it."""
         self._waiting.pop(line, None)
+        if not self._waiting and self._sender is not None and not self._sender.done():
+            self._sender.cancel()
 
     async def _send_in_turn(self) -> None:
-        try:
-            while self._waiting:
-                wait = self._next - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-                    continue  # lines may have left or joined meanwhile
-                line = next(iter(self._waiting))
-                del self._waiting[line]
-                self._next = time.monotonic() + self.interval
-                await line.send_current()
-        finally:
-            self._sending = False
+        while self._waiting:
+            wait = self._next - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue  # lines may have left or joined meanwhile
+            line = next(iter(self._waiting))
+            del self._waiting[line]
+            self._next = time.monotonic() + self.interval
+            await asyncio.shield(line.send_current())  # a started edit is not cut off
 
 
 class StatusLine:

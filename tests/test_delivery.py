@@ -12,8 +12,10 @@ async def test_status_lines_sharing_a_channel_pace_take_turns() -> None:
     sent: list[tuple[int, str, float]] = []
     tasks: set[asyncio.Task[None]] = set()
 
-    def spawn(work: object) -> None:
-        tasks.add(asyncio.ensure_future(work))  # type: ignore[arg-type]
+    def spawn(work: object) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+        tasks.add(task)
+        return task
 
     pace = Pace(spawn, interval=0.2)
 
