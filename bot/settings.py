@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -91,8 +92,10 @@ class Settings(BaseSettings):
     replicate_api_url: str = Field(
         default="https://api.replicate.com", validation_alias=AliasChoices("REPLICATE_API_URL")
     )
-    #: Hosts whose outputs may be downloaded over plain http (ComfyUI's own host always may,
-    #: for ComfyUI downloads only).
+    #: Download destinations the operator vouches for: outputs may come from them over plain
+    #: http, and from their addresses even when loopback or private (otherwise refused).
+    #: ``host`` allows every port, ``host:port`` that port only (IPv6: ``[::1]:8080``).
+    #: COMFYUI_URL's own host and port always are, for ComfyUI downloads only.
     allow_http_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     #: Largest provider output accepted, in bytes.
     max_download_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
@@ -125,9 +128,40 @@ class Settings(BaseSettings):
     @field_validator("allow_http_hosts", mode="before")
     @classmethod
     def _host_list(cls, value: Any) -> Any:
+        """``host`` or ``host:port`` entries separated by commas, lower-cased; IPv6 in brackets
+        (a bare IPv6 address means every port of it)."""
         if isinstance(value, str):
-            return [part.strip().lower() for part in value.split(",") if part.strip()]
-        return value
+            value = value.split(",")
+        if not isinstance(value, list | tuple):
+            return value
+        entries = []
+        for part in value:
+            text = str(part).strip().lower()
+            if not text:
+                continue
+            if text.count(":") > 1 and not text.startswith("["):
+                text = f"[{text}]"
+            try:
+                parts = urlsplit(f"//{text}")
+                port = parts.port
+            except ValueError:
+                parts, port = None, None
+            if (
+                parts is None
+                or not parts.hostname
+                or port == 0
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or "@" in text
+            ):
+                raise ValueError(
+                    f"expected host or host:port entries separated by commas (IPv6 as "
+                    f"[::1]:8080); got {str(part).strip()!r}"
+                )
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            entries.append(f"{host}:{port}" if port else host)
+        return entries
 
     @field_validator("provider_rates", "provider_concurrency", mode="before")
     @classmethod

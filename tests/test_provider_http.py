@@ -9,6 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from adapters.providers import _http
 from adapters.providers._http import (
     DownloadPolicy,
     download,
@@ -18,6 +19,19 @@ from adapters.providers._http import (
     scrub,
 )
 from bot.providers import PermanentError, TransientError
+
+#: Where the fake resolver sends every name: a public address (these tests run offline).
+PUBLIC_ADDRESS = "93.184.215.14"
+
+
+@pytest.fixture(autouse=True)
+def public_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Downloads resolve their host before connecting; offline, every name is public."""
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return [PUBLIC_ADDRESS]
+
+    monkeypatch.setattr(_http, "resolve", resolve)
 
 
 def _png(size: tuple[int, int] = (32, 16)) -> bytes:
@@ -97,7 +111,7 @@ async def test_decompression_bombs_are_refused() -> None:
     Image.new("1", (20_000, 20_000)).save(buffer, "PNG")  # tiny file, 400 Mpx decoded
     async with _client(lambda r: httpx.Response(200, content=buffer.getvalue())) as client:
         policy = DownloadPolicy(frozenset(), max_bytes=10_000_000, timeout_s=5)
-        with pytest.raises(PermanentError, match="too large to decode safely"):
+        with pytest.raises(PermanentError, match="400,000,000 pixels, over the limit of 40,0"):
             await download(client, "https://cdn.example.net/bomb.png", policy, expect="image")
 
 
@@ -171,7 +185,7 @@ def test_only_the_allow_list_gives_plain_http_comfyuis_host_is_comfyuis_own(
     settings = make_settings(comfyui_url="http://gpu-box:8188", allow_http_hosts=["Cdn.Lan"])
     assert DownloadPolicy.from_settings(settings).allow_http_hosts == {"cdn.lan"}
     own = DownloadPolicy.from_settings(settings, http_hosts=["gpu-box"])
-    assert own.allow_http_hosts == {"cdn.lan", "gpu-box"}
+    assert own.allow_http_hosts == {"cdn.lan", "gpu-box:8188"}  # its port, not the machine
 
 
 def test_a_reference_is_read_from_its_header(tmp_path) -> None:

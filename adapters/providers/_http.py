@@ -7,10 +7,13 @@ guarded download of outputs.
 - :func:`error_from_response` maps an HTTP error to the runner's classes: 408/409/425/429/5xx
   are transient (429's ``Retry-After`` honoured), other 4xx permanent with the provider's own
   message; :func:`error_from_exception` does the same for timeouts and connection failures.
-- :func:`download` fetches an output under guard: https only (plain http only for hosts in
-  ``TIERBOT_ALLOW_HTTP_HOSTS``, and for ComfyUI its own ``COMFYUI_URL`` host), a size cap, a
-  timeout, the content type checked, and the bytes decoded (images under Pillow's
-  decompression-bomb limit, videos probed with ffmpeg) before anything can enter the asset
+- :func:`download` fetches an output under guard: https only (plain http only to entries of
+  ``TIERBOT_ALLOW_HTTP_HOSTS``, and for ComfyUI its own ``COMFYUI_URL`` host and port), never
+  to a loopback, private, link-local or cloud metadata address unless the operator allowed it
+  (see :class:`DownloadPolicy`; the name is resolved once and the connection pinned to the
+  checked address), a size cap, a timeout, the content type checked, and the bytes decoded
+  (images only up to :data:`MAX_IMAGE_PIXELS`, checked from the header before decoding by
+  :func:`check_image_pixels`; videos probed with ffmpeg) before anything can enter the asset
   store. An inline ``data:`` output goes through the same size cap and decoding.
 - :func:`read_reference` reads a reference image from the asset store for sending.
 """
@@ -21,9 +24,11 @@ import asyncio
 import base64
 import binascii
 import io
+import ipaddress
 import json
 import logging
 import re
+import socket
 import subprocess
 import tempfile
 from collections.abc import Callable, Collection
@@ -50,6 +55,26 @@ TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 520, 522, 524, 529}
 FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
 IMAGE_TYPES = set(FORMAT_MIME.values())
 VIDEO_TYPES = {"video/mp4", "video/quicktime", "video/webm"}
+#: Largest image accepted, in pixels (width x height), read from the header before anything is
+#: decoded. The biggest legitimate outputs are 4K squares (4096x4096, 16.8 MP) and 8K-wide
+#: frames (8192x4608, 37.7 MP). Pillow's own limit is far looser (it warns from 89.5 MP and
+#: refuses only above 179 MP): a 144 MP PNG of 445 KB took a worker to over a gigabyte.
+MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_PORTS = {"http": 80, "https": 443}
+#: Cloud metadata endpoints, refused even where their range would pass for public (Azure's
+#: WireServer and Oracle's endpoint do).
+METADATA_ADDRESSES: frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address] = frozenset(
+    ipaddress.ip_address(address)
+    for address in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean...
+        "fd00:ec2::254",  # AWS over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "168.63.129.16",  # Azure WireServer
+        "192.0.0.192",  # Oracle Cloud
+    )
+)
+#: NAT64: the last 32 bits are an IPv4 address the gateway connects to.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 def provider_client(
@@ -180,32 +205,312 @@ def scrub(text: str, secret: str, placeholder: str = "[redacted]") -> str:
 
 @dataclass(frozen=True)
 class DownloadPolicy:
+    """Where a download may go, and how much it may fetch.
+
+    The rule, in order:
+
+    1. Only ``https``, and plain ``http`` only to a destination in ``allow_http_hosts``.
+    2. A destination in ``allow_http_hosts`` is the operator's own: it is fetched as is.
+    3. So is an https URL on the origin of a configured provider API (``api_origins``): the
+       operator chose that server (a proxy, a regional endpoint, a test fake) and already sends
+       it the key, so outputs served from it (Gemini's files endpoint) stay allowed.
+    4. Anything else must be public: its host is resolved once, every address it resolves to
+       must be globally routed unicast (not loopback, private, shared, link-local,
+       unspecified, reserved, multicast, nor a cloud metadata endpoint; IPv6 forms embedding
+       an IPv4 address are judged by that address too), and the connection is made to the
+       address that was checked (:func:`download`).
+
+    Attributes:
+        allow_http_hosts: ``TIERBOT_ALLOW_HTTP_HOSTS`` plus a provider's own server: ``host``
+            allows every port of it, ``host:port`` that port only (IPv6 as ``[::1]:8080``).
+            Normalised on creation (lower case, IP addresses in their short form).
+        max_bytes: the size cap.
+        timeout_s: the time cap of one download, name resolution included.
+        api_origins: ``https://host:port`` origins of the configured provider APIs.
+    """
+
     allow_http_hosts: frozenset[str]
     max_bytes: int
     timeout_s: float
+    api_origins: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        entries = frozenset(_entry(*parse_host_entry(e)) for e in self.allow_http_hosts)
+        object.__setattr__(self, "allow_http_hosts", entries)
 
     @classmethod
     def from_settings(
         cls, settings: Settings, *, http_hosts: Collection[str] = ()
     ) -> DownloadPolicy:
-        """The settings' limits; plain http for ``TIERBOT_ALLOW_HTTP_HOSTS`` and ``http_hosts``
-        (a provider's own server, such as ComfyUI's host, for that provider only)."""
-        hosts = {h.lower() for h in [*settings.allow_http_hosts, *http_hosts] if h}
-        return cls(frozenset(hosts), settings.max_download_bytes, settings.provider_timeout_s)
+        """The settings' limits and allowed destinations.
+
+        Args:
+            settings: ``allow_http_hosts``, the provider API URLs, the limits.
+            http_hosts: a provider's own servers, allowed for that provider only (ComfyUI
+                passes its host). A bare host that is ``COMFYUI_URL``'s host is narrowed to
+                ``COMFYUI_URL``'s port: the server, not every service on its machine.
+        """
+        hosts = [*settings.allow_http_hosts]  # normalised by the policy itself
+        comfy = urlsplit(settings.comfyui_url or "")
+        for given in http_hosts:
+            if not given:
+                continue
+            host, port = parse_host_entry(given)
+            if port is None and comfy.hostname and _canonical_host(comfy.hostname) == host:
+                port = comfy.port or DEFAULT_PORTS.get(comfy.scheme)
+            hosts.append(_entry(host, port))
+        apis = (settings.fal_queue_url, settings.gemini_api_url, settings.replicate_api_url)
+        origins = frozenset(origin for url in apis if (origin := _https_origin(url or "")))
+        return cls(
+            frozenset(hosts), settings.max_download_bytes, settings.provider_timeout_s, origins
+        )
+
+    def allows(self, host: str, port: int) -> bool:
+        """Whether ``host`` (canonical, see :func:`parse_host_entry`) and ``port`` are allowed
+        by an entry of :attr:`allow_http_hosts`."""
+        return bool(host) and (
+            _entry(host, None) in self.allow_http_hosts
+            or _entry(host, port) in self.allow_http_hosts
+        )
+
+
+def parse_host_entry(entry: str) -> tuple[str, int | None]:
+    """``(host, port)`` of an allow-list entry; the port is None for a bare host (every port).
+
+    Accepts ``host``, ``host:port``, ``[ipv6]``, ``[ipv6]:port`` and a bare IPv6 address. The
+    host comes back canonical: lower case, IDNA-encoded, an IP address in its short form.
+
+    Raises:
+        ValueError: not one of those forms.
+    """
+    text = entry.strip().lower()
+    if text.count(":") > 1 and not text.startswith("["):
+        text = f"[{text}]"  # a bare IPv6 address: no port can be told apart
+    try:
+        parts = urlsplit(f"//{text}")
+        port = parts.port
+        host = _canonical_host(parts.hostname or "")
+    except ValueError:
+        raise ValueError(f"{entry!r} is not host or host:port") from None
+    if not host or port == 0 or parts.path or parts.query or parts.fragment or "@" in text:
+        raise ValueError(f"{entry!r} is not host or host:port")
+    return host, port
+
+
+def _canonical_host(host: str) -> str:
+    """A host as compared with allow-list entries (see :func:`parse_host_entry`)."""
+    host = host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+    if not host:
+        return ""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return httpx.URL(scheme="http", host=host).raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError):
+        raise ValueError(f"{host!r} is not a host name") from None
+
+
+def _entry(host: str, port: int | None) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return f"{name}:{port}" if port else name
+
+
+def _https_origin(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        return None
+    try:
+        return f"https://{_entry(_canonical_host(parts.hostname), parts.port or 443)}"
+    except ValueError:
+        return None
+
+
+def _destination(url: httpx.URL) -> tuple[str, str, int]:
+    """``(scheme, canonical host, port)`` of a URL as httpx will connect to it."""
+    scheme = url.scheme
+    try:
+        host = _canonical_host(url.raw_host.decode("ascii"))
+    except ValueError:
+        host = ""
+    return scheme, host, url.port or DEFAULT_PORTS.get(scheme, 0)
+
+
+def is_public_address(address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether a download may connect to ``address`` without the operator's say-so.
+
+    Only globally routed unicast addresses pass: loopback, private, shared (100.64/10),
+    link-local, unspecified, reserved, documentation and multicast ranges do not, nor the
+    cloud metadata endpoints of :data:`METADATA_ADDRESSES`. An IPv6 address that carries an
+    IPv4 one (``::ffff:a.b.c.d``, 6to4, Teredo, NAT64 ``64:ff9b::/96``) must pass for both.
+    """
+    try:
+        ip = ipaddress.ip_address(address) if isinstance(address, str) else address
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return _is_public(ip.ipv4_mapped)  # the IPv4 address itself, on a dual-stack socket
+    candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = [ip.sixtofour, *(ip.teredo or ())]
+        if ip in _NAT64:
+            embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF))
+        candidates += [e for e in embedded if e is not None]
+    return all(_is_public(candidate) for candidate in candidates)
+
+
+def _is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return ip.is_global and not (
+        ip.is_multicast
+        or ip.is_reserved
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_private
+        or ip.is_unspecified
+        or ip in METADATA_ADDRESSES
+    )
+
+
+def _address_kind(address: str) -> str:
+    """What kind of non-public address this is, for the refusal message."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "not an IP"
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = ip.ipv4_mapped or ip
+    checks = (
+        (ip in METADATA_ADDRESSES, "cloud metadata"),
+        (ip.is_loopback, "loopback"),
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_link_local, "link-local"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_private, "private"),
+    )
+    return next((kind for hit, kind in checks if hit), "non-public")
+
+
+def _refused_address(host: str, port: int, address: str) -> PermanentError:
+    kind = f"a {_address_kind(address)} address, not a public one"
+    what = kind if _canonical_host(address) == host else f"it resolves to {address}, {kind}"
+    return PermanentError(
+        f"refused to download from {_entry(host, port)}: {what} (an operator may allow it "
+        "in TIERBOT_ALLOW_HTTP_HOSTS)"
+    )
+
+
+def _parse_url(url: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise PermanentError("refused to download a malformed URL") from None
+
+
+def _vet(url: httpx.URL, policy: DownloadPolicy) -> bool:
+    """Refuse a URL that may never be fetched; True when its destination is the operator's
+    (allow-listed, or a provider API origin) and so needs no address check."""
+    scheme, host, port = _destination(url)
+    allowed = policy.allows(host, port)
+    if scheme == "http" and allowed:
+        return True
+    if scheme != "https" or not host:
+        raise PermanentError(
+            f"refused to download {scheme or 'a'} URL from {host or 'nowhere'}: only https "
+            "(or http to a host in TIERBOT_ALLOW_HTTP_HOSTS)"
+        )
+    if allowed or f"https://{_entry(host, port)}" in policy.api_origins:
+        return True
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: its addresses are checked once resolved
+    if not is_public_address(literal):
+        raise _refused_address(host, port, host)
+    return False
 
 
 def check_url(url: str, policy: DownloadPolicy) -> None:
-    """Refuse a download URL that is not https (or http to an allowed host)."""
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    if parts.scheme == "https" and host:
-        return
-    if parts.scheme == "http" and host and host in policy.allow_http_hosts:
-        return
-    raise PermanentError(
-        f"refused to download {parts.scheme or 'a'} URL from {host or 'nowhere'}: only https "
-        "(or http to a host in TIERBOT_ALLOW_HTTP_HOSTS)"
-    )
+    """Refuse a download URL by its scheme, host and port, without resolving its name: not
+    https (or http to an allowed host), or an IP address that is not public and not allowed.
+
+    :func:`download` runs this and then checks (and pins) the addresses a name resolves to;
+    a caller fetching by itself, as Gemini does from its own API origin, gets this part only.
+    """
+    _vet(_parse_url(url), policy)
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to, in the system resolver's order of preference."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+async def public_addresses(url: httpx.URL) -> list[str]:
+    """Resolve ``url``'s host once; its addresses, if every one of them is public.
+
+    Raises:
+        PermanentError: one of the addresses is not public (:func:`is_public_address`).
+        TransientError: the name does not resolve.
+    """
+    _, host, port = _destination(url)
+    name = url.raw_host.decode("ascii")
+    try:
+        addresses = await resolve(name, port)
+    except (OSError, UnicodeError):
+        addresses = []
+    if not addresses:
+        raise TransientError(f"could not resolve {host or 'the download host'}")
+    for address in addresses:
+        if not is_public_address(address):
+            raise _refused_address(host, port, address)
+    return addresses
+
+
+def _direct(client: httpx.AsyncClient, url: httpx.URL) -> bool:
+    """Whether ``client`` connects to ``url`` itself, not through a proxy (``HTTPS_PROXY``
+    and the like become httpx mounts; httpx has no public way to ask which one applies)."""
+    pick = getattr(client, "_transport_for_url", None)
+    return pick is None or pick(url) is getattr(client, "_transport", None)
+
+
+async def _send(client: httpx.AsyncClient, request: httpx.Request, vetted: bool) -> httpx.Response:
+    """Send a download request; unless its destination is the operator's, to an address
+    checked by :func:`public_addresses`.
+
+    The check and the connection use the same answer: the request goes to the checked IP,
+    with the ``Host`` header it was built with and the name as TLS SNI (httpcore's
+    ``sni_hostname`` extension), so certificates are still verified for the name and a DNS
+    answer that changes between check and connect (rebinding) is never used. Addresses are
+    tried in the resolver's order while connecting fails. The connection is closed after the
+    response (``Connection: close``): httpx pools by address, and a connection verified for
+    one name must not serve another name on the same address.
+
+    Residual risk, through a proxy only (``HTTPS_PROXY``...): a proxy resolves and connects by
+    itself (and httpcore does not pass ``sni_hostname`` through a tunnel), so there the name's
+    addresses are checked as resolved here but not pinned; what the proxy may reach is its
+    own policy. A name that does not resolve here is not fetched, proxy or not.
+    """
+    if vetted:
+        return await client.send(request, stream=True, follow_redirects=False)
+    original = request.url
+    addresses = await public_addresses(original)
+    pinned = [original.copy_with(host=address) for address in addresses]
+    if not (_direct(client, original) and _direct(client, pinned[0])):
+        return await client.send(request, stream=True, follow_redirects=False)
+    request.extensions = {**request.extensions, "sni_hostname": original.raw_host.decode("ascii")}
+    # httpx pools connections by scheme, address and port: one verified for this name must not
+    # carry a later request for another name that resolves to the same address.
+    request.headers["Connection"] = "close"
+    for index, url in enumerate(pinned):
+        request.url = url
+        try:
+            return await client.send(request, stream=True, follow_redirects=False)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            if index == len(pinned) - 1:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def download(
@@ -220,24 +525,25 @@ async def download(
     """Fetch one output under guard and return it decoded.
 
     Args:
-        client: an HTTP client; its credential headers go only to its own base URL's host
+        client: an HTTP client; its credential headers go only to its own base URL's origin
             (a Gemini file download needs the key), never to a CDN or other host.
         url: the output's URL, or an inline base64 ``data:`` URI (some models answer so).
-        policy: scheme, host, size and time limits.
+        policy: schemes, destinations, size and time limits (see :class:`DownloadPolicy`).
         expect: ``"image"`` or ``"video"``.
         seed: the seed to record on the file.
         headers: headers for this download only (a ComfyUI behind auth, say).
 
     Raises:
-        PermanentError: refused URL, too large, wrong content type, undecodable.
-        TransientError: timeout, connection failure, 5xx.
+        PermanentError: refused URL or address, too large, wrong content type, undecodable.
+        TransientError: timeout, name resolution or connection failure, 5xx.
     """
     if url.startswith("data:"):
         mime, data = _data_uri(url, policy)
         return await decode_in_worker(data, mime, expect=expect, seed=seed)
-    check_url(url, policy)
-    request = client.build_request("GET", url, headers=headers or {})
-    if urlsplit(url).hostname != client.base_url.host:
+    target = _parse_url(url)
+    vetted = _vet(target, policy)
+    request = client.build_request("GET", target, headers=headers or {})
+    if _destination(request.url) != _destination(client.base_url):
         # httpx merges the client's default headers into every request: an API key must
         # never travel to a CDN or any other host the provider points us at.
         for name in list(request.headers):
@@ -247,7 +553,7 @@ async def download(
     size = 0
     try:
         async with asyncio.timeout(policy.timeout_s):
-            response = await client.send(request, stream=True, follow_redirects=False)
+            response = await _send(client, request, vetted)
             try:
                 if response.is_error:
                     await response.aread()
@@ -299,7 +605,8 @@ def _megabytes(size: int) -> str:
 def decode(
     data: bytes, content_type: str, *, expect: str, seed: int | None = None
 ) -> GeneratedFile:
-    """Check and decode bytes claimed to be an image or a video."""
+    """Check and decode bytes claimed to be an image (through :func:`image_info`, so over
+    :data:`MAX_IMAGE_PIXELS` is refused before decoding) or a video."""
     if expect == "image":
         if content_type and content_type not in IMAGE_TYPES | {
             "application/octet-stream",
@@ -319,26 +626,72 @@ def decode(
     )
 
 
-def image_info(data: bytes) -> tuple[str, int, int]:
-    """``(mime, width, height)`` of an image, fully decoded under the bomb limit.
+class NotAnImageError(PermanentError):
+    """Pillow does not recognise the bytes as an image (raised by :func:`check_image_pixels`)."""
+
+
+def check_image_pixels(
+    data: bytes, *, subject: str = "the image", limit: int = MAX_IMAGE_PIXELS
+) -> tuple[str, int, int]:
+    """``(format, width, height)`` of an image, read from its header and refused when it
+    has more than ``limit`` pixels. Nothing is decoded: run this on any bytes from outside
+    before anything decodes them (provider outputs, ``data:`` URIs, references, uploads).
+
+    Args:
+        data: the file's bytes.
+        subject: what the bytes are, to begin the error messages (``"reference image 'a.png'"``).
+        limit: the most pixels (width x height) accepted.
+
+    Returns:
+        Pillow's format name (``PNG``, ``JPEG``...; any type Pillow recognises), the width and
+        the height.
 
     Raises:
-        PermanentError: not an image, or a decompression bomb.
+        NotAnImageError: not an image Pillow recognises.
+        PermanentError: more pixels than ``limit``; the message names the count and the limit.
     """
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            kind = (image.format or "").upper()
+            width, height = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow will not even open an image over twice its own limit (nor one over it when
+        # warnings are errors); its message holds the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"is {int(found.group(1)):,} pixels" if found else "has too many pixels for Pillow"
+        raise _too_many_pixels(f"{subject} {size}", limit) from None
+    except Exception:
+        raise NotAnImageError(f"{subject} is not a readable image") from None
+    if width * height > limit:
+        size = f"is {width:,}x{height:,} = {width * height:,} pixels"
+        raise _too_many_pixels(f"{subject} {size}", limit)
+    return kind, width, height
+
+
+def _too_many_pixels(what: str, limit: int) -> PermanentError:
+    return PermanentError(f"{what}, over the limit of {limit:,} pixels: refused before decoding")
+
+
+def image_info(data: bytes) -> tuple[str, int, int]:
+    """``(mime, width, height)`` of an image: its pixel count checked from the header by
+    :func:`check_image_pixels`, then fully decoded.
+
+    Raises:
+        PermanentError: not an image, an unsupported type, or over :data:`MAX_IMAGE_PIXELS`.
+    """
+    try:
+        kind, width, height = check_image_pixels(data, subject="the provider's image")
+    except NotAnImageError:
+        raise PermanentError("the provider sent something that is not a readable image") from None
+    mime = FORMAT_MIME.get(kind)
+    if mime is None:
+        raise PermanentError(f"the provider sent an unsupported image type {kind}")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()  # decodes: truncated or hostile data fails here, not later
-            kind = (image.format or "").upper()
-            mime = FORMAT_MIME.get(kind)
-            if mime is None:
-                raise PermanentError(f"the provider sent an unsupported image type {kind}")
-            return mime, image.width, image.height
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PermanentError("the provider sent an image too large to decode safely") from None
-    except PermanentError:
-        raise
     except Exception:
         raise PermanentError("the provider sent something that is not a readable image") from None
+    return mime, width, height
 
 
 @dataclass(frozen=True)
@@ -371,8 +724,8 @@ def read_reference(path: Path, accept: Collection[str] | None = IMAGE_TYPES) -> 
         accept: the MIME types the provider takes; None takes any type Pillow recognises.
 
     Raises:
-        PermanentError: the file is missing, unreadable, not an image, or of a type not in
-            ``accept``.
+        PermanentError: the file is missing, unreadable, not an image, over
+            :data:`MAX_IMAGE_PIXELS` (checked from the header), or of a type not in ``accept``.
     """
     path = Path(path)
     try:
@@ -382,12 +735,7 @@ def read_reference(path: Path, accept: Collection[str] | None = IMAGE_TYPES) -> 
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise PermanentError(f"reference image {path.name!r} could not be read: {reason}") from None
-    try:
-        with Image.open(io.BytesIO(data)) as image:  # reads the header only
-            kind = (image.format or "").upper()
-            width, height = image.size
-    except Exception:
-        raise PermanentError(f"reference image {path.name!r} is not a readable image") from None
+    kind, width, height = check_image_pixels(data, subject=f"reference image {path.name!r}")
     mime = FORMAT_MIME.get(kind, "application/octet-stream")
     if accept is not None and mime not in accept:
         raise PermanentError(f"reference image {path.name!r} is a {kind or 'unknown'} image")
@@ -426,5 +774,6 @@ def video_info(data: bytes) -> tuple[int, int, float]:
 async def decode_in_worker(
     data: bytes, content_type: str, *, expect: str, seed: int | None = None
 ) -> GeneratedFile:
-    """:func:`decode` in a worker process (Pillow and ffmpeg are CPU work)."""
+    """:func:`decode` in a worker process (Pillow and ffmpeg are CPU work); an image's pixel
+    count is checked from its header there (:func:`check_image_pixels`) before it is decoded."""
     return await cpu.run(decode, data, content_type, expect=expect, seed=seed)
