@@ -4,7 +4,11 @@
 ``/tierbot <sub> ...``: the text goes through the same parser and pipeline as every chat
 surface, as the local user ``cli:<login>``. Two commands exist only here: ``demo`` (a
 complete offline pass) and ``run`` (serve the configured surfaces). Exit status: 0 on success,
-1 when a reply reports an error, 2 for invalid settings.
+1 when a reply reports an error, 2 for invalid settings, 130 on Ctrl+C and 141 when the
+reader of standard output goes away (``tierbot models | head``; see :func:`main`).
+
+The shell has already split the words and removed the quotes, so :func:`command_text`
+writes them back as chat text the shared parser reads as exactly those words (see there).
 """
 
 from __future__ import annotations
@@ -12,18 +16,20 @@ from __future__ import annotations
 import asyncio
 import getpass
 import logging
-import shlex
+import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from bot import cpu
 from bot.app import Services, build, freeze_startup_objects, load_surfaces, surface_cli
 from bot.catalog import CatalogError
-from bot.commands import help_text
+from bot.commands import COMMANDS, FLAGS, help_text
 from bot.domain import CommandEvent, Origin, Reply
 from bot.policy import PolicyError
 from bot.settings import Settings, SettingsError, load_settings
@@ -32,6 +38,13 @@ from bot.surfaces import SurfaceUnavailable
 log = logging.getLogger(__name__)
 
 DEMO_PROMPT = "astronaut in an overgrown jungle"
+
+#: Exit status when standard output is a pipe whose reader has gone: 128 + SIGPIPE, what a
+#: shell reports for a program ended by that signal (and distinct from 1, "an error reply").
+EXIT_BROKEN_PIPE = 141
+
+#: The quote characters of the chat grammar (bot/commands.py): straight, smart and low-9.
+_QUOTES = frozenset("\"'“”„‘’")
 
 CLI_USAGE = """\
 usage: tierbot <command> [...]
@@ -61,12 +74,76 @@ def _print(reply: Reply) -> None:
     print(flush=True)
 
 
-async def _collect(replies: AsyncIterator[Reply]) -> list[Reply]:
+async def _collect(replies: AsyncGenerator[Reply, None]) -> list[Reply]:
+    """Print the replies as they come. If printing fails (a closed pipe), the command is
+    closed here, in its own task, rather than left to the event loop's finaliser."""
     collected = []
-    async for reply in replies:
-        _print(reply)
-        collected.append(reply)
+    async with aclosing(replies):
+        async for reply in replies:
+            _print(reply)
+            collected.append(reply)
     return collected
+
+
+def _needs_quotes(word: str) -> bool:
+    """Whether the parser would read ``word``, written as it is, as anything but itself.
+
+    It would split it at whitespace, drop it when empty, open a quote at its start or right
+    after ``=``, and read a backslash before a quote as an escape. Anything else is literal
+    (the apostrophe in ``dog's``, the inch mark in ``12"``).
+    """
+    return (
+        not word
+        or any(ch.isspace() for ch in word)
+        or word[0] in _QUOTES
+        or any(a in "=\\" and b in _QUOTES for a, b in pairwise(word))
+    )
+
+
+def _quote(word: str) -> str:
+    """``word`` as one chat token that the parser reads back as exactly ``word``.
+
+    Words that need it are put in double quotes, with a backslash before every quote
+    character inside (the parser removes exactly those). Trailing backslashes go after the
+    closing quote, which they would otherwise escape. An option with an inline value
+    (``--no=blurry text``) quotes only the value, so it stays an option.
+    """
+    if not _needs_quotes(word):
+        return word
+    name, eq, value = word.partition("=")
+    if word.startswith("-") and eq and not _needs_quotes(name):
+        return f"{name}={_quote(value)}"
+    core = word.rstrip("\\")
+    escaped = "".join("\\" + ch if ch in _QUOTES else ch for ch in core)
+    return f'"{escaped}"{word[len(core) :]}'
+
+
+def _takes_value(word: str) -> bool:
+    """Whether ``word`` is an option whose value is the next word (``--style``)."""
+    if not word.startswith("--") or "=" in word:
+        return False
+    flag = FLAGS.get(word[2:].lower())
+    return flag is not None and flag.metavar is not None
+
+
+def command_text(words: Sequence[str], *, beats: bool = False) -> str:
+    """The chat text the shared parser reads as exactly these shell words.
+
+    Each word becomes one token (:func:`_quote`), so ``tierbot draft "a red fox" --n 2``
+    keeps its prompt and its options. With ``beats`` (``storyboard``), every ``|`` separates
+    beats, whether it is a word of its own or inside a quoted word: a ``|`` reaches the
+    program only when the person quoted it, so quoting cannot mean "literal |" here. An
+    option and its value are left whole, as the parser leaves them in chat.
+    """
+    tokens = []
+    value_next = False
+    for word in words:
+        if beats and not value_next and not word.startswith("--"):
+            tokens.append(" | ".join(_quote(piece) if piece else "" for piece in word.split("|")))
+        else:
+            tokens.append(_quote(word))
+        value_next = _takes_value(word)
+    return " ".join(tokens)
 
 
 async def run_command(services: Services, argv: Sequence[str]) -> int:
@@ -82,11 +159,11 @@ async def run_command(services: Services, argv: Sequence[str]) -> int:
             return 2
         argv = argv[:3]
     if argv[0] == "draft":
-        event = CommandEvent(origin=_origin(), command="draft", text=shlex.join(argv[1:]))
+        event = CommandEvent(origin=_origin(), command="draft", text=command_text(argv[1:]))
     else:
-        event = CommandEvent(
-            origin=_origin(), command="tierbot", text=shlex.join(argv), attachment=attachment
-        )
+        spec = COMMANDS.get(argv[0].strip().removeprefix("/"))
+        text = command_text(argv, beats=spec is not None and spec.beats)
+        event = CommandEvent(origin=_origin(), command="tierbot", text=text, attachment=attachment)
     replies = await _collect(services.bot.handle_command(event))
     return 1 if any(r.error for r in replies) else 0
 
@@ -158,7 +235,7 @@ async def serve(services: Services) -> int:
     if unfinished := len(services.store.unfinished_jobs()):
         # In the background: a resumed video may take minutes, and the bot serves meanwhile.
         print(f"Resuming {unfinished} unfinished job(s); results go where they were asked for.")
-        resuming = asyncio.create_task(services.bot.resume())
+        resuming = asyncio.create_task(services.bot.recover())
         resuming.add_done_callback(_log_resume)
     cpu.warm_up()
     missed = await services.scheduler.start()
@@ -202,7 +279,28 @@ async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``tierbot`` console script."""
+    """Entry point of the ``tierbot`` console script.
+
+    When standard output is a pipe whose reader has gone (``tierbot models | head -1``),
+    the command stops quietly and exits 141 (128 + SIGPIPE, as a shell reports a program
+    ended by that signal), without a traceback. Standard output is then pointed at
+    ``os.devnull`` so the interpreter's final flush cannot fail again.
+    """
+    try:
+        status = _main(argv)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):  # stdout is not a file descriptor (e.g. captured)
+            pass
+        return EXIT_BROKEN_PIPE
+    return status
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(CLI_USAGE + help_text())

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from bot.cli import main
+import pytest
+
+from bot.cli import main, run_command
+from bot.commands import parse
+from bot.domain import CommandEvent, Reply
 
 
 def _ids(text: str, label: str) -> list[str]:
@@ -94,3 +102,105 @@ def test_calendar_file_is_read_from_the_operators_disk(capsys, tmp_path: Path) -
     assert "Calendar for morning: 1 day(s) from 2026-11-23" in capsys.readouterr().out
     assert main(["schedule", "calendar", "morning", str(tmp_path / "missing.csv")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+async def _parsed(argv: list[str]) -> dict[str, Any]:
+    """What the shared parser makes of the chat text the CLI builds from these shell words."""
+    events: list[CommandEvent] = []
+
+    async def handle_command(event: CommandEvent) -> AsyncIterator[Reply]:
+        events.append(event)
+        return
+        yield
+
+    services: Any = SimpleNamespace(bot=SimpleNamespace(handle_command=handle_command))
+    assert await run_command(services, argv) == 0
+    (event,) = events
+    return parse(event.command, event.text).model_dump(exclude_defaults=True)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # storyboard: a "|" word of its own, and "|" inside one quoted shell word
+        (
+            ["storyboard", "a", "fox", "wakes", "|", "it", "sees", "snow"],
+            {"beats": ["a fox wakes", "it sees snow"]},
+        ),
+        (
+            ["storyboard", "a fox wakes | it sees snow", "--ar", "16:9"],
+            {"beats": ["a fox wakes", "it sees snow"], "ar": "16:9"},
+        ),
+        (["storyboard", "a fox|it leaps", "|", "snow"], {"beats": ["a fox", "it leaps", "snow"]}),
+        # an option's value is never split into beats, as in chat
+        (
+            ["storyboard", "a | b", "--style", "noir|pulp", "--model=x|y"],
+            {"beats": ["a", "b"], "style": "noir|pulp", "model": "x|y"},
+        ),
+        # every other word stays one token, exactly as the shell passed it
+        (["draft", "a red fox", "--n", "2"], {"prompt": "a red fox", "n": 2}),
+        (["draft", "a fox's den", "--n", "2"], {"prompt": "a fox's den", "n": 2}),
+        (
+            ["draft", "fox", "--style", "film noir", "at", "dusk"],
+            {"prompt": "fox at dusk", "style": "film noir"},
+        ),
+        (["draft", "fox", "--no=blurry text"], {"prompt": "fox", "negative": "blurry text"}),
+        (
+            ["draft", 'a "big" sign', "'90s", "“hi”", "C:\\x\\", 'a\\"b'],
+            {"prompt": 'a "big" sign \'90s “hi” C:\\x\\ a\\"b'},
+        ),
+    ],
+    ids=[
+        "storyboard-bar-word",
+        "storyboard-quoted",
+        "storyboard-bar-inside-words",
+        "storyboard-option-values-whole",
+        "draft-quoted-prompt",
+        "draft-apostrophe",
+        "draft-option-value-with-space",
+        "draft-inline-option-value-with-space",
+        "draft-quotes-and-backslashes",
+    ],
+)
+async def test_shell_words_reach_the_parser_as_typed(argv: list[str], expected: dict) -> None:
+    if "beats" in expected:
+        expected = {"prompt": " | ".join(expected["beats"]), **expected}
+    assert await _parsed(argv) == {"name": argv[0], **expected}
+
+
+@pytest.mark.parametrize(
+    "words",
+    [["a", "fox", "wakes", "|", "it", "sees", "snow"], ["a fox wakes | it sees snow"]],
+    ids=["bar-word", "quoted"],
+)
+def test_storyboard_from_a_shell(capsys, words: list[str]) -> None:
+    assert main(["storyboard", *words]) == 0
+    out = capsys.readouterr().out
+    assert "Drafting 2 × “a fox wakes | it sees snow”" in out
+    assert "got 1" not in out
+
+
+@pytest.mark.parametrize("args", [[], ["help"], ["models"]], ids=["usage", "help", "models"])
+def test_closed_pipe_ends_quietly(tmp_path: Path, args: list[str]) -> None:
+    """`tierbot models | head -1`: the reader is gone before the output is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed first, so the very first write fails whatever the buffering
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "bot.cli", *args],
+            cwd=tmp_path,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(tmp_path),
+                "TIERBOT_DATA_DIR": str(tmp_path / "data"),
+            },
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in done.stderr
+    assert "BrokenPipeError" not in done.stderr
+    assert done.returncode == 141
