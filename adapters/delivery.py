@@ -9,6 +9,7 @@ table; Slack and Discord edit one platform message per command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -155,6 +156,10 @@ class StatusLine:
         elapsed = f" in {time.monotonic() - self.started:.0f} s" if self.started else ""
         await self._close(f"failed: {detail}" if failed else f"done{elapsed}")
 
+    async def cancel(self) -> None:
+        """❌ on the status line stopped the job: it was cancelled, not failed."""
+        await self._close("cancelled")
+
     async def interrupt(self) -> None:
         """The bot is stopping mid-command. Its jobs stay in the store, the next start resumes
         them and posts what they make (``Tierbot.resume``), so this is not a failure."""
@@ -176,21 +181,27 @@ class StatusLine:
 FAILED_ON_OUR_SIDE = "the bot failed on its side; see the logs"
 
 
+def kept_for_retry(exc: BaseException) -> str:
+    """What a status line says when the platform would not take the result yet."""
+    return f"could not post the result yet ({platform_error(exc)}); it is kept and retried"
+
+
 async def deliver_replies(
     replies: AsyncIterator[Reply],
     status: StatusLine,
     *,
     private: Callable[[Reply], Awaitable[None]],
     open_status: Callable[[Reply], Awaitable[object | None]],
-    result: Callable[[Reply], Awaitable[None]],
+    result: Callable[[Reply], Awaitable[str | None]],
     stopping: Callable[[], bool],
 ) -> None:
     """Post a use case's replies as they come, keeping ``status`` current.
 
     The surface supplies the steps: ``private`` shows a reply to the person only;
     ``open_status`` posts a status message and returns it (None if it could not), and only
-    then does ``status`` start showing progress; ``result`` posts anything else. A private
-    error or a result ends the status line (failed if the reply is an error).
+    then does ``status`` start showing progress; ``result`` posts anything else, and returns
+    None, or what to say when the platform would not take it (it is kept for a retry). A
+    private error or a result ends the status line (failed if the reply is an error).
 
     Cancelled while ``stopping()`` (the bot is shutting down) the status line says the job
     resumes after the restart; otherwise (❌ on the status line) it says cancelled; the
@@ -207,14 +218,15 @@ async def deliver_replies(
             elif reply.status:
                 if await open_status(reply) is not None:
                     status.opened(reply.text)
+            elif (kept := await result(reply)) is not None:
+                await status.finish(failed=True, detail=kept)
             else:
-                await result(reply)
                 await status.finish(failed=reply.error, detail=reply.text if reply.error else None)
     except asyncio.CancelledError:
         if stopping():
             await status.interrupt()
         else:  # ❌ on the status line
-            await status.finish(failed=True, detail="cancelled")
+            await status.cancel()
         raise
     except Exception:
         log.exception("delivering replies failed")
@@ -226,13 +238,40 @@ def _at(offset_s: float = 0.0) -> str:
     return (datetime.now(UTC) + timedelta(seconds=offset_s)).isoformat(timespec="microseconds")
 
 
+class Steps:
+    """The steps of one post that already landed (the anchor's id, each file, each
+    reaction), kept in its outbox entry: a retry, in this process or another after a crash,
+    resumes after the last one and never repeats a step that succeeded."""
+
+    def __init__(self, store: Store, entry_id: int) -> None:
+        self.store = store
+        self.entry_id = entry_id
+        self._done = store.outbox_progress(entry_id)
+
+    def get(self, step: str) -> Any:
+        return self._done.get(step)
+
+    def done(self, step: str, value: Any = True) -> None:
+        self._done[step] = value
+        self.store.outbox_step(self.entry_id, self._done)
+
+
+#: How a surface posts one reply, step by step: ``post(origin, reply, steps)``.
+Poster = Callable[[Origin, Reply, Steps], Awaitable[None]]
+
+
 class Outbox:
-    """Replies a surface could not post yet, kept in SQLite and retried with backoff.
+    """Every public reply a surface posts goes through here: it is written to the outbox
+    first (the core already did for results, see ``bot.pipeline.durable``), posted step by
+    step, and removed once it landed. A reply the platform would not take stays, and is
+    retried with backoff by whichever process is up (after a crash too, once the dead
+    process's claim has lapsed).
 
     Args:
         surface: the surface name the entries belong to.
         store: the store.
-        post: posts one reply; raises one of ``errors`` when the platform will not take it.
+        post: posts one reply, recording its steps; raises one of ``errors`` when the
+            platform will not take it.
         errors: the exceptions that mean "try again later".
         interval_s: the first retry delay; it doubles per attempt up to an hour.
     """
@@ -241,7 +280,7 @@ class Outbox:
         self,
         surface: str,
         store: Store,
-        post: Callable[[Origin, Reply], Awaitable[None]],
+        post: Poster,
         errors: tuple[type[BaseException], ...],
         interval_s: float = 30.0,
     ) -> None:
@@ -251,37 +290,59 @@ class Outbox:
         self.errors = errors
         self.interval_s = interval_s
 
-    def keep(self, origin: Origin, reply: Reply, error: str) -> None:
-        log.warning(
-            "%s: posting to %s failed (%s); kept for retry", self.surface, origin.channel, error
-        )
-        self.store.add_to_outbox(
-            self.surface,
-            origin.model_dump(mode="json"),
-            reply.model_dump(mode="json"),
-            error,
-            _at(self.interval_s),
-        )
+    async def send(self, origin: Origin, reply: Reply) -> None:
+        """Post ``reply`` now; if the platform will not take it, keep it for a retry and
+        re-raise the platform's error (the surface may tell the person why)."""
+        entry = reply.delivery_id
+        if entry is None:
+            entry = self.store.add_to_outbox(
+                self.surface, origin.model_dump(mode="json"), reply.model_dump(mode="json")
+            )
+        try:
+            await self.post(origin, reply, Steps(self.store, entry))
+        except self.errors as exc:
+            log.warning(
+                "%s: posting to %s failed (%r); kept for retry", self.surface, origin.channel, exc
+            )
+            self.store.outbox_retry_later(entry, platform_error(exc), _at(self.interval_s))
+            raise
+        self.store.outbox_done(entry)
 
     async def flush(self) -> int:
-        """Try every due reply once; returns how many were posted."""
+        """Try every due reply nobody live is posting once; returns how many were posted."""
         posted = 0
         for entry in self.store.due_in_outbox(self.surface, _at()):
+            if not self.store.claim_outbox(entry["id"]):
+                continue
             try:
-                await self.post(Origin(**entry["origin"]), Reply(**entry["reply"]))
+                await self.post(
+                    Origin(**entry["origin"]),
+                    Reply(**entry["reply"]),
+                    Steps(self.store, entry["id"]),
+                )
             except self.errors as exc:
                 wait = min(3600.0, self.interval_s * 2 ** entry["attempts"])
-                self.store.outbox_retry_later(entry["id"], str(exc), _at(wait))
+                self.store.outbox_retry_later(entry["id"], platform_error(exc), _at(wait))
             else:
                 self.store.outbox_done(entry["id"])
                 posted += 1
         return posted
 
     async def run(self) -> None:
-        """Flush forever, every ``interval_s`` seconds."""
+        """Flush now and then every ``interval_s`` seconds, forever."""
         while True:
             try:
                 await self.flush()
             except Exception:
                 log.exception("%s: outbox flush failed", self.surface)
             await asyncio.sleep(self.interval_s)
+
+
+def platform_error(exc: BaseException) -> str:
+    """The platform's error code (Slack's ``error``) or the exception's text."""
+    error = getattr(exc, "response", None)
+    if isinstance(error, dict) or hasattr(error, "get"):
+        with contextlib.suppress(Exception):
+            if code := error.get("error"):  # type: ignore[union-attr]
+                return str(code)
+    return str(exc) or type(exc).__name__

@@ -38,7 +38,15 @@ import yarl
 from discord import app_commands
 from PIL import Image
 
-from adapters.delivery import Outbox, Pace, StatusLine, Tasks, deliver_replies
+from adapters.delivery import (
+    Outbox,
+    Pace,
+    StatusLine,
+    Steps,
+    Tasks,
+    deliver_replies,
+    kept_for_retry,
+)
 from bot import cpu
 from bot.app import Services
 from bot.commands import ASPECT_RATIOS
@@ -97,6 +105,9 @@ class _Client(discord.Client):
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self.surface._on_reaction(payload)
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        self.surface._on_reaction_removed(payload)
 
 
 class DiscordSurface:
@@ -376,17 +387,30 @@ class DiscordSurface:
         text: str,
         attachment: discord.Attachment | None = None,
     ) -> None:
-        # First, always: Discord invalidates an interaction not answered within 3 s.
+        # Written first (a local insert, well inside Discord's 3 s): a deferred command
+        # survives a crash, and the same interaction delivered twice runs once.
+        event = CommandEvent(
+            origin=Origin(
+                surface=SURFACE,
+                team=str(interaction.guild_id or "dm"),
+                channel=str(interaction.channel_id),
+                user=str(interaction.user.id),
+            ),
+            command=command,
+            text=text,
+            delivery_id=str(interaction.id),
+        )
+        if not self.services.bot.receive(event):
+            return
         await interaction.response.defer(thinking=True, ephemeral=True)
         if interaction.guild_id is not None:
             self._upload_limits[interaction.guild_id] = interaction.filesize_limit
-        self._spawn(self._run_command(interaction, command, text, attachment))
+        self._spawn(self._run_command(interaction, event, attachment))
 
     async def _run_command(
         self,
         interaction: discord.Interaction,
-        command: str,
-        text: str,
+        event: CommandEvent,
         attachment: discord.Attachment | None = None,
     ) -> None:
         origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
@@ -401,10 +425,11 @@ class DiscordSurface:
                     private=True,
                     error=True,
                 )
+                self.services.store.received_done(f"{SURFACE}:command:{event.delivery_id}")
                 await self._deliver(origin, replies_of(refusal), interaction)
                 return
         replies = self.services.bot.handle_command(
-            CommandEvent(origin=origin, command=command, text=text, attachment=data)
+            event.model_copy(update={"origin": origin, "attachment": data}), received=True
         )
         await self._deliver(origin, replies, interaction)
 
@@ -415,20 +440,41 @@ class DiscordSurface:
             return  # our own pre-added reactions echo back
         if payload.guild_id is None:
             return
-        self._spawn(self._run_reaction(payload))
+        # Discord gives a reaction no delivery id. One add by a person of an emoji on a
+        # message is acted on once; removing it and adding it again is a new act, so the id
+        # counts the removals seen so far.
+        triple = f"{payload.message_id}:{payload.user_id}:{payload.emoji}"
+        removed = self.services.store.count_received(f"{SURFACE}:removed:{triple}:")
+        reaction = ReactionEvent(
+            origin=Origin(
+                surface=SURFACE,
+                team=str(payload.guild_id),
+                channel=str(payload.channel_id),
+                user=str(payload.user_id),
+            ),
+            event_id=f"{triple}:{removed}",
+            message_id=str(payload.message_id),
+            emoji=str(payload.emoji),
+        )
+        if self.services.bot.receive(reaction):
+            self._spawn(self._run_reaction(payload, reaction))
 
-    async def _run_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+    def _on_reaction_removed(self, payload: discord.RawReactionActionEvent) -> None:
+        if payload.guild_id is None:
+            return
+        triple = f"{payload.message_id}:{payload.user_id}:{payload.emoji}"
+        prefix = f"{SURFACE}:removed:{triple}:"
+        self.services.store.note_received(
+            f"{prefix}{self.services.store.count_received(prefix)}", SURFACE
+        )
+
+    async def _run_reaction(
+        self, payload: discord.RawReactionActionEvent, reaction: ReactionEvent
+    ) -> None:
         user = payload.member or discord.Object(id=payload.user_id)
         origin = await self._origin(payload.guild_id, payload.channel_id, user)
-        # Discord has no delivery id; a reaction is acted on once per person, message, emoji.
-        event_id = f"{payload.message_id}:{payload.user_id}:{payload.emoji}"
         replies = self.services.bot.handle_reaction(
-            ReactionEvent(
-                origin=origin,
-                event_id=event_id,
-                message_id=str(payload.message_id),
-                emoji=str(payload.emoji),
-            )
+            reaction.model_copy(update={"origin": origin}), received=True
         )
         await self._deliver(origin, replies, None)
 
@@ -489,8 +535,8 @@ class DiscordSurface:
         async def private(reply: Reply) -> None:
             await self._private(origin, reply, interaction, state)
 
-        async def result(reply: Reply) -> None:
-            await self._post_or_keep(origin, reply, interaction)
+        async def result(reply: Reply) -> str | None:
+            return await self._post_or_keep(origin, reply, interaction)
 
         await deliver_replies(
             replies,
@@ -545,37 +591,61 @@ class DiscordSurface:
         """A public status message, with ❌ pre-added to cancel the job."""
         target, _ = await self._target(origin, reply)
         message = await target.send(reply.text[:MAX_CONTENT])
+        self.services.bot.record_post(origin, str(message.id), reply)  # before the ❌ shows
         for emoji in reply.reactions:
             await message.add_reaction(emoji)
-        self.services.bot.record_post(origin, str(message.id), reply)
         return message
 
     async def _post_or_keep(
         self, origin: Origin, reply: Reply, interaction: discord.Interaction | None
-    ) -> None:
+    ) -> str | None:
         try:
-            await self.post(origin, reply)
+            await self.outbox.send(origin, reply)
         except DISCORD_ERRORS as exc:
-            self.outbox.keep(origin, reply, str(exc) or type(exc).__name__)
             if getattr(exc, "code", None) == MISSING_PERMISSIONS:
                 hint = Reply(
                     text=f"{PERMISSION_HINT} The result is kept and will be posted once I can.",
                     private=True,
                 )
                 await self._private(origin, hint, interaction, {"original_used": True})
+            return kept_for_retry(exc)
+        return None
 
-    async def post(self, origin: Origin, reply: Reply) -> None:
+    async def post(self, origin: Origin, reply: Reply, steps: Steps) -> None:
         """Post one reply with the bot token: grids in the channel, results in the grid's
-        thread, each with its reaction vocabulary pre-added."""
+        thread. The message is linked to its asset as soon as Discord returns its id, then
+        the reaction vocabulary is pre-added, and a QA decision edits the decided asset's
+        message to show it; each step is recorded in ``steps``, so a retry resumes after the
+        last one that landed."""
         target, root = await self._target(origin, reply)
-        text = self._text(reply)
-        files, notes = await self._files(reply, self._filesize_limit(target))
-        if notes:
-            text = f"{text}\n{notes}"
-        message = await target.send(text[:MAX_CONTENT], files=files)
+        message_id = steps.get("message")
+        if message_id is None:
+            text = self._text(reply)
+            files, notes = await self._files(reply, self._filesize_limit(target))
+            if notes:
+                text = f"{text}\n{notes}"
+            message = await target.send(text[:MAX_CONTENT], files=files)
+            message_id = str(message.id)
+            steps.done("message", message_id)
+            self.services.bot.record_post(origin, message_id, reply, thread_id=root)
+        partial = target.get_partial_message(int(message_id))
+        added = list(steps.get("reactions") or [])
         for emoji in reply.reactions:
-            await message.add_reaction(emoji)
-        self.services.bot.record_post(origin, str(message.id), reply, thread_id=root)
+            if emoji not in added:
+                await partial.add_reaction(emoji)
+                added.append(emoji)
+                steps.done("reactions", added)
+        if reply.state_of and not steps.get("state"):
+            shown = self.services.bot.message_of(origin, reply.state_of)
+            if shown is not None:
+                decided_id, thread_id, text = shown
+                # A thread's id is its root message's id.
+                place = await self._channel(int(thread_id or origin.channel))
+                decided = reply.model_copy(update={"text": f"{text}\n{reply.state}"})
+                await place.get_partial_message(int(decided_id)).edit(
+                    content=self._text(decided)[:MAX_CONTENT]
+                )
+            steps.done("state")
 
     async def _target(self, origin: Origin, reply: Reply) -> tuple[Any, str | None]:
         """Where ``reply`` goes (the channel, or its thread, created from the root message

@@ -46,7 +46,16 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.delivery import Outbox, Pace, StatusLine, Tasks, deliver_replies
+from adapters.delivery import (
+    Outbox,
+    Pace,
+    StatusLine,
+    Steps,
+    Tasks,
+    deliver_replies,
+    kept_for_retry,
+    platform_error,
+)
 from adapters.http_server import http_server
 from bot.app import Services
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
@@ -215,6 +224,9 @@ class SlackSurface:
 
     async def _on_http(self, request: web.Request) -> web.Response:
         """HTTP mode: Bolt verifies the signature and timestamp, dispatches and acks."""
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        if not timestamp.isdigit():  # Bolt would fail on int() with a 500
+            return web.json_response({"error": "invalid request"}, status=401)
         response = await self.app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)
 
@@ -223,15 +235,27 @@ class SlackSurface:
         # Slack escapes exactly these three in command text.
         text = command.get("text", "").replace("&lt;", "<").replace("&gt;", ">")
         text = text.replace("&amp;", "&")
+        origin = Origin(
+            surface=SURFACE,
+            team=command["team_id"],
+            channel=command["channel_id"],
+            user=command["user_id"],
+        )
+        event = CommandEvent(
+            origin=origin, command=name, text=text, delivery_id=command.get("trigger_id")
+        )
+        # Written before the ack: an acknowledged command survives a crash, and a replayed
+        # one (same trigger_id) is acknowledged and ignored.
+        if not self.services.bot.receive(event):
+            await ack()
+            return
         await ack(response_type="ephemeral", text=f"⏳ On it: /{name} {text}".strip())
-        self._spawn(self._run_command(command, name, text, respond))
+        self._spawn(self._run_command(event, respond))
 
-    async def _run_command(
-        self, command: dict[str, Any], name: str, text: str, respond: Any
-    ) -> None:
-        origin = await self._origin(command["team_id"], command["channel_id"], command["user_id"])
+    async def _run_command(self, event: CommandEvent, respond: Any) -> None:
+        origin = await self._origin(event.origin.team, event.origin.channel, event.origin.user)
         replies = self.services.bot.handle_command(
-            CommandEvent(origin=origin, command=name, text=text)
+            event.model_copy(update={"origin": origin}), received=True
         )
         await self._deliver(origin, replies, respond)
 
@@ -241,21 +265,23 @@ class SlackSurface:
             return
         name = event.get("reaction", "").split("::", 1)[0]  # drop skin tones
         emoji = REACTION_NAMES.get(name, f":{name}:")
-        self._spawn(self._run_reaction(body, event, item, emoji))
-
-    async def _run_reaction(
-        self, body: dict[str, Any], event: dict[str, Any], item: dict[str, Any], emoji: str
-    ) -> None:
         team = body.get("team_id") or event.get("team", "")
-        origin = await self._origin(team, item["channel"], event["user"])
+        reaction = ReactionEvent(
+            origin=Origin(surface=SURFACE, team=team, channel=item["channel"], user=event["user"]),
+            event_id=body.get("event_id")
+            or f"{item['channel']}:{item['ts']}:{event['user']}:{emoji}",
+            message_id=item["ts"],
+            emoji=emoji,
+        )
+        # Written before Bolt acks the event: a redelivery (same event_id) acts once.
+        if self.services.bot.receive(reaction):
+            self._spawn(self._run_reaction(reaction))
+
+    async def _run_reaction(self, reaction: ReactionEvent) -> None:
+        basic = reaction.origin
+        origin = await self._origin(basic.team, basic.channel, basic.user)
         replies = self.services.bot.handle_reaction(
-            ReactionEvent(
-                origin=origin,
-                event_id=body.get("event_id")
-                or f"{item['channel']}:{item['ts']}:{event['user']}:{emoji}",
-                message_id=item["ts"],
-                emoji=emoji,
-            )
+            reaction.model_copy(update={"origin": origin}), received=True
         )
         await self._deliver(origin, replies, respond=None)
 
@@ -316,8 +342,8 @@ class SlackSurface:
         async def private(reply: Reply) -> None:
             await self._ephemeral(origin, reply, respond)
 
-        async def result(reply: Reply) -> None:
-            await self._post_or_queue(origin, reply, respond)
+        async def result(reply: Reply) -> str | None:
+            return await self._post_or_queue(origin, reply, respond)
 
         await deliver_replies(
             replies,
@@ -336,14 +362,17 @@ class SlackSurface:
                 text=reply.text,
                 thread_ts=self.services.bot.thread_of(origin, reply),
             )
+        except SLACK_ERRORS as exc:
+            log.warning("status message in %s failed: %r", origin.channel, exc)
+            return None
+        self.services.bot.record_post(origin, posted["ts"], reply)  # before the ❌ shows
+        try:
             for emoji in reply.reactions:
                 await self.client.reactions_add(
                     channel=origin.channel, timestamp=posted["ts"], name=EMOJI_NAMES[emoji]
                 )
         except SLACK_ERRORS as exc:
-            log.warning("status message in %s failed: %r", origin.channel, exc)
-            return None
-        self.services.bot.record_post(origin, posted["ts"], reply)
+            log.warning("pre-adding ❌ in %s failed: %r", origin.channel, exc)
         return str(posted["ts"])
 
     async def _ephemeral(self, origin: Origin, reply: Reply, respond: Any | None) -> None:
@@ -363,54 +392,50 @@ class SlackSurface:
                 text = f"{INVITE_HINT}\n\n{text}"
             await respond(text=text, response_type="ephemeral", replace_original=False)
 
-    async def _post_or_queue(self, origin: Origin, reply: Reply, respond: Any | None) -> None:
-        """Post a reply; if Slack will not take it now, keep it in the outbox and retry."""
+    async def _post_or_queue(self, origin: Origin, reply: Reply, respond: Any | None) -> str | None:
+        """Post a reply; if Slack will not take it now, it stays in the outbox for a retry
+        and the returned text says so."""
         try:
-            await self.post(origin, reply)
+            await self.outbox.send(origin, reply)
         except SLACK_ERRORS as exc:
-            error = (
-                exc.response.get("error")
-                if isinstance(exc, SlackApiError)
-                else str(exc) or type(exc).__name__
-            )
-            self.outbox.keep(origin, reply, str(error))
-            if error in _NOT_A_MEMBER and respond is not None:
+            if platform_error(exc) in _NOT_A_MEMBER and respond is not None:
                 await respond(
                     text=f"{INVITE_HINT} The result is kept and will be posted once I'm in.",
                     response_type="ephemeral",
                     replace_original=False,
                 )
+            return kept_for_retry(exc)
+        return None
 
-    async def post(self, origin: Origin, reply: Reply) -> None:
-        """Post one reply in its thread: an anchor message we own, the file uploaded into
-        the thread, and the reaction vocabulary pre-added to the anchor."""
-        thread_ts = self.services.bot.thread_of(origin, reply)
-        text = self._text(reply)
-        anchor = await self.client.chat_postMessage(
-            channel=origin.channel, text=text, thread_ts=thread_ts, unfurl_links=False
-        )
-        ts = anchor["ts"]
+    async def post(self, origin: Origin, reply: Reply, steps: Steps) -> None:
+        """Post one reply in its thread: an anchor message we own (linked to its asset at
+        once, so a click on it is never lost), the file uploaded into the thread, the
+        reaction vocabulary pre-added to the anchor, and for a QA decision the decided
+        asset's message edited to show it. Each step is recorded in ``steps`` as it lands:
+        a retry resumes after the last one."""
+        thread_ts = steps.get("thread_ts") or self.services.bot.thread_of(origin, reply)
+        ts = steps.get("anchor")
+        if ts is None:
+            anchor = await self.client.chat_postMessage(
+                channel=origin.channel,
+                text=self._text(reply),
+                thread_ts=thread_ts,
+                unfurl_links=False,
+            )
+            ts = str(anchor["ts"])
+            steps.done("thread_ts", thread_ts)
+            steps.done("anchor", ts)
+            self.services.bot.record_post(origin, ts, reply, thread_id=thread_ts)
         root = thread_ts or ts
-        for path in reply.files:
-            size = path.stat().st_size
-            if size > MAX_UPLOAD_BYTES:
-                await self._link_instead(origin, reply, root, size)
+        for index, path in enumerate(reply.files):
+            if steps.get(f"file{index}"):
                 continue
-            # Read off the loop: given a path, slack-sdk reads the whole file synchronously.
-            data = await asyncio.to_thread(path.read_bytes)
-            try:
-                await self.client.files_upload_v2(
-                    channel=origin.channel,
-                    thread_ts=root,
-                    file=data,
-                    filename=f"tierbot-{reply.asset_id or 'file'}{path.suffix}",
-                    title=reply.text.splitlines()[0][:200],
-                )
-            except SlackApiError as exc:
-                if exc.response.get("error") != "file_upload_size_restricted":
-                    raise
-                await self._link_instead(origin, reply, root, size)
+            await self._upload(origin, reply, root, path)
+            steps.done(f"file{index}")
+        added = list(steps.get("reactions") or [])
         for emoji in reply.reactions:
+            if emoji in added:
+                continue
             try:
                 await self.client.reactions_add(
                     channel=origin.channel, timestamp=ts, name=EMOJI_NAMES[emoji]
@@ -418,7 +443,38 @@ class SlackSurface:
             except SlackApiError as exc:
                 if exc.response.get("error") != "already_reacted":
                     raise
-        self.services.bot.record_post(origin, ts, reply, thread_id=thread_ts)
+            added.append(emoji)
+            steps.done("reactions", added)
+        if reply.state_of and not steps.get("state"):
+            shown = self.services.bot.message_of(origin, reply.state_of)
+            if shown is not None:
+                message_ts, _, text = shown
+                await self.client.chat_update(
+                    channel=origin.channel,
+                    ts=message_ts,
+                    text=self._text(reply.model_copy(update={"text": f"{text}\n{reply.state}"})),
+                )
+            steps.done("state")
+
+    async def _upload(self, origin: Origin, reply: Reply, root: str, path: Any) -> None:
+        size = path.stat().st_size
+        if size > MAX_UPLOAD_BYTES:
+            await self._link_instead(origin, reply, root, size)
+            return
+        # Read off the loop: given a path, slack-sdk reads the whole file synchronously.
+        data = await asyncio.to_thread(path.read_bytes)
+        try:
+            await self.client.files_upload_v2(
+                channel=origin.channel,
+                thread_ts=root,
+                file=data,
+                filename=f"tierbot-{reply.asset_id or 'file'}{path.suffix}",
+                title=reply.text.splitlines()[0][:200],
+            )
+        except SlackApiError as exc:
+            if exc.response.get("error") != "file_upload_size_restricted":
+                raise
+            await self._link_instead(origin, reply, root, size)
 
     async def _link_instead(self, origin: Origin, reply: Reply, root: str, size: int) -> None:
         where = (

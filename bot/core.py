@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from bot.commands import CommandError, Invocation, help_text, parse
 from bot.domain import (
     NUMBER_REACTIONS,
+    UNFINISHED_JOB_STATES,
     AssetKind,
     CommandEvent,
     Origin,
@@ -25,15 +28,29 @@ from bot.domain import (
     Reply,
     Stage,
     normalize_emoji,
+    replies_of,
 )
-from bot.pipeline import Pipeline, UserError, guarded, private_error
-from bot.runner import CompletedJob, JobFailed, JobRunner
+from bot.pipeline import Pipeline, UserError, durable, guarded, private_error
+from bot.runner import CAUSE, CompletedJob, JobFailed, JobRunner
 from bot.schedules import Scheduler
 from storage import Store
 
 log = logging.getLogger(__name__)
 
 _NUMBERS = {normalize_emoji(r.value): i for i, r in enumerate(NUMBER_REACTIONS, start=1)}
+#: How long a reaction on a message we do not know yet waits for the message to be linked:
+#: people click the moment a grid appears, sometimes before our own post call has returned.
+LINK_WAIT_S = 5.0
+LINK_POLL_S = 0.05
+
+
+def inbox_key(event: CommandEvent | ReactionEvent) -> str | None:
+    """The durable key of an inbound event, None when the platform gives no delivery id."""
+    if isinstance(event, ReactionEvent):
+        return f"{event.origin.surface}:{event.event_id}"
+    if event.delivery_id:
+        return f"{event.origin.surface}:command:{event.delivery_id}"
+    return None
 
 
 class Tierbot:
@@ -52,31 +69,76 @@ class Tierbot:
         self.runner = runner
         self.scheduler = scheduler
 
-    async def handle_command(self, event: CommandEvent) -> AsyncIterator[Reply]:
+    def receive(self, event: CommandEvent | ReactionEvent) -> bool:
+        """Write an inbound event durably; False if this delivery was received before (a
+        redelivery or a replay: ignore it). Surfaces call this before acknowledging, so an
+        acknowledged event is never lost; then they run it with ``received=True``."""
+        key = inbox_key(event)
+        if key is None:
+            return True
+        kind = "reaction" if isinstance(event, ReactionEvent) else "command"
+        event_json = event.model_dump(mode="json", exclude={"attachment"})
+        if self.store.receive(key, event.origin.surface, kind, event_json):
+            return True
+        log.info("duplicate delivery %s ignored", key)
+        return False
+
+    async def handle_command(
+        self, event: CommandEvent, *, received: bool = False
+    ) -> AsyncIterator[Reply]:
         """Run one slash command; yields replies as the work progresses."""
+        if not received and not self.receive(event):
+            return
         try:
             inv = parse(event.command, event.text)
         except CommandError as exc:
-            yield private_error(exc.message)
-            return
-        async for reply in guarded(self._command(event.origin, inv, event.attachment)):
+            replies: AsyncIterator[Reply] = replies_of(private_error(exc.message))
+        else:
+            replies = guarded(self._command(event.origin, inv, event.attachment))
+        async for reply in self._handled(event, replies):
             yield reply
 
-    async def handle_reaction(self, event: ReactionEvent) -> AsyncIterator[Reply]:
+    async def handle_reaction(
+        self, event: ReactionEvent, *, received: bool = False
+    ) -> AsyncIterator[Reply]:
         """Act on a reaction to one of the bot's messages, once per delivery."""
-        if not self.store.first_delivery(f"{event.origin.surface}:{event.event_id}"):
-            log.info("duplicate delivery %s ignored", event.event_id)
+        if not received and not self.receive(event):
             return
+        async for reply in self._handled(event, self._reaction_of(event)):
+            yield reply
+
+    async def _reaction_of(self, event: ReactionEvent) -> AsyncIterator[Reply]:
         where = (event.origin.surface, event.origin.channel, event.message_id)
-        asset_id = self.store.asset_for_message(*where)
-        if asset_id is not None:
-            replies = self._reaction(event.origin, asset_id, event.emoji)
-        elif request_id := self.store.request_for_message(*where):
-            replies = self._status_reaction(event.origin, request_id, event.emoji)
-        else:
-            return  # not one of our messages: reactions there mean nothing to us
+        deadline = time.monotonic() + LINK_WAIT_S
+        while True:
+            if (asset_id := self.store.asset_for_message(*where)) is not None:
+                replies = self._reaction(event.origin, asset_id, event.emoji)
+                break
+            if request_id := self.store.request_for_message(*where):
+                replies = self._status_reaction(event.origin, request_id, event.emoji)
+                break
+            if time.monotonic() >= deadline:
+                return  # not one of our messages: reactions there mean nothing to us
+            await asyncio.sleep(LINK_POLL_S)
         async for reply in guarded(replies):
             yield reply
+
+    async def _handled(
+        self, event: CommandEvent | ReactionEvent, replies: AsyncIterator[Reply]
+    ) -> AsyncIterator[Reply]:
+        """Run an event's replies with its inbox key as the cause of the jobs it reserves,
+        results handed over durably, and the event marked done once acted on or answered.
+        A stop (cancellation) leaves it pending: recovery finishes it."""
+        key = inbox_key(event)
+        outer = CAUSE.get()
+        CAUSE.set(key)  # in the iterating task's context (set, not reset: a generator may be
+        try:  # closed from another context)
+            async for reply in durable(self.store, event.origin, replies):
+                yield reply
+        finally:
+            CAUSE.set(outer)
+        if key is not None:
+            self.store.received_done(key)
 
     async def _status_reaction(
         self, origin: Origin, request_id: str, emoji: str
@@ -112,7 +174,15 @@ class Tierbot:
                 reply.asset_id,
                 thread_id,
                 request_id=reply.request_id if reply.status else None,
+                text=reply.text,
             )
+
+    def message_of(self, origin: Origin, asset_id: str) -> tuple[str, str | None, str] | None:
+        """The message presenting ``asset_id`` in ``origin``'s channel: its id, the thread
+        it is in (None at the top level) and the text it was posted with, for a surface that
+        edits it (to show a QA state)."""
+        row = self.store.message_for_asset(origin.surface, origin.channel, asset_id)
+        return (row["message_id"], row["thread_id"], row["text"] or "") if row else None
 
     def thread_of(self, origin: Origin, reply: Reply) -> str | None:
         """The surface message id of the thread ``reply`` belongs in, if it threads."""
@@ -120,22 +190,61 @@ class Tierbot:
             return None
         return self.store.thread_for_asset(origin.surface, origin.channel, reply.thread_of)
 
-    async def resume(self) -> list[CompletedJob | JobFailed]:
-        """Finish jobs a previous process left unfinished and post what they made, or why
-        they failed, where they were asked for (through the scheduler's surfaces)."""
-        by_request: dict[str, list[str]] = {}
-        for job in self.store.unfinished_jobs():
-            by_request.setdefault(job["request_id"], []).append(job["id"])
+    async def recover(self) -> list[CompletedJob | JobFailed]:
+        """One recovery pass: take over the work nobody live holds and finish it.
 
-        async def finish(job_ids: list[str]) -> list[CompletedJob | JobFailed]:
+        Inbound events that were received but never acted on are run (unless they already
+        reserved jobs, which are finished instead); unfinished jobs are resumed (polled by
+        their stored request id, or submitted); finished jobs whose result was never handed
+        over for posting are posted. Results go where they were asked for, through the
+        scheduler's surfaces. Safe to run in several processes at once: every piece of work
+        is claimed first. Returns the jobs' outcomes.
+        """
+        for row in self.store.claimable_inbox():
+            if not self.store.claim_inbox(row["key"]):
+                continue
+            if not row["event"] or self.store.jobs_caused_by(row["key"]):
+                self.store.received_done(row["key"])  # its jobs are finished below
+                continue
+            await self._rerun(row)
+
+        by_request: dict[str, list[dict[str, Any]]] = {}
+        for job in self.store.claimable_jobs():
+            if self.store.claim_job(job["id"]):
+                by_request.setdefault(job["request_id"], []).append(job)
+
+        async def finish(jobs: list[dict[str, Any]]) -> list[CompletedJob | JobFailed]:
             # Per request, so a grid is not kept waiting for someone else's long video.
-            outcomes = await self.runner.resume(job_ids)
+            unfinished = [j["id"] for j in jobs if j["state"] in UNFINISHED_JOB_STATES]
+            outcomes = await self.runner.resume(unfinished) if unfinished else []
+            outcomes += [o for j in jobs if (o := self.runner.outcome(j)) is not None]
             for origin, replies in self.pipeline.resumed(outcomes):
                 await self.scheduler.deliver(origin, replies)
             return outcomes
 
-        finished = await asyncio.gather(*(finish(ids) for ids in by_request.values()))
+        finished = await asyncio.gather(*(finish(jobs) for jobs in by_request.values()))
         return [outcome for outcomes in finished for outcome in outcomes]
+
+    async def recover_forever(self, interval_s: float) -> None:
+        """Recover now and then every ``interval_s`` (a lease): work a process left when it
+        died is taken over once its lease runs out."""
+        while True:
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("recovery pass failed")
+            await asyncio.sleep(interval_s)
+
+    async def _rerun(self, row: dict[str, Any]) -> None:
+        """Run an inbound event a dead process received but never acted on."""
+        if row["kind"] == "reaction":
+            event: CommandEvent | ReactionEvent = ReactionEvent(**row["event"])
+            replies = self.handle_reaction(event, received=True)
+        else:
+            event = CommandEvent(**row["event"])
+            replies = self.handle_command(event, received=True)
+        log.info("running %s %s received before a restart", row["kind"], row["key"])
+        await self.scheduler.deliver(event.origin, replies)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -142,6 +142,9 @@ class CommandEvent(BaseModel):
     #: A file sent with the command (a content calendar's CSV), as the platform delivered it.
     #: Surfaces pass the bytes; the core never reads a path typed in a chat message.
     attachment: bytes | None = None
+    #: The platform's id of this delivery (Slack's trigger_id, Discord's interaction id): a
+    #: replayed or redelivered command with the same id is acted on once. None: no dedupe.
+    delivery_id: str | None = None
 
 
 class ReactionEvent(BaseModel):
@@ -173,6 +176,15 @@ class Reply(BaseModel):
     status: bool = False
     #: The request a status line is about: ❌ on the status message cancels its running jobs.
     request_id: str | None = None
+    #: The jobs whose outcome this reply presents: handing the reply over for posting marks
+    #: them delivered, so after a crash a result is posted once, never twice or never.
+    job_ids: list[str] = Field(default_factory=list)
+    #: The outbox entry this reply is posted from (set by the core before a surface posts
+    #: it); the surface records there each step that landed, so a retry resumes after it.
+    delivery_id: int | None = None
+    #: The asset whose QA state this reply changes: its message is edited to show ``state``.
+    state_of: str | None = None
+    state: str = ""
 
 
 async def replies_of(*replies: Reply) -> AsyncIterator[Reply]:

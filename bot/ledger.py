@@ -71,10 +71,14 @@ class Ledger:
                 tightest = Headroom(left, cap)
         return tightest
 
-    def reserve_job(self, job: dict[str, Any], amount: int) -> str:
-        """Insert ``job`` with ``amount`` reserved; raises ``BudgetExceeded`` and writes nothing."""
+    def reserve_job(self, job: dict[str, Any], amount: int, replaces: str | None = None) -> str:
+        """Insert ``job`` with ``amount`` reserved; raises ``BudgetExceeded`` and writes nothing.
+        ``replaces`` is the failed job this one falls back from."""
         return self.store.create_job(
-            job, amount=amount, caps=self.caps_with_windows(job["team"], job["channel"])
+            job,
+            amount=amount,
+            caps=self.caps_with_windows(job["team"], job["channel"]),
+            replaces=replaces,
         )
 
     def report(self, team: str) -> dict[str, Any]:

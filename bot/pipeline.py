@@ -60,6 +60,17 @@ RESULT_LABELS = {
 }
 #: Reactions pre-added to a video: sign it off or discard it (nothing escalates further).
 VIDEO_REACTIONS = [Reaction.APPROVE.value, Reaction.DISCARD.value]
+#: Reactions pre-added to an upscale: it is not upscaled again.
+UPSCALE_REACTIONS = [r.value for r in FINAL_REACTIONS if r != Reaction.UPSCALE]
+
+
+def reactions_for(stage: Stage) -> list[str]:
+    """The reaction vocabulary a result of ``stage`` is offered with."""
+    if stage == Stage.VIDEO:
+        return VIDEO_REACTIONS
+    if stage == Stage.UPSCALE:
+        return UPSCALE_REACTIONS
+    return [r.value for r in FINAL_REACTIONS]
 
 
 def nearest_ratio(width: int, height: int) -> str:
@@ -112,6 +123,7 @@ async def guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
             text=f"{prefix}: {exc.message}. Nothing was charged.",
             thread_of=thread_of,
             error=True,
+            job_ids=exc.job_ids,
         )
     except Exception:
         ref = secrets.token_hex(3)
@@ -121,6 +133,26 @@ async def guarded(replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
             "for work that did not finish; the team can look the reference up in the logs.",
             error=True,
         )
+
+
+async def durable(
+    store: Store, origin: Origin, replies: AsyncIterator[Reply]
+) -> AsyncIterator[Reply]:
+    """``replies`` with every public result handed over for posting before a surface sees
+    it: written to the outbox (claimed by this process) and its jobs marked delivered in one
+    transaction. A crash after that is finished by whichever process flushes the outbox,
+    from the step where the post stopped; a crash before it leaves the jobs undelivered, and
+    recovery makes the reply again. Status lines and private replies are not kept."""
+    async for reply in replies:
+        if not (reply.private or reply.status or reply.delivery_id):
+            entry = store.hand_over(
+                origin.surface,
+                origin.model_dump(mode="json"),
+                reply.model_dump(mode="json"),
+                reply.job_ids,
+            )
+            reply = reply.model_copy(update={"delivery_id": entry})
+        yield reply
 
 
 @dataclass(frozen=True)
@@ -307,6 +339,16 @@ class Pipeline:
             self.store.remove_gate(grid_id, Decision.REJECTED)  # the grid may be rerolled again
             raise
 
+    def _refuse_rejected_grid(self, grid_id: str) -> None:
+        """A rerolled or discarded grid is closed: nothing more is spent on it."""
+        rejected = [g for g in self.store.gates(grid_id) if g["decision"] == Decision.REJECTED]
+        if rejected:
+            raise UserError(
+                f"grid {grid_id} was rerolled or discarded by {rejected[0]['user']}, so its "
+                "drafts can no longer be taken further; nothing was spent. Pick from the "
+                "newest grid, or /draft again."
+            )
+
     async def discard(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
         """❌ on a grid: record the rejection; nothing more is spent on it."""
         self._asset(grid_id, AssetKind.GRID, "a draft grid")
@@ -336,8 +378,10 @@ class Pipeline:
             request_id=request_id,
             reactions=[Reaction.DISCARD.value],
         )
-        jobs = await self._run_chunks(origin, request_id, spec, route)
-        yield await self._grid_reply(request_id, spec, jobs, heading=heading, thread_of=thread_of)
+        jobs, job_ids = await self._run_chunks(origin, request_id, spec, route)
+        yield await self._grid_reply(
+            request_id, spec, jobs, heading=heading, thread_of=thread_of, job_ids=job_ids
+        )
 
     async def _grid_reply(
         self,
@@ -347,8 +391,10 @@ class Pipeline:
         *,
         heading: str,
         thread_of: str | None,
+        job_ids: list[str],
     ) -> Reply:
-        """Compose the drafts of ``jobs`` into a numbered grid, store it, and present it."""
+        """Compose the drafts of ``jobs`` into a numbered grid, store it, and present it;
+        ``job_ids`` are every job of the batch (failed ones too) whose outcome it reports."""
         draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
         drafts = [self.store.get_asset(a) for a in draft_ids]
         paths = [self.files.path(d["path"]) for d in drafts if d]
@@ -383,11 +429,12 @@ class Pipeline:
             reactions=[*numbers, Reaction.REROLL.value, Reaction.DISCARD.value],
             asset_id=grid_id,
             thread_of=thread_of,
+            job_ids=job_ids,
         )
 
     async def _run_chunks(
         self, origin: Origin, request_id: str, spec: Draftspec, route: Route
-    ) -> list[CompletedJob]:
+    ) -> tuple[list[CompletedJob], list[str]]:
         """Split n images into calls the model allows (max_images per call) and run them."""
         per_call = route.primary.model.max_images
         chunks: list[tuple[str, int, int]] = []  # (prompt, images, seed)
@@ -428,6 +475,7 @@ class Pipeline:
         style preset's technical words.
         """
         grid = self._asset(grid_id, AssetKind.GRID, "a draft grid")
+        self._refuse_rejected_grid(grid_id)
         drafts = self.store.parents(grid_id)
         if not 1 <= index <= len(drafts):
             raise UserError(f"grid {grid_id} has drafts 1 to {len(drafts)}; got {index}")
@@ -486,9 +534,7 @@ class Pipeline:
         spec = Draftspec(**request["options"])
         route = self._route(origin, Stage(final["stage"]), final["prompt"], hero=spec.hero)
         self._authorize(origin, route, "re-rendering the final")
-        self.store.record_gate(
-            final_id, Decision.REJECTED, user=origin.user, surface=origin.surface
-        )
+        self.store.record_qa(final_id, Decision.REJECTED, user=origin.user, surface=origin.surface)
         async for reply in self._run_one(
             origin,
             route,
@@ -533,6 +579,8 @@ class Pipeline:
     ) -> AsyncIterator[Reply]:
         """⬆️: a 2K upscale of an image."""
         source = self._image(asset_id)
+        if source["stage"] == Stage.UPSCALE:
+            raise UserError(f"{asset_id} is already an upscale; nothing was spent")
         route = self._route(origin, Stage.UPSCALE, source["prompt"] or "", model=model)
         self._authorize(origin, route, f"upscaling {asset_id}")
         async for reply in self._run_one(
@@ -576,7 +624,6 @@ class Pipeline:
             seed=source["seed"] or 0,
             aspect_ratio=_ratio_of(source),
             duration_s=seconds,
-            reactions=VIDEO_REACTIONS,
         ):
             yield reply
 
@@ -594,7 +641,6 @@ class Pipeline:
         inputs: list[str],
         prompt: str,
         seed: int,
-        reactions: list[str] | None = None,
         negative: str | None = None,
         aspect_ratio: str | None = None,
         long_edge: int | None = None,
@@ -602,7 +648,7 @@ class Pipeline:
     ) -> AsyncIterator[Reply]:
         """One job on one input (final, edit, upscale, video): a status line, then the result."""
         yield self._status(status, route, thread_of=thread_of, request_id=request_id)
-        (job,) = await self._run_all(
+        (job,), _ = await self._run_all(
             [
                 self._plan(
                     origin,
@@ -621,7 +667,7 @@ class Pipeline:
                 )
             ]
         )
-        yield self._result(label, job, thread_of=thread_of, extra=extra, reactions=reactions)
+        yield self._result(label, job, thread_of=thread_of, extra=extra)
 
     # -- after a restart ---------------------------------------------------------------------
 
@@ -636,7 +682,7 @@ class Pipeline:
         status lines are the surfaces' business (they read "interrupted by a restart").
         """
         flows: list[tuple[Origin, AsyncIterator[Reply]]] = []
-        drafts: dict[str, list[JobFailed]] = {}  # request id -> its failed draft jobs
+        drafts: dict[str, list[CompletedJob | JobFailed]] = {}  # request id -> its batch
         for outcome in outcomes:
             job = self.store.get_job(outcome.job_id) if outcome.job_id else None
             request = self.store.get_request(job["request_id"]) if job else None
@@ -652,43 +698,45 @@ class Pipeline:
                 if request["id"] not in drafts:
                     drafts[request["id"]] = []
                     flows.append((origin, self._grid_after_restart(request, drafts[request["id"]])))
-                if isinstance(outcome, JobFailed):
-                    drafts[request["id"]].append(outcome)
+                drafts[request["id"]].append(outcome)
             else:
                 flows.append((origin, self._result_after_restart(job, outcome)))
         return flows
 
     async def _grid_after_restart(
-        self, request: dict[str, Any], failures: list[JobFailed]
+        self, request: dict[str, Any], batch: list[CompletedJob | JobFailed]
     ) -> AsyncIterator[Reply]:
-        grids: list[str] = []
-        done: list[CompletedJob] = []
-        for job in self.store.jobs_for_request(request["id"]):
-            if job["stage"] != Stage.DRAFT:
-                continue
-            assets = self.store.assets_for_job(job["id"])
-            grids += [a["id"] for a in assets if a["kind"] == AssetKind.GRID]
-            drafts = [a["id"] for a in assets if a["kind"] != AssetKind.GRID]
-            shown = any(  # drafts already in an earlier grid of this request
-                child["kind"] == AssetKind.GRID
-                for draft_id in drafts
-                for child in self.store.children(draft_id)
-            )
-            if not shown and (completed := self.runner.completed(job, drafts)):
-                done.append(completed)
+        """The grid of draft jobs that finished but were never posted (``batch``), in the
+        thread of the request's newest posted grid when it was a reroll."""
+        grids = [
+            a["id"]
+            for job in self.store.jobs_for_request(request["id"])
+            if job["stage"] == Stage.DRAFT and job.get("delivered")
+            for a in self.store.assets_for_job(job["id"])
+            if a["kind"] == AssetKind.GRID
+        ]
         thread_of = grids[-1] if grids else None
         spec = Draftspec(**request["options"])
+        done = [o for o in batch if isinstance(o, CompletedJob)]
+        job_ids = [o.job_id for o in batch if o.job_id]
         if not done:
+            failures = [o for o in batch if isinstance(o, JobFailed)]
             reason = failures[0].message if failures else "no draft was made"
             yield Reply(
                 text=f"⚠️ The drafts of “{spec.prompt}” failed after a restart: {reason}. "
                 "Nothing was charged.",
                 thread_of=thread_of,
                 error=True,
+                job_ids=job_ids,
             )
             return
         yield await self._grid_reply(
-            request["id"], spec, done, heading="↻ After a restart: ", thread_of=thread_of
+            request["id"],
+            spec,
+            done,
+            heading="↻ After a restart: ",
+            thread_of=thread_of,
+            job_ids=job_ids,
         )
 
     async def _result_after_restart(
@@ -709,6 +757,7 @@ class Pipeline:
                 text=f"⚠️ Failed after a restart: {outcome.message}. Nothing was charged.",
                 thread_of=thread_of,
                 error=True,
+                job_ids=[job["id"]],
             )
             return
         yield self._result(
@@ -716,7 +765,6 @@ class Pipeline:
             outcome,
             thread_of=thread_of or outcome.asset_ids[0],
             extra=f"of {source} · finished after a restart" if source else "· after a restart",
-            reactions=VIDEO_REACTIONS if stage == Stage.VIDEO else None,
         )
 
     # -- decisions ---------------------------------------------------------------------------
@@ -725,26 +773,31 @@ class Pipeline:
         """✅: QA sign-off on a final, upscale, edit or video."""
         asset = self._result_asset(asset_id)
         self._authorize_decision(origin, "signing off")
-        if not self.store.record_gate(
+        if not self.store.record_qa(
             asset_id, Decision.APPROVED, user=origin.user, surface=origin.surface
         ):
             raise UserError(f"{asset_id} is already signed off")
-        yield Reply(
-            text=f"✅ {asset['stage'].capitalize()} {asset_id} signed off by {origin.user}.",
-            thread_of=asset_id,
-        )
+        yield self._qa_reply(asset, "✅", "signed off", origin.user)
 
     async def reject(self, origin: Origin, asset_id: str) -> AsyncIterator[Reply]:
         """❌ on a result: record the rejection."""
         asset = self._result_asset(asset_id)
         self._authorize_decision(origin, "rejecting")
-        if not self.store.record_gate(
+        if not self.store.record_qa(
             asset_id, Decision.REJECTED, user=origin.user, surface=origin.surface
         ):
             raise UserError(f"{asset_id} is already rejected")
-        yield Reply(
-            text=f"❌ {asset['stage'].capitalize()} {asset_id} rejected by {origin.user}.",
-            thread_of=asset_id,
+        yield self._qa_reply(asset, "❌", "rejected", origin.user)
+
+    @staticmethod
+    def _qa_reply(asset: dict[str, Any], mark: str, verb: str, user: str) -> Reply:
+        """A QA decision: said in the asset's thread, and its message edited to show the
+        asset's one current state (a later decision replaces it)."""
+        return Reply(
+            text=f"{mark} {asset['stage'].capitalize()} {asset['id']} {verb} by {user}.",
+            thread_of=asset["id"],
+            state_of=asset["id"],
+            state=f"{mark} {verb.capitalize()} by {user}",
         )
 
     # -- read-only ---------------------------------------------------------------------------
@@ -954,8 +1007,9 @@ class Pipeline:
             prices=prices,
         )
 
-    async def _run_all(self, plans: list[JobPlan]) -> list[CompletedJob]:
-        """Run jobs concurrently; return those that succeeded, or raise if none did.
+    async def _run_all(self, plans: list[JobPlan]) -> tuple[list[CompletedJob], list[str]]:
+        """Run jobs concurrently; return those that succeeded and every job's id, or raise if
+        none succeeded.
 
         Jobs that succeeded are kept (and charged) even when a sibling failed: their drafts
         are real and the grid shows them.
@@ -970,10 +1024,11 @@ class Pipeline:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, JobFailed):
                 raise result
+        final_ids = [r.job_id for r in results if isinstance(r, CompletedJob | JobFailed)]
         if not done:
             failure = next(r for r in results if isinstance(r, JobFailed))
-            raise failure
-        return done
+            raise JobFailed(failure.message, failure.kind, failure.job_id, final_ids)
+        return done, [i for i in final_ids if i]
 
     def _status(self, what: str, route: Route, *, thread_of: str | None, request_id: str) -> Reply:
         return Reply(
@@ -991,7 +1046,6 @@ class Pipeline:
         *,
         thread_of: str,
         extra: str,
-        reactions: list[str] | None = None,
     ) -> Reply:
         asset_id = job.asset_ids[0]
         asset = self.store.get_asset(asset_id)
@@ -1000,7 +1054,8 @@ class Pipeline:
         return Reply(
             text=f"{label} {asset_id} {extra} · {job.label} · {credits(job.cost)}\n{job.reason}",
             files=[path],
-            reactions=reactions if reactions is not None else [r.value for r in FINAL_REACTIONS],
+            reactions=reactions_for(Stage(asset["stage"])),
             asset_id=asset_id,
             thread_of=thread_of,
+            job_ids=[job.job_id],
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,10 @@ from bot.router import Health
 from storage import AssetFiles, BudgetExceeded, Store
 
 log = logging.getLogger(__name__)
+
+#: The inbound event (its inbox key) the running command or reaction came from; the jobs it
+#: reserves record it, so after a crash a pending event with jobs is not run a second time.
+CAUSE: ContextVar[str | None] = ContextVar("tierbot_cause", default=None)
 
 
 @dataclass
@@ -80,11 +85,19 @@ class JobFailed(Exception):
     (every candidate's retries spent), ``budget`` or ``cancelled``.
     """
 
-    def __init__(self, message: str, kind: str, job_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        kind: str,
+        job_id: str | None = None,
+        siblings: Sequence[str] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.kind = kind
         self.job_id = job_id
+        #: Every job whose outcome this failure reports (a batch where none succeeded).
+        self.job_ids = list(siblings) or ([job_id] if job_id else [])
 
 
 class JobRunner:
@@ -156,10 +169,15 @@ class JobRunner:
         return job_ids
 
     async def resume(self, job_ids: Sequence[str] | None = None) -> list[CompletedJob | JobFailed]:
-        """Finish the unfinished jobs ``job_ids`` (by default every job a previous process
-        left unfinished), concurrently."""
+        """Finish the unfinished jobs ``job_ids`` (by default every one nobody live holds),
+        concurrently; a job another live worker holds is left to it."""
         if job_ids is None:
-            job_ids = [job["id"] for job in self.store.unfinished_jobs()]
+            job_ids = [
+                job["id"]
+                for job in self.store.claimable_jobs()
+                if job["state"] in (JobState.QUEUED, JobState.RUNNING)
+            ]
+        job_ids = [job_id for job_id in job_ids if self.store.claim_job(job_id)]
         if job_ids:
             log.info("resuming %d unfinished job(s)", len(job_ids))
         results = await asyncio.gather(
@@ -172,6 +190,16 @@ class JobRunner:
             elif isinstance(result, BaseException):
                 raise result
         return outcomes
+
+    def outcome(self, job: dict[str, Any]) -> CompletedJob | JobFailed | None:
+        """What a finished job came to, from its row (its outputs, or why it failed)."""
+        if job["state"] == JobState.SUCCEEDED:
+            assets = self.store.assets_for_job(job["id"])
+            ids = [a["id"] for a in assets if a["kind"] != AssetKind.GRID]
+            return self.completed(job, ids)
+        if job["state"] == JobState.FAILED:
+            return JobFailed(job["last_error"] or "failed", job["error_kind"] or "", job["id"])
+        return None
 
     def completed(self, job: dict[str, Any], asset_ids: list[str]) -> CompletedJob | None:
         """The job row ``job`` with its outputs ``asset_ids`` as a :class:`CompletedJob`
@@ -221,6 +249,8 @@ class JobRunner:
         candidates: list[Candidate],
         reason: str,
         prices: dict[str, int],
+        replaces: str | None = None,
+        cause: str | None = None,
     ) -> str:
         """Write a job for the first affordable candidate, with its reservation."""
         last: BudgetExceeded | None = None
@@ -246,8 +276,10 @@ class JobRunner:
                         "reason": reason,
                         "team": team,
                         "channel": channel,
+                        "cause": cause or CAUSE.get(),
                     },
                     price,
+                    replaces=replaces,
                 )
                 report(job_id, "queued", candidate.label)
                 return job_id
@@ -284,6 +316,8 @@ class JobRunner:
                     candidates,
                     job["reason"],
                     {},
+                    replaces=job_id,
+                    cause=job.get("cause"),
                 )
 
     def _request_for(self, job: dict[str, Any]) -> GenerationRequest:

@@ -48,7 +48,7 @@ from bot.catalog import Catalog
 from bot.commands import ASPECT_RATIOS, DEFAULT_N, MAX_N, Invocation
 from bot.domain import AssetKind, Decision, Origin, Reply, replies_of
 from bot.ledger import utc_now
-from bot.pipeline import Pipeline, UserError, guarded
+from bot.pipeline import Pipeline, UserError, durable, guarded
 from bot.policy import Policy
 from bot.runner import JobFailed
 from storage import Store
@@ -421,7 +421,7 @@ class Scheduler:
         """Post replies nobody is waiting on (a batch, a summary, a result finished after a
         restart) through the surface ``origin`` names, or log them when it is not running.
         Errors become replies here, as for a command: a failed batch is said in the channel."""
-        replies = guarded(replies)
+        replies = durable(self.store, origin, guarded(replies))
         deliver = self.deliverers.get(origin.surface)
         if deliver is None:  # the surface is not running here (CLI): do the work, log it
             async for reply in replies:
@@ -431,6 +431,8 @@ class Scheduler:
                     origin.channel,
                     reply.text.splitlines()[0],
                 )
+                if reply.delivery_id is not None:
+                    self.store.outbox_done(reply.delivery_id)
             return
         await deliver(origin, replies)
 

@@ -222,3 +222,54 @@ def m007_decision_indexes(db: Database) -> None:
     both scanned every decision ever recorded."""
     db["assets"].create_index(["request_id"])
     db["gates"].create_index(["decision", "at"])
+
+
+@migrations()
+def m008_exactly_once(db: Database) -> None:
+    """Claims, durable inbound events and durable posting (see ``Store`` "exactly once")."""
+    # Each process that drives jobs or posts results is a worker with a heartbeat; a claim
+    # (jobs, inbox, outbox) is held while its worker's heartbeat is fresh.
+    db["workers"].create(
+        {"id": str, "pid": int, "host": str, "started_at": str, "heartbeat_at": str}, pk="id"
+    )
+    db["jobs"].add_column("claimed_by", str)
+    # 1 once the job's outcome was handed over for posting (a result, or why it failed).
+    db["jobs"].add_column("delivered", int)
+    # The inbound event (inbox key) that asked for the job.
+    db["jobs"].add_column("cause", str)
+    db.execute("update jobs set delivered = 1 where state not in ('queued', 'running')")
+    db["jobs"].create_index(["cause"])
+    db["jobs"].create_index(["delivered", "state"])
+    # Commands and reactions, written before they are acknowledged and marked done once
+    # acted on or answered; the key is the platform's delivery id (event_id, trigger_id,
+    # interaction id), so a redelivery or replay is acted on once.
+    db["inbox"].create(
+        {
+            "key": str,
+            "surface": str,
+            "kind": str,  # command | reaction
+            "event": str,  # JSON CommandEvent / ReactionEvent
+            "state": str,  # pending | done
+            "claimed_by": str,
+            "received_at": str,
+            "done_at": str,
+        },
+        pk="key",
+    )
+    db["inbox"].create_index(["state"])
+    for row in db.execute("select key, at from processed_events").fetchall():
+        db.execute(
+            "insert or ignore into inbox (key, surface, kind, event, state, received_at, "
+            "done_at) values (?, ?, 'reaction', '{}', 'done', ?, ?)",
+            [row[0], row[0].split(":", 1)[0], row[1], row[1]],
+        )
+    # A reply being posted: which of its steps (anchor, files, reactions) already landed, and
+    # the worker posting it now.
+    db["outbox"].add_column("progress", str)
+    db["outbox"].add_column("claimed_by", str)
+    # The text a message was posted with, so a QA decision can edit it to show its state.
+    db["messages"].add_column("text", str)
+    # QA decisions are a history (✅ then ❌ then ✅); "once" is enforced where it matters
+    # (a draft is selected once, a grid is rejected once) inside a write transaction.
+    db.execute("drop index if exists idx_gates_asset_id_decision")
+    db["gates"].create_index(["asset_id", "decision"])

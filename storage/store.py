@@ -16,10 +16,12 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import secrets
+import socket
 import sqlite3
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +56,23 @@ class BudgetExceeded(Exception):
         return max(0, self.cap.limit - self.used)
 
 
-class Store:
-    """Repositories over one SQLite connection."""
+#: How long a worker's claims outlive its last heartbeat (``TIERBOT_LEASE_S``).
+DEFAULT_LEASE_S = 20.0
 
-    def __init__(self, path: Path | str) -> None:
+
+class Store:
+    """Repositories over one SQLite connection.
+
+    **Exactly once.** Every process that opens the store is a *worker* with a heartbeat
+    (:meth:`heartbeat`, every third of ``lease_s``). Work is claimed by a worker: a job
+    (``claim_job``), an inbound command or reaction (``claim_inbox``), a reply being posted
+    (``claim_outbox``). A claim is held while its worker's heartbeat is younger than
+    ``lease_s``; a killed process stops beating and loses its claims, so another process
+    (or the same one restarted) takes the work over, while a live one is never doubled. A
+    worker that stops cleanly retires (:meth:`retire`) and its claims free at once.
+    """
+
+    def __init__(self, path: Path | str, *, lease_s: float = DEFAULT_LEASE_S) -> None:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
@@ -67,9 +82,55 @@ class Store:
         self.db.execute("PRAGMA foreign_keys=ON")
         migrations.apply(self.db)
         self._tables: dict[str, Table] = {}
+        self.lease_s = lease_s
+        self.worker_id = new_id(8)
+        now = utcnow()
+        self._table("workers").insert(
+            {
+                "id": self.worker_id,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "started_at": now,
+                "heartbeat_at": now,
+            }
+        )
 
     def close(self) -> None:
+        self.retire()
         self.db.close()
+
+    # -- workers and claims ------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """This worker is alive: its claims hold for another ``lease_s``."""
+        self.db.execute(
+            "update workers set heartbeat_at = ? where id = ?", [utcnow(), self.worker_id]
+        )
+
+    def retire(self) -> None:
+        """This worker stops: its claims are free for others at once (and old rows go)."""
+        stale = _ago(max(3600.0, self.lease_s * 10))
+        with contextlib.suppress(sqlite3.ProgrammingError):  # already closed
+            self.db.execute(
+                "delete from workers where id = ? or heartbeat_at < ?", [self.worker_id, stale]
+            )
+
+    def _free(self, column: str = "claimed_by") -> tuple[str, list[Any]]:
+        """SQL (and its parameters) for "nobody live holds this row's claim"."""
+        return (
+            f"({column} is null or {column} not in "
+            "(select id from workers where heartbeat_at >= ?))",
+            [_ago(self.lease_s)],
+        )
+
+    def _claim(self, table: str, key_column: str, key: Any) -> bool:
+        free, params = self._free()
+        cursor = self.db.execute(
+            f"update {table} set claimed_by = ? where {key_column} = ? "
+            f"and (claimed_by = ? or {free})",
+            [self.worker_id, key, self.worker_id, *params],
+        )
+        return cursor.rowcount == 1
 
     @contextlib.contextmanager
     def _immediate(self) -> Iterator[None]:
@@ -124,18 +185,22 @@ class Store:
         *,
         amount: int,
         caps: Sequence[tuple[Any, str]],
+        replaces: str | None = None,
     ) -> str:
-        """Insert a queued job and reserve ``amount`` milli-credits for it, atomically.
+        """Insert a queued job claimed by this worker and reserve ``amount`` milli-credits
+        for it, atomically.
 
         Args:
             job: the job's columns (``id`` is generated when absent).
             amount: the price to reserve.
             caps: ``(cap, window_start_iso)`` pairs the reservation counts against.
+            replaces: a failed job this one falls back from; its outcome is now this job's
+                to report, so it is marked delivered in the same transaction.
 
         Raises:
             BudgetExceeded: nothing is written.
         """
-        job = {"id": new_id(8), **job}
+        job = {"id": new_id(8), "claimed_by": self.worker_id, **job}
         now = utcnow()
         with self._immediate():
             for cap, since in caps:
@@ -164,6 +229,8 @@ class Store:
                     "updated_at": now,
                 }
             )
+            if replaces is not None:
+                self.db.execute("update jobs set delivered = 1 where id = ?", [replaces])
         return job["id"]
 
     def used(self, team: str, channel: str | None, since: str) -> int:
@@ -228,13 +295,45 @@ class Store:
         return ids
 
     def fail_job(self, job_id: str, *, state: str, error: str, kind: str) -> None:
-        """Mark a job failed or cancelled and release its reservation, at once."""
+        """Mark a job failed or cancelled and release its reservation, at once. A cancelled
+        job needs no posting (whoever cancelled it was answered)."""
+        fields = {"state": state, "last_error": error, "error_kind": kind, "updated_at": utcnow()}
+        if state == "cancelled":
+            fields["delivered"] = 1
         with self._immediate():
-            self._table("jobs").update(
-                job_id,
-                {"state": state, "last_error": error, "error_kind": kind, "updated_at": utcnow()},
-            )
+            self._table("jobs").update(job_id, fields)
             self._release(job_id)
+
+    def claim_job(self, job_id: str) -> bool:
+        """Take ``job_id`` for this worker; False while another live worker holds it."""
+        return self._claim("jobs", "id", job_id)
+
+    def claimable_jobs(self) -> list[dict[str, Any]]:
+        """Jobs nobody live holds that still need work: unfinished ones, and finished ones
+        whose outcome was never handed over for posting (oldest first)."""
+        free, params = self._free()
+        rows = self.db.query(
+            "select * from jobs where (state in ('queued', 'running') or delivered is null) "
+            f"and {free} order by created_at",
+            params,
+        )
+        return [_decode_job(r) for r in rows]
+
+    def jobs_caused_by(self, key: str) -> int:
+        row = self.db.execute("select count(*) from jobs where cause = ?", [key]).fetchone()
+        return int(row[0])
+
+    def hand_over(
+        self, surface: str, origin: dict[str, Any], reply: dict[str, Any], job_ids: Sequence[str]
+    ) -> int:
+        """Make a reply durable before it is posted: an outbox entry claimed by this worker,
+        and its jobs marked delivered, in one transaction. Returns the entry's id."""
+        with self._immediate():
+            self.db.execute(
+                f"update jobs set delivered = 1 where id in ({', '.join('?' * len(job_ids))})",
+                list(job_ids),
+            )
+            return self._new_outbox_entry(surface, origin, reply)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = utcnow()
@@ -304,13 +403,45 @@ class Store:
     # -- gates -------------------------------------------------------------------------------
 
     def record_gate(self, asset_id: str, decision: str, *, user: str, surface: str) -> bool:
-        """Record a human decision once; False if that decision was already on the asset."""
-        cursor = self.db.execute(
-            "insert or ignore into gates (asset_id, decision, user, surface, at) "
-            "values (?, ?, ?, ?, ?)",
+        """Record a decision that is taken once (a draft selected, a grid rejected); False
+        if it is already on the asset."""
+        with self._immediate():
+            if self.db.execute(
+                "select 1 from gates where asset_id = ? and decision = ?", [asset_id, decision]
+            ).fetchone():
+                return False
+            self._insert_gate(asset_id, decision, user, surface)
+        return True
+
+    def record_qa(self, asset_id: str, decision: str, *, user: str, surface: str) -> bool:
+        """Record a QA decision (approved or rejected) as the asset's current state, keeping
+        the earlier ones as history; False if it is already the current state."""
+        with self._immediate():
+            if self._qa_state(asset_id) == decision:
+                return False
+            self._insert_gate(asset_id, decision, user, surface)
+        return True
+
+    def qa_state(self, asset_id: str) -> dict[str, Any] | None:
+        """The latest QA decision on an asset (its current state), or None."""
+        rows = list(
+            self.db.query(
+                "select * from gates where asset_id = ? and decision in ('approved', 'rejected') "
+                "order by id desc limit 1",
+                [asset_id],
+            )
+        )
+        return rows[0] if rows else None
+
+    def _qa_state(self, asset_id: str) -> str | None:
+        row = self.qa_state(asset_id)
+        return row["decision"] if row else None
+
+    def _insert_gate(self, asset_id: str, decision: str, user: str, surface: str) -> None:
+        self.db.execute(
+            "insert into gates (asset_id, decision, user, surface, at) values (?, ?, ?, ?, ?)",
             [asset_id, decision, user, surface, utcnow()],
         )
-        return cursor.rowcount == 1
 
     def remove_gate(self, asset_id: str, decision: str) -> None:
         self.db.execute(
@@ -322,7 +453,8 @@ class Store:
 
     def count_rejected_grids(self, request_id: str) -> int:
         row = self.db.execute(
-            "select count(*) from gates g join assets a on a.id = g.asset_id "
+            # CROSS JOIN keeps SQLite from starting at every rejection ever recorded.
+            "select count(*) from assets a cross join gates g on g.asset_id = a.id "
             "where a.request_id = ? and a.kind = 'grid' and g.decision = 'rejected'",
             [request_id],
         ).fetchone()
@@ -332,19 +464,58 @@ class Store:
         row = self.db.execute(
             "select count(distinct g.asset_id) from gates g join assets a on a.id = g.asset_id "
             "join requests r on r.id = a.request_id "
-            "where g.decision = 'approved' and r.team = ? and g.at >= ?",
+            "where g.decision = 'approved' and r.team = ? and g.at >= ? and not exists "
+            "(select 1 from gates later where later.asset_id = g.asset_id "
+            "and later.decision = 'rejected' and later.id > g.id)",
             [team, since],
         ).fetchone()
         return int(row[0])
 
     # -- chat bookkeeping --------------------------------------------------------------------
 
-    def first_delivery(self, key: str) -> bool:
-        """Mark an inbound event as processed; False if it was seen before."""
+    def receive(self, key: str, surface: str, kind: str, event: dict[str, Any]) -> bool:
+        """Write an inbound command or reaction, claimed by this worker, before it is
+        acknowledged; False if that delivery (``key``) was received before."""
         cursor = self.db.execute(
-            "insert or ignore into processed_events (key, at) values (?, ?)", [key, utcnow()]
+            "insert or ignore into inbox (key, surface, kind, event, state, claimed_by, "
+            "received_at) values (?, ?, ?, ?, 'pending', ?, ?)",
+            [key, surface, kind, json.dumps(event), self.worker_id, utcnow()],
         )
         return cursor.rowcount == 1
+
+    def note_received(self, key: str, surface: str) -> None:
+        """Record an event that needs no action (a reaction removed), as done."""
+        now = utcnow()
+        self.db.execute(
+            "insert or ignore into inbox (key, surface, kind, event, state, received_at, "
+            "done_at) values (?, ?, 'note', '{}', 'done', ?, ?)",
+            [key, surface, now, now],
+        )
+
+    def count_received(self, prefix: str) -> int:
+        """How many inbound events have keys starting with ``prefix``."""
+        row = self.db.execute(
+            "select count(*) from inbox where key >= ? and key < ?", [prefix, prefix + "\uffff"]
+        ).fetchone()
+        return int(row[0])
+
+    def received_done(self, key: str) -> None:
+        """The event was acted on or answered."""
+        self.db.execute(
+            "update inbox set state = 'done', done_at = ? where key = ?", [utcnow(), key]
+        )
+
+    def claimable_inbox(self) -> list[dict[str, Any]]:
+        """Received events nobody live is handling and nobody finished (oldest first)."""
+        free, params = self._free()
+        rows = self.db.query(
+            f"select * from inbox where state = 'pending' and {free} order by received_at",
+            params,
+        )
+        return [{**r, "event": json.loads(r["event"])} for r in rows]
+
+    def claim_inbox(self, key: str) -> bool:
+        return self._claim("inbox", "key", key)
 
     def record_message(
         self,
@@ -354,6 +525,7 @@ class Store:
         asset_id: str | None,
         thread_id: str | None = None,
         request_id: str | None = None,
+        text: str | None = None,
     ) -> None:
         self._table("messages").upsert(
             {
@@ -364,6 +536,7 @@ class Store:
                 "thread_id": thread_id,
                 "request_id": request_id,
                 "posted_at": utcnow(),
+                "text": text,
             },
             pk=("surface", "channel", "message_id"),
         )
@@ -387,6 +560,17 @@ class Store:
             return None
         return row[1] or row[0]
 
+    def message_for_asset(self, surface: str, channel: str, asset_id: str) -> dict[str, Any] | None:
+        """The newest message presenting ``asset_id`` (its id, thread and posted text)."""
+        rows = list(
+            self.db.query(
+                "select message_id, thread_id, text from messages where surface = ? and "
+                "channel = ? and asset_id = ? order by posted_at desc limit 1",
+                [surface, channel, asset_id],
+            )
+        )
+        return rows[0] if rows else None
+
     def asset_for_message(self, surface: str, channel: str, message_id: str) -> str | None:
         row = self.db.execute(
             "select asset_id from messages where surface = ? and channel = ? and message_id = ? "
@@ -397,31 +581,52 @@ class Store:
 
     # -- the outbox: replies waiting to be posted ---------------------------------------------
 
-    def add_to_outbox(
-        self, surface: str, origin: dict[str, Any], reply: dict[str, Any], error: str, next_at: str
-    ) -> int:
+    def add_to_outbox(self, surface: str, origin: dict[str, Any], reply: dict[str, Any]) -> int:
+        """A reply about to be posted, claimed by this worker; returns the entry's id."""
+        return self._new_outbox_entry(surface, origin, reply)
+
+    def _new_outbox_entry(self, surface: str, origin: dict[str, Any], reply: dict[str, Any]) -> int:
         row = {
             "surface": surface,
             "origin": json.dumps(origin),
             "reply": json.dumps(reply),
-            "attempts": 1,
-            "last_error": error,
-            "next_at": next_at,
+            "attempts": 0,
+            "next_at": utcnow(),
             "created_at": utcnow(),
+            "progress": "{}",
+            "claimed_by": self.worker_id,
         }
         return int(self._table("outbox").insert(row).last_pk)
 
     def due_in_outbox(self, surface: str, now: str) -> list[dict[str, Any]]:
-        rows = self._table("outbox").rows_where(
-            "surface = ? and next_at <= ?", [surface, now], order_by="id"
+        """Entries of ``surface`` due for another try that nobody live is posting."""
+        free, params = self._free()
+        rows = self.db.query(
+            f"select * from outbox where surface = ? and next_at <= ? and {free} order by id",
+            [surface, now, *params],
         )
         return [
             {**r, "origin": json.loads(r["origin"]), "reply": json.loads(r["reply"])} for r in rows
         ]
 
-    def outbox_retry_later(self, entry_id: int, error: str, next_at: str) -> None:
+    def claim_outbox(self, entry_id: int) -> bool:
+        return self._claim("outbox", "id", entry_id)
+
+    def outbox_progress(self, entry_id: int) -> dict[str, Any]:
+        """The steps of an entry's post that already landed (e.g. the anchor's id)."""
+        row = self.db.execute("select progress from outbox where id = ?", [entry_id]).fetchone()
+        return json.loads(row[0] or "{}") if row else {}
+
+    def outbox_step(self, entry_id: int, progress: dict[str, Any]) -> None:
         self.db.execute(
-            "update outbox set attempts = attempts + 1, last_error = ?, next_at = ? where id = ?",
+            "update outbox set progress = ? where id = ?", [json.dumps(progress), entry_id]
+        )
+
+    def outbox_retry_later(self, entry_id: int, error: str, next_at: str) -> None:
+        """The post failed: try again at ``next_at``, by whichever worker is up then."""
+        self.db.execute(
+            "update outbox set attempts = attempts + 1, last_error = ?, next_at = ?, "
+            "claimed_by = null where id = ?",
             [error, next_at, entry_id],
         )
 
@@ -549,6 +754,10 @@ class _MigratedTable(Table):
     @functools.cached_property
     def columns(self) -> list[Column]:  # type: ignore[override]
         return super().columns
+
+
+def _ago(seconds: float) -> str:
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat(timespec="microseconds")
 
 
 def _json(value: Any) -> Any:

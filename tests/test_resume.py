@@ -68,7 +68,7 @@ async def test_a_draft_interrupted_mid_job_is_posted_as_a_grid_after_restart(mak
 
     second = with_local(make_settings)
     posted = Posted(second)
-    outcomes = await second.bot.resume()
+    outcomes = await second.bot.recover()
 
     assert len(outcomes) == 1
     ((origin, grid),) = posted.replies
@@ -78,7 +78,7 @@ async def test_a_draft_interrupted_mid_job_is_posted_as_a_grid_after_restart(mak
     assert asset["kind"] == AssetKind.GRID and len(second.store.parents(grid.asset_id)) == 4
     assert grid.files and grid.files[0].exists()
     assert grid.thread_of is None  # a new grid goes in the channel
-    assert await second.bot.resume() == [] and len(posted.replies) == 1  # never twice
+    assert await second.bot.recover() == [] and len(posted.replies) == 1  # never twice
     await second.aclose()
 
 
@@ -95,7 +95,7 @@ async def test_a_final_interrupted_mid_job_is_posted_in_the_grid_thread(make_set
 
     third = with_local(make_settings)
     posted = Posted(third)
-    await third.bot.resume()
+    await third.bot.recover()
 
     ((_, final),) = posted.replies
     assert final.text.startswith("✨ Final") and "finished after a restart" in final.text
@@ -118,7 +118,7 @@ async def test_a_job_that_fails_after_restart_says_so_and_frees_the_draft(make_s
 
     third = with_local(make_settings, ScriptedProvider("local", [PermanentError("bad ref")]))
     posted = Posted(third)
-    await third.bot.resume()
+    await third.bot.recover()
 
     ((_, failure),) = posted.replies
     assert failure.error and "Failed after a restart" in failure.text and "bad ref" in failure.text
@@ -134,7 +134,7 @@ async def test_results_for_a_surface_not_running_here_are_made_and_logged(make_s
 
     second = with_local(make_settings)  # no deliverer for the "test" surface
     with caplog.at_level("INFO"):
-        (outcome,) = await second.bot.resume()
+        (outcome,) = await second.bot.recover()
     assert outcome.asset_ids
     assert "not running here" in caplog.text and "Drafts for “a fox”" in caplog.text
     await second.aclose()
@@ -191,7 +191,7 @@ async def test_each_request_is_posted_as_soon_as_its_own_jobs_finish(make_settin
     holding = HoldsOnePrompt(settings, held="tortoise")
     second = build(settings, providers=registry_with(settings, local=holding))
     posted = Posted(second)
-    resuming = asyncio.create_task(second.bot.resume())
+    resuming = asyncio.create_task(second.bot.recover())
 
     async def first_post() -> None:
         while not posted.replies:

@@ -197,7 +197,8 @@ async def test_queued_job_without_request_id_is_resubmitted_on_resume(wire):
     alpha = ScriptedProvider("scripted")
     services = wire(alpha)
     job_id = services.runner._reserve(**_reserve_args(services))
-    outcomes = await services.runner.resume()
+    assert await services.runner.resume() == []  # this live process holds it: not doubled
+    outcomes = await services.runner.resume([job_id])  # its owner drives it
     assert [o.job_id for o in outcomes] == [job_id]
     assert len(alpha.submits) == 1
 

@@ -42,10 +42,23 @@ def test_gates_and_event_ids_are_idempotent(tmp_path: Path) -> None:
     asset = store.save_asset(
         {"request_id": request, "kind": "image", "stage": "draft", "path": "x", "model_id": "m"}
     )
-    assert store.record_gate(asset, "approved", user="u", surface="s") is True
-    assert store.record_gate(asset, "approved", user="v", surface="s") is False
-    assert store.first_delivery("slack:Ev1") is True
-    assert store.first_delivery("slack:Ev1") is False
+    assert store.record_gate(asset, "selected", user="u", surface="s") is True
+    assert store.record_gate(asset, "selected", user="v", surface="s") is False
+    # QA is one current state with its history: ✅, ✅ again (no-op), ❌, ✅.
+    assert store.record_qa(asset, "approved", user="u", surface="s") is True
+    assert store.record_qa(asset, "approved", user="v", surface="s") is False
+    assert store.record_qa(asset, "rejected", user="v", surface="s") is True
+    assert store.qa_state(asset)["decision"] == "rejected"
+    assert store.record_qa(asset, "approved", user="u", surface="s") is True
+    assert store.qa_state(asset)["user"] == "u"
+    assert [g["decision"] for g in store.gates(asset)] == [
+        "selected",
+        "approved",
+        "rejected",
+        "approved",
+    ]
+    assert store.receive("slack:Ev1", "slack", "reaction", {}) is True
+    assert store.receive("slack:Ev1", "slack", "reaction", {}) is False
     store.record_message("s", "c", "m1", asset)
     assert store.asset_for_message("s", "c", "m1") == asset
     assert store.asset_for_message("s", "other", "m1") is None
