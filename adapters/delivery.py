@@ -18,6 +18,7 @@ from typing import Any
 
 from bot import progress
 from bot.domain import Origin, Reply
+from bot.failpoints import failpoint
 from storage import Store
 
 log = logging.getLogger(__name__)
@@ -251,9 +252,17 @@ class Steps:
     def get(self, step: str) -> Any:
         return self._done.get(step)
 
-    def done(self, step: str, value: Any = True) -> None:
-        self._done[step] = value
-        self.store.outbox_step(self.entry_id, self._done)
+    def done(self, link: Callable[[], None] | None = None, **steps: Any) -> None:
+        """Record ``steps`` (name=value) as landed; ``link`` (the message → asset link of
+        a message just posted) is written in the same transaction, so a crash leaves either
+        both or neither, never a posted message that reactions cannot find."""
+        self._done.update(steps)
+        with self.store.transaction():
+            if link is not None:
+                link()
+            self.store.outbox_step(self.entry_id, self._done)
+        if link is not None:
+            failpoint("post.linked")
 
 
 #: How a surface posts one reply, step by step: ``post(origin, reply, steps)``.
@@ -306,6 +315,7 @@ class Outbox:
             )
             self.store.outbox_retry_later(entry, platform_error(exc), _at(self.interval_s))
             raise
+        failpoint("post.landed")
         self.store.outbox_done(entry)
 
     async def flush(self) -> int:

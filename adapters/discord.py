@@ -626,15 +626,19 @@ class DiscordSurface:
                 text = f"{text}\n{notes}"
             message = await target.send(text[:MAX_CONTENT], files=files)
             message_id = str(message.id)
-            steps.done("message", message_id)
-            self.services.bot.record_post(origin, message_id, reply, thread_id=root)
+            steps.done(
+                message=message_id,
+                link=lambda: self.services.bot.record_post(
+                    origin, message_id, reply, thread_id=root
+                ),
+            )
         partial = target.get_partial_message(int(message_id))
         added = list(steps.get("reactions") or [])
         for emoji in reply.reactions:
             if emoji not in added:
                 await partial.add_reaction(emoji)
                 added.append(emoji)
-                steps.done("reactions", added)
+                steps.done(reactions=added)
         if reply.state_of and not steps.get("state"):
             shown = self.services.bot.message_of(origin, reply.state_of)
             if shown is not None:
@@ -645,7 +649,7 @@ class DiscordSurface:
                 await place.get_partial_message(int(decided_id)).edit(
                     content=self._text(decided)[:MAX_CONTENT]
                 )
-            steps.done("state")
+            steps.done(state=True)
 
     async def _target(self, origin: Origin, reply: Reply) -> tuple[Any, str | None]:
         """Where ``reply`` goes (the channel, or its thread, created from the root message

@@ -423,15 +423,17 @@ class SlackSurface:
                 unfurl_links=False,
             )
             ts = str(anchor["ts"])
-            steps.done("thread_ts", thread_ts)
-            steps.done("anchor", ts)
-            self.services.bot.record_post(origin, ts, reply, thread_id=thread_ts)
+            steps.done(
+                anchor=ts,
+                thread_ts=thread_ts,
+                link=lambda: self.services.bot.record_post(origin, ts, reply, thread_id=thread_ts),
+            )
         root = thread_ts or ts
         for index, path in enumerate(reply.files):
             if steps.get(f"file{index}"):
                 continue
             await self._upload(origin, reply, root, path)
-            steps.done(f"file{index}")
+            steps.done(**{f"file{index}": True})
         added = list(steps.get("reactions") or [])
         for emoji in reply.reactions:
             if emoji in added:
@@ -444,7 +446,7 @@ class SlackSurface:
                 if exc.response.get("error") != "already_reacted":
                     raise
             added.append(emoji)
-            steps.done("reactions", added)
+            steps.done(reactions=added)
         if reply.state_of and not steps.get("state"):
             shown = self.services.bot.message_of(origin, reply.state_of)
             if shown is not None:
@@ -454,7 +456,7 @@ class SlackSurface:
                     ts=message_ts,
                     text=self._text(reply.model_copy(update={"text": f"{text}\n{reply.state}"})),
                 )
-            steps.done("state")
+            steps.done(state=True)
 
     async def _upload(self, origin: Origin, reply: Reply, root: str, path: Any) -> None:
         size = path.stat().st_size

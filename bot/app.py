@@ -8,6 +8,8 @@ module plus catalog entries; nothing here changes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import importlib
 import logging
@@ -68,11 +70,26 @@ class Services:
     scheduler: Scheduler
     #: Resources adapters share within one process (e.g. the one HTTP server), by name.
     shared: dict[str, Any] = field(default_factory=dict)
+    _heartbeat: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Keep this process's claims alive (in the running loop) until :meth:`aclose`."""
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat())
+
+    async def _beat(self) -> None:
+        while True:
+            self.store.heartbeat()
+            await asyncio.sleep(self.store.lease_s / 3)
 
     async def aclose(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
         self.scheduler.stop()
         await self.providers.aclose()
-        self.store.close()
+        self.store.close()  # retires this worker: its claims are free at once
 
 
 #: Surfaces people expect, named in the start-up report even before their adapter exists.
@@ -131,7 +148,7 @@ def build(settings: Settings, providers: ProviderRegistry | None = None) -> Serv
     for provider, limit in settings.provider_concurrency.items():  # the setting wins
         catalog.providers[provider] = ProviderConfig(concurrency=limit)
     policy = load_policy(settings.policy)
-    store = Store(settings.db_path)
+    store = Store(settings.db_path, lease_s=settings.lease_s)
     files = AssetFiles(settings.asset_dir)
     registry = providers or load_providers(catalog.provider_names(), settings)
     health = Health(policy.health)

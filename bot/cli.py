@@ -24,7 +24,6 @@ from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 from bot import cpu
 from bot.app import Services, build, freeze_startup_objects, load_surfaces, surface_cli
@@ -74,13 +73,16 @@ def _print(reply: Reply) -> None:
     print(flush=True)
 
 
-async def _collect(replies: AsyncGenerator[Reply, None]) -> list[Reply]:
-    """Print the replies as they come. If printing fails (a closed pipe), the command is
-    closed here, in its own task, rather than left to the event loop's finaliser."""
+async def _collect(services: Services, replies: AsyncGenerator[Reply, None]) -> list[Reply]:
+    """Print the replies as they come (printed is posted: the shell's outbox entry is done).
+    If printing fails (a closed pipe), the command is closed here, in its own task, rather
+    than left to the event loop's finaliser."""
     collected = []
     async with aclosing(replies):
         async for reply in replies:
             _print(reply)
+            if reply.delivery_id is not None:
+                services.store.outbox_done(reply.delivery_id)
             collected.append(reply)
     return collected
 
@@ -164,7 +166,7 @@ async def run_command(services: Services, argv: Sequence[str]) -> int:
         spec = COMMANDS.get(argv[0].strip().removeprefix("/"))
         text = command_text(argv, beats=spec is not None and spec.beats)
         event = CommandEvent(origin=_origin(), command="tierbot", text=text, attachment=attachment)
-    replies = await _collect(services.bot.handle_command(event))
+    replies = await _collect(services, services.bot.handle_command(event))
     return 1 if any(r.error for r in replies) else 0
 
 
@@ -178,7 +180,7 @@ async def demo(services: Services) -> int:
         print(f"── {title}: /{command} {text}".rstrip())
         t0 = time.perf_counter()
         replies = await _collect(
-            bot.handle_command(CommandEvent(origin=origin, command=command, text=text))
+            services, bot.handle_command(CommandEvent(origin=origin, command=command, text=text))
         )
         print(f"   ({time.perf_counter() - t0:.1f} s)\n")
         if any(r.error for r in replies):
@@ -231,12 +233,11 @@ async def serve(services: Services) -> int:
         return 2
     for surface in started:
         services.scheduler.deliverers[surface.name] = surface.deliver
-    resuming = None
     if unfinished := len(services.store.unfinished_jobs()):
-        # In the background: a resumed video may take minutes, and the bot serves meanwhile.
         print(f"Resuming {unfinished} unfinished job(s); results go where they were asked for.")
-        resuming = asyncio.create_task(services.bot.recover())
-        resuming.add_done_callback(_log_resume)
+    # In the background, now and every lease: a resumed video may take minutes and the bot
+    # serves meanwhile, and work a killed process held is taken over once its lease lapses.
+    recovering = asyncio.create_task(services.bot.recover_forever(services.store.lease_s))
     cpu.warm_up()
     missed = await services.scheduler.start()
     if missed:
@@ -248,24 +249,16 @@ async def serve(services: Services) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    if resuming is not None:
-        resuming.cancel()  # unfinished jobs stay in the store; the next start resumes them
+    recovering.cancel()  # unfinished jobs stay in the store; the next start resumes them
+    await asyncio.gather(recovering, return_exceptions=True)
     for surface in started:
         await surface.stop()
     return 0
 
 
-def _log_resume(task: asyncio.Task[list[Any]]) -> None:
-    if task.cancelled():
-        return
-    if (error := task.exception()) is not None:
-        log.error("resuming unfinished jobs failed", exc_info=error)
-    else:
-        log.info("resumed %d unfinished job(s)", len(task.result()))
-
-
 async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
     services = build(settings)
+    services.start()
     try:
         if argv[0] == "demo":
             return await demo(services)

@@ -30,6 +30,7 @@ from bot.domain import (
     normalize_emoji,
     replies_of,
 )
+from bot.failpoints import failpoint
 from bot.pipeline import Pipeline, UserError, durable, guarded, private_error
 from bot.runner import CAUSE, CompletedJob, JobFailed, JobRunner
 from bot.schedules import Scheduler
@@ -79,6 +80,7 @@ class Tierbot:
         kind = "reaction" if isinstance(event, ReactionEvent) else "command"
         event_json = event.model_dump(mode="json", exclude={"attachment"})
         if self.store.receive(key, event.origin.surface, kind, event_json):
+            failpoint("event.received", kind)
             return True
         log.info("duplicate delivery %s ignored", key)
         return False

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot import cpu
+from bot import cpu, failpoints
 from bot.catalog import Catalog
 from bot.commands import ASPECT_RATIOS, Invocation
 from bot.domain import (
@@ -36,6 +36,7 @@ from bot.domain import (
     Reply,
     Stage,
 )
+from bot.failpoints import failpoint
 from bot.grid import compose_grid
 from bot.ledger import Ledger, credits
 from bot.policy import Policy
@@ -145,14 +146,25 @@ async def durable(
     recovery makes the reply again. Status lines and private replies are not kept."""
     async for reply in replies:
         if not (reply.private or reply.status or reply.delivery_id):
+            stage = _stage_of(store, reply)
+            failpoint("result.made", stage)
             entry = store.hand_over(
                 origin.surface,
                 origin.model_dump(mode="json"),
                 reply.model_dump(mode="json"),
                 reply.job_ids,
             )
+            failpoint("result.handed_over", stage)
             reply = reply.model_copy(update={"delivery_id": entry})
         yield reply
+
+
+def _stage_of(store: Store, reply: Reply) -> str | None:
+    """The stage of the asset a reply presents (only asked while a failpoint is armed)."""
+    if not (failpoints.armed() and reply.asset_id):
+        return None
+    asset = store.get_asset(reply.asset_id)
+    return asset["stage"] if asset else None
 
 
 @dataclass(frozen=True)

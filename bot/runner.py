@@ -31,6 +31,7 @@ from tenacity.wait import wait_exponential_jitter
 
 from bot.catalog import Candidate, Catalog, ModelSpec
 from bot.domain import AssetKind, JobState
+from bot.failpoints import failpoint
 from bot.ledger import Ledger, credits
 from bot.progress import report
 from bot.providers import (
@@ -166,6 +167,7 @@ class JobRunner:
                     kind="budget",
                 )
             raise
+        failpoint("job.reserved", plans[0].request.stage if plans else None)
         return job_ids
 
     async def resume(self, job_ids: Sequence[str] | None = None) -> list[CompletedJob | JobFailed]:
@@ -406,6 +408,7 @@ class JobRunner:
                 if not provider_request_id:
                     provider_request_id = await provider.submit(request)
                     self.store.update_job(job_id, provider_request_id=provider_request_id)
+                    failpoint("job.submitted", request.stage)
                 try:
                     return await provider.result(provider_request_id, request)
                 except TransientError:
@@ -449,6 +452,7 @@ class JobRunner:
             for out, (digest, relative) in zip(outputs, stored, strict=True)
         ]
         asset_ids = self.store.complete_job(job["id"], rows, job["inputs"], amount)
+        failpoint("job.completed", job["stage"])
         return CompletedJob(
             job["id"], job["request_id"], model, asset_ids, amount, job["reason"], candidate.label
         )

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     #: A scheduled batch missed while the bot was down runs at start-up if it is at most
     #: this many seconds late (and never twice).
     schedule_grace_s: float = Field(default=3600.0, ge=0)
+    #: How long a stopped process's claims on work (jobs, received commands, posts) outlive
+    #: its last heartbeat; then another process, or the next start, takes the work over.
+    lease_s: float = Field(default=20.0, ge=0.2, le=3600)
     log_level: str = "INFO"
     #: Transient provider errors are retried this many times per candidate before falling back.
     retries: int = Field(default=2, ge=0, le=10)

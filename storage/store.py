@@ -144,6 +144,10 @@ class Store:
         else:
             self.db.conn.commit()
 
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """Several store writes as one (a post's step and the link of its message)."""
+        return self._immediate()
+
     def schema_version(self) -> list[str]:
         return [m.name for m in migrations.applied(self.db)]
 
