@@ -350,3 +350,41 @@ async def test_a_calendar_is_attached_to_the_schedule_command(rig: Rig) -> None:
     assert schedule["calendar"] == csv.decode()
     assert rig.messages("Calendar for morning: 1 day(s) from 2026-11-23")
     assert not (rig.services.settings.data_dir / "calendars").exists()  # nothing kept on disk
+
+
+# -- exactly once -----------------------------------------------------------------------------
+
+
+async def test_a_click_the_moment_the_grid_appears_is_acted_on(fake: FakeDiscord, rig) -> None:
+    clicks: list[asyncio.Task[Any]] = []
+
+    def click(message: dict[str, Any]) -> None:
+        if "🖼️ Drafts for" in message["content"] and not clicks:
+            task = fake.react(message["id"], "2️⃣", user_id=ALICE, channel_id=message["channel_id"])
+            clicks.append(asyncio.ensure_future(task))
+
+    fake.on_message = click
+    await rig.draft(n=2)
+    await asyncio.gather(*clicks)
+    for _ in range(100):  # the pre-added reactions take their time
+        await rig.settle()
+        if rig.messages("✨ Final"):
+            break
+    assert "from draft 2" in rig.message("✨ Final")["content"]
+
+
+async def test_removing_and_adding_a_reaction_again_acts_again(fake: FakeDiscord, rig) -> None:
+    grid = await rig.draft(n=2)
+    await rig.react(grid, "1️⃣")
+    final = rig.message("✨ Final")
+    await rig.react(final, "✅")
+    await rig.react(final, "❌")
+    await fake.unreact(final["id"], "✅", user_id=ALICE, channel_id=final["channel_id"])
+    await rig.settle()
+    await rig.react(final, "✅")  # signs it off again: a new act, not a redelivery
+    shown = fake.messages[final["id"]]["content"]
+    assert shown.endswith("✅ Signed off by " + str(ALICE))
+    asset_id = rig.services.store.asset_for_message(
+        "discord", str(grid["channel_id"]), str(final["id"])
+    )
+    assert rig.services.store.qa_state(asset_id)["decision"] == "approved"

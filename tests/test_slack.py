@@ -403,3 +403,91 @@ async def test_a_schedule_runs_end_to_end_on_slack(rig: Rig) -> None:
     await rig.react(anchor["ts"], "one")
     (final,) = rig.anchors("✨ Final")
     assert final["thread_ts"] == anchor["ts"]
+
+
+# -- exactly once -----------------------------------------------------------------------------
+
+
+async def test_a_click_the_moment_the_grid_appears_is_acted_on(rig: Rig) -> None:
+    # Slack adds reactions at its own pace; a person clicks 2️⃣ as soon as the anchor shows,
+    # before our chat.postMessage has even returned.
+    clicks: list[asyncio.Task[Any]] = []
+
+    def click(message: dict[str, Any]) -> None:
+        if "🖼️ Drafts for" in message["text"] and not clicks:
+            event = rig.fake.reaction_added(
+                user="UALICE", reaction="two", channel=CHANNEL, ts=message["ts"]
+            )
+            clicks.append(asyncio.create_task(rig.fake.send_event(rig.events_url, event)))
+
+    rig.fake.on_message = click
+    await rig.command("a kite --n 2")
+    await asyncio.gather(*clicks)
+    await rig.surface.idle()
+    (final,) = rig.anchors("✨ Final")
+    assert "from draft 2" in final["text"]
+
+
+async def test_a_replayed_slash_command_runs_once(rig: Rig) -> None:
+    await rig.command("a kite --n 2")
+    status, _, _ = await rig.fake.replay()  # the same signed bytes, seconds later
+    await rig.surface.idle()
+    assert status == 200
+    assert len(rig.anchors("🖼️ Drafts for")) == 1
+    assert len(rig.services.store.jobs_for_request(grid_request(rig))) == 1
+
+
+def grid_request(rig: Rig) -> str:
+    anchor = grid_anchor(rig)
+    asset_id = rig.services.store.asset_for_message("slack", CHANNEL, anchor["ts"])
+    return rig.services.store.get_asset(asset_id)["request_id"]
+
+
+async def test_a_step_that_fails_is_resumed_without_posting_twice(rig: Rig) -> None:
+    def fail_a_reaction(message: dict[str, Any]) -> None:
+        if "🖼️ Drafts for" in message["text"]:
+            rig.fake.fail_next("reactions.add", "internal_error")  # the grid's first reaction
+
+    rig.fake.on_message = fail_a_reaction
+    await rig.command("a kite --n 2")
+    rig.fake.on_message = None
+    anchor = grid_anchor(rig)
+    assert anchor["reactions"] == {}
+    store = rig.services.store
+    store.db.execute("update outbox set next_at = ''")  # due now
+    assert await rig.surface.outbox.flush() == 1
+    (anchor,) = rig.anchors("🖼️ Drafts for")  # the anchor was not posted again
+    assert set(anchor["reactions"]) == {"one", "two", "repeat", "x"}
+    assert len(rig.fake.files) == 1  # nor the file uploaded again
+    assert store.db.execute("select count(*) from outbox").fetchone()[0] == 0
+    await rig.react(anchor["ts"], "one")  # and the grid works
+    assert rig.anchors("✨ Final")
+
+
+async def test_sign_off_is_one_state_shown_on_the_message(rig: Rig) -> None:
+    await rig.command("a kite --n 2")
+    await rig.react(grid_anchor(rig)["ts"], "one")
+    (final,) = rig.anchors("✨ Final")
+    await rig.react(final["ts"], "white_check_mark")
+    shown = rig.fake.messages[(CHANNEL, final["ts"])]["text"]
+    assert shown.endswith("✅ Signed off by UALICE")
+    await rig.react(final["ts"], "x")
+    shown = rig.fake.messages[(CHANNEL, final["ts"])]["text"]
+    assert shown.endswith("❌ Rejected by UALICE") and "Signed off" not in shown
+    asset_id = rig.services.store.asset_for_message("slack", CHANNEL, final["ts"])
+    assert rig.services.store.qa_state(asset_id)["decision"] == "rejected"
+
+
+async def test_a_command_redelivered_during_start_up_runs_once(fake: FakeSlack, make_settings):
+    # Slack sends while the bot starts; the recovery pass of `tierbot run` runs meanwhile.
+    rig = Rig(fake, make_settings, None)
+    await rig.start()
+    try:
+        send = asyncio.create_task(rig.command("a kite --n 2"))
+        recovering = asyncio.create_task(rig.services.bot.recover())
+        await asyncio.gather(send, recovering)
+        await rig.surface.idle()
+        assert len(rig.anchors("🖼️ Drafts for")) == 1
+        assert await rig.services.bot.recover() == []
+    finally:
+        await rig.stop()

@@ -336,6 +336,12 @@ class FakeDiscord:
         # ---- state
         self.requests: list[Req] = []
         self.messages: dict[int, dict[str, Any]] = {}
+        #: Discord takes reaction adds at about one per this many seconds per channel; each
+        #: PUT answers after it, so pre-adding a grid's reactions takes a couple of seconds.
+        self.reaction_pace_s = 0.25
+        #: Called with each message as soon as it exists (before its poster has the answer):
+        #: tests click the moment a message appears.
+        self.on_message: Callable[[dict[str, Any]], None] | None = None
         self.threads: dict[int, dict[str, Any]] = {}
         self.dms: dict[int, list[str]] = {}
         self.dm_channels: dict[int, int] = {}  # DM channel id -> user id
@@ -1195,6 +1201,8 @@ class FakeDiscord:
         return web.Response(status=204)
 
     async def _react(self, request: web.Request) -> web.Response:
+        if self.reaction_pace_s:
+            await asyncio.sleep(self.reaction_pace_s)
         message = self._message_in(request)
         emoji = request.match_info["emoji"]
         if not self._valid_emoji(emoji):
@@ -1583,6 +1591,8 @@ class FakeDiscord:
             thread = self.threads[channel_id]
             thread["messages"].append(mid)
             message["position"] = len(thread["messages"]) - 1
+        if self.on_message is not None:
+            self.on_message(message)
         return message
 
     def _apply_edit(

@@ -105,6 +105,14 @@ class FakeSlack:
         self.base_url = ""
         self.api_url = ""
         self.max_file_bytes = 1 << 30  # commonly cited per-file limit (spec 1.3)
+        #: Slack takes reaction adds at about one per this many seconds (Tier 3, bursts);
+        #: each ``reactions.add`` answers after it, so pre-adding nine reactions takes ~2 s.
+        self.reaction_pace_s = 0.25
+        #: Called with each message as soon as it is stored (before the poster has its
+        #: answer): tests click the moment a message appears.
+        self.on_message: Callable[[dict[str, Any]], None] | None = None
+        #: The last signed request sent to the app (url, body, headers), to replay it.
+        self.last_signed: tuple[str, bytes, dict[str, str]] | None = None
         self.calls: list[Call] = []
         self.members: dict[str, set[str]] = {"C0GENERAL": {bot_user_id, "UALICE", "UBOB", "UCAROL"}}
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}
@@ -266,6 +274,8 @@ class FakeSlack:
             if answers[0].skip == 0:
                 return web.json_response(answers.popleft().body)
             answers[0].skip -= 1
+        if method == "reactions.add" and self.reaction_pace_s:
+            await asyncio.sleep(self.reaction_pace_s)
         try:
             if parse_error:
                 raise SlackError(parse_error)
@@ -583,6 +593,8 @@ class FakeSlack:
         if fields["user"] == self.bot_user_id:
             msg.update(bot_id=self.bot_id, app_id=self.app_id, team=self.team_id)
         self.messages[(channel, ts)] = msg
+        if self.on_message is not None:
+            self.on_message(msg)
         return msg
 
     # ------------------------------------------------------------------ Slack calls the app
@@ -709,10 +721,20 @@ class FakeSlack:
             "X-Slack-Signature": verifier.generate_signature(timestamp=ts, body=body) or "",
             **(headers or {}),
         }
+        return await self.post_raw(app_url, body.encode(), signed)
+
+    async def replay(self) -> Reply:
+        """Send the last signed request again, byte for byte (a replay within the 5 minutes
+        Bolt accepts: only the app's own dedupe can stop it)."""
+        assert self.last_signed is not None, "nothing sent yet"
+        return await self.post_raw(*self.last_signed)
+
+    async def post_raw(self, app_url: str, body: bytes, signed: dict[str, str]) -> Reply:
         if self._session is None:
             raise RuntimeError("call start() first")
+        self.last_signed = (app_url, body, signed)
         started = time.monotonic()
-        async with self._session.post(app_url, data=body.encode(), headers=signed) as resp:
+        async with self._session.post(app_url, data=body, headers=signed) as resp:
             raw = await resp.text()
             elapsed = time.monotonic() - started
             parsed: dict[str, Any] | str = raw
