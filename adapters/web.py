@@ -7,9 +7,13 @@ keep the history, so messages live in the ``web_messages`` table and survive a r
 
 Endpoints (all JSON unless noted):
 
-- ``GET /`` the page; ``GET /static/<file>`` its script and style (shipped, no CDN).
-- ``GET /api/messages?name=N`` the history N may see (private replies go to one name).
-- ``GET /api/events?name=N`` server-sent events: ``message`` (new) and ``update`` (a status
+- ``GET /`` the page; ``GET /static/<file>`` its script, style and icon (shipped, no CDN);
+  ``GET /favicon.ico`` the icon.
+- ``GET /api/messages?name=N`` the history N may see (private replies go to one name). Each
+  message lists its reactions as ``chips``: the emoji and the action it takes ("take draft 2
+  to final", "make a video", "cancel", ...); a finished status line has none.
+- ``GET /api/events?name=N`` server-sent events: ``message`` (new; ``by`` names whose command
+  or reaction it answers, so that person's page brings it into view) and ``update`` (a status
   line moved: queued → running → done | failed).
 - ``POST /api/commands`` ``{"name", "text"}`` → 202; replies arrive as events.
 - ``POST /api/reactions`` ``{"name", "message_id", "emoji", "event_id"}`` → 202.
@@ -20,8 +24,11 @@ Safety: binds 127.0.0.1 by default; any other address needs ``TIERBOT_WEB_TOKEN`
 every request but the page itself (header ``Authorization: Bearer`` or the ``tierbot_token``
 cookie the page sets after asking). Requests from another origin, or to a Host that is not
 this server (DNS rebinding), are refused; bodies are capped at 400 KiB (``MAX_BODY``, room for
-a calendar in base64); a name is only a label, so on a shared machine "private" means "not
-shown to other names", not secret.
+a calendar in base64) and must be strict JSON objects in UTF-8 (no lone surrogates, no deep
+nesting, ids whole numbers in range); every response forbids framing (``X-Frame-Options: DENY``
+and a ``Content-Security-Policy`` with ``frame-ancestors 'none'``, scripts, styles and media
+only from this server), MIME sniffing and referrers. A name is only a label, so on a shared
+machine "private" means "not shown to other names", not secret.
 """
 
 from __future__ import annotations
@@ -52,7 +59,16 @@ from adapters.delivery import FAILED_ON_OUR_SIDE, INTERRUPTED, Tasks
 from adapters.http_server import MAX_BODY, http_server
 from bot import cpu, progress
 from bot.app import Services
-from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
+from bot.domain import (
+    NUMBER_REACTIONS,
+    AssetKind,
+    CommandEvent,
+    Origin,
+    Reaction,
+    ReactionEvent,
+    Reply,
+    normalize_emoji,
+)
 from bot.ledger import credits
 from bot.pipeline import LineageNode, UserError
 from bot.surfaces import SurfaceUnavailable
@@ -67,8 +83,47 @@ MAX_TEXT = 4000
 THUMB_WIDTHS = (128, 256, 512)
 NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
 EVENT_ID = re.compile(r"^[\w-]{1,64}$")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 ASSET_ID = re.compile(r"^[0-9a-f]{8}$")
 KEEPALIVE_S = 15.0
+#: Message ids are SQLite rowids: whole numbers from 1 to 2**63 - 1.
+MAX_ID = 2**63 - 1
+#: The request bodies are flat objects; anything nested deeper than this is refused.
+MAX_DEPTH = 8
+STATIC_FILES = {
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+    "favicon.svg": "image/svg+xml",
+}
+#: Sent with every response of the web channel: nothing may frame its pages (so the spending
+#: chips cannot be clickjacked), scripts and styles come only from /static (no inline code),
+#: images, videos and the event stream only from this server.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+        "media-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+_NUMBERS = {normalize_emoji(r.value): i for i, r in enumerate(NUMBER_REACTIONS, start=1)}
+#: What each chip does, by what it sits on (shown as its tooltip and read by screen readers).
+_GRID_CHIPS = {
+    normalize_emoji(Reaction.REROLL): "reroll the grid",
+    normalize_emoji(Reaction.DISCARD): "discard the grid",
+}
+_RESULT_CHIPS = {
+    normalize_emoji(Reaction.VIDEO): "make a video",
+    normalize_emoji(Reaction.UPSCALE): "upscale",
+    normalize_emoji(Reaction.APPROVE): "sign off",
+    normalize_emoji(Reaction.REROLL): "re-render",
+    normalize_emoji(Reaction.DISCARD): "reject",
+}
+_STATUS_CHIPS = {normalize_emoji(Reaction.DISCARD): "cancel"}
+#: A status line in one of these states has finished: its ❌ (cancel) has nothing to cancel.
+FINISHED = ("done", "failed", "interrupted")
 
 
 class BadInput(Exception):
@@ -120,7 +175,9 @@ class WebSurface:
 
     def _add_routes(self, app: web.Application) -> None:
         app.middlewares.append(self._guard)
+        app.on_response_prepare.append(self._secure)
         app.router.add_get("/", self._page)
+        app.router.add_get("/favicon.ico", self._favicon)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/messages", self._messages)
         app.router.add_get("/api/events", self._events)
@@ -161,7 +218,7 @@ class WebSurface:
         origin = request.headers.get("Origin")
         if request.method == "POST" and origin and origin.split("://", 1)[-1] != request.host:
             return web.json_response({"error": "cross-origin requests are refused"}, status=403)
-        public = request.path == "/" or request.path.startswith("/static/")
+        public = request.path in ("/", "/favicon.ico") or request.path.startswith("/static/")
         if self.token and not public and not self._authorised(request):
             return web.json_response({"error": "token required"}, status=401)
         try:
@@ -172,6 +229,12 @@ class WebSurface:
             return web.json_response(
                 {"error": f"request too large (limit {MAX_BODY // 1024} KiB)"}, status=413
             )
+
+    async def _secure(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every response of the channel, errors and the event stream included."""
+        if not self.server.is_external(request.path):
+            for name, value in SECURITY_HEADERS.items():
+                response.headers.setdefault(name, value)
 
     def _host_allowed(self, host: str) -> bool:
         if not is_loopback(self.server.host):
@@ -191,18 +254,20 @@ class WebSurface:
     async def _page(self, request: web.Request) -> web.StreamResponse:
         return self._static_file("index.html")
 
+    async def _favicon(self, request: web.Request) -> web.StreamResponse:
+        return self._static_file("favicon.svg")
+
     async def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        if name not in ("app.js", "style.css"):
+        if name not in STATIC_FILES:
             raise web.HTTPNotFound()
         return self._static_file(name)
 
     def _static_file(self, name: str) -> web.Response:
         text = resources.files("adapters").joinpath("web_static", name).read_text("utf-8")
-        kinds = {"html": "text/html", "js": "text/javascript", "css": "text/css"}
         return web.Response(
             text=text,
-            content_type=kinds[name.rsplit(".", 1)[1]],
+            content_type=STATIC_FILES.get(name, "text/html"),
             headers={"Cache-Control": "no-cache"},
         )
 
@@ -252,13 +317,14 @@ class WebSurface:
             raise BadInput(f"a command is at most {MAX_TEXT} characters; got {len(text)}")
         attachment = self._attachment(body.get("attachment"))
         origin = self._origin(name)
-        echo = self._post_row({"author": name, "text": text.strip()})
-        command, _, rest = text.strip().partition(" ")
-        # An unknown command is the parser's to refuse, in the same words as on every surface.
+        echo = self._post_row({"author": name, "text": text.strip()}, by=name)
+        # "/draft a fox" is the command draft; "a fox" (no slash) is no command at all. An
+        # unknown or missing command is the parser's to refuse, in the same words everywhere.
+        command, rest = "", text.strip()
+        if rest.startswith("/"):
+            command, rest = (*rest.split(maxsplit=1), "")[:2]
         replies = self.services.bot.handle_command(
-            CommandEvent(
-                origin=origin, command=command.lstrip("/"), text=rest, attachment=attachment
-            )
+            CommandEvent(origin=origin, command=command, text=rest, attachment=attachment)
         )
         self._spawn(self._deliver(origin, replies))
         return web.json_response({"ok": True, "message_id": echo}, status=202)
@@ -269,7 +335,10 @@ class WebSurface:
         message_id = body.get("message_id")
         emoji = body.get("emoji")
         event_id = body.get("event_id") or uuid.uuid4().hex
-        if not isinstance(message_id, int) or self.services.store.web_message(message_id) is None:
+        # bool is an int in Python: `true` must not be taken for message 1.
+        if type(message_id) is not int or not 1 <= message_id <= MAX_ID:
+            raise BadInput(f"no such message: message_id must be a whole number from 1 to {MAX_ID}")
+        if self.services.store.web_message(message_id) is None:
             raise BadInput("no such message")
         if not isinstance(emoji, str) or not 0 < len(emoji) <= 16:
             raise BadInput("a reaction is one emoji")
@@ -284,7 +353,7 @@ class WebSurface:
                 emoji=emoji,
             )
         )
-        self._spawn(self._deliver(origin, replies))
+        self._spawn(self._deliver(origin, replies, near=message_id))
         return web.json_response({"ok": True}, status=202)
 
     # -- delivering replies ------------------------------------------------------------------
@@ -293,16 +362,22 @@ class WebSurface:
         """Post replies nobody typed a command for (scheduled batches) in the channel."""
         await self._deliver(origin, replies)
 
-    async def _deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
-        """Post a use case's replies as they come; keep its status line moving."""
+    async def _deliver(
+        self, origin: Origin, replies: AsyncIterator[Reply], near: int | None = None
+    ) -> None:
+        """Post a use case's replies as they come; keep its status line moving.
+
+        ``near`` is the message a reaction was on: a private reply that threads nowhere (a
+        refusal) is shown in that message's thread, next to the chip that was clicked.
+        """
         status = _StatusLine(self)
         progress.listen(status.on_progress)
         try:
             async for reply in replies:
                 if reply.status:
-                    status.open(self._post(origin, reply, state="queued"))
+                    status.open(self._post(origin, reply, state="queued", near=near))
                     continue
-                self._post(origin, reply)
+                self._post(origin, reply, near=near)
                 if not reply.private or reply.error:
                     status.close(failed=reply.error, detail=reply.text if reply.error else None)
         except asyncio.CancelledError:
@@ -317,9 +392,15 @@ class WebSurface:
         finally:
             status.close(failed=True, detail="stopped")
 
-    def _post(self, origin: Origin, reply: Reply, state: str | None = None) -> int:
+    def _post(
+        self, origin: Origin, reply: Reply, state: str | None = None, near: int | None = None
+    ) -> int:
+        """Post one reply; the live event names who it answers, so their page can show it."""
         root = self.services.bot.thread_of(origin, reply)
         thread_root = int(root) if root is not None else None
+        if thread_root is None and reply.private and near is not None:
+            reacted = self.services.store.web_message(near)
+            thread_root = (reacted["thread_root"] or near) if reacted else None
         message_id = self._post_row(
             {
                 "author": BOT_NAME,
@@ -331,25 +412,28 @@ class WebSurface:
                 "private_to": origin.user if reply.private else None,
                 "state": state,
                 "error": int(reply.error),
-            }
+            },
+            by=origin.user,
         )
         self.services.bot.record_post(origin, str(message_id), reply, thread_id=root)
         return message_id
 
-    def _post_row(self, row: dict[str, Any]) -> int:
+    def _post_row(self, row: dict[str, Any], by: str | None = None) -> int:
         message_id = self.services.store.add_web_message(row)
-        self._publish("message", message_id)
+        self._publish("message", message_id, by=by)
         return message_id
 
     def update(self, message_id: int, **fields: Any) -> None:
         self.services.store.update_web_message(message_id, **fields)
         self._publish("update", message_id)
 
-    def _publish(self, kind: str, message_id: int) -> None:
+    def _publish(self, kind: str, message_id: int, by: str | None = None) -> None:
         row = self.services.store.web_message(message_id)
         if row is None:
             return
         view = self._view(row)
+        if by:  # only live: whose command or reaction this answers (the page scrolls to it)
+            view["by"] = by
         for listener in list(self._listeners):
             if row["private_to"] and row["private_to"] != listener.name:
                 continue
@@ -377,15 +461,20 @@ class WebSurface:
                         "kind": asset["kind"],
                     }
                 )
+        asset = self.services.store.get_asset(row["asset_id"]) if row["asset_id"] else None
+        kind = asset["kind"] if asset is not None else None
+        chips = self._chips(row, kind)
         return {
             "id": row["id"],
             "at": row["at"],
             "author": row["author"],
             "text": row["text"],
             "files": files,
-            "reactions": row["reactions"],
+            "reactions": [chip["emoji"] for chip in chips],
+            "chips": chips,
             "thread_root": row["thread_root"],
             "asset_id": row["asset_id"],
+            "kind": kind,
             "private": bool(row["private_to"]),
             "state": row["state"],
             "started_at": row["started_at"],
@@ -393,6 +482,29 @@ class WebSurface:
             "detail": row["detail"],
             "error": row["error"],
         }
+
+    @staticmethod
+    def _chips(row: dict[str, Any], kind: str | None) -> list[dict[str, str]]:
+        """The message's reactions, each with the action it takes (its tooltip and label).
+
+        A finished status line keeps none: its ❌ (cancel) has nothing left to cancel.
+        """
+        reactions: list[str] = row["reactions"] or []
+        if row["state"] in FINISHED:
+            return []
+        if row["state"]:
+            labels = _STATUS_CHIPS
+        else:
+            labels = _GRID_CHIPS if kind == AssetKind.GRID else _RESULT_CHIPS
+        chips = []
+        for emoji in reactions:
+            key = normalize_emoji(emoji)
+            if key in _NUMBERS:
+                label = f"take draft {_NUMBERS[key]} to final"
+            else:
+                label = labels.get(key, f"react {emoji}")
+            chips.append({"emoji": emoji, "label": label})
+        return chips
 
     # -- assets ------------------------------------------------------------------------------
 
@@ -466,6 +578,8 @@ class WebSurface:
         page = (
             "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>tierbot · {e(asset['id'])}</title>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            "<link rel='icon' href='/static/favicon.svg' type='image/svg+xml'>"
             "<link rel='stylesheet' href='/static/style.css'></head>"
             f"<body class='asset-page'><p><a href='/'>← channel</a></p>{body}</body></html>"
         )
@@ -491,14 +605,23 @@ class WebSurface:
     # -- input -------------------------------------------------------------------------------
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
+        """The body as a JSON object: strict UTF-8, shallow, no lone surrogates, no NaN."""
         if request.content_type != "application/json":
             raise BadInput("send JSON (Content-Type: application/json)")
+        raw = await request.read()
         try:
-            body = await request.json()
-        except json.JSONDecodeError:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(f"the request body is not UTF-8 (byte {exc.start})") from None
+        try:
+            body = json.loads(text, parse_constant=_no_constant)
+        except (json.JSONDecodeError, ValueError):
             raise BadInput("the request body is not valid JSON") from None
+        except RecursionError:
+            raise BadInput(f"the request body is nested too deeply (limit {MAX_DEPTH})") from None
         if not isinstance(body, dict):
             raise BadInput("the request body must be a JSON object")
+        _check_json(body)
         return body
 
     @staticmethod
@@ -566,6 +689,33 @@ class _StatusLine:
             fields["detail"] = detail
         with contextlib.suppress(Exception):
             self.surface.update(self.message_id, **fields)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_json(body: dict[str, Any]) -> None:
+    """Refuse a body nested deeper than ``MAX_DEPTH`` or with a lone surrogate in a string.
+
+    JSON's ``\\ud800`` escapes decode to lone surrogates, which are not text: they cannot be
+    stored or sent back as UTF-8.
+
+    Raises:
+        BadInput: What is wrong, for the page to show.
+    """
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadInput(f"the request body is nested too deeply (limit {MAX_DEPTH})")
+        if isinstance(value, dict):
+            stack += [(k, depth) for k in value]
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            raise BadInput("the request body has a lone surrogate (\\ud800-\\udfff) in a string")
 
 
 def make_thumbnail(path: Path, target: Path, width: int) -> Path:

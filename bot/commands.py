@@ -67,6 +67,7 @@ __all__ = [
     "help_text",
     "parse",
     "register",
+    "unknown_slash",
 ]
 
 # --------------------------------------------------------------------------- limits
@@ -94,6 +95,13 @@ SLASH_COMMANDS: dict[str, str | None] = {"draft": "draft", "tierbot": None}
 # every surface. Placeholders are filled with str.format.
 
 MSG_UNKNOWN_SLASH = "unknown slash command /{command}; tierbot answers /draft and /tierbot"
+MSG_UNKNOWN_SLASH_GUESS = (
+    "unknown slash command /{command}; did you mean {suggestion}? "
+    "tierbot answers /draft and /tierbot"
+)
+MSG_NO_SLASH = "Commands start with / — to draft this, type: /draft {text}"
+MSG_NO_SLASH_LONG = "Commands start with / — to draft this, type /draft and then your prompt"
+MSG_NO_SLASH_COMMAND = "Commands start with / — type: {suggestion}"
 MSG_UNKNOWN_COMMAND = "unknown command '{word}'; did you mean '{suggestion}'? Try /tierbot help"
 MSG_UNKNOWN_COMMAND_PLAIN = "unknown command '{word}'. Try /tierbot help"
 MSG_COMMAND_FIRST = (
@@ -925,12 +933,64 @@ def _parse_spec(spec: CommandSpec, tokens: list[_Token]) -> Invocation:
     )
 
 
+#: Other bots' words for "make a picture" (Midjourney's /imagine): tierbot's is /draft.
+_DRAFT_SYNONYMS = frozenset({"imagine", "dream", "draw", "generate", "gen", "create", "image"})
+#: Longest text quoted back whole in the "type: /draft <text>" hint (so it can be copied).
+_MAX_HINT_CHARS = 200
+
+
+def unknown_slash(command: str, text: str) -> CommandError:
+    """The error for a slash command tierbot does not answer, naming the one meant if it can.
+
+    Args:
+        command: The slash command, lower-case, without its ``/``. Empty when the person typed
+            text without any command (the web page's box): the hint then says how to draft it,
+            or, if the text starts with a command's name, adds the missing slash.
+        text: What was typed after it.
+
+    Returns:
+        The :class:`CommandError` to raise: ``/imagine`` and other bots' drawing commands
+        suggest ``/draft``; a ``/tierbot`` command typed as its own slash command (``/final``)
+        or a near miss (``/upscal``, ``/drafts``) suggests the command it resembles.
+    """
+    rest = _normalise(text)
+    if not command:
+        first, _, after = rest.partition(" ")
+        word = first.lower().removeprefix("/")
+        named = COMMANDS.get(word)
+        if word in SLASH_COMMANDS or named is not None:
+            invoke = f"/{word}" if word in SLASH_COMMANDS or named is None else named.invoke
+            suggestion = f"{invoke} {after}".strip()
+            if len(suggestion) > _MAX_HINT_CHARS:
+                suggestion = f"{invoke} …"
+            return CommandError(MSG_NO_SLASH_COMMAND.format(suggestion=suggestion))
+        if len(rest) > _MAX_HINT_CHARS:
+            return CommandError(MSG_NO_SLASH_LONG)
+        return CommandError(MSG_NO_SLASH.format(text=rest))
+    spec = COMMANDS.get(command)
+    if spec is None and command not in _DRAFT_SYNONYMS:
+        near = difflib.get_close_matches(command, COMMANDS.names(), n=1)
+        spec = COMMANDS.get(near[0]) if near else None
+    if spec is not None:
+        suggestion = spec.invoke
+    elif command in _DRAFT_SYNONYMS:
+        suggestion = "/draft"
+    elif near := difflib.get_close_matches(command, list(SLASH_COMMANDS), n=1):
+        suggestion = f"/{near[0]}"
+    else:
+        return CommandError(MSG_UNKNOWN_SLASH.format(command=_shown(command)))
+    return CommandError(
+        MSG_UNKNOWN_SLASH_GUESS.format(command=_shown(command), suggestion=suggestion)
+    )
+
+
 def parse(command: str, text: str) -> Invocation:
     """Parse one slash command.
 
     Args:
         command: The slash command as received, without or with its ``/``: ``draft`` or
-            ``tierbot`` (case-insensitive).
+            ``tierbot`` (case-insensitive). Empty for text typed without a command (the web
+            page's box): the error then says that commands start with ``/``.
         text: Everything typed after it. For ``tierbot`` the first word names the command
             (an empty text means ``help``); ``/draft X`` is the same as ``/tierbot draft X``.
 
@@ -942,7 +1002,7 @@ def parse(command: str, text: str) -> Invocation:
     """
     slash = _normalise(_clean(command)).lower().removeprefix("/")
     if slash not in SLASH_COMMANDS:
-        raise CommandError(MSG_UNKNOWN_SLASH.format(command=_shown(slash)))
+        raise unknown_slash(slash, _clean(text))
     tokens = _tokenise(_clean(text))
     fixed = SLASH_COMMANDS[slash]
     if fixed is not None:

@@ -407,7 +407,7 @@ ERRORS = [
         "start with a command, e.g. /tierbot draft a red fox --ar 16:9; got --ar first. "
         "Try /tierbot help",
     ),
-    ("imagine", "a cat", "unknown slash command /imagine; tierbot answers /draft and /tierbot"),
+    ("paint", "a cat", "unknown slash command /paint; tierbot answers /draft and /tierbot"),
     # positionals
     (
         "tierbot",
@@ -841,3 +841,63 @@ def test_final_and_video_round_trip(
         "args": [asset],
         "seconds": seconds,
     }
+
+
+@pytest.mark.parametrize(
+    ("command", "text", "message"),
+    [
+        # Text typed without a command (the web page's box): how to draft it.
+        (
+            "",
+            "a red fox in snow",
+            "Commands start with / — to draft this, type: /draft a red fox in snow",
+        ),
+        ("", "  a red   fox ", "Commands start with / — to draft this, type: /draft a red fox"),
+        ("", "x" * 300, "Commands start with / — to draft this, type /draft and then your prompt"),
+        # ... or, when it starts with a command's name, the slash it lacks.
+        ("", "draft a fox --n 2", "Commands start with / — type: /draft a fox --n 2"),
+        ("", "help", "Commands start with / — type: /tierbot help"),
+        ("", "select g1 2", "Commands start with / — type: /tierbot final g1 2"),
+        ("", "tierbot budget", "Commands start with / — type: /tierbot budget"),
+        # Near misses and other bots' commands: did you mean.
+        (
+            "imagine",
+            "a cat",
+            "unknown slash command /imagine; did you mean /draft? "
+            "tierbot answers /draft and /tierbot",
+        ),
+        (
+            "/final",
+            "g1 2",
+            "unknown slash command /final; did you mean /tierbot final? "
+            "tierbot answers /draft and /tierbot",
+        ),
+        (
+            "upscal",
+            "a1",
+            "unknown slash command /upscal; did you mean /tierbot upscale? "
+            "tierbot answers /draft and /tierbot",
+        ),
+        (
+            "drafts",
+            "a cat",
+            "unknown slash command /drafts; did you mean /draft? "
+            "tierbot answers /draft and /tierbot",
+        ),
+        (
+            "tierbots",
+            "help",
+            "unknown slash command /tierbots; did you mean /tierbot? "
+            "tierbot answers /draft and /tierbot",
+        ),
+        (
+            "tierbot",
+            "upscal a1",
+            "unknown command 'upscal'; did you mean 'upscale'? Try /tierbot help",
+        ),
+    ],
+)
+def test_unknown_and_missing_slash_commands_say_what_was_meant(
+    command: str, text: str, message: str
+) -> None:
+    assert error_of(command, text) == message

@@ -14,7 +14,7 @@ import pytest
 
 from adapters.web import WebSurface
 from bot.app import build
-from bot.commands import MSG_UNKNOWN_SLASH
+from bot.commands import CommandError, parse
 from bot.surfaces import SurfaceUnavailable
 from tests.conftest import ScriptedProvider, registry_with, write_policy
 
@@ -65,6 +65,12 @@ async def channel(make_settings, tmp_path: Path) -> AsyncIterator[Channel]:
     async for opened in _open(services):
         yield opened
     await services.aclose()
+
+
+def error_of(command: str, text: str) -> str:
+    with pytest.raises(CommandError) as caught:
+        parse(command, text)
+    return caught.value.message
 
 
 def is_grid(message: dict[str, Any]) -> bool:
@@ -217,7 +223,8 @@ async def test_a_calendar_attached_with_the_paperclip_reaches_the_schedule(
 async def test_bad_commands_are_answered_privately_in_the_channel(channel: Channel) -> None:
     await channel.say("alice", "hello bot")
     reply = await channel.wait_for(lambda m: m["private"])
-    assert reply["text"] == MSG_UNKNOWN_SLASH.format(command="hello")  # the parser's words
+    assert reply["text"] == error_of("", "hello bot")  # the parser's words
+    assert reply["text"] == "Commands start with / — to draft this, type: /draft hello bot"
     assert reply["error"]
     await channel.say("alice", "/draft a cat --ar 16x9")
     reply = await channel.wait_for(lambda m: m["private"] and "--ar" in m["text"])
@@ -345,7 +352,7 @@ async def test_a_restart_mid_job_marks_the_status_line_interrupted_then_posts_th
     assert "interrupted by a restart: the result follows" in stopped["detail"]
     async for channel in _open(services):
         services.scheduler.deliverers["web"] = channel.surface.deliver  # as `tierbot run`
-        await services.bot.resume()
+        await services.bot.recover()
         grid = await channel.wait_for(lambda m: "↻ After a restart" in m["text"])
         assert grid["files"] and grid["thread_root"] is None
     await services.aclose()
@@ -360,3 +367,164 @@ async def test_status_lines_a_killed_process_left_running_are_closed_at_start(
         (message,) = [m for m in await channel.history() if m["id"] == row]
         assert message["state"] == "interrupted" and message["finished_at"]
     await services.aclose()
+
+
+async def test_text_without_a_slash_gets_a_hint_and_near_misses_a_guess(channel: Channel) -> None:
+    await channel.say("alice", "a red fox in snow")
+    reply = await channel.wait_for(lambda m: m["private"])
+    assert reply["text"] == "Commands start with / — to draft this, type: /draft a red fox in snow"
+    await channel.say("alice", "/imagine a red fox")
+    reply = await channel.wait_for(lambda m: m["private"] and "/imagine" in m["text"])
+    assert "did you mean /draft?" in reply["text"]
+    await channel.say("alice", "/final g1 2")
+    reply = await channel.wait_for(lambda m: m["private"] and "/final" in m["text"])
+    assert "did you mean /tierbot final?" in reply["text"]
+    await channel.say("alice", "/tierbot upscal a1")
+    reply = await channel.wait_for(lambda m: m["private"] and "upscal" in m["text"])
+    assert "did you mean 'upscale'?" in reply["text"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error"),
+    [
+        ("/api/commands", b'{"name": "alice", "text": "/draft \xff\xfe"}', "UTF-8"),
+        ("/api/commands", b"[" * 100_000 + b"]" * 100_000, "nested"),
+        (
+            "/api/commands",
+            b'{"name": "alice", "text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "nested",
+        ),
+        ("/api/commands", rb'{"name": "alice", "text": "/draft a \\ud800 fox"}', None),
+        ("/api/commands", rb'{"name": "alice", "text": "/draft a \ud800 fox"}', "surrogate"),
+        (
+            "/api/commands",
+            rb'{"name": "alice", "text": "/draft a fox", "x": {"\udfff": 1}}',
+            "surrogate",
+        ),
+        ("/api/reactions", rb'{"name": "alice", "message_id": 1, "emoji": "\ud83d"}', "surrogate"),
+        (
+            "/api/reactions",
+            b'{"name": "alice", "message_id": 1000000000000000000000000000000, "emoji": "1"}',
+            "message_id",
+        ),
+        (
+            "/api/reactions",
+            b'{"name": "alice", "message_id": 9223372036854775808, "emoji": "1"}',
+            "message_id",
+        ),
+        ("/api/reactions", b'{"name": "alice", "message_id": true, "emoji": "1"}', "message_id"),
+        ("/api/reactions", b'{"name": "alice", "message_id": 1.0, "emoji": "1"}', "message_id"),
+        ("/api/reactions", b'{"name": "alice", "message_id": 0, "emoji": "1"}', "message_id"),
+        ("/api/reactions", b'{"name": "alice", "message_id": -1, "emoji": "1"}', "message_id"),
+        ("/api/reactions", b'{"name": "alice", "message_id": 1e400, "emoji": "1"}', "message_id"),
+        ("/api/reactions", b'{"name": "alice", "message_id": NaN, "emoji": "1"}', "JSON"),
+    ],
+)
+async def test_malformed_bodies_are_refused_with_a_reason(
+    channel: Channel, path: str, body: bytes, error: str | None
+) -> None:
+    await channel.say("alice", "/tierbot help")  # message 1 exists: `true` must not reach it
+    await channel.wait_for(lambda m: m["private"])
+    response = await channel.client.post(
+        path, content=body, headers={"Content-Type": "application/json"}
+    )
+    if error is None:  # an escaped backslash is text, not a surrogate
+        assert response.status_code == 202
+        return
+    assert response.status_code == 400, response.text
+    assert error in response.json()["error"]
+
+
+async def test_every_response_forbids_framing_and_sniffing(channel: Channel) -> None:
+    await channel.say("alice", "/draft a fox --n 2")
+    grid = await channel.wait_for(is_grid)
+    requests = [
+        ("GET", "/", None),
+        ("GET", "/static/app.js", None),
+        ("GET", "/static/style.css", None),
+        ("GET", "/static/favicon.svg", None),
+        ("GET", "/favicon.ico", None),
+        ("GET", "/api/messages", None),
+        ("GET", f"/assets/{grid['asset_id']}", None),
+        ("GET", f"/files/{grid['asset_id']}", None),
+        ("GET", f"/files/{grid['asset_id']}?w=7", None),
+        ("GET", "/assets/nope", None),
+        ("GET", "/no/such/page", None),
+        ("POST", "/api/commands", {"text": "/draft"}),
+        ("POST", "/api/reactions", {"name": "alice", "message_id": True, "emoji": "1"}),
+    ]
+    for method, path, body in requests:
+        response = await channel.client.request(method, path, json=body)
+        headers = response.headers
+        assert headers.get("X-Frame-Options") == "DENY", path
+        assert headers.get("X-Content-Type-Options") == "nosniff", path
+        assert headers.get("Referrer-Policy") == "no-referrer", path
+        csp = headers.get("Content-Security-Policy", "")
+        assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp, path
+        assert "unsafe-inline" not in csp and "unsafe-eval" not in csp, path
+    async with channel.client.stream("GET", "/api/events") as stream:
+        assert stream.headers["X-Frame-Options"] == "DENY"
+        assert "frame-ancestors 'none'" in stream.headers["Content-Security-Policy"]
+
+
+async def test_favicon_is_served_and_linked(channel: Channel) -> None:
+    page = await channel.client.get("/")
+    assert 'rel="icon"' in page.text and "/static/favicon.svg" in page.text
+    icon = await channel.client.get("/static/favicon.svg")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.text.lstrip().startswith("<svg")
+    assert (await channel.client.get("/favicon.ico")).status_code == 200
+
+
+async def test_chips_name_their_action_and_finished_status_lines_lose_theirs(
+    channel: Channel,
+) -> None:
+    await channel.say("alice", "/draft a fox --n 2")
+    grid = await channel.wait_for(is_grid)
+    assert grid["chips"] == [
+        {"emoji": "1️⃣", "label": "take draft 1 to final"},
+        {"emoji": "2️⃣", "label": "take draft 2 to final"},
+        {"emoji": "🔁", "label": "reroll the grid"},
+        {"emoji": "❌", "label": "discard the grid"},
+    ]
+    await channel.react("alice", grid["id"], "2️⃣")
+    final = await channel.wait_for(lambda m: m["text"].startswith("✨ Final"))
+    assert [c["label"] for c in final["chips"]] == [
+        "make a video",
+        "upscale",
+        "sign off",
+        "re-render",
+        "reject",
+    ]
+    statuses = [m for m in await channel.history() if m["state"]]
+    assert len(statuses) == 2
+    for status in statuses:  # ❌ cancels a running job; a finished one has nothing to cancel
+        assert status["state"] == "done"
+        assert status["reactions"] == [] and status["chips"] == []
+    assert (await channel.react("alice", statuses[0]["id"], "❌")).status_code == 202
+
+
+async def test_a_running_status_line_offers_cancel_until_it_ends(make_settings) -> None:
+    stalled = ScriptedProvider("local")
+    stalled.gate = asyncio.Event()  # never set: the job runs until it is cancelled
+    settings = make_settings()
+    services = build(settings, providers=registry_with(settings, local=stalled))
+    async for channel in _open(services):
+        await channel.say("alice", "/draft a lighthouse --n 2")
+        await stalled.entered.wait()
+        status = await channel.wait_for(lambda m: m["state"] in ("queued", "running"))
+        assert status["chips"] == [{"emoji": "❌", "label": "cancel"}]
+        assert (await channel.react("alice", status["id"], "❌")).status_code == 202
+        ended = {"id": status["id"], "state": "failed"}
+        ended = await channel.wait_for(lambda m, ended=ended: m.items() >= ended.items())
+        assert ended["reactions"] == [] and ended["chips"] == []
+    await services.aclose()
+
+
+async def test_a_refusal_of_a_reaction_is_shown_in_that_message_thread(channel: Channel) -> None:
+    await channel.say("alice", "/draft a red bicycle --n 2")
+    grid = await channel.wait_for(is_grid)
+    await channel.react("carol", grid["id"], "1️⃣")
+    refusal = await channel.wait_for(lambda m: m["private"], name="carol")
+    assert "Only approvers can spend credits here" in refusal["text"]
+    assert refusal["thread_root"] == grid["id"]  # next to the chip carol clicked

@@ -6,7 +6,20 @@ const list = $("messages");
 const nameBox = $("name");
 const commandBox = $("command");
 const nodes = new Map(); // message id -> element
+const jump = $("jump");
 let source = null;
+
+// Where new messages show. The view follows the newest message while the person is at the
+// bottom. A reply to the person's own command or chip (the server names them in `by`) is
+// brought into view wherever it lands, even in the thread of an old grid, unless they have
+// scrolled by hand since; anything else that lands out of view gets the jump button
+// ("new reply ↑"). Images and videos load after they are placed, so the view is put right
+// again when each one has its size.
+let follow = true;   // the person is at the bottom: keep the newest message in view
+let handAt = 0;      // when the person last scrolled by hand (performance.now())
+let actedAt = 0;     // when the person last sent a command or clicked a chip
+let focus = null;    // {el, at}: a message being shown, kept in view while its media load
+let unseen = null;   // the newest message that landed out of view (the jump button's target)
 
 nameBox.value = localStorage.getItem("tierbot.name") || "";
 nameBox.addEventListener("change", () => {
@@ -23,6 +36,86 @@ function elapsed(msg) {
   return ` · ${Math.max(0, Math.round((end - start) / 1000))} s`;
 }
 
+function nearBottom() {
+  return list.scrollHeight - list.scrollTop - list.clientHeight < 48;
+}
+
+function toBottom() { list.scrollTop = list.scrollHeight; }
+
+function visible(el) {
+  const r = el.getBoundingClientRect();
+  const v = list.getBoundingClientRect();
+  return r.bottom > v.top && r.top < v.bottom && el.offsetParent !== null;
+}
+
+function openThreads(el) {
+  for (let t = el.parentElement.closest(".thread"); t; t = t.parentElement.closest(".thread")) {
+    t.hidden = false;
+  }
+}
+
+// Scroll as little as needed to show the whole message (its top if it is taller than the view).
+function bringIntoView(el) {
+  openThreads(el);
+  const r = el.getBoundingClientRect();
+  const v = list.getBoundingClientRect();
+  const pad = 12;
+  if (r.top < v.top + pad || r.height > v.height - 2 * pad) {
+    list.scrollTop += r.top - v.top - pad;
+  } else if (r.bottom > v.bottom - pad) {
+    list.scrollTop += r.bottom - v.bottom + pad;
+  }
+  if (unseen === el) hideJump();
+}
+
+function show(el) {
+  focus = { el, at: performance.now() };
+  bringIntoView(el);
+}
+
+// A picture or video got its size: put the view right again.
+function settle() {
+  if (focus && handAt < focus.at && focus.el.isConnected) bringIntoView(focus.el);
+  else if (follow) toBottom();
+}
+
+function showJump(el) {
+  unseen = el;
+  const above = el.getBoundingClientRect().top < list.getBoundingClientRect().top;
+  const what = el.parentElement.closest(".thread") ? "new reply" : "new message";
+  jump.textContent = `${what} ${above ? "↑" : "↓"}`;
+  jump.hidden = false;
+}
+
+function hideJump() { unseen = null; jump.hidden = true; }
+
+jump.addEventListener("click", () => {
+  if (unseen) show(unseen);
+  hideJump();
+});
+
+function byHand() { handAt = performance.now(); focus = null; }
+list.addEventListener("wheel", byHand, { passive: true });
+list.addEventListener("touchmove", byHand, { passive: true });
+list.addEventListener("pointerdown", (e) => { if (e.target === list) byHand(); }); // scrollbar
+document.addEventListener("keydown", (e) => {
+  const keys = ["PageUp", "PageDown", "Home", "End", "ArrowUp", "ArrowDown", " "];
+  if (keys.includes(e.key) && !e.target.closest("input, textarea, button")) byHand();
+});
+list.addEventListener("scroll", () => {
+  follow = nearBottom();
+  if (unseen && visible(unseen)) hideJump();
+});
+
+// A new message: show it, follow it, or point at it (see the comment at the top).
+function arrived(el, msg) {
+  let top = el;
+  while (top && top.parentElement !== list) top = top.parentElement.closest(".msg");
+  if (msg.by && msg.by === me() && actedAt && handAt < actedAt) show(el);
+  else if (follow && top === list.lastElementChild) toBottom();
+  else if (!visible(el)) showJump(el);
+}
+
 function statusText(msg) {
   switch (msg.state) {
     case "queued": return "⏳ queued";
@@ -34,9 +127,14 @@ function statusText(msg) {
   }
 }
 
+function shortLabel(label) {
+  return label.replace(/^make an? /, "").replace(/ the grid$/, "");
+}
+
 function render(msg) {
   const el = document.createElement("div");
-  el.className = "msg" + (msg.private ? " private" : "") + (msg.error ? " error" : "");
+  el.className = "msg" + (msg.kind ? ` ${msg.kind}` : "") + (msg.private ? " private" : "")
+    + (msg.error ? " error" : "");
   el.dataset.id = msg.id;
   if (msg.asset_id) el.dataset.asset = msg.asset_id;
   const head = document.createElement("div");
@@ -67,12 +165,14 @@ function render(msg) {
       media = document.createElement("video");
       media.controls = true;
       media.preload = "metadata";
+      media.addEventListener("loadedmetadata", settle, { once: true });
       media.src = file.url;
       el.append(media);
       link.textContent = `asset ${file.asset_id}`;
       el.append(link);
     } else {
       media = document.createElement("img");
+      media.addEventListener("load", settle, { once: true });
       media.src = file.url;
       media.alt = msg.text.split("\n")[0];
       link.append(media);
@@ -86,15 +186,30 @@ function render(msg) {
     status.textContent = statusText(msg);
     el.append(status);
   }
-  if (msg.reactions && msg.reactions.length) {
+  const labelled = msg.chips || (msg.reactions || []).map((emoji) => ({ emoji, label: "" }));
+  if (labelled.length) {
     const chips = document.createElement("div");
     chips.className = "chips";
-    for (const emoji of msg.reactions) {
+    for (const { emoji, label } of labelled) {
       const chip = document.createElement("button");
       chip.className = "chip";
       chip.type = "button";
-      chip.textContent = emoji;
-      chip.title = `react ${emoji}`;
+      const icon = document.createElement("span");
+      icon.className = "emoji";
+      icon.textContent = emoji;
+      icon.setAttribute("aria-hidden", "true");
+      chip.append(icon);
+      // Numbers read as themselves; the other chips also say what they do in a word, so
+      // they mean something without an emoji font.
+      const word = label && !label.startsWith("take draft") ? shortLabel(label) : "";
+      if (word) {
+        const span = document.createElement("span");
+        span.className = "word";
+        span.textContent = word;
+        chip.append(span);
+      }
+      chip.title = label ? `${emoji} ${label}` : `react ${emoji}`;
+      chip.setAttribute("aria-label", label || `react ${emoji}`);
       chip.addEventListener("click", () => react(msg.id, emoji, chip));
       chips.append(chip);
     }
@@ -108,13 +223,24 @@ function render(msg) {
   return el;
 }
 
+// The message as shown, without what only the live event carries.
+function same(a, b) {
+  const { by: _a, ...left } = a;
+  const { by: _b, ...right } = b;
+  return JSON.stringify(left) === JSON.stringify(right);
+}
+
+// Put a message in the page (new, or an update of one shown); returns it if it is new.
 function place(msg) {
-  const el = render(msg);
   const old = nodes.get(msg.id);
+  if (old && same(old._msg, msg)) return null;
+  const el = render(msg);
   if (old) {
     const thread = old.querySelector(":scope > .thread");
     el.replaceChild(thread, el.querySelector(":scope > .thread"));
     old.replaceWith(el);
+    if (focus && focus.el === old) focus.el = el;
+    if (unseen === old) unseen = el;
   } else {
     const root = msg.thread_root && nodes.get(msg.thread_root);
     if (root) {
@@ -126,12 +252,18 @@ function place(msg) {
     }
   }
   nodes.set(msg.id, el);
-  list.scrollTop = list.scrollHeight;
+  return old ? null : el;
+}
+
+function receive(msg) {
+  const el = place(msg);
+  if (el) arrived(el, msg);
 }
 
 function localNotice(text) {
-  place({ id: `local-${Date.now()}`, at: new Date().toISOString(), author: "tierbot", text,
-          files: [], reactions: [], private: true, error: true });
+  actedAt = performance.now();
+  receive({ id: `local-${Date.now()}`, at: new Date().toISOString(), author: "tierbot", text,
+            files: [], reactions: [], private: true, error: true, by: me() });
 }
 
 async function api(path, body) {
@@ -162,6 +294,7 @@ function eventId() {
 
 async function react(messageId, emoji, chip) {
   if (!me()) { localNotice("set your name first (top right)"); nameBox.focus(); return; }
+  actedAt = performance.now();
   chip.disabled = true;
   try {
     await api("/api/reactions", { name: me(), message_id: messageId, emoji, event_id: eventId() });
@@ -202,6 +335,7 @@ $("composer").addEventListener("submit", async (event) => {
   commandBox.value = "";
   fileBox.value = "";
   showAttachment();
+  actedAt = performance.now();
   await api("/api/commands", body);
 });
 
@@ -216,7 +350,11 @@ async function reload() {
   if (!messages) return;
   list.textContent = "";
   nodes.clear();
+  hideJump();
+  focus = null;
   for (const msg of messages) place(msg);
+  follow = true;
+  toBottom();
   connect();
 }
 
@@ -228,11 +366,11 @@ function connect() {
     $("live").className = "live on";
     if (down) { // catch up on what was posted while the stream was down
       down = false;
-      for (const msg of (await history()) || []) place(msg);
+      for (const msg of (await history()) || []) receive(msg);
     }
   });
   source.addEventListener("error", () => { $("live").className = "live off"; down = true; });
-  source.addEventListener("message", (e) => place(JSON.parse(e.data)));
+  source.addEventListener("message", (e) => receive(JSON.parse(e.data)));
   source.addEventListener("update", (e) => place(JSON.parse(e.data)));
 }
 
