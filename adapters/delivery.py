@@ -252,14 +252,15 @@ class Steps:
     def get(self, step: str) -> Any:
         return self._done.get(step)
 
-    def done(self, link: Callable[[], None] | None = None, **steps: Any) -> None:
+    def done(self, link: Callable[[], dict[str, Any] | None] | None = None, **steps: Any) -> None:
         """Record ``steps`` (name=value) as landed; ``link`` (the message → asset link of
         a message just posted) is written in the same transaction, so a crash leaves either
-        both or neither, never a posted message that reactions cannot find."""
+        both or neither, never a posted message that reactions cannot find. Steps ``link``
+        returns are recorded too (a surface whose post is itself a row: the web channel)."""
         self._done.update(steps)
         with self.store.transaction():
             if link is not None:
-                link()
+                self._done.update(link() or {})
             self.store.outbox_step(self.entry_id, self._done)
         if link is not None:
             failpoint("post.linked")

@@ -55,7 +55,7 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from adapters.delivery import FAILED_ON_OUR_SIDE, INTERRUPTED, Tasks
+from adapters.delivery import FAILED_ON_OUR_SIDE, INTERRUPTED, Outbox, Steps, Tasks
 from adapters.http_server import MAX_BODY, http_server
 from bot import cpu, progress
 from bot.app import Services
@@ -123,7 +123,7 @@ _RESULT_CHIPS = {
 }
 _STATUS_CHIPS = {normalize_emoji(Reaction.DISCARD): "cancel"}
 #: A status line in one of these states has finished: its ❌ (cancel) has nothing to cancel.
-FINISHED = ("done", "failed", "interrupted")
+FINISHED = ("done", "failed", "interrupted", "cancelled")
 
 
 class BadInput(Exception):
@@ -169,6 +169,12 @@ class WebSurface:
         self.tasks = Tasks()
         self._spawn = self.tasks.spawn
         self._stopping = False
+        # Posting a row cannot fail; the outbox matters after a crash: what a killed process
+        # handed over is posted here, once its claim lapses (checked every lease).
+        self.outbox = Outbox(
+            SURFACE, services.store, self.post, (), interval_s=services.store.lease_s
+        )
+        self._outbox: asyncio.Future[Any] | None = None
         self._add_routes(self.server.app)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -196,10 +202,14 @@ class WebSurface:
         # resumed now, and the results are posted as new messages.
         self.services.store.interrupt_web_statuses(INTERRUPTED, utcnow())
         url = await self.server.start()
+        self._outbox = asyncio.ensure_future(self.outbox.run())
         return f"Web channel: {url}  (open it in a browser, set your name, type /draft ...)"
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._outbox is not None:
+            self._outbox.cancel()
+            await asyncio.gather(self._outbox, return_exceptions=True)
         await self.tasks.cancel_all()
         for listener in list(self._listeners):
             listener.queue.put_nowait(("close", {}))
@@ -316,25 +326,42 @@ class WebSurface:
         if len(text) > MAX_TEXT:
             raise BadInput(f"a command is at most {MAX_TEXT} characters; got {len(text)}")
         attachment = self._attachment(body.get("attachment"))
+        event_id = self._event_id(body.get("event_id"))
         origin = self._origin(name)
-        echo = self._post_row({"author": name, "text": text.strip()}, by=name)
         # "/draft a fox" is the command draft; "a fox" (no slash) is no command at all. An
         # unknown or missing command is the parser's to refuse, in the same words everywhere.
         command, rest = "", text.strip()
         if rest.startswith("/"):
             command, rest = (*rest.split(maxsplit=1), "")[:2]
-        replies = self.services.bot.handle_command(
-            CommandEvent(origin=origin, command=command, text=rest, attachment=attachment)
+        event = CommandEvent(
+            origin=origin,
+            command=command.lstrip("/"),
+            text=rest,
+            attachment=attachment,
+            delivery_id=f"{name}:{event_id}",
         )
+        # Written before the answer: a command the page was told about survives a crash, and
+        # the page sending it again (same event id) after a lost answer runs it once.
+        if not self.services.bot.receive(event):
+            return web.json_response({"ok": True, "duplicate": True}, status=202)
+        echo = self._post_row({"author": name, "text": text.strip()}, by=name)
+        replies = self.services.bot.handle_command(event, received=True)
         self._spawn(self._deliver(origin, replies))
         return web.json_response({"ok": True, "message_id": echo}, status=202)
+
+    @staticmethod
+    def _event_id(value: Any) -> str:
+        """The page's id for one command or reaction (made here if it sent none)."""
+        event_id = value or uuid.uuid4().hex
+        if not isinstance(event_id, str) or not EVENT_ID.match(event_id):
+            raise BadInput("event_id must be 1 to 64 letters, digits, - or _")
+        return event_id
 
     async def _reaction(self, request: web.Request) -> web.StreamResponse:
         body = await self._json(request)
         name = self._name(body.get("name"), required=True)
         message_id = body.get("message_id")
         emoji = body.get("emoji")
-        event_id = body.get("event_id") or uuid.uuid4().hex
         # bool is an int in Python: `true` must not be taken for message 1.
         if type(message_id) is not int or not 1 <= message_id <= MAX_ID:
             raise BadInput(f"no such message: message_id must be a whole number from 1 to {MAX_ID}")
@@ -342,17 +369,14 @@ class WebSurface:
             raise BadInput("no such message")
         if not isinstance(emoji, str) or not 0 < len(emoji) <= 16:
             raise BadInput("a reaction is one emoji")
-        if not isinstance(event_id, str) or not EVENT_ID.match(event_id):
-            raise BadInput("event_id must be 1 to 64 letters, digits, - or _")
+        event_id = self._event_id(body.get("event_id"))
         origin = self._origin(name)
-        replies = self.services.bot.handle_reaction(
-            ReactionEvent(
-                origin=origin,
-                event_id=f"{name}:{event_id}",
-                message_id=str(message_id),
-                emoji=emoji,
-            )
+        event = ReactionEvent(
+            origin=origin, event_id=f"{name}:{event_id}", message_id=str(message_id), emoji=emoji
         )
+        if not self.services.bot.receive(event):
+            return web.json_response({"ok": True, "duplicate": True}, status=202)
+        replies = self.services.bot.handle_reaction(event, received=True)
         self._spawn(self._deliver(origin, replies, near=message_id))
         return web.json_response({"ok": True}, status=202)
 
@@ -377,14 +401,17 @@ class WebSurface:
                 if reply.status:
                     status.open(self._post(origin, reply, state="queued", near=near))
                     continue
-                self._post(origin, reply, near=near)
+                if reply.private:
+                    self._post(origin, reply, near=near)
+                else:  # a result: posted from the outbox, exactly once
+                    await self.outbox.send(origin, reply)
                 if not reply.private or reply.error:
                     status.close(failed=reply.error, detail=reply.text if reply.error else None)
         except asyncio.CancelledError:
             if self._stopping:
                 status.interrupt()
             else:  # ❌ on the status line
-                status.close(failed=True, detail="cancelled")
+                status.cancel()
             raise
         except Exception:
             log.exception("web delivery failed")
@@ -417,6 +444,18 @@ class WebSurface:
         )
         self.services.bot.record_post(origin, str(message_id), reply, thread_id=root)
         return message_id
+
+    async def post(self, origin: Origin, reply: Reply, steps: Steps) -> None:
+        """Post a result: its message (the row and its asset link in one transaction with
+        the step), then for a QA decision the decided asset's message edited to show it."""
+        if steps.get("message") is None:
+            steps.done(link=lambda: {"message": self._post(origin, reply)})
+        if reply.state_of and not steps.get("state"):
+            shown = self.services.bot.message_of(origin, reply.state_of)
+            if shown is not None:
+                decided, _, text = shown
+                self.update(int(decided), text=f"{text}\n{reply.state}")
+            steps.done(state=True)
 
     def _post_row(self, row: dict[str, Any], by: str | None = None) -> int:
         message_id = self.services.store.add_web_message(row)
@@ -675,6 +714,10 @@ class _StatusLine:
 
     def close(self, *, failed: bool, detail: str | None) -> None:
         self._end("failed" if failed else "done", detail)
+
+    def cancel(self) -> None:
+        """❌ on the status line stopped the job."""
+        self._end("cancelled", None)
 
     def interrupt(self) -> None:
         """The bot is stopping; the job resumes at the next start (not a failure)."""

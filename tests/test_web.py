@@ -515,7 +515,7 @@ async def test_a_running_status_line_offers_cancel_until_it_ends(make_settings) 
         status = await channel.wait_for(lambda m: m["state"] in ("queued", "running"))
         assert status["chips"] == [{"emoji": "❌", "label": "cancel"}]
         assert (await channel.react("alice", status["id"], "❌")).status_code == 202
-        ended = {"id": status["id"], "state": "failed"}
+        ended = {"id": status["id"], "state": "cancelled"}
         ended = await channel.wait_for(lambda m, ended=ended: m.items() >= ended.items())
         assert ended["reactions"] == [] and ended["chips"] == []
     await services.aclose()

@@ -122,6 +122,7 @@ function statusText(msg) {
     case "running": return `⚙️ running${elapsed(msg)}` + (msg.detail ? ` · ${msg.detail}` : "");
     case "done": return `✔ done${elapsed(msg)}`;
     case "failed": return `✖ failed${msg.detail ? ": " + msg.detail : ""}`;
+    case "cancelled": return "🛑 cancelled";
     case "interrupted": return `↻ ${msg.detail || "interrupted by a restart"}`;
     default: return "";
   }
