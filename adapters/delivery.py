@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot import progress
-from bot.domain import Origin, Reply
+from bot.domain import CANCEL_HINT, Origin, Reply
 from bot.failpoints import failpoint
 from storage import Store
 
@@ -171,7 +171,7 @@ class StatusLine:
             return
         self.open = False
         self.pace.withdraw(self)
-        final = f"{self.base}\n_{word}_"
+        final = f"{self.base.replace(CANCEL_HINT, '')}\n_{word}_"
         if final != self.text:
             self.text = final
             self.pace.used()

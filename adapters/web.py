@@ -60,6 +60,7 @@ from adapters.http_server import MAX_BODY, http_server
 from bot import cpu, progress
 from bot.app import Services
 from bot.domain import (
+    CANCEL_HINT,
     NUMBER_REACTIONS,
     AssetKind,
     CommandEvent,
@@ -399,7 +400,7 @@ class WebSurface:
         try:
             async for reply in replies:
                 if reply.status:
-                    status.open(self._post(origin, reply, state="queued", near=near))
+                    status.open(self._post(origin, reply, state="queued", near=near), reply.text)
                     continue
                 if reply.private:
                     self._post(origin, reply, near=near)
@@ -598,6 +599,11 @@ class WebSurface:
             ("cost", credits(asset["cost"] or 0)),
             ("created", asset["created_at"][:19].replace("T", " ") + " UTC"),
         ]
+        if asset["stage"] != "draft":  # the one current QA state; the history is below
+            qa = self.services.store.qa_state(asset["id"])
+            facts.append(
+                ("QA", f"{qa['decision']} by {qa['user']}" if qa else "not signed off yet")
+            )
         decisions = (
             "".join(
                 f"<li>{e(g['decision'])} by {e(g['user'])} ({e(g['surface'])}), "
@@ -694,11 +700,12 @@ class _StatusLine:
     def __init__(self, surface: WebSurface) -> None:
         self.surface = surface
         self.message_id: int | None = None
+        self.text = ""
         self.started = 0.0
         self.closed = False
 
-    def open(self, message_id: int) -> None:
-        self.message_id, self.closed = message_id, False
+    def open(self, message_id: int, text: str = "") -> None:
+        self.message_id, self.closed, self.text = message_id, False, text
 
     def on_progress(self, job_id: str, state: str, detail: str | None) -> None:
         if self.message_id is None or self.closed:
@@ -728,6 +735,8 @@ class _StatusLine:
             return
         self.closed = True
         fields: dict[str, Any] = {"state": state, "finished_at": utcnow()}
+        if CANCEL_HINT in self.text:  # nothing is left to cancel
+            fields["text"] = self.text.replace(CANCEL_HINT, "")
         if detail:
             fields["detail"] = detail
         with contextlib.suppress(Exception):

@@ -114,6 +114,10 @@ FINAL_REACTIONS: tuple[Reaction, ...] = (
 )
 
 
+#: The end of a running job's status line; a surface drops it once the job has ended.
+CANCEL_HINT = " · ❌ cancels"
+
+
 def normalize_emoji(emoji: str) -> str:
     """Drop variation selectors so "⬆" and "⬆️" compare equal."""
     return emoji.replace("\ufe0f", "").strip()

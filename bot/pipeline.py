@@ -26,6 +26,7 @@ from bot import cpu, failpoints
 from bot.catalog import Catalog
 from bot.commands import ASPECT_RATIOS, Invocation
 from bot.domain import (
+    CANCEL_HINT,
     FINAL_REACTIONS,
     NUMBER_REACTIONS,
     AssetKind,
@@ -384,7 +385,7 @@ class Pipeline:
         heading = f"{label}\n" if label else ""
         yield Reply(
             text=f"{heading}⏳ Drafting {spec.n} × “{spec.prompt}” ({spec.ar}, seed {spec.seed}) · "
-            f"{route.reason} · {credits(price)} reserved · ❌ cancels",
+            f"{route.reason} · {credits(price)} reserved{CANCEL_HINT}",
             thread_of=thread_of,
             status=True,
             request_id=request_id,
@@ -885,7 +886,7 @@ class Pipeline:
                 f"{model.id} · {serving.provider} ({serving.model}) · "
                 f"{'/'.join(s.value for s in model.stages)} · "
                 f"{', '.join(sorted(c.value for c in model.capabilities))} · "
-                f"{credits(model.cost(serving=serving))}/{model.unit} · "
+                f"{credits(model.cost(seconds=1, serving=serving))}/{model.unit} · "
                 + (f"unavailable: {why}" if why else "available")
                 + (f" · also on {', '.join(others)}" if others else "")
             )
@@ -1044,7 +1045,7 @@ class Pipeline:
 
     def _status(self, what: str, route: Route, *, thread_of: str | None, request_id: str) -> Reply:
         return Reply(
-            text=f"⏳ {what} · {route.reason} · {credits(route.price)} reserved · ❌ cancels",
+            text=f"⏳ {what} · {route.reason} · {credits(route.price)} reserved{CANCEL_HINT}",
             thread_of=thread_of,
             status=True,
             request_id=request_id,

@@ -61,6 +61,8 @@ def test_models_lists_the_catalog_with_availability(capsys) -> None:
     assert "veo-3.1 · gemini (veo-3.1-generate-preview) · video" in out
     assert "also on fal, replicate" in out
     assert "unavailable: provider gemini not configured" in out
+    # A video model's price is per second of video, not 0 (it was priced without a duration).
+    assert "local-video · local (panzoom) · video · image-to-video · 2 credits/second" in out
 
 
 def test_help_without_settings(capsys) -> None:

@@ -388,3 +388,25 @@ async def test_removing_and_adding_a_reaction_again_acts_again(fake: FakeDiscord
         "discord", str(grid["channel_id"]), str(final["id"])
     )
     assert rig.services.store.qa_state(asset_id)["decision"] == "approved"
+
+
+async def test_a_reaction_delivered_while_the_bot_starts_acts_once(
+    fake: FakeDiscord, make_settings
+) -> None:
+    first = await Rig(fake, make_settings).start()
+    grid = await first.draft(n=2)
+    await first.stop()
+    second = Rig(fake, make_settings)
+    starting = asyncio.create_task(second.start())
+    await asyncio.sleep(0)
+    await fake.wait_ready()  # the gateway is up: people click while we are still starting
+    assert not starting.done()
+    clicking = asyncio.create_task(
+        fake.react(grid["id"], "2️⃣", user_id=ALICE, channel_id=grid["channel_id"])
+    )
+    await starting
+    recovering = asyncio.create_task(second.services.bot.recover())  # as `tierbot run` does
+    await asyncio.gather(clicking, recovering)
+    await second.settle()
+    assert len(second.messages("✨ Final")) == 1
+    await second.stop()

@@ -200,6 +200,35 @@ async def test_final_rerenders_the_reference_larger(provider: LocalProvider, sti
     assert (await provider.result("x", request))[0].data == file.data
 
 
+async def test_a_final_of_an_offline_draft_names_its_own_model_in_the_band(
+    provider: LocalProvider, tmp_path: Path
+) -> None:
+    draft = (await provider.result("x", make_request(model_id="local-draft")))[0]
+    path = tmp_path / "draft.png"
+    path.write_bytes(draft.data)
+    band_height = int(decode(draft).info["tierbot-preview-band"])
+    request = make_request(
+        stage=Stage.FINAL,
+        capability=Capability.IMAGE_TO_IMAGE,
+        model_id="local-final",
+        references=[path],
+    )
+    final = decode((await provider.result("x", request))[0])
+    scale = final.height / decode(draft).height
+    band = (0, final.height - round(band_height * scale), final.width, final.height)
+    relabelled = decode(draft).convert("RGB").resize(final.size, Image.Resampling.LANCZOS)
+    # The band was drawn anew (the draft's "model local-draft" line is gone) ...
+    assert mean_abs_diff(final.crop(band), relabelled.crop(band)) > 5
+    # ... while a reference that is not an offline draft keeps its bottom as it was.
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (640, 480), (200, 40, 40)).save(plain)
+    other = decode(
+        (await provider.result("x", request.model_copy(update={"references": [plain]})))[0]
+    )
+    bottom = other.crop((0, other.height - 40, other.width, other.height)).convert("RGB")
+    assert ImageStat.Stat(bottom).mean[0] > 150  # still red, no black band
+
+
 async def test_final_honours_long_edge(provider: LocalProvider, still: Path) -> None:
     request = make_request(
         stage=Stage.FINAL, capability=Capability.IMAGE_TO_IMAGE, long_edge=800, references=[still]

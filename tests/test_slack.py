@@ -230,6 +230,7 @@ async def test_cross_on_the_status_line_cancels_and_says_so(fake: FakeSlack, mak
     await rig.react(status["ts"], "x")
     (status,) = rig.anchors("⏳ Drafting 2")
     assert status["text"].endswith("_cancelled_")
+    assert "❌ cancels" not in status["text"]  # nothing is left to cancel
     assert rig.anchors("🛑 Cancelled by UALICE")
     await rig.stop()
 

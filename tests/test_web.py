@@ -248,8 +248,19 @@ async def test_asset_page_and_files_stay_inside_the_store(channel: Channel) -> N
         "5 credits",
         f"/files/{draft['id']}?w=128",
         "selected by alice",
+        "not signed off yet",
     ):
         assert fact in page.text, fact
+    # ✅ then ❌: one current state, on the final's message and its page; history kept.
+    await channel.react("alice", final["id"], "✅")
+    await channel.react("alice", final["id"], "❌")
+    shown = await channel.wait_for(
+        lambda m: m["id"] == final["id"] and m["text"].endswith("❌ Rejected by alice")
+    )
+    assert "Signed off" not in shown["text"]
+    page = await channel.client.get(f"/assets/{final['asset_id']}")
+    assert "<dd>rejected by alice</dd>" in page.text
+    assert "approved by alice" in page.text  # in the history
     assert (await channel.client.get(f"/assets/{draft['id']}")).status_code == 200
     for bad in (
         "/assets/nope",
@@ -518,6 +529,7 @@ async def test_a_running_status_line_offers_cancel_until_it_ends(make_settings) 
         ended = {"id": status["id"], "state": "cancelled"}
         ended = await channel.wait_for(lambda m, ended=ended: m.items() >= ended.items())
         assert ended["reactions"] == [] and ended["chips"] == []
+        assert "❌ cancels" in status["text"] and "❌ cancels" not in ended["text"]
     await services.aclose()
 
 

@@ -28,7 +28,7 @@ import subprocess
 import tempfile
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -39,6 +39,7 @@ from PIL import (
     ImageFilter,
     ImageFont,
     ImageOps,
+    PngImagePlugin,
     UnidentifiedImageError,
 )
 
@@ -334,9 +335,18 @@ def _wrap(
     return lines
 
 
-def _png(image: Image.Image) -> bytes:
+#: A PNG text chunk on offline drafts: the height of their ``OFFLINE PREVIEW`` band, so a
+#: final made from one relabels the band with its own model (a real image is left alone).
+_BAND_CHUNK = "tierbot-preview-band"
+
+
+def _png(image: Image.Image, band_height: int | None = None) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, "PNG", compress_level=6)
+    info = None
+    if band_height is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(_BAND_CHUNK, str(band_height))
+    image.save(buffer, "PNG", compress_level=6, pnginfo=info)
     return buffer.getvalue()
 
 
@@ -526,9 +536,19 @@ def render_draft(prompt: str, model_id: str, seed: int, size: tuple[int, int]) -
 
 def _render_draft(request: GenerationRequest, seed: int, size: tuple[int, int]) -> GeneratedFile:
     image = render_draft(request.prompt, request.model_id, seed, size)
+    band = _band_layout(size, request.prompt, request.model_id, seed)
     return GeneratedFile(
-        data=_png(image), mime=_PNG, width=image.width, height=image.height, seed=seed
+        data=_png(image, band.height), mime=_PNG, width=image.width, height=image.height, seed=seed
     )
+
+
+def _preview_band(path: Path) -> int | None:
+    """The height of an offline draft's band (from its PNG chunk), None for other images."""
+    try:
+        with Image.open(path) as opened:
+            return int(opened.info[_BAND_CHUNK])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- references
@@ -605,6 +625,13 @@ def _render_final(request: GenerationRequest) -> GeneratedFile:
         kind = "OFFLINE EDIT"
     else:
         kind = "OFFLINE FINAL"
+    if (drawn := _preview_band(Path(request.references[0]))) is not None:
+        # The draft's band named the draft model: say which model made this instead.
+        band = _band_layout(size, request.prompt, request.model_id, request.seed)
+        band = replace(band, height=max(band.height, math.ceil(drawn * size[1] / source.height)))
+        # The band is translucent: blank the draft's band first, so its text does not show.
+        ImageDraw.Draw(image).rectangle((0, size[1] - band.height, size[0], size[1]), "black")
+        image = _label_draft(image, band)
     heading = f"{kind} · {request.model_id} · seed {request.seed}"
     image = _label_top(image, heading, request.prompt)
     return GeneratedFile(
