@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from adapters.web import WebSurface
 from bot.app import build
+from bot.settings import Settings
 from tests.conftest import write_policy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -58,128 +62,128 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@asynccontextmanager
+async def served_in_chromium(settings: Settings) -> AsyncIterator[tuple[WebSurface, Any]]:
+    """The web channel on a free port, and headless Chromium to look at it."""
+    from playwright.async_api import async_playwright
+
+    services = build(settings)
+    surface = WebSurface(services, port=0)
+    await surface.start()
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                yield surface, browser
+            finally:
+                await browser.close()
+    finally:
+        await surface.stop()
+        await services.aclose()
+
+
 async def test_draft_escalate_video_and_refusal_in_a_browser(make_settings, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
     screenshot = os.environ.get("WEB_SCREENSHOT")
     policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
-    services = build(make_settings(policy=policy))
-    surface = WebSurface(services, port=0)
-    await surface.start()
-    try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = await browser.new_page(viewport={"width": 1200, "height": 1400})
-            await page.add_init_script(CSP_WATCH)
-            failed: list[str] = []
-            page.on(
-                "response",
-                lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
-            )
-            await page.goto(surface.url)
-            await page.fill("#name", "alice")
-            await page.press("#name", "Tab")
-            await page.fill("#command", "/draft a lighthouse at dawn --n 4")
-            await page.press("#command", "Enter")
+    async with served_in_chromium(make_settings(policy=policy)) as (surface, browser):
+        page = await browser.new_page(viewport={"width": 1200, "height": 1400})
+        await page.add_init_script(CSP_WATCH)
+        failed: list[str] = []
+        page.on(
+            "response",
+            lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
+        await page.goto(surface.url)
+        await page.fill("#name", "alice")
+        await page.press("#name", "Tab")
+        await page.fill("#command", "/draft a lighthouse at dawn --n 4")
+        await page.press("#command", "Enter")
 
-            grid = page.locator(".msg", has=page.locator(".chip", has_text="2️⃣")).first
-            await expect(grid.locator("img.media")).to_be_visible(timeout=30_000)
-            await expect(grid.locator(":scope > .text")).to_contain_text("local-draft")
-            two = grid.locator(".chip", has_text="2️⃣")
-            await expect(two).to_have_attribute("aria-label", "take draft 2 to final")
-            await expect(two).to_have_attribute("title", "2️⃣ take draft 2 to final")
-            await two.click()
+        grid = page.locator(".msg", has=page.locator(".chip", has_text="2️⃣")).first
+        await expect(grid.locator("img.media")).to_be_visible(timeout=30_000)
+        await expect(grid.locator(":scope > .text")).to_contain_text("local-draft")
+        two = grid.locator(".chip", has_text="2️⃣")
+        await expect(two).to_have_attribute("aria-label", "take draft 2 to final")
+        await expect(two).to_have_attribute("title", "2️⃣ take draft 2 to final")
+        await two.click()
 
-            final = grid.locator(".thread .msg", has_text="✨ Final").first
-            await expect(final.locator("img.media")).to_be_visible(timeout=30_000)
-            await expect(final).to_contain_text("local-final")
-            labels = await final.locator(":scope > .chips .chip").evaluate_all(
-                "chips => chips.map(c => [c.getAttribute('aria-label'), c.title])"
-            )
-            assert labels == [
-                ["make a video", "🎬 make a video"],
-                ["upscale", "⬆️ upscale"],
-                ["sign off", "✅ sign off"],
-                ["re-render", "🔁 re-render"],
-                ["reject", "❌ reject"],
-            ]
-            await final.locator(".chip", has_text="🎬").click()
+        final = grid.locator(".thread .msg", has_text="✨ Final").first
+        await expect(final.locator("img.media")).to_be_visible(timeout=30_000)
+        await expect(final).to_contain_text("local-final")
+        labels = await final.locator(":scope > .chips .chip").evaluate_all(
+            "chips => chips.map(c => [c.getAttribute('aria-label'), c.title])"
+        )
+        assert labels == [
+            ["make a video", "🎬 make a video"],
+            ["upscale", "⬆️ upscale"],
+            ["sign off", "✅ sign off"],
+            ["re-render", "🔁 re-render"],
+            ["reject", "❌ reject"],
+        ]
+        await final.locator(".chip", has_text="🎬").click()
 
-            video = grid.locator(".thread video.media").first
-            await expect(video).to_be_visible(timeout=60_000)
-            await page.wait_for_function(
-                "v => v.readyState >= 1 && v.duration > 3.5",
-                arg=await video.element_handle(),
-                timeout=30_000,
+        video = grid.locator(".thread video.media").first
+        await expect(video).to_be_visible(timeout=60_000)
+        await page.wait_for_function(
+            "v => v.readyState >= 1 && v.duration > 3.5",
+            arg=await video.element_handle(),
+            timeout=30_000,
+        )
+        playable = await video.evaluate("v => v.canPlayType('video/mp4; codecs=\"avc1.42E01E\"')")
+        assert playable in ("probably", "maybe")
+        statuses = page.locator(".status.done")
+        await expect(statuses).to_have_count(3, timeout=30_000)
+        # A finished status line has nothing left to cancel: no ❌ chip.
+        finished = page.locator(".msg", has=page.locator(":scope > .status.done"))
+        await expect(finished.locator(":scope > .chips")).to_have_count(0)
+        assert await page.evaluate("window.__csp") == []  # the page works under its CSP
+        assert failed == []  # the favicon too
+        icon = await page.evaluate(
+            "fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)"
+        )
+        assert icon == 200
+        if screenshot:  # the whole conversation: a window tall enough to show it all
+            height = await page.evaluate(
+                "document.body.offsetHeight - document.getElementById('messages').clientHeight"
+                " + document.getElementById('messages').scrollHeight"
             )
-            playable = await video.evaluate(
-                "v => v.canPlayType('video/mp4; codecs=\"avc1.42E01E\"')"
-            )
-            assert playable in ("probably", "maybe")
-            statuses = page.locator(".status.done")
-            await expect(statuses).to_have_count(3, timeout=30_000)
-            # A finished status line has nothing left to cancel: no ❌ chip.
-            finished = page.locator(".msg", has=page.locator(":scope > .status.done"))
-            await expect(finished.locator(":scope > .chips")).to_have_count(0)
-            assert await page.evaluate("window.__csp") == []  # the page works under its CSP
-            assert failed == []  # the favicon too
-            icon = await page.evaluate(
-                "fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)"
-            )
-            assert icon == 200
-            if screenshot:  # the whole conversation: a window tall enough to show it all
-                height = await page.evaluate(
-                    "document.body.offsetHeight - document.getElementById('messages').clientHeight"
-                    " + document.getElementById('messages').scrollHeight"
-                )
-                await page.set_viewport_size({"width": 1200, "height": min(height, 2400)})
-                await page.wait_for_timeout(100)
-                await page.screenshot(path=screenshot)
-                await page.set_viewport_size({"width": 1200, "height": 1400})
+            await page.set_viewport_size({"width": 1200, "height": min(height, 2400)})
+            await page.wait_for_timeout(100)
+            await page.screenshot(path=screenshot)
+            await page.set_viewport_size({"width": 1200, "height": 1400})
 
-            await page.fill("#name", "carol")
-            await page.press("#name", "Tab")
-            grid = page.locator(".msg", has=page.locator(".chip", has_text="1️⃣")).first
-            await grid.locator(".chip", has_text="1️⃣").click()
-            refusal = page.locator(".msg.private", has_text="Only approvers can spend credits")
-            await expect(refusal).to_be_visible(timeout=30_000)
-            await expect(refusal).to_contain_text("only you can see this")
-            await browser.close()
-    finally:
-        await surface.stop()
-        await services.aclose()
+        await page.fill("#name", "carol")
+        await page.press("#name", "Tab")
+        grid = page.locator(".msg", has=page.locator(".chip", has_text="1️⃣")).first
+        await grid.locator(".chip", has_text="1️⃣").click()
+        refusal = page.locator(".msg.private", has_text="Only approvers can spend credits")
+        await expect(refusal).to_be_visible(timeout=30_000)
+        await expect(refusal).to_contain_text("only you can see this")
 
 
 async def test_a_calendar_is_attached_with_the_paperclip(make_settings, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
-    services = build(make_settings())
-    surface = WebSurface(services, port=0)
-    await surface.start()
     csv = tmp_path / "november.csv"
     csv.write_bytes("date,prompt\n2026-11-23,café launch teaser\n".encode())
-    try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = await browser.new_page()
-            await page.goto(surface.url)
-            await page.fill("#name", "alice")
-            await page.press("#name", "Tab")
-            await page.fill("#command", '/tierbot schedule add morning daily 09:00 "a {weekday}"')
-            await page.press("#command", "Enter")
-            await expect(page.locator(".msg", has_text="Schedule morning added")).to_be_visible()
+    async with served_in_chromium(make_settings()) as (surface, browser):
+        page = await browser.new_page()
+        await page.goto(surface.url)
+        await page.fill("#name", "alice")
+        await page.press("#name", "Tab")
+        await page.fill("#command", '/tierbot schedule add morning daily 09:00 "a {weekday}"')
+        await page.press("#command", "Enter")
+        await expect(page.locator(".msg", has_text="Schedule morning added")).to_be_visible()
 
-            await page.set_input_files("#attachment", str(csv))
-            await expect(page.locator("#attached")).to_have_text("📎 november.csv ✕")
-            await page.fill("#command", "/tierbot schedule calendar morning")
-            await page.press("#command", "Enter")
-            reply = page.locator(".msg.private", has_text="Calendar for morning")
-            await expect(reply).to_contain_text("1 day(s) from 2026-11-23")
-            await expect(page.locator("#attached")).to_be_hidden()  # sent once, then cleared
-            await browser.close()
-    finally:
-        await surface.stop()
-        await services.aclose()
+        await page.set_input_files("#attachment", str(csv))
+        await expect(page.locator("#attached")).to_have_text("📎 november.csv ✕")
+        await page.fill("#command", "/tierbot schedule calendar morning")
+        await page.press("#command", "Enter")
+        reply = page.locator(".msg.private", has_text="Calendar for morning")
+        await expect(reply).to_contain_text("1 day(s) from 2026-11-23")
+        await expect(page.locator("#attached")).to_be_hidden()  # sent once, then cleared
 
 
 def _grids(page):
@@ -200,135 +204,104 @@ async def _grid_of(page, prompt: str):
 
 
 async def test_a_result_is_shown_where_the_person_is_looking(make_settings) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import expect
 
-    services = build(make_settings())
-    surface = WebSurface(services, port=0)
-    await surface.start()
-    try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = await browser.new_page(viewport={"width": 1100, "height": 800})
-            await page.add_init_script(CSP_WATCH)
-            await page.goto(surface.url)
-            await page.fill("#name", "alice")
-            await page.press("#name", "Tab")
+    async with served_in_chromium(make_settings()) as (surface, browser):
+        page = await browser.new_page(viewport={"width": 1100, "height": 800})
+        await page.add_init_script(CSP_WATCH)
+        await page.goto(surface.url)
+        await page.fill("#name", "alice")
+        await page.press("#name", "Tab")
 
-            handles = []
-            for prompt in ("a lighthouse", "a red kite", "a harbour", "a fox in snow"):
-                _, handle = await _grid_of(page, prompt)
-                handles.append(handle)
-                # A new grid is shown whole once its picture has loaded, not cut by the fold.
-                await page.wait_for_function(IN_VIEW, arg=handle, timeout=5_000)
-            first = handles[0]
-            assert await first.evaluate(IN_VIEW) is False  # scrolled out of view by the others
+        handles = []
+        for prompt in ("a lighthouse", "a red kite", "a harbour", "a fox in snow"):
+            _, handle = await _grid_of(page, prompt)
+            handles.append(handle)
+            # A new grid is shown whole once its picture has loaded, not cut by the fold.
+            await page.wait_for_function(IN_VIEW, arg=handle, timeout=5_000)
+        first = handles[0]
+        assert await first.evaluate(IN_VIEW) is False  # scrolled out of view by the others
 
-            # Scroll up by hand to the first grid and take its draft 2 to the final tier.
-            await page.mouse.move(500, 400)
-            for _ in range(40):
-                if await first.evaluate(IN_VIEW):
-                    break
-                await page.mouse.wheel(0, -400)
-                await page.wait_for_timeout(50)
-            assert await first.evaluate(IN_VIEW)
-            await _grids(page).first.locator(".chip", has_text="2️⃣").click()
+        # Scroll up by hand to the first grid and take its draft 2 to the final tier.
+        await page.mouse.move(500, 400)
+        for _ in range(40):
+            if await first.evaluate(IN_VIEW):
+                break
+            await page.mouse.wheel(0, -400)
+            await page.wait_for_timeout(50)
+        assert await first.evaluate(IN_VIEW)
+        await _grids(page).first.locator(".chip", has_text="2️⃣").click()
 
-            final = _grids(page).first.locator(".thread .msg", has_text="✨ Final")
-            await final.wait_for(timeout=30_000)
-            final_handle = await final.element_handle()
-            await page.wait_for_function(MEDIA_READY, arg=final_handle, timeout=30_000)
-            await page.wait_for_function(IN_VIEW, arg=final_handle, timeout=5_000)
-            box = await final_handle.evaluate(
-                "el => [el.getBoundingClientRect().top, el.getBoundingClientRect().bottom,"
-                " window.innerHeight]"
-            )
-            assert box[0] >= 0 and box[1] <= box[2], box
+        final = _grids(page).first.locator(".thread .msg", has_text="✨ Final")
+        await final.wait_for(timeout=30_000)
+        final_handle = await final.element_handle()
+        await page.wait_for_function(MEDIA_READY, arg=final_handle, timeout=30_000)
+        await page.wait_for_function(IN_VIEW, arg=final_handle, timeout=5_000)
+        box = await final_handle.evaluate(
+            "el => [el.getBoundingClientRect().top, el.getBoundingClientRect().bottom,"
+            " window.innerHeight]"
+        )
+        assert box[0] >= 0 and box[1] <= box[2], box
 
-            # A command typed at the bottom whose result threads under an old grid: the
-            # result is brought into view there.
-            await page.mouse.wheel(0, 100_000)
-            await page.wait_for_timeout(200)
-            asset = await final_handle.get_attribute("data-asset")
-            await page.fill("#command", f"/tierbot upscale {asset}")
-            await page.press("#command", "Enter")
-            upscale = _grids(page).first.locator(
-                ".thread .msg", has=page.locator(":scope > .text", has_text="⬆️ Upscale")
-            )
-            await upscale.wait_for(timeout=30_000)
-            upscale_handle = await upscale.element_handle()
-            await page.wait_for_function(MEDIA_READY, arg=upscale_handle, timeout=30_000)
-            await page.wait_for_function(IN_VIEW, arg=upscale_handle, timeout=5_000)
+        # A command typed at the bottom whose result threads under an old grid: the
+        # result is brought into view there.
+        await page.mouse.wheel(0, 100_000)
+        await page.wait_for_timeout(200)
+        asset = await final_handle.get_attribute("data-asset")
+        await page.fill("#command", f"/tierbot upscale {asset}")
+        await page.press("#command", "Enter")
+        upscale = _grids(page).first.locator(
+            ".thread .msg", has=page.locator(":scope > .text", has_text="⬆️ Upscale")
+        )
+        await upscale.wait_for(timeout=30_000)
+        upscale_handle = await upscale.element_handle()
+        await page.wait_for_function(MEDIA_READY, arg=upscale_handle, timeout=30_000)
+        await page.wait_for_function(IN_VIEW, arg=upscale_handle, timeout=5_000)
 
-            # Someone else's message out of view does not move the page: a button points at it.
-            await page.mouse.move(500, 400)
-            await page.mouse.wheel(0, -100_000)
-            await page.wait_for_timeout(200)
-            async with httpx.AsyncClient(base_url=surface.url) as client:
-                await client.post("/api/commands", json={"name": "bob", "text": "/draft a moth"})
-            moth = _grids(page).filter(has_text="a moth")
-            await moth.wait_for(timeout=30_000)
-            jump = page.locator("#jump")
-            await expect(jump).to_have_text("new message ↓")
-            top = await page.evaluate("document.getElementById('messages').scrollTop")
-            assert top == 0
-            await jump.click()
-            await expect(jump).to_be_hidden()
-            await page.wait_for_function(IN_VIEW, arg=await moth.element_handle(), timeout=5_000)
-            assert await page.evaluate("window.__csp") == []
-            await browser.close()
-    finally:
-        await surface.stop()
-        await services.aclose()
+        # Someone else's message out of view does not move the page: a button points at it.
+        await page.mouse.move(500, 400)
+        await page.mouse.wheel(0, -100_000)
+        await page.wait_for_timeout(200)
+        async with httpx.AsyncClient(base_url=surface.url) as client:
+            await client.post("/api/commands", json={"name": "bob", "text": "/draft a moth"})
+        moth = _grids(page).filter(has_text="a moth")
+        await moth.wait_for(timeout=30_000)
+        jump = page.locator("#jump")
+        await expect(jump).to_have_text("new message ↓")
+        top = await page.evaluate("document.getElementById('messages').scrollTop")
+        assert top == 0
+        await jump.click()
+        await expect(jump).to_be_hidden()
+        await page.wait_for_function(IN_VIEW, arg=await moth.element_handle(), timeout=5_000)
+        assert await page.evaluate("window.__csp") == []
 
 
 async def test_the_page_fits_a_phone(make_settings, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright
-
     screenshot = os.environ.get("WEB_SCREENSHOT_PHONE") or str(tmp_path / "phone.png")
-    services = build(make_settings())
-    surface = WebSurface(services, port=0)
-    await surface.start()
-    try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = await browser.new_page(viewport={"width": 390, "height": 844})
-            await page.goto(surface.url)
-            await page.fill("#name", "alice")
-            await page.press("#name", "Tab")
-            _, handle = await _grid_of(page, "a lighthouse at dawn")
-            await page.wait_for_function(IN_VIEW, arg=handle, timeout=5_000)
-            rows = await page.evaluate(
-                """() => new Set([...document.querySelectorAll("header > *")]
-                     .filter(e => e.getBoundingClientRect().height)
-                     .map(e => Math.round(e.getBoundingClientRect().top / 8))).size"""
-            )
-            header = await page.evaluate("document.querySelector('header').offsetHeight")
-            assert rows <= 2 and header <= 80, (rows, header)
-            assert await page.evaluate("document.documentElement.scrollWidth") <= 390
-            await page.screenshot(path=screenshot)
-            await browser.close()
-    finally:
-        await surface.stop()
-        await services.aclose()
+    async with served_in_chromium(make_settings()) as (surface, browser):
+        page = await browser.new_page(viewport={"width": 390, "height": 844})
+        await page.goto(surface.url)
+        await page.fill("#name", "alice")
+        await page.press("#name", "Tab")
+        _, handle = await _grid_of(page, "a lighthouse at dawn")
+        await page.wait_for_function(IN_VIEW, arg=handle, timeout=5_000)
+        rows = await page.evaluate(
+            """() => new Set([...document.querySelectorAll("header > *")]
+                 .filter(e => e.getBoundingClientRect().height)
+                 .map(e => Math.round(e.getBoundingClientRect().top / 8))).size"""
+        )
+        header = await page.evaluate("document.querySelector('header').offsetHeight")
+        assert rows <= 2 and header <= 80, (rows, header)
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 390
+        await page.screenshot(path=screenshot)
 
 
 async def test_the_channel_cannot_be_framed(make_settings) -> None:
     """A page of another site that frames the channel (to clickjack its chips) gets nothing."""
-    from playwright.async_api import async_playwright
-
-    services = build(make_settings())
-    surface = WebSurface(services, port=0)
-    await surface.start()
-    try:
-        async with async_playwright() as playwright:
-            browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = await browser.new_page()
-            await page.set_content(f"<iframe src='{surface.url}/' width=600 height=400></iframe>")
-            await page.wait_for_timeout(1000)
-            (frame,) = page.main_frame.child_frames
-            assert not frame.url.startswith(surface.url)  # Chromium shows its error page
-            assert await frame.locator("#command").count() == 0
-            await browser.close()
-    finally:
-        await surface.stop()
-        await services.aclose()
+    async with served_in_chromium(make_settings()) as (surface, browser):
+        page = await browser.new_page()
+        await page.set_content(f"<iframe src='{surface.url}/' width=600 height=400></iframe>")
+        await page.wait_for_timeout(1000)
+        (frame,) = page.main_frame.child_frames
+        assert not frame.url.startswith(surface.url)  # Chromium shows its error page
+        assert await frame.locator("#command").count() == 0
