@@ -70,8 +70,9 @@ from bot.domain import (
     Reply,
     normalize_emoji,
 )
+from bot.errors import UserError
 from bot.ledger import credits
-from bot.pipeline import LineageNode, UserError
+from bot.pipeline import LineageNode
 from bot.surfaces import SurfaceUnavailable
 from storage.store import utcnow
 

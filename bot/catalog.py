@@ -19,11 +19,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from bot.domain import Capability, Stage
+from bot.domain import ASPECT_RATIOS, Capability, Stage
 
 log = logging.getLogger(__name__)
-
-ALL_ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "4:5", "21:9")
 
 
 class Serving(BaseModel):
@@ -52,7 +50,7 @@ class ModelSpec(BaseModel):
     providers: list[Serving] = Field(min_length=1)
     stages: list[Stage]
     capabilities: set[Capability]
-    aspect_ratios: list[str] = Field(default_factory=lambda: list(ALL_ASPECT_RATIOS))
+    aspect_ratios: list[str] = Field(default_factory=lambda: list(ASPECT_RATIOS))
     max_images: int = Field(default=4, ge=1)
     seed: bool = True
     negative_prompt: bool = True

@@ -40,10 +40,13 @@ import difflib
 import logging
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from bot.domain import ASPECT_RATIOS, DEFAULT_N, DEFAULT_VIDEO_SECONDS, MAX_SEED
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +75,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- limits
 
-ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "4:5", "21:9")
 MAX_PROMPT_CHARS = 1000
 MAX_N = 9
-DEFAULT_N = 4
 VIDEO_SECONDS = (1, 10)
-DEFAULT_VIDEO_SECONDS = 4
-MAX_SEED = 2**32 - 1
 #: A storyboard has this many beats, at least and at most.
 STORYBOARD_BEATS = (2, 9)
 #: Longest --model / --style value.
@@ -352,6 +351,17 @@ _SHORTCUTS = {target for target in SLASH_COMMANDS.values() if target}
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
 
 
+#: Runs a parsed command: ``(bot, origin, invocation, attachment) -> replies``.
+Handler = Callable[[Any, Any, "Invocation", bytes | None], AsyncIterator[Any]]
+
+
+async def _answer(text: str) -> AsyncIterator[Any]:
+    """A read-only answer: one private reply."""
+    from bot.domain import Reply  # the parser itself needs no reply type
+
+    yield Reply(text=text, private=True)
+
+
 @dataclass(frozen=True)
 class CommandSpec:
     """A command as declared in the registry.
@@ -369,6 +379,8 @@ class CommandSpec:
         flags: Names of the options it accepts (keys of :data:`FLAGS`).
         example: A complete example, shown in help and in "needs a prompt" errors.
         usage: The usage line; generated from the fields above when left empty.
+        handler: What runs it: ``handler(bot, origin, invocation, attachment)`` returns the
+            replies (``bot`` is the core's front door, :class:`bot.core.Tierbot`).
     """
 
     name: str
@@ -385,6 +397,7 @@ class CommandSpec:
     flags: tuple[str, ...] = ()
     example: str = ""
     usage: str = ""
+    handler: Handler | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.usage:
@@ -511,6 +524,7 @@ register(
         takes_prompt=True,
         flags=_IMAGE_FLAGS,
         example="/draft astronaut in an overgrown jungle --ar 16:9",
+        handler=lambda bot, origin, inv, _: bot.pipeline.draft(origin, inv),
     )
 )
 register(
@@ -521,6 +535,9 @@ register(
         args=("grid-id", "k"),
         flags=("model", "style", "hero"),
         example=f"/tierbot final {_EXAMPLE_ID} 2 --hero",
+        handler=lambda bot, origin, inv, _: bot.pipeline.select(
+            origin, inv.args[0], inv.index or 0, inv
+        ),
     )
 )
 register(
@@ -533,6 +550,7 @@ register(
         prompt_label="an instruction",
         flags=("model", "seed"),
         example=f"/tierbot edit {_EXAMPLE_ID} make the sky stormy",
+        handler=lambda bot, origin, inv, _: bot.pipeline.edit(origin, inv.args[0], inv),
     )
 )
 register(
@@ -542,6 +560,7 @@ register(
         args=("asset-id",),
         flags=("model",),
         example=f"/tierbot upscale {_EXAMPLE_ID}",
+        handler=lambda bot, origin, inv, _: bot.pipeline.upscale(origin, inv.args[0], inv.model),
     )
 )
 register(
@@ -551,6 +570,9 @@ register(
         args=("asset-id",),
         flags=("seconds", "model"),
         example=f"/tierbot video {_EXAMPLE_ID} --seconds 6",
+        handler=lambda bot, origin, inv, _: bot.pipeline.video(
+            origin, inv.args[0], inv.seconds, inv.model
+        ),
     )
 )
 register(
@@ -559,6 +581,7 @@ register(
         "Draft a grid again with the same prompt.",
         args=("grid-id",),
         example=f"/tierbot reroll {_EXAMPLE_ID}",
+        handler=lambda bot, origin, inv, _: bot.pipeline.reroll(origin, inv.args[0]),
     )
 )
 register(
@@ -567,6 +590,7 @@ register(
         "Discard a grid.",
         args=("grid-id",),
         example=f"/tierbot discard {_EXAMPLE_ID}",
+        handler=lambda bot, origin, inv, _: bot.pipeline.discard(origin, inv.args[0]),
     )
 )
 register(
@@ -575,6 +599,7 @@ register(
         "Approve an asset (sign-off).",
         args=("asset-id",),
         example=f"/tierbot approve {_EXAMPLE_ID}",
+        handler=lambda bot, origin, inv, _: bot.pipeline.approve(origin, inv.args[0]),
     )
 )
 register(
@@ -583,6 +608,7 @@ register(
         "Reject an asset.",
         args=("asset-id",),
         example=f"/tierbot reject {_EXAMPLE_ID}",
+        handler=lambda bot, origin, inv, _: bot.pipeline.reject(origin, inv.args[0]),
     )
 )
 register(
@@ -596,6 +622,7 @@ register(
         prompt_label=f"{STORYBOARD_BEATS[0]} to {STORYBOARD_BEATS[1]} beats separated by |",
         flags=("ar", "seed", "style", "model"),
         example="/tierbot storyboard a fox wakes | it sees snow | it leaps into a drift --ar 16:9",
+        handler=lambda bot, origin, inv, _: bot.pipeline.storyboard(origin, inv),
     )
 )
 register(
@@ -609,6 +636,7 @@ register(
         flags=("tz", "days", "n", "ar", "style", "summary"),
         example="/tierbot schedule add morning daily 09:00 --tz Europe/Berlin --days mon-fri "
         '"a {weekday} coffee flat lay"',
+        handler=lambda bot, origin, inv, file: bot.scheduler.command(origin, inv, file),
     )
 )
 register(
@@ -617,18 +645,32 @@ register(
         "Show where an asset came from: prompts, models and parents.",
         args=("asset-id",),
         example=f"/tierbot lineage {_EXAMPLE_ID}",
+        handler=lambda bot, origin, inv, _: _answer(bot.pipeline.lineage(inv.args[0])),
     )
 )
 register(
-    CommandSpec("budget", "Show the spend so far and the budget left.", example="/tierbot budget")
+    CommandSpec(
+        "budget",
+        "Show the spend so far and the budget left.",
+        example="/tierbot budget",
+        handler=lambda bot, origin, inv, _: _answer(bot.pipeline.budget(origin)),
+    )
 )
-register(CommandSpec("models", "List the models for each stage.", example="/tierbot models"))
+register(
+    CommandSpec(
+        "models",
+        "List the models for each stage.",
+        example="/tierbot models",
+        handler=lambda bot, origin, inv, _: _answer(bot.pipeline.models()),
+    )
+)
 register(
     CommandSpec(
         "help",
         "Show this help, or the details of one command.",
         optional_args=("command",),
         example="/tierbot help draft",
+        handler=lambda bot, origin, inv, _: _answer(help_text(inv.args[0] if inv.args else None)),
     )
 )
 

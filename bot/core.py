@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bot.commands import CommandError, Invocation, help_text, parse
+from bot.commands import COMMANDS, CommandError, Invocation, parse
 from bot.domain import (
     NUMBER_REACTIONS,
     UNFINISHED_JOB_STATES,
@@ -30,15 +30,15 @@ from bot.domain import (
     normalize_emoji,
     replies_of,
 )
+from bot.errors import UserError, guarded, private_error
 from bot.failpoints import failpoint
-from bot.pipeline import Pipeline, UserError, durable, guarded, private_error
+from bot.pipeline import Pipeline, durable
 from bot.runner import CAUSE, CompletedJob, JobFailed, JobRunner
 from bot.schedules import Scheduler
 from storage import Store
 
 log = logging.getLogger(__name__)
 
-_NUMBERS = {normalize_emoji(r.value): i for i, r in enumerate(NUMBER_REACTIONS, start=1)}
 #: How long a reaction on a message we do not know yet waits for the message to be linked:
 #: people click the moment a grid appears, sometimes before our own post call has returned.
 LINK_WAIT_S = 5.0
@@ -114,10 +114,13 @@ class Tierbot:
         deadline = time.monotonic() + LINK_WAIT_S
         while True:
             if (asset_id := self.store.asset_for_message(*where)) is not None:
-                replies = self._reaction(event.origin, asset_id, event.emoji)
+                asset = self.store.get_asset(asset_id)
+                if asset is None:
+                    return
+                replies = self._reaction(event.origin, presents(asset), asset_id, event.emoji)
                 break
             if request_id := self.store.request_for_message(*where):
-                replies = self._status_reaction(event.origin, request_id, event.emoji)
+                replies = self._reaction(event.origin, "status", request_id, event.emoji)
                 break
             if time.monotonic() >= deadline:
                 return  # not one of our messages: reactions there mean nothing to us
@@ -141,26 +144,6 @@ class Tierbot:
             CAUSE.set(outer)
         if key is not None:
             self.store.received_done(key)
-
-    async def _status_reaction(
-        self, origin: Origin, request_id: str, emoji: str
-    ) -> AsyncIterator[Reply]:
-        """❌ on a status line cancels the request's running jobs; credits are released."""
-        if normalize_emoji(emoji) != normalize_emoji(Reaction.DISCARD):
-            raise UserError(f"{emoji} means nothing on a status line: react ❌ to cancel the job")
-        request = self.store.get_request(request_id)
-        if request is None:
-            return
-        if request["user"] != origin.user and not self.pipeline.policy.is_approver(origin):
-            raise UserError("Only the person who asked, or an approver, can cancel this job.")
-        jobs = self.store.unfinished_jobs_for_request(request_id)
-        if not jobs:
-            raise UserError("Nothing is running for that request any more.")
-        cancelled = [job["id"] for job in jobs if await self.runner.cancel(job["id"])]
-        yield Reply(
-            text=f"🛑 Cancelled by {origin.user}: {len(cancelled)} job(s) stopped; their "
-            "reserved credits were released."
-        )
 
     def record_post(
         self, origin: Origin, message_id: str, reply: Reply, thread_id: str | None = None
@@ -253,82 +236,90 @@ class Tierbot:
     async def _command(
         self, origin: Origin, inv: Invocation, attachment: bytes | None = None
     ) -> AsyncIterator[Reply]:
-        pipeline = self.pipeline
-        name = inv.name
-        if name == "draft":
-            replies = pipeline.draft(origin, inv)
-        elif name == "final":
-            replies = pipeline.select(origin, inv.args[0], inv.index or 0, inv)
-        elif name == "reroll":
-            replies = pipeline.reroll(origin, inv.args[0])
-        elif name == "discard":
-            replies = pipeline.discard(origin, inv.args[0])
-        elif name == "edit":
-            replies = pipeline.edit(origin, inv.args[0], inv)
-        elif name == "upscale":
-            replies = pipeline.upscale(origin, inv.args[0], inv.model)
-        elif name == "video":
-            replies = pipeline.video(origin, inv.args[0], inv.seconds, inv.model)
-        elif name == "approve":
-            replies = pipeline.approve(origin, inv.args[0])
-        elif name == "reject":
-            replies = pipeline.reject(origin, inv.args[0])
-        elif name == "storyboard":
-            replies = pipeline.storyboard(origin, inv)
-        elif name == "schedule":
-            replies = self.scheduler.command(origin, inv, attachment)
-        else:
-            yield self._read_only(origin, inv)
-            return
-        async for reply in replies:
+        spec = COMMANDS.get(inv.name)
+        if spec is None or spec.handler is None:
+            raise UserError(f"/tierbot {inv.name} is not available yet")
+        async for reply in spec.handler(self, origin, inv, attachment):
             yield reply
 
-    def _read_only(self, origin: Origin, inv: Invocation) -> Reply:
-        if inv.name == "lineage":
-            return Reply(text=self.pipeline.lineage(inv.args[0]), private=True)
-        if inv.name == "budget":
-            return Reply(text=self.pipeline.budget(origin), private=True)
-        if inv.name == "models":
-            return Reply(text=self.pipeline.models(), private=True)
-        if inv.name == "help":
-            return Reply(text=help_text(inv.args[0] if inv.args else None), private=True)
-        raise UserError(f"/tierbot {inv.name} is not available yet")
-
-    async def _reaction(self, origin: Origin, asset_id: str, emoji: str) -> AsyncIterator[Reply]:
-        asset = self.store.get_asset(asset_id)
-        if asset is None:
-            return
-        key = normalize_emoji(emoji)
-        pipeline = self.pipeline
-        if asset["kind"] == AssetKind.GRID:
-            if key in _NUMBERS:
-                replies = pipeline.select(origin, asset_id, _NUMBERS[key])
-            elif key == normalize_emoji(Reaction.REROLL):
-                replies = pipeline.reroll(origin, asset_id)
-            elif key == normalize_emoji(Reaction.DISCARD):
-                replies = pipeline.discard(origin, asset_id)
-            else:
-                raise UserError(
-                    f"{emoji} means nothing on a draft grid: react with a number to take that "
-                    "draft to the final tier, 🔁 to reroll or ❌ to discard"
-                )
-        else:
-            is_video = asset["kind"] == AssetKind.VIDEO
-            if key == normalize_emoji(Reaction.APPROVE):
-                replies = pipeline.approve(origin, asset_id)
-            elif key == normalize_emoji(Reaction.DISCARD):
-                replies = pipeline.reject(origin, asset_id)
-            elif key == normalize_emoji(Reaction.VIDEO) and not is_video:
-                replies = pipeline.video(origin, asset_id)
-            elif key == normalize_emoji(Reaction.UPSCALE) and not is_video:
-                replies = pipeline.upscale(origin, asset_id)
-            elif key == normalize_emoji(Reaction.REROLL) and asset["stage"] in (
-                Stage.FINAL,
-                Stage.EDIT,
-            ):
-                replies = pipeline.rerender(origin, asset_id)
-            else:
-                allowed = "✅ or ❌" if is_video else "🎬, ⬆️, ✅, 🔁 or ❌"
-                raise UserError(f"{emoji} means nothing on this {asset['stage']}: react {allowed}")
-        async for reply in replies:
+    async def _reaction(
+        self, origin: Origin, presents: str, target: str, emoji: str
+    ) -> AsyncIterator[Reply]:
+        handler = REACTIONS.get((presents, normalize_emoji(emoji)))
+        if handler is None:
+            raise UserError(f"{emoji} means nothing on {MEANINGS[presents]}")
+        async for reply in handler(self, origin, target):
             yield reply
+
+    async def cancel(self, origin: Origin, request_id: str) -> AsyncIterator[Reply]:
+        """❌ on a status line cancels the request's running jobs; credits are released."""
+        request = self.store.get_request(request_id)
+        if request is None:
+            return
+        if request["user"] != origin.user and not self.pipeline.policy.is_approver(origin):
+            raise UserError("Only the person who asked, or an approver, can cancel this job.")
+        jobs = self.store.unfinished_jobs_for_request(request_id)
+        if not jobs:
+            raise UserError("Nothing is running for that request any more.")
+        cancelled = [job["id"] for job in jobs if await self.runner.cancel(job["id"])]
+        yield Reply(
+            text=f"🛑 Cancelled by {origin.user}: {len(cancelled)} job(s) stopped; their "
+            "reserved credits were released."
+        )
+
+
+def presents(asset: dict[str, Any]) -> str:
+    """What a message presenting ``asset`` is, for the reaction table: a draft ``grid``, a
+    ``final`` (or an edit: it can go further), an ``upscale`` or a ``video``."""
+    if asset["kind"] == AssetKind.GRID:
+        return "grid"
+    if asset["kind"] == AssetKind.VIDEO:
+        return "video"
+    return "upscale" if asset["stage"] == Stage.UPSCALE else "final"
+
+
+ReactionHandler = Callable[[Tierbot, Origin, str], AsyncIterator[Reply]]
+
+
+def _select(index: int) -> ReactionHandler:
+    return lambda bot, origin, grid: bot.pipeline.select(origin, grid, index)
+
+
+def _key(reaction: Reaction) -> str:
+    return normalize_emoji(reaction.value)
+
+
+_RESULT_DECISIONS: dict[str, ReactionHandler] = {
+    _key(Reaction.APPROVE): lambda bot, origin, asset: bot.pipeline.approve(origin, asset),
+    _key(Reaction.DISCARD): lambda bot, origin, asset: bot.pipeline.reject(origin, asset),
+}
+_FURTHER: dict[str, ReactionHandler] = {
+    _key(Reaction.VIDEO): lambda bot, origin, asset: bot.pipeline.video(origin, asset),
+    # On an upscale the use case refuses, saying why: it is not upscaled twice.
+    _key(Reaction.UPSCALE): lambda bot, origin, asset: bot.pipeline.upscale(origin, asset),
+}
+
+#: The reaction vocabulary: (what the message presents, the reaction) → the use case, given
+#: the core, the person and the asset (or, on a status line, the request) it presents.
+REACTIONS: dict[tuple[str, str], ReactionHandler] = {
+    **{("grid", _key(r)): _select(i) for i, r in enumerate(NUMBER_REACTIONS, start=1)},
+    ("grid", _key(Reaction.REROLL)): lambda bot, origin, grid: bot.pipeline.reroll(origin, grid),
+    ("grid", _key(Reaction.DISCARD)): lambda bot, origin, grid: bot.pipeline.discard(origin, grid),
+    **{("final", k): handler for k, handler in {**_FURTHER, **_RESULT_DECISIONS}.items()},
+    ("final", _key(Reaction.REROLL)): lambda bot, origin, asset: bot.pipeline.rerender(
+        origin, asset
+    ),
+    **{("upscale", k): handler for k, handler in {**_FURTHER, **_RESULT_DECISIONS}.items()},
+    **{("video", k): handler for k, handler in _RESULT_DECISIONS.items()},
+    ("status", _key(Reaction.DISCARD)): lambda bot, origin, request: bot.cancel(origin, request),
+}
+
+#: What each kind of message means, for a reaction the table does not have.
+MEANINGS = {
+    "grid": "a draft grid: react with a number to take that draft to the final tier, 🔁 to "
+    "reroll or ❌ to discard",
+    "final": "this result: react 🎬, ⬆️, ✅, 🔁 or ❌",
+    "upscale": "this upscale: react 🎬, ✅ or ❌",
+    "video": "this video: react ✅ or ❌",
+    "status": "a status line: react ❌ to cancel the job",
+}

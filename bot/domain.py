@@ -17,6 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field
 log = logging.getLogger(__name__)
 
 
+#: The aspect ratios a request may ask for (a model's catalog entry may allow fewer).
+ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "4:5", "21:9")
+#: Drafts per grid unless asked; seeds are 0 to MAX_SEED; a video is this long unless asked.
+DEFAULT_N = 4
+MAX_SEED = 2**32 - 1
+DEFAULT_VIDEO_SECONDS = 4
+
+
 class Stage(StrEnum):
     """A step of the stage-gate pipeline; also the tier a catalog model serves."""
 

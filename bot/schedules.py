@@ -47,8 +47,9 @@ from apscheduler.triggers.cron import CronTrigger
 from bot.catalog import Catalog
 from bot.commands import ASPECT_RATIOS, DEFAULT_N, MAX_N, Invocation
 from bot.domain import AssetKind, Decision, Origin, Reply, replies_of
+from bot.errors import UserError, guarded
 from bot.ledger import utc_now
-from bot.pipeline import Pipeline, UserError, durable, guarded
+from bot.pipeline import Pipeline, durable
 from bot.policy import Policy
 from bot.runner import JobFailed
 from storage import Store

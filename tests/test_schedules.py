@@ -11,7 +11,7 @@ import pytest
 
 from bot.app import build
 from bot.catalog import load_catalog
-from bot.pipeline import UserError
+from bot.errors import UserError
 from bot.providers import PermanentError
 from bot.schedules import next_run, parse_calendar, parse_days, parse_time, parse_tz
 from tests.conftest import Chat, ScriptedProvider, registry_with, write_policy

@@ -114,7 +114,7 @@ from adapters.providers._http import (
     provider_message,
     read_reference,
 )
-from bot.domain import Capability
+from bot.domain import DEFAULT_VIDEO_SECONDS, Capability
 from bot.providers import (
     ContentPolicyError,
     GeneratedFile,
@@ -159,7 +159,6 @@ DEFAULT_PIXELS = 1024 * 1024
 #: Latent sizes must divide by 8 (16 for Flux-family patching); 16 suits every model.
 SIZE_MULTIPLE = 16
 MIN_EDGE = 64
-DEFAULT_VIDEO_SECONDS = 4
 #: Frame rate behind ``{{frames}}`` (Wan 2.x renders 16 fps, 4n+1 frames).
 FRAMES_PER_SECOND = 16
 

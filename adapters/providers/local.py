@@ -44,7 +44,7 @@ from PIL import (
 )
 
 from bot import cpu
-from bot.domain import Capability, Stage
+from bot.domain import DEFAULT_VIDEO_SECONDS, Capability, Stage
 from bot.providers import GeneratedFile, GenerationRequest, PermanentError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,6 @@ UPSCALE_LONG_EDGE = 2048
 #: Video output: long edge, frame rate, default length and how far the camera zooms in.
 VIDEO_LONG_EDGE = 1280
 VIDEO_FPS = 24
-VIDEO_DEFAULT_SECONDS = 4
 VIDEO_MAX_ZOOM = 1.15
 #: Fraction of the free margin (at the current zoom) the camera pans across.
 VIDEO_PAN = 0.8
@@ -689,7 +688,7 @@ def _frames(
 
 
 def _render_video(request: GenerationRequest) -> GeneratedFile:
-    seconds = request.duration_s or VIDEO_DEFAULT_SECONDS
+    seconds = request.duration_s or DEFAULT_VIDEO_SECONDS
     if not 1 <= seconds <= 60:
         raise PermanentError(f"the local provider cannot make a {seconds} s video")
     source = _open_reference(request)

@@ -1,0 +1,392 @@
+"""The shared steps of every use case, and the vocabulary the use-case modules share.
+
+Each spending use case follows the same steps: validate → route (price known) → authorise
+(approvers, threshold) → record the gate → run the job(s) → record assets and lineage →
+return what a surface must post. The steps live here, on :class:`UseCases`, once; the use
+cases themselves are grouped by family in the sibling modules (``drafting``, ``escalating``,
+``decisions``, ``restart``, ``reports``) and composed into :class:`bot.pipeline.Pipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot import cpu, failpoints
+from bot.catalog import Catalog
+from bot.commands import ASPECT_RATIOS, MAX_SEED
+from bot.domain import (
+    CANCEL_HINT,
+    FINAL_REACTIONS,
+    NUMBER_REACTIONS,
+    AssetKind,
+    Capability,
+    Origin,
+    Reaction,
+    Reply,
+    Stage,
+)
+from bot.errors import UserError
+from bot.failpoints import failpoint
+from bot.grid import compose_grid
+from bot.ledger import Ledger, credits
+from bot.policy import Policy
+from bot.providers import GenerationRequest
+from bot.router import Route, RouteContext, Router
+from bot.runner import CompletedJob, JobFailed, JobPlan, JobRunner
+from storage import AssetFiles, Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AR = "1:1"
+UPSCALE_LONG_EDGE = 2048
+#: How a result of each stage after the draft is introduced in the chat.
+RESULT_LABELS = {
+    Stage.FINAL: "✨ Final",
+    Stage.EDIT: "✏️ Edit",
+    Stage.UPSCALE: "⬆️ Upscale",
+    Stage.VIDEO: "🎬 Video",
+}
+#: Reactions pre-added to a video: sign it off or discard it (nothing escalates further).
+VIDEO_REACTIONS = [Reaction.APPROVE.value, Reaction.DISCARD.value]
+#: Reactions pre-added to an upscale: it is not upscaled again.
+UPSCALE_REACTIONS = [r.value for r in FINAL_REACTIONS if r != Reaction.UPSCALE]
+
+
+def reactions_for(stage: Stage) -> list[str]:
+    """The reaction vocabulary a result of ``stage`` is offered with."""
+    if stage == Stage.VIDEO:
+        return VIDEO_REACTIONS
+    if stage == Stage.UPSCALE:
+        return UPSCALE_REACTIONS
+    return [r.value for r in FINAL_REACTIONS]
+
+
+def nearest_ratio(width: int, height: int) -> str:
+    """The supported aspect ratio closest to ``width``×``height`` (for edits and videos)."""
+
+    def distance(ratio: str) -> float:
+        w, h = (int(x) for x in ratio.split(":"))
+        return abs(math.log((width / height) / (w / h)))
+
+    return min(ASPECT_RATIOS, key=distance)
+
+
+def _ratio_of(asset: dict[str, Any]) -> str | None:
+    """The supported aspect ratio nearest to an image asset's, None if its size is unknown."""
+    if asset["width"] and asset["height"]:
+        return nearest_ratio(asset["width"], asset["height"])
+    return None
+
+
+async def durable(
+    store: Store, origin: Origin, replies: AsyncIterator[Reply]
+) -> AsyncIterator[Reply]:
+    """``replies`` with every public result handed over for posting before a surface sees
+    it: written to the outbox (claimed by this process) and its jobs marked delivered in one
+    transaction. A crash after that is finished by whichever process flushes the outbox,
+    from the step where the post stopped; a crash before it leaves the jobs undelivered, and
+    recovery makes the reply again. Status lines and private replies are not kept."""
+    async for reply in replies:
+        if not (reply.private or reply.status or reply.delivery_id):
+            stage = _stage_of(store, reply)
+            failpoint("result.made", stage)
+            entry = store.hand_over(
+                origin.surface,
+                origin.model_dump(mode="json"),
+                reply.model_dump(mode="json"),
+                reply.job_ids,
+            )
+            failpoint("result.handed_over", stage)
+            reply = reply.model_copy(update={"delivery_id": entry})
+        yield reply
+
+
+def _stage_of(store: Store, reply: Reply) -> str | None:
+    """The stage of the asset a reply presents (only asked while a failpoint is armed)."""
+    if not (failpoints.armed() and reply.asset_id):
+        return None
+    asset = store.get_asset(reply.asset_id)
+    return asset["stage"] if asset else None
+
+
+@dataclass(frozen=True)
+class Draftspec:
+    """The options of a draft request, resolved (defaults applied, seed fixed)."""
+
+    prompt: str
+    ar: str
+    n: int
+    seed: int
+    model: str | None
+    style: str | None
+    negative: str | None
+    hero: bool
+    #: A storyboard's beats: one draft per beat, all on the same seed for a consistent look.
+    beats: list[str] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class UseCases:
+    """The services every use case works over, and the steps they share."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        files: AssetFiles,
+        catalog: Catalog,
+        policy: Policy,
+        router: Router,
+        ledger: Ledger,
+        runner: JobRunner,
+        seeds: Callable[[], int] | None = None,
+        public_url: str | None = None,
+    ) -> None:
+        self.store = store
+        self.files = files
+        self.catalog = catalog
+        self.policy = policy
+        self.router = router
+        self.ledger = ledger
+        self.runner = runner
+        self.public_url = public_url
+        self._seeds = seeds or (lambda: random.SystemRandom().randrange(MAX_SEED))
+
+    def link(self, asset_id: str) -> str:
+        """The asset page's URL when TIERBOT_PUBLIC_URL is set, else an empty string."""
+        return f"{self.public_url}/assets/{asset_id}" if self.public_url else ""
+
+    def _route(
+        self,
+        origin: Origin,
+        stage: Stage,
+        prompt: str,
+        *,
+        model: str | None = None,
+        hero: bool = False,
+        images: int = 1,
+        seconds: int | None = None,
+        aspect_ratio: str | None = None,
+        rejected_grids: int = 0,
+    ) -> Route:
+        rules = self.policy.rules_for(origin)
+        return self.router.route(
+            RouteContext(
+                stage=stage,
+                prompt=prompt,
+                explicit_model=model,
+                hero=hero,
+                images=images,
+                seconds=seconds,
+                aspect_ratio=aspect_ratio,
+                rejected_grids=rejected_grids,
+                reroute_after=rules.reroute_after_rejections,
+                budget_left=self.ledger.headroom(origin.team, origin.channel).left,
+            )
+        )
+
+    def _authorize(self, origin: Origin, route: Route, action: str) -> None:
+        price = route.price
+        if self.policy.may_spend(origin, price):
+            return
+        approvers = ", ".join(self.policy.rules_for(origin).approvers)
+        raise UserError(
+            f"Only approvers can spend credits here: {action} costs {credits(price)}. "
+            f"Ask one of: {approvers}. Nothing was spent."
+        )
+
+    def _authorize_decision(self, origin: Origin, action: str) -> None:
+        if self.policy.is_approver(origin):
+            return
+        approvers = ", ".join(self.policy.rules_for(origin).approvers)
+        raise UserError(f"Only approvers can decide here ({action}). Ask one of: {approvers}.")
+
+    def check_style(self, style: str | None) -> None:
+        """Raises UserError unless ``style`` is None or a catalog style preset."""
+        if style is not None and style not in self.catalog.styles:
+            allowed = ", ".join(sorted(self.catalog.styles))
+            raise UserError(f"--style must be one of {allowed}; got {style}")
+
+    def _enrich(self, prompt: str, style: str | None) -> str:
+        if style is None:
+            return prompt
+        return f"{prompt}, {self.catalog.styles[style].adds}"
+
+    def _asset(self, asset_id: str, kind: AssetKind, what: str) -> dict[str, Any]:
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}; check the id on the message")
+        if asset["kind"] != kind:
+            raise UserError(f"{asset_id} is not {what}")
+        return asset
+
+    def _image(self, asset_id: str) -> dict[str, Any]:
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}; check the id on the message")
+        if asset["kind"] != AssetKind.IMAGE:
+            raise UserError(f"{asset_id} is a {asset['kind']}; this needs an image")
+        return asset
+
+    def _result_asset(self, asset_id: str) -> dict[str, Any]:
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}; check the id on the message")
+        if asset["kind"] == AssetKind.GRID or asset["stage"] == Stage.DRAFT:
+            raise UserError(f"{asset_id} is a draft; pick a draft with its number first")
+        return asset
+
+    def _plan(
+        self,
+        origin: Origin,
+        request_id: str,
+        route: Route,
+        stage: Stage,
+        capability: Capability,
+        *,
+        prompt: str,
+        n: int,
+        seed: int,
+        aspect_ratio: str | None,
+        inputs: list[str],
+        negative: str | None = None,
+        long_edge: int | None = None,
+        duration_s: int | None = None,
+    ) -> JobPlan:
+        request = GenerationRequest(
+            job_id="",
+            stage=stage,
+            capability=capability,
+            model_id=route.primary.model.id,
+            provider_model="",  # the runner fills in each candidate's own id
+            prompt=prompt,
+            negative_prompt=negative,
+            n=n,
+            seed=seed,
+            aspect_ratio=aspect_ratio or DEFAULT_AR,
+            long_edge=long_edge,
+            duration_s=duration_s,
+            references=[],
+        )
+        prices = {c.key: c.cost(images=n, seconds=duration_s) for c in route.candidates}
+        return JobPlan(
+            request_id=request_id,
+            team=origin.team,
+            channel=origin.channel,
+            request=request,
+            inputs=inputs,
+            candidates=route.candidates,
+            reason=route.reason,
+            prices=prices,
+        )
+
+    async def _run_all(self, plans: list[JobPlan]) -> tuple[list[CompletedJob], list[str]]:
+        """Run jobs concurrently; return those that succeeded and every job's id, or raise if
+        none succeeded.
+
+        Jobs that succeeded are kept (and charged) even when a sibling failed: their drafts
+        are real and the grid shows them.
+        """
+        # Every job is reserved before any starts: a batch that does not fit the budget is
+        # refused whole, never posted half-made.
+        job_ids = self.runner.reserve_all(plans)
+        results = await asyncio.gather(
+            *(self.runner.drive(j) for j in job_ids), return_exceptions=True
+        )
+        done = [r for r in results if isinstance(r, CompletedJob)]
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, JobFailed):
+                raise result
+        final_ids = [r.job_id for r in results if isinstance(r, CompletedJob | JobFailed)]
+        if not done:
+            failure = next(r for r in results if isinstance(r, JobFailed))
+            raise JobFailed(failure.message, failure.kind, failure.job_id, final_ids)
+        return done, [i for i in final_ids if i]
+
+    def _status(self, what: str, route: Route, *, thread_of: str | None, request_id: str) -> Reply:
+        return Reply(
+            text=f"⏳ {what} · {route.reason} · {credits(route.price)} reserved{CANCEL_HINT}",
+            thread_of=thread_of,
+            status=True,
+            request_id=request_id,
+            reactions=[Reaction.DISCARD.value],
+        )
+
+    def _result(
+        self,
+        label: str,
+        job: CompletedJob,
+        *,
+        thread_of: str,
+        extra: str,
+    ) -> Reply:
+        asset_id = job.asset_ids[0]
+        asset = self.store.get_asset(asset_id)
+        assert asset is not None
+        path: Path = self.files.path(asset["path"])
+        return Reply(
+            text=f"{label} {asset_id} {extra} · {job.label} · {credits(job.cost)}\n{job.reason}",
+            files=[path],
+            reactions=reactions_for(Stage(asset["stage"])),
+            asset_id=asset_id,
+            thread_of=thread_of,
+            job_ids=[job.job_id],
+        )
+
+    async def _grid_reply(
+        self,
+        request_id: str,
+        spec: Draftspec,
+        jobs: list[CompletedJob],
+        *,
+        heading: str,
+        thread_of: str | None,
+        job_ids: list[str],
+    ) -> Reply:
+        """Compose the drafts of ``jobs`` into a numbered grid, store it, and present it;
+        ``job_ids`` are every job of the batch (failed ones too) whose outcome it reports."""
+        draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
+        drafts = [self.store.get_asset(a) for a in draft_ids]
+        paths = [self.files.path(d["path"]) for d in drafts if d]
+        grid = await cpu.run(compose_grid, paths)
+        digest, relative = await asyncio.to_thread(self.files.put, grid.data, grid.mime)
+        grid_id = self.store.save_asset(
+            {
+                "job_id": jobs[0].job_id,
+                "request_id": request_id,
+                "kind": AssetKind.GRID.value,
+                "stage": Stage.DRAFT.value,
+                "sha256": digest,
+                "path": relative,
+                "mime": grid.mime,
+                "width": grid.width,
+                "height": grid.height,
+                "bytes": len(grid.data),
+                "prompt": spec.prompt,
+                "model_id": jobs[0].model.id,
+                "seed": spec.seed,
+                "cost": 0,
+            },
+            parents=draft_ids,
+        )
+        cost = sum(job.cost for job in jobs)
+        numbers = [r.value for r in NUMBER_REACTIONS[: len(draft_ids)]]
+        return Reply(
+            text=f"{heading}🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].label} · "
+            f"{credits(cost)}\n{jobs[0].reason}\nReact {numbers[0]}–{numbers[-1]} to take a "
+            f"draft to the final tier, 🔁 to reroll, ❌ to discard.",
+            files=[self.files.path(relative)],
+            reactions=[*numbers, Reaction.REROLL.value, Reaction.DISCARD.value],
+            asset_id=grid_id,
+            thread_of=thread_of,
+            job_ids=job_ids,
+        )

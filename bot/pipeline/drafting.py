@@ -1,0 +1,201 @@
+"""Drafting: ``/draft``, storyboards, scheduled batches, reroll and discard.
+
+Every draft request becomes one numbered grid: its images are split into the calls the model
+allows, reserved together (a batch that does not fit the budget is refused whole), run
+concurrently, composed, and posted as one reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from bot.commands import DEFAULT_N, MAX_SEED, Invocation
+from bot.domain import CANCEL_HINT, AssetKind, Capability, Decision, Origin, Reaction, Reply, Stage
+from bot.errors import UserError
+from bot.ledger import credits
+from bot.pipeline.base import DEFAULT_AR, Draftspec, UseCases
+from bot.router import Route, RouteContext, RouteRefused
+from bot.runner import CompletedJob, JobFailed
+
+log = logging.getLogger(__name__)
+
+
+class Drafting(UseCases):
+    """Draft grids: made, rerolled, discarded."""
+
+    async def draft(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
+        """``/draft``: n drafts on the draft tier, posted as one numbered grid."""
+        async for reply in self._new_grid(origin, "draft", self._draft_spec(inv)):
+            yield reply
+
+    async def storyboard(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
+        """``/tierbot storyboard a | b | c``: one draft per beat, in order, as one grid."""
+        async for reply in self._new_grid(origin, "storyboard", self._draft_spec(inv)):
+            yield reply
+
+    async def batch(self, origin: Origin, inv: Invocation, label: str) -> AsyncIterator[Reply]:
+        """A scheduled batch: a draft grid like ``/draft``, posted in the channel under
+        ``label``; when the budget cannot pay for the whole batch, a notice instead."""
+        spec = self._draft_spec(inv)
+        try:
+            async for reply in self._new_grid(origin, "schedule", spec, label):
+                yield reply
+        except RouteRefused as refused:  # raised by the routing, before any reply
+            yield Reply(
+                text=f"{label}\n⚠️ Not posted: {self._budget_notice(origin, spec, refused)}",
+                error=True,
+            )
+
+    def _draft_spec(self, inv: Invocation) -> Draftspec:
+        """A draft request's options resolved: defaults applied, a seed drawn if none given;
+        a storyboard's beats become its prompt (joined by " | ") and its number of drafts."""
+        self.check_style(inv.style)
+        beats = list(inv.beats) or None
+        return Draftspec(
+            prompt=" | ".join(beats) if beats else inv.prompt or "",
+            ar=inv.ar or DEFAULT_AR,
+            n=len(beats) if beats else inv.n or DEFAULT_N,
+            seed=inv.seed if inv.seed is not None else self._seeds(),
+            model=inv.model,
+            style=inv.style,
+            negative=inv.negative,
+            hero=inv.hero,
+            beats=beats,
+        )
+
+    async def _new_grid(
+        self, origin: Origin, command: str, spec: Draftspec, label: str = ""
+    ) -> AsyncIterator[Reply]:
+        """Route ``spec`` on the draft tier, record the request and post its grid."""
+        route = self._route(
+            origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n, aspect_ratio=spec.ar
+        )
+        request_id = self.store.create_request(
+            origin=origin.model_dump(), command=command, prompt=spec.prompt, options=spec.as_dict()
+        )
+        async for reply in self._draft_grid(origin, request_id, spec, route, None, label):
+            yield reply
+
+    def _budget_notice(self, origin: Origin, spec: Draftspec, refused: RouteRefused) -> str:
+        headroom = self.ledger.headroom(origin.team, origin.channel)
+        if headroom.left is None:
+            return refused.message
+        try:
+            unbudgeted = self.router.route(
+                RouteContext(
+                    stage=Stage.DRAFT, prompt=spec.prompt, images=spec.n, aspect_ratio=spec.ar
+                )
+            )
+        except RouteRefused:
+            return refused.message
+        approvers = self.policy.rules_for(origin).approvers
+        who = (
+            f"an approver ({', '.join(approvers)}) can raise it"
+            if approvers
+            else "whoever keeps the policy file (TIERBOT_POLICY) can raise it"
+        )
+        return (
+            f"the batch of {spec.n} drafts costs {credits(unbudgeted.price)} and only "
+            f"{headroom.describe()}; {who}."
+        )
+
+    async def reroll(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
+        """🔁 on a grid: reject it and draft again with new seeds (up a tier after K rejections)."""
+        grid = self._asset(grid_id, AssetKind.GRID, "a draft grid")
+        request = self.store.get_request(grid["request_id"])
+        assert request is not None
+        old = Draftspec(**request["options"])
+        spec = Draftspec(**{**old.as_dict(), "seed": (old.seed + old.n * 7919) % MAX_SEED})
+        rejected = self.store.count_rejected_grids(request["id"])
+        if not any(g["decision"] == Decision.REJECTED for g in self.store.gates(grid_id)):
+            rejected += 1
+        route = self._route(
+            origin,
+            Stage.DRAFT,
+            spec.prompt,
+            model=spec.model,
+            images=spec.n,
+            aspect_ratio=spec.ar,
+            rejected_grids=rejected,
+        )
+        self._authorize(origin, route, "rerolling the drafts")
+        if not self.store.record_gate(
+            grid_id, Decision.REJECTED, user=origin.user, surface=origin.surface
+        ):
+            raise UserError(f"grid {grid_id} was already rerolled or discarded")
+        self.store.update_request_options(request["id"], spec.as_dict())
+        try:
+            async for reply in self._draft_grid(
+                origin, request["id"], spec, route, thread_of=grid_id
+            ):
+                yield reply
+        except JobFailed:
+            self.store.remove_gate(grid_id, Decision.REJECTED)  # the grid may be rerolled again
+            raise
+
+    async def discard(self, origin: Origin, grid_id: str) -> AsyncIterator[Reply]:
+        """❌ on a grid: record the rejection; nothing more is spent on it."""
+        self._asset(grid_id, AssetKind.GRID, "a draft grid")
+        self._authorize_decision(origin, "discarding a grid")
+        if not self.store.record_gate(
+            grid_id, Decision.REJECTED, user=origin.user, surface=origin.surface
+        ):
+            raise UserError(f"grid {grid_id} was already rerolled or discarded")
+        yield Reply(text=f"🗑️ Grid {grid_id} discarded by {origin.user}.", thread_of=grid_id)
+
+    async def _draft_grid(
+        self,
+        origin: Origin,
+        request_id: str,
+        spec: Draftspec,
+        route: Route,
+        thread_of: str | None,
+        label: str = "",
+    ) -> AsyncIterator[Reply]:
+        price = route.price
+        heading = f"{label}\n" if label else ""
+        yield Reply(
+            text=f"{heading}⏳ Drafting {spec.n} × “{spec.prompt}” ({spec.ar}, seed {spec.seed}) · "
+            f"{route.reason} · {credits(price)} reserved{CANCEL_HINT}",
+            thread_of=thread_of,
+            status=True,
+            request_id=request_id,
+            reactions=[Reaction.DISCARD.value],
+        )
+        jobs, job_ids = await self._run_chunks(origin, request_id, spec, route)
+        yield await self._grid_reply(
+            request_id, spec, jobs, heading=heading, thread_of=thread_of, job_ids=job_ids
+        )
+
+    async def _run_chunks(
+        self, origin: Origin, request_id: str, spec: Draftspec, route: Route
+    ) -> tuple[list[CompletedJob], list[str]]:
+        """Split n images into calls the model allows (max_images per call) and run them."""
+        per_call = route.primary.model.max_images
+        chunks: list[tuple[str, int, int]] = []  # (prompt, images, seed)
+        if spec.beats:
+            chunks = [(beat, 1, spec.seed) for beat in spec.beats]
+        else:
+            seed = spec.seed
+            for start in range(0, spec.n, per_call):
+                size = min(per_call, spec.n - start)
+                chunks.append((spec.prompt, size, seed))
+                seed += size
+        plans = [
+            self._plan(
+                origin,
+                request_id,
+                route,
+                Stage.DRAFT,
+                Capability.TEXT_TO_IMAGE,
+                prompt=prompt,
+                negative=spec.negative,
+                n=size,
+                seed=chunk_seed,
+                aspect_ratio=spec.ar,
+                inputs=[],
+            )
+            for prompt, size, chunk_seed in chunks
+        ]
+        return await self._run_all(plans)

@@ -1,0 +1,120 @@
+"""Reports: lineage, budget and models, answered privately and spending nothing."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from bot.domain import AssetKind, Origin
+from bot.errors import UserError
+from bot.ledger import credits
+from bot.pipeline.base import UseCases
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LineageNode:
+    """One asset in a lineage tree, with its gate decisions and later results."""
+
+    asset: dict[str, Any]
+    gates: list[dict[str, Any]]
+    grids: list[str]
+    children: list[LineageNode]
+
+    def describe(self) -> str:
+        asset = self.asset
+        size = f"{asset['width']}×{asset['height']}"
+        if asset["duration_s"]:
+            size += f", {asset['duration_s']:.0f} s"
+        where = f" in grid {self.grids[0]}" if self.grids else ""
+        text = (
+            f"{asset['id']} {asset['stage']}{where} · {asset['model_id']} · seed {asset['seed']} · "
+            f"{size} · {credits(asset['cost'] or 0)}"
+        )
+        decisions = ", ".join(f"{g['decision']} by {g['user']}" for g in self.gates)
+        return f"{text} · {decisions}" if decisions else text
+
+
+class Reports(UseCases):
+    """Read-only answers."""
+
+    def lineage_tree(self, asset_id: str) -> list[LineageNode]:
+        """The lineage of an asset as trees: from its first draft(s) to every later result.
+
+        A grid's lineage is its drafts; anything else walks its first parents up to the root.
+        Grids themselves are left out of the tree and named on their drafts instead.
+
+        Raises:
+            UserError: no such asset.
+        """
+        asset = self.store.get_asset(asset_id)
+        if asset is None:
+            raise UserError(f"no asset {asset_id}")
+        if asset["kind"] == AssetKind.GRID:
+            roots = self.store.parents(asset_id)
+        else:
+            root = asset
+            while parents := self.store.parents(root["id"]):
+                root = parents[0]
+            roots = [root]
+        return [self._node(root) for root in roots]
+
+    def _node(self, asset: dict[str, Any]) -> LineageNode:
+        children = self.store.children(asset["id"])
+        return LineageNode(
+            asset=asset,
+            gates=self.store.gates(asset["id"]),
+            grids=[c["id"] for c in children if c["kind"] == AssetKind.GRID],
+            children=[self._node(c) for c in children if c["kind"] != AssetKind.GRID],
+        )
+
+    def lineage(self, asset_id: str) -> str:
+        """The lineage tree as text, the asset asked about marked with ◀."""
+        lines = [f"Lineage of {asset_id}:"]
+
+        def walk(node: LineageNode, indent: str) -> None:
+            mark = "  ◀" if node.asset["id"] == asset_id else ""
+            lines.append(f"{indent}{node.describe()}{mark}")
+            for child in node.children:
+                walk(child, indent + "  ")
+
+        for root in self.lineage_tree(asset_id):
+            walk(root, "")
+        return "\n".join(lines)
+
+    def budget(self, origin: Origin) -> str:
+        report = self.ledger.report(origin.team)
+        headroom = self.ledger.headroom(origin.team, origin.channel)
+        lines = [f"Budget for team {origin.team}, channel {origin.channel}: {headroom.describe()}"]
+        for label, key in (("Today", "day"), ("This month", "month")):
+            by_stage = report[key]
+            total = sum(sum(v.values()) for v in by_stage.values())
+            parts = [f"{stage} {credits(sum(v.values()))}" for stage, v in sorted(by_stage.items())]
+            lines.append(f"{label}: {credits(total)}" + (f" ({', '.join(parts)})" if parts else ""))
+        per_final = report["per_approved_final"]
+        lines.append(
+            f"Approved finals this month: {report['approved_finals']}"
+            + (f", {credits(per_final)} each all told" if per_final is not None else "")
+        )
+        return "\n".join(lines)
+
+    def models(self) -> str:
+        lines = ["id · provider now (its model id) · stages · capabilities · price · status"]
+        for model in sorted(self.catalog.models.values(), key=lambda m: (m.stages[0], m.id)):
+            why = self.router.why_unavailable(model)
+            now = self.router.serving_now(model)
+            serving = now.serving if now else model.providers[0]
+            others = [s.provider for s in model.providers if s is not serving]
+            lines.append(
+                f"{model.id} · {serving.provider} ({serving.model}) · "
+                f"{'/'.join(s.value for s in model.stages)} · "
+                f"{', '.join(sorted(c.value for c in model.capabilities))} · "
+                f"{credits(model.cost(seconds=1, serving=serving))}/{model.unit} · "
+                + (f"unavailable: {why}" if why else "available")
+                + (f" · also on {', '.join(others)}" if others else "")
+            )
+        styles = ", ".join(sorted(self.catalog.styles))
+        lines.append(f"Styles: {styles}")
+        return "\n".join(lines)
