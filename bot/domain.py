@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 #: The aspect ratios a request may ask for (a model's catalog entry may allow fewer).
 ASPECT_RATIOS = ("1:1", "4:3", "3:4", "16:9", "9:16", "4:5", "21:9")
+DEFAULT_AR = "1:1"
 #: Drafts per grid unless asked; seeds are 0 to MAX_SEED; a video is this long unless asked.
 DEFAULT_N = 4
 MAX_SEED = 2**32 - 1

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.policy import Cap, Policy, Window
-from storage import Store
+from storage import LimitReached, Store
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,20 @@ class Headroom:
         return f"{credits(self.left)} left of the {self.cap.describe()}"
 
 
+class BudgetExceeded(Exception):
+    """A reservation would take a cap over its limit."""
+
+    def __init__(self, cap: Cap, used: int, amount: int) -> None:
+        super().__init__(f"{cap.describe()}: {used} used + {amount} > {cap.limit}")
+        self.cap = cap
+        self.used = used
+        self.amount = amount
+
+    @property
+    def left(self) -> int:
+        return max(0, self.cap.limit - self.used)
+
+
 class Ledger:
     """Budget arithmetic over the store."""
 
@@ -72,14 +86,22 @@ class Ledger:
         return tightest
 
     def reserve_job(self, job: dict[str, Any], amount: int, replaces: str | None = None) -> str:
-        """Insert ``job`` with ``amount`` reserved; raises ``BudgetExceeded`` and writes nothing.
-        ``replaces`` is the failed job this one falls back from."""
-        return self.store.create_job(
-            job,
-            amount=amount,
-            caps=self.caps_with_windows(job["team"], job["channel"]),
-            replaces=replaces,
-        )
+        """Insert ``job`` with ``amount`` reserved against every cap that applies, at once.
+        ``replaces`` is the failed job this one falls back from.
+
+        Raises:
+            BudgetExceeded: a cap would be overspent; nothing is written.
+        """
+        caps = self.caps_with_windows(job["team"], job["channel"])
+        try:
+            return self.store.create_job(
+                job,
+                amount=amount,
+                limits=[(cap.team, cap.channel, since, cap.limit) for cap, since in caps],
+                replaces=replaces,
+            )
+        except LimitReached as reached:
+            raise BudgetExceeded(caps[reached.index][0], reached.used, amount) from None
 
     def report(self, team: str) -> dict[str, Any]:
         """Spend by stage today and this month, and the cost per approved final this month."""

@@ -32,7 +32,7 @@ from tenacity.wait import wait_exponential_jitter
 from bot.catalog import Candidate, Catalog, ModelSpec
 from bot.domain import AssetKind, JobState
 from bot.failpoints import failpoint
-from bot.ledger import Ledger, credits
+from bot.ledger import BudgetExceeded, Ledger, credits
 from bot.progress import report
 from bot.providers import (
     ContentPolicyError,
@@ -44,7 +44,7 @@ from bot.providers import (
     TransientError,
 )
 from bot.router import Health
-from storage import AssetFiles, BudgetExceeded, Store
+from storage import AssetFiles, Store
 
 log = logging.getLogger(__name__)
 

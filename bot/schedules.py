@@ -32,7 +32,6 @@ import difflib
 import io
 import logging
 import re
-import sqlite3
 import string
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -45,8 +44,17 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.catalog import Catalog
-from bot.commands import ASPECT_RATIOS, DEFAULT_N, MAX_N, Invocation
-from bot.domain import AssetKind, Decision, Origin, Reply, replies_of
+from bot.commands import MAX_N, Invocation
+from bot.domain import (
+    ASPECT_RATIOS,
+    DEFAULT_AR,
+    DEFAULT_N,
+    AssetKind,
+    Decision,
+    Origin,
+    Reply,
+    replies_of,
+)
 from bot.errors import UserError, guarded
 from bot.ledger import utc_now
 from bot.pipeline import Pipeline, durable
@@ -511,18 +519,17 @@ class Scheduler:
             "tz": parse_tz(inv.tz or "UTC"),
             "days": parse_days(inv.days),
             "n": inv.n or DEFAULT_N,
-            "ar": inv.ar or "1:1",
+            "ar": inv.ar or DEFAULT_AR,
             "style": inv.style,
             "template": template,
             "summary_time": parse_time(inv.summary, "--summary") if inv.summary else None,
         }
-        try:
-            schedule_id = self.store.add_schedule(row)
-        except sqlite3.IntegrityError:
+        schedule_id = self.store.add_schedule(row)
+        if schedule_id is None:
             raise UserError(
                 f"a schedule named {name} exists in this channel; remove it first "
                 "or pick another name"
-            ) from None
+            )
         schedule = self.store.get_schedule(schedule_id)
         assert schedule is not None
         self._arm(schedule)

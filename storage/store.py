@@ -42,18 +42,14 @@ def new_id(nbytes: int = 4) -> str:
     return secrets.token_hex(nbytes)
 
 
-class BudgetExceeded(Exception):
-    """A reservation would take a cap over its limit."""
+class LimitReached(Exception):
+    """A reservation would take one of its limits over (``index`` into the limits given,
+    with what was already ``used``); the ledger says what that means."""
 
-    def __init__(self, cap: Any, used: int, amount: int) -> None:
-        super().__init__(f"{cap.describe()}: {used} used + {amount} > {cap.limit}")
-        self.cap = cap
+    def __init__(self, index: int, used: int) -> None:
+        super().__init__(f"limit {index} reached ({used} used)")
+        self.index = index
         self.used = used
-        self.amount = amount
-
-    @property
-    def left(self) -> int:
-        return max(0, self.cap.limit - self.used)
 
 
 #: How long a worker's claims outlive its last heartbeat (``TIERBOT_LEASE_S``).
@@ -188,7 +184,7 @@ class Store:
         job: dict[str, Any],
         *,
         amount: int,
-        caps: Sequence[tuple[Any, str]],
+        limits: Sequence[tuple[str, str | None, str, int]],
         replaces: str | None = None,
     ) -> str:
         """Insert a queued job claimed by this worker and reserve ``amount`` milli-credits
@@ -197,20 +193,21 @@ class Store:
         Args:
             job: the job's columns (``id`` is generated when absent).
             amount: the price to reserve.
-            caps: ``(cap, window_start_iso)`` pairs the reservation counts against.
+            limits: ``(team, channel or None, window_start_iso, limit)`` the reservation
+                counts against (the ledger's caps).
             replaces: a failed job this one falls back from; its outcome is now this job's
                 to report, so it is marked delivered in the same transaction.
 
         Raises:
-            BudgetExceeded: nothing is written.
+            LimitReached: nothing is written.
         """
         job = {"id": new_id(8), "claimed_by": self.worker_id, **job}
         now = utcnow()
         with self._immediate():
-            for cap, since in caps:
-                used = self.used(cap.team, cap.channel, since)
-                if used + amount > cap.limit:
-                    raise BudgetExceeded(cap, used, amount)
+            for index, (team, channel, since, limit) in enumerate(limits):
+                used = self.used(team, channel, since)
+                if used + amount > limit:
+                    raise LimitReached(index, used)
             self._table("jobs").insert(
                 {
                     "state": "queued",
@@ -639,17 +636,20 @@ class Store:
 
     # -- schedules ---------------------------------------------------------------------------
 
-    def add_schedule(self, row: dict[str, Any]) -> str:
-        """Insert a schedule; raises ``sqlite3.IntegrityError`` if the name is taken here."""
+    def add_schedule(self, row: dict[str, Any]) -> str | None:
+        """Insert a schedule; None if its name is taken in its channel."""
         schedule_id = new_id()
-        self._table("schedules").insert(
-            {
-                "id": schedule_id,
-                "paused": 0,
-                "created_at": utcnow(),
-                **{k: _json(v) for k, v in row.items()},
-            }
-        )
+        try:
+            self._table("schedules").insert(
+                {
+                    "id": schedule_id,
+                    "paused": 0,
+                    "created_at": utcnow(),
+                    **{k: _json(v) for k, v in row.items()},
+                }
+            )
+        except sqlite3.IntegrityError:
+            return None
         return schedule_id
 
     def schedules(

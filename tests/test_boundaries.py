@@ -60,3 +60,15 @@ def test_every_module_has_a_logger_and_a_docstring() -> None:
             assert ast.get_docstring(tree), f"{path} has no module docstring"
             if path.name != "__init__.py":
                 assert "log = logging.getLogger(__name__)" in text, f"{path} has no logger"
+
+
+def test_only_storage_talks_to_sqlite() -> None:
+    """The database's own errors and types stay in ``storage/``: callers get the store's
+    answers (None for a taken name, ``LimitReached`` for a cap)."""
+    offenders = [
+        str(path.relative_to(ROOT))
+        for folder in ("bot", "adapters")
+        for path in (ROOT / folder).rglob("*.py")
+        if "sqlite3" in _imports(path)
+    ]
+    assert offenders == []

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.ledger import Ledger, credits
+from bot.ledger import BudgetExceeded, Ledger, credits
 from bot.policy import Policy
-from storage import BudgetExceeded, Store
+from storage import Store
 
 
 def _policy(**team) -> Policy:

@@ -125,7 +125,7 @@ def test_lookups_that_run_per_command_use_an_index_not_a_table_scan(tmp_path: Pa
     origin = {"surface": "s", "team": "T", "channel": "C", "user": "u"}
     request_id = store.create_request(origin=origin, command="draft", prompt="p", options={})
     job = {"request_id": request_id, "stage": "draft", "model_id": "m", "provider": "p"}
-    job_id = store.create_job({**job, "team": "T", "channel": "C"}, amount=1, caps=[])
+    job_id = store.create_job({**job, "team": "T", "channel": "C"}, amount=1, limits=[])
     expected_plans = {
         # the budget check, inside the reservation's write lock: no table rows read at all
         "budget": (lambda: store.used("T", "C", ""), "COVERING INDEX"),

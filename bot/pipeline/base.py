@@ -20,10 +20,12 @@ from typing import Any
 
 from bot import cpu, failpoints
 from bot.catalog import Catalog
-from bot.commands import ASPECT_RATIOS, MAX_SEED
 from bot.domain import (
+    ASPECT_RATIOS,
     CANCEL_HINT,
+    DEFAULT_AR,
     FINAL_REACTIONS,
+    MAX_SEED,
     NUMBER_REACTIONS,
     AssetKind,
     Capability,
@@ -44,7 +46,6 @@ from storage import AssetFiles, Store
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AR = "1:1"
 UPSCALE_LONG_EDGE = 2048
 #: How a result of each stage after the draft is introduced in the chat.
 RESULT_LABELS = {

@@ -10,11 +10,23 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
-from bot.commands import DEFAULT_N, MAX_SEED, Invocation
-from bot.domain import CANCEL_HINT, AssetKind, Capability, Decision, Origin, Reaction, Reply, Stage
+from bot.commands import Invocation
+from bot.domain import (
+    CANCEL_HINT,
+    DEFAULT_AR,
+    DEFAULT_N,
+    MAX_SEED,
+    AssetKind,
+    Capability,
+    Decision,
+    Origin,
+    Reaction,
+    Reply,
+    Stage,
+)
 from bot.errors import UserError
 from bot.ledger import credits
-from bot.pipeline.base import DEFAULT_AR, Draftspec, UseCases
+from bot.pipeline.base import Draftspec, UseCases
 from bot.router import Route, RouteContext, RouteRefused
 from bot.runner import CompletedJob, JobFailed
 

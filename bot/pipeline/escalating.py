@@ -14,8 +14,17 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.commands import DEFAULT_VIDEO_SECONDS, MAX_SEED, Invocation
-from bot.domain import AssetKind, Capability, Decision, Origin, Reply, Stage
+from bot.commands import Invocation
+from bot.domain import (
+    DEFAULT_VIDEO_SECONDS,
+    MAX_SEED,
+    AssetKind,
+    Capability,
+    Decision,
+    Origin,
+    Reply,
+    Stage,
+)
 from bot.errors import UserError
 from bot.pipeline.base import RESULT_LABELS, UPSCALE_LONG_EDGE, Draftspec, UseCases, _ratio_of
 from bot.runner import JobFailed
