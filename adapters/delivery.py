@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bot import progress
 from bot.domain import CANCEL_HINT, Origin, Reply
@@ -100,6 +100,20 @@ class Pace:
             del self._waiting[line]
             self._next = time.monotonic() + self.interval
             await asyncio.shield(line.send_current())  # a started edit is not cut off
+
+
+class StatusView(Protocol):
+    """What :func:`deliver_replies` keeps current for one command: its status line."""
+
+    def opened(self, text: str) -> None: ...
+
+    def on_progress(self, job_id: str, state: str, detail: str | None) -> None: ...
+
+    async def finish(self, *, failed: bool, detail: str | None = None) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+    async def interrupt(self) -> None: ...
 
 
 class StatusLine:
@@ -189,7 +203,7 @@ def kept_for_retry(exc: BaseException) -> str:
 
 async def deliver_replies(
     replies: AsyncIterator[Reply],
-    status: StatusLine,
+    status: StatusView,
     *,
     private: Callable[[Reply], Awaitable[None]],
     open_status: Callable[[Reply], Awaitable[object | None]],

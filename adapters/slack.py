@@ -360,7 +360,7 @@ class SlackSurface:
             posted = await self.client.chat_postMessage(
                 channel=origin.channel,
                 text=reply.text,
-                thread_ts=self.services.bot.thread_of(origin, reply),
+                thread_ts=reply.thread_id,
             )
         except SLACK_ERRORS as exc:
             log.warning("status message in %s failed: %r", origin.channel, exc)
@@ -381,7 +381,7 @@ class SlackSurface:
                 channel=origin.channel,
                 user=origin.user,
                 text=reply.text,
-                thread_ts=self.services.bot.thread_of(origin, reply),
+                thread_ts=reply.thread_id,
             )
         except SlackApiError as exc:
             if respond is None:
@@ -413,7 +413,7 @@ class SlackSurface:
         reaction vocabulary pre-added to the anchor, and for a QA decision the decided
         asset's message edited to show it. Each step is recorded in ``steps`` as it lands:
         a retry resumes after the last one."""
-        thread_ts = steps.get("thread_ts") or self.services.bot.thread_of(origin, reply)
+        thread_ts = reply.thread_id
         ts = steps.get("anchor")
         if ts is None:
             anchor = await self.client.chat_postMessage(
@@ -425,7 +425,6 @@ class SlackSurface:
             ts = str(anchor["ts"])
             steps.done(
                 anchor=ts,
-                thread_ts=thread_ts,
                 link=lambda: self.services.bot.record_post(origin, ts, reply, thread_id=thread_ts),
             )
         root = thread_ts or ts

@@ -55,9 +55,9 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from adapters.delivery import FAILED_ON_OUR_SIDE, INTERRUPTED, Outbox, Steps, Tasks
+from adapters.delivery import INTERRUPTED, Outbox, Steps, Tasks, deliver_replies
 from adapters.http_server import MAX_BODY, http_server
-from bot import cpu, progress
+from bot import cpu
 from bot.app import Services
 from bot.domain import (
     CANCEL_HINT,
@@ -397,35 +397,31 @@ class WebSurface:
         refusal) is shown in that message's thread, next to the chip that was clicked.
         """
         status = _StatusLine(self)
-        progress.listen(status.on_progress)
-        try:
-            async for reply in replies:
-                if reply.status:
-                    status.open(self._post(origin, reply, state="queued", near=near), reply.text)
-                    continue
-                if reply.private:
-                    self._post(origin, reply, near=near)
-                else:  # a result: posted from the outbox, exactly once
-                    await self.outbox.send(origin, reply)
-                if not reply.private or reply.error:
-                    status.close(failed=reply.error, detail=reply.text if reply.error else None)
-        except asyncio.CancelledError:
-            if self._stopping:
-                status.interrupt()
-            else:  # ❌ on the status line
-                status.cancel()
-            raise
-        except Exception:
-            log.exception("web delivery failed")
-            status.close(failed=True, detail=FAILED_ON_OUR_SIDE)
-        finally:
-            status.close(failed=True, detail="stopped")
+
+        async def private(reply: Reply) -> None:
+            self._post(origin, reply, near=near)
+
+        async def open_status(reply: Reply) -> int:
+            status.message_id = self._post(origin, reply, state="queued", near=near)
+            return status.message_id
+
+        async def result(reply: Reply) -> None:
+            await self.outbox.send(origin, reply)  # a row cannot be refused: never kept
+
+        await deliver_replies(
+            replies,
+            status,
+            private=private,
+            open_status=open_status,
+            result=result,
+            stopping=lambda: self._stopping,
+        )
 
     def _post(
         self, origin: Origin, reply: Reply, state: str | None = None, near: int | None = None
     ) -> int:
         """Post one reply; the live event names who it answers, so their page can show it."""
-        root = self.services.bot.thread_of(origin, reply)
+        root = reply.thread_id
         thread_root = int(root) if root is not None else None
         if thread_root is None and reply.private and near is not None:
             reacted = self.services.store.web_message(near)
@@ -696,7 +692,10 @@ class WebSurface:
 
 
 class _StatusLine:
-    """The live status line of one command: queued → running (elapsed) → done | failed."""
+    """The live status line of one command: queued → running (elapsed) → done | failed.
+
+    A :class:`adapters.delivery.StatusView`: the web channel keeps its state in its history
+    rows (the page draws it), where Slack and Discord edit a message's text."""
 
     def __init__(self, surface: WebSurface) -> None:
         self.surface = surface
@@ -705,8 +704,8 @@ class _StatusLine:
         self.started = 0.0
         self.closed = False
 
-    def open(self, message_id: int, text: str = "") -> None:
-        self.message_id, self.closed, self.text = message_id, False, text
+    def opened(self, text: str) -> None:
+        self.closed, self.text = False, text
 
     def on_progress(self, job_id: str, state: str, detail: str | None) -> None:
         if self.message_id is None or self.closed:
@@ -720,14 +719,14 @@ class _StatusLine:
         elif state == "retrying":
             self.surface.update(self.message_id, detail=detail)
 
-    def close(self, *, failed: bool, detail: str | None) -> None:
+    async def finish(self, *, failed: bool, detail: str | None = None) -> None:
         self._end("failed" if failed else "done", detail)
 
-    def cancel(self) -> None:
+    async def cancel(self) -> None:
         """❌ on the status line stopped the job."""
         self._end("cancelled", None)
 
-    def interrupt(self) -> None:
+    async def interrupt(self) -> None:
         """The bot is stopping; the job resumes at the next start (not a failure)."""
         self._end("interrupted", INTERRUPTED)
 

@@ -169,12 +169,6 @@ class Tierbot:
         row = self.store.message_for_asset(origin.surface, origin.channel, asset_id)
         return (row["message_id"], row["thread_id"], row["text"] or "") if row else None
 
-    def thread_of(self, origin: Origin, reply: Reply) -> str | None:
-        """The surface message id of the thread ``reply`` belongs in, if it threads."""
-        if not reply.thread_of:
-            return None
-        return self.store.thread_for_asset(origin.surface, origin.channel, reply.thread_of)
-
     async def recover(self) -> list[CompletedJob | JobFailed]:
         """One recovery pass: take over the work nobody live holds and finish it.
 

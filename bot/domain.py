@@ -195,6 +195,9 @@ class Reply(BaseModel):
     #: The outbox entry this reply is posted from (set by the core before a surface posts
     #: it); the surface records there each step that landed, so a retry resumes after it.
     delivery_id: int | None = None
+    #: The surface message id of the thread the reply goes in: ``thread_of``'s thread,
+    #: resolved by the core before a surface sees the reply (None: the channel itself).
+    thread_id: str | None = None
     #: The asset whose QA state this reply changes: its message is edited to show ``state``.
     state_of: str | None = None
     state: str = ""

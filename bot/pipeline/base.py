@@ -89,12 +89,16 @@ def _ratio_of(asset: dict[str, Any]) -> str | None:
 async def durable(
     store: Store, origin: Origin, replies: AsyncIterator[Reply]
 ) -> AsyncIterator[Reply]:
-    """``replies`` with every public result handed over for posting before a surface sees
-    it: written to the outbox (claimed by this process) and its jobs marked delivered in one
-    transaction. A crash after that is finished by whichever process flushes the outbox,
+    """``replies`` ready for a surface: each placed in its thread (``thread_id`` resolved
+    from ``thread_of`` on ``origin``'s surface), and every public result handed over for
+    posting: written to the outbox (claimed by this process) and its jobs marked delivered in
+    one transaction. A crash after that is finished by whichever process flushes the outbox,
     from the step where the post stopped; a crash before it leaves the jobs undelivered, and
     recovery makes the reply again. Status lines and private replies are not kept."""
     async for reply in replies:
+        if reply.thread_of and reply.thread_id is None:
+            thread = store.thread_for_asset(origin.surface, origin.channel, reply.thread_of)
+            reply = reply.model_copy(update={"thread_id": thread})
         if not (reply.private or reply.status or reply.delivery_id):
             stage = _stage_of(store, reply)
             failpoint("result.made", stage)
