@@ -27,10 +27,15 @@ they are process-wide class attributes, which is fine for one bot per process.
 """
 
 import asyncio
+import inspect
 import io
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import re
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
 import discord
@@ -49,7 +54,14 @@ from adapters.delivery import (
 )
 from bot import cpu
 from bot.app import Services
-from bot.commands import ASPECT_RATIOS
+from bot.commands import (
+    ASPECT_RATIOS,
+    COMMANDS,
+    FLAGS,
+    CommandSpec,
+    FlagSpec,
+    Invocation,
+)
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply, replies_of
 from bot.surfaces import SurfaceUnavailable
 
@@ -83,15 +95,302 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def command_text(*positionals: Any, hero: bool = False, **flags: Any) -> str:
-    """Rebuild the command text from app-command options, so one parser validates them all."""
-    parts = [_quote(str(p)) for p in positionals if p not in (None, "")]
+def _given(value: Any) -> bool:
+    return value is not None and value is not False and value != ""
+
+
+def command_text(*positionals: Any, **flags: Any) -> str:
+    """Rebuild the command text from app-command options, so one parser validates them all.
+
+    Each positional is quoted (it is one option on Discord, whatever it contains); each flag
+    given becomes ``--name "value"``, and a switch that is on (``True``) a bare ``--name``.
+    """
+    return _text(positionals, flags)
+
+
+def _text(positionals: Sequence[Any], flags: Mapping[str, Any], verbatim: bool = False) -> str:
+    """:func:`command_text`; ``verbatim`` passes the positionals on as typed, unquoted."""
+    parts = [str(p).strip() if verbatim else _quote(str(p)) for p in positionals if _given(p)]
     for name, value in flags.items():
-        if value is not None and value != "":
+        if value is True:
+            parts.append(f"--{name}")
+        elif _given(value):
             parts.append(f"--{name} {_quote(str(value))}")
-    if hero:
-        parts.append("--hero")
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
+
+
+# -- app commands, generated from the command registry -----------------------------------------
+#
+# Every /draft and /tierbot option is declared once, in bot.commands: a command's positionals,
+# free text and flags come from its CommandSpec, a flag's name and help from its FlagSpec, and
+# an option's type and bounds from the Invocation field it fills. discord.py reads a command's
+# options from its callback's signature, so each command gets a callback whose signature is
+# built here (``__signature__``, which ``inspect.signature`` honours) and the public
+# describe / rename / choices / autocomplete decorators. What the registry does not say yet is
+# in DISCORD_SHAPES, POSITIONAL_FIELDS and _flag_values below.
+
+#: The /tierbot group's description (the registry describes commands, not the group).
+GROUP_DESCRIPTION = "tierbot: finals, video, lineage, budget, models, help"
+#: Discord's limits: characters in a description, choices offered for an option.
+MAX_DESCRIPTION = 100
+MAX_CHOICES = 25
+#: What ``/tierbot schedule`` does (bot.schedules reads the action word).
+SCHEDULE_ACTIONS = ("add", "list", "pause", "resume", "remove", "run-now", "calendar")
+
+
+@dataclass(frozen=True)
+class DiscordShape:
+    """What Discord needs to know about a command that its CommandSpec does not say (yet).
+
+    Attributes:
+        text: The Discord name of the free text when ``prompt_metavar`` is not one ``<word>``.
+        text_help: The description of that option (else the spec's ``prompt_label``).
+        verbatim: Positionals and free text reach the parser as typed, unquoted: the command
+            reads its own words and quotes out of them (schedule's ``"<prompt template>"``).
+        choices: The only values of a positional, by placeholder (schedule's ``action``).
+        file: ``(name, description)`` of a file sent with the command (schedule's calendar).
+        hidden: Positionals not offered on Discord (help's optional ``command``).
+    """
+
+    text: str = ""
+    text_help: str = ""
+    verbatim: bool = False
+    choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    file: tuple[str, str] | None = None
+    hidden: tuple[str, ...] = ()
+
+
+DISCORD_SHAPES: dict[str, DiscordShape] = {
+    "schedule": DiscordShape(
+        text="details",
+        text_help='for add: <name> daily HH:MM "<prompt template>"; otherwise the name',
+        verbatim=True,
+        choices={"action": SCHEDULE_ACTIONS},
+        file=("calendar", "for calendar: a CSV (date, prompt, optional style, ar, n)"),
+    ),
+    "help": DiscordShape(hidden=("command",)),
+    # The beats are one option; quoted whole they would be one beat (Slack sends them raw).
+    "storyboard": DiscordShape(verbatim=True),
+}
+#: Positionals whose type the registry does not give: the Invocation field each one fills
+#: (the parser puts the draft number ``k`` in ``index``) and its description.
+POSITIONAL_FIELDS: dict[str, tuple[str, str]] = {"k": ("index", "which draft of the grid")}
+
+Send = Callable[[discord.Interaction, str, str, discord.Attachment | None], Awaitable[None]]
+Values = Callable[[], Sequence[str]]
+
+
+@dataclass(frozen=True)
+class _Option:
+    """One Discord option of a command and where its value goes in the command text."""
+
+    name: str
+    kind: str  # "arg": a positional or the free text; "flag"; "file": an attachment
+    annotation: Any
+    required: bool
+    description: str
+    choices: Sequence[str] = ()
+    suggest: Values | None = None  # autocomplete from these
+
+
+def _flag_values(catalog: Any) -> dict[str, tuple[Values, bool]]:
+    """Where a flag's values come from, by flag name, and whether they are the only ones.
+
+    The registry's converters check a value but cannot list them. The only values are offered
+    as choices (as autocomplete past 25, so none is out of reach); other lists only as
+    autocomplete suggestions (a model id may be typed; the pipeline checks it).
+    """
+    return {
+        "ar": (lambda: ASPECT_RATIOS, True),
+        "style": (lambda: sorted(catalog.styles), True),
+        "model": (lambda: sorted(catalog.models), False),
+    }
+
+
+def _short(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1] + "…"
+
+
+def _typed(field_name: str) -> Any:
+    """The annotation of an option that fills ``Invocation.<field_name>``: a whole number
+    (within the field's ``ge``/``le`` bounds) if the field is one, else text."""
+    info = Invocation.model_fields.get(field_name)
+    if info is None:
+        return str
+    kinds = [t for t in typing.get_args(info.annotation) or (info.annotation,) if t is not NoneType]
+    if kinds != [int]:
+        return str
+    low = next((m.ge for m in info.metadata if getattr(m, "ge", None) is not None), None)
+    high = next((m.le for m in info.metadata if getattr(m, "le", None) is not None), None)
+    if low is None and high is None:
+        return int
+    return app_commands.Range[int, low, high]
+
+
+def _text_name(spec: CommandSpec, shape: DiscordShape) -> str:
+    """The Discord name of the free text: ``beats``, or the ``<word>`` of its metavar."""
+    if shape.text:
+        return shape.text
+    if spec.beats:
+        return "beats"
+    word = re.fullmatch(r"<([a-z][a-z0-9-]*)>", spec.prompt_metavar)
+    return word.group(1) if word else "text"
+
+
+def _options(
+    spec: CommandSpec,
+    flags: Mapping[str, FlagSpec],
+    shape: DiscordShape,
+    values: Mapping[str, tuple[Values, bool]],
+) -> list[_Option]:
+    """A command's options in the order its text is written: positionals, free text, flags."""
+    options = []
+    for arg in spec.args + spec.optional_args:
+        if arg in shape.hidden:
+            continue
+        field_name, help_ = POSITIONAL_FIELDS.get(arg, ("", f"the {arg.replace('-', ' ')}"))
+        name = arg.removesuffix("-id")  # grid-id -> grid, asset-id -> asset
+        required = arg in spec.args
+        choices = shape.choices.get(arg, ())
+        options.append(_Option(name, "arg", _typed(field_name), required, help_, choices))
+    if spec.takes_prompt:
+        required = not spec.prompt_optional
+        help_ = shape.text_help or spec.prompt_label
+        options.append(_Option(_text_name(spec, shape), "arg", str, required, help_))
+    for name in spec.flags:
+        flag = flags[name]
+        if flag.metavar is None:  # a switch
+            options.append(_Option(name, "flag", bool, False, flag.help))
+            continue
+        choices, suggest = (), None
+        if name in values:
+            listed, only = values[name]
+            current = listed()
+            if only and 0 < len(current) <= MAX_CHOICES:
+                choices = current
+            elif current or not only:
+                suggest = listed
+        options.append(
+            _Option(name, "flag", _typed(flag.field), False, flag.help, choices, suggest)
+        )
+    if shape.file is not None:
+        name, help_ = shape.file
+        options.append(_Option(name, "file", discord.Attachment, False, help_))
+    names = [o.name for o in options]
+    if len(set(names)) != len(names):
+        raise ValueError(f"/{spec.name}: two Discord options share a name in {names}")
+    return options
+
+
+def _suggest(listed: Values) -> Callable[..., Awaitable[list[app_commands.Choice[str]]]]:
+    async def suggest(
+        interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        needle = current.lower()
+        return [
+            app_commands.Choice(name=value, value=value)
+            for value in listed()
+            if needle in value.lower()
+        ][:MAX_CHOICES]
+
+    return suggest
+
+
+_POSITIONAL = inspect.Parameter.POSITIONAL_OR_KEYWORD
+_KEYWORD = inspect.Parameter.KEYWORD_ONLY
+
+
+def _command(
+    name: str,
+    description: str,
+    options: list[_Option],
+    send: Send,
+    slash: str,
+    prefix: str,
+    verbatim: bool,
+) -> app_commands.Command[Any, ..., None]:
+    """One app command whose options are ``options``; running it sends ``/slash prefix ...``
+    (the text rebuilt from the options, for the shared parser) through ``send``."""
+    # The callback's own parameter names; Discord sees the options' names (rename).
+    named = [(f"o{i}", option) for i, option in enumerate(options)]
+
+    async def callback(interaction: discord.Interaction, **given: Any) -> None:
+        words, switches, attachment = [], {}, None
+        for key, option in named:
+            value = given.get(key)
+            if option.kind == "file":
+                attachment = value
+            elif option.kind == "flag":
+                switches[option.name] = value
+            else:
+                words.append(value)
+        text = " ".join(p for p in (prefix, _text(words, switches, verbatim)) if p)
+        await send(interaction, slash, text, attachment)
+
+    parameters = [inspect.Parameter("interaction", _POSITIONAL, annotation=discord.Interaction)]
+    for key, option in named:
+        default = None if option.annotation is not bool else False
+        if option.required:
+            default = inspect.Parameter.empty
+        parameters.append(
+            inspect.Parameter(key, _KEYWORD, annotation=option.annotation, default=default)
+        )
+    callback.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    app_commands.rename(**{key: option.name for key, option in named})(callback)
+    app_commands.describe(**{key: _short(option.description) for key, option in named})(callback)
+    choices = {
+        key: [app_commands.Choice(name=value, value=value) for value in option.choices]
+        for key, option in named
+        if option.choices
+    }
+    if choices:
+        app_commands.choices(**choices)(callback)
+    suggest = {key: _suggest(option.suggest) for key, option in named if option.suggest}
+    if suggest:
+        app_commands.autocomplete(**suggest)(callback)
+    return app_commands.Command(name=name, description=_short(description), callback=callback)
+
+
+def app_commands_from_registry(
+    catalog: Any,
+    send: Send,
+    registry: Iterable[CommandSpec] = COMMANDS,
+    flags: Mapping[str, FlagSpec] = FLAGS,
+    shapes: Mapping[str, DiscordShape] = DISCORD_SHAPES,
+) -> list[app_commands.Command[Any, ..., None] | app_commands.Group]:
+    """The app commands for every command in ``registry``.
+
+    A command typed as its own slash command (``spec.invoke`` is ``/draft``) is a top-level
+    command; the others are subcommands of their slash command's group (``/tierbot final``).
+    Running one calls ``send(interaction, slash, text, attachment)`` with the text a person
+    would type after the slash command, so the shared parser checks every option.
+
+    Args:
+        catalog: The model catalog: ``--style`` choices and ``--model`` autocomplete.
+        send: Where a command goes (``DiscordSurface._command``).
+        registry: The commands (``bot.commands.COMMANDS``).
+        flags: The flag specs by name (``bot.commands.FLAGS``).
+        shapes: What Discord needs that a command's spec does not say.
+
+    Raises:
+        ValueError: Two options of a command would share a Discord name.
+    """
+    values = _flag_values(catalog)
+    commands: list[app_commands.Command[Any, ..., None] | app_commands.Group] = []
+    groups: dict[str, app_commands.Group] = {}
+    for spec in registry:
+        slash, _, sub = spec.invoke.removeprefix("/").partition(" ")
+        shape = shapes.get(spec.name, DiscordShape())
+        options = _options(spec, flags, shape, values)
+        if not sub:
+            commands.append(_command(slash, spec.help, options, send, slash, "", shape.verbatim))
+            continue
+        if slash not in groups:
+            groups[slash] = app_commands.Group(name=slash, description=GROUP_DESCRIPTION)
+        command = _command(sub, spec.help, options, send, slash, sub, shape.verbatim)
+        groups[slash].add_command(command)
+    return [*commands, *groups.values()]
 
 
 class _Client(discord.Client):
@@ -204,181 +503,18 @@ class DiscordSurface:
     # -- commands ----------------------------------------------------------------------------
 
     def _register_commands(self) -> None:
-        surface = self
-        catalog = self.services.catalog
-        ratios = [app_commands.Choice(name=r, value=r) for r in ASPECT_RATIOS]
-        styles = [app_commands.Choice(name=s, value=s) for s in sorted(catalog.styles)][:25]
+        """Declare /draft and /tierbot's subcommands, generated from the command registry."""
 
-        async def models(
-            interaction: discord.Interaction, current: str
-        ) -> list[app_commands.Choice[str]]:
-            return [
-                app_commands.Choice(name=m, value=m)
-                for m in sorted(catalog.models)
-                if current.lower() in m
-            ][:25]
-
-        @app_commands.command(
-            name="draft", description="Draft images on the cheap tier, posted as one numbered grid"
-        )
-        @app_commands.describe(
-            prompt="what to draw",
-            ar="aspect ratio",
-            n="how many drafts",
-            seed="seed for repeatable drafts",
-            model="a catalog model id",
-            style="a style preset for the final",
-            no="what to avoid",
-            hero="finals on the best model regardless of price",
-        )
-        @app_commands.choices(ar=ratios, style=styles)
-        @app_commands.autocomplete(model=models)
-        async def draft(
+        async def send(
             interaction: discord.Interaction,
-            prompt: str,
-            ar: str | None = None,
-            n: app_commands.Range[int, 1, 9] | None = None,
-            seed: app_commands.Range[int, 0, 4294967295] | None = None,
-            model: str | None = None,
-            style: str | None = None,
-            no: str | None = None,
-            hero: bool = False,
+            command: str,
+            text: str,
+            attachment: discord.Attachment | None,
         ) -> None:
-            await surface._command(
-                interaction,
-                "draft",
-                command_text(
-                    prompt, ar=ar, n=n, seed=seed, model=model, style=style, no=no, hero=hero
-                ),
-            )
+            await self._command(interaction, command, text, attachment=attachment)
 
-        group = app_commands.Group(
-            name="tierbot", description="tierbot: finals, video, lineage, budget, models, help"
-        )
-
-        @group.command(name="final", description="Take draft k of a grid to the final tier")
-        @app_commands.autocomplete(model=models)
-        @app_commands.choices(style=styles)
-        async def final(
-            interaction: discord.Interaction,
-            grid: str,
-            k: app_commands.Range[int, 1, 9],
-            model: str | None = None,
-            style: str | None = None,
-            hero: bool = False,
-        ) -> None:
-            await surface._command(
-                interaction,
-                "tierbot",
-                "final " + command_text(grid, k, model=model, style=style, hero=hero),
-            )
-
-        @group.command(name="edit", description="Edit an image with an instruction")
-        @app_commands.autocomplete(model=models)
-        async def edit(
-            interaction: discord.Interaction,
-            asset: str,
-            instruction: str,
-            model: str | None = None,
-        ) -> None:
-            await surface._command(
-                interaction, "tierbot", "edit " + command_text(asset, instruction, model=model)
-            )
-
-        @group.command(name="upscale", description="Upscale an image to 2048 px")
-        @app_commands.autocomplete(model=models)
-        async def upscale(
-            interaction: discord.Interaction, asset: str, model: str | None = None
-        ) -> None:
-            await surface._command(
-                interaction, "tierbot", "upscale " + command_text(asset, model=model)
-            )
-
-        @group.command(name="video", description="Animate an image (image-to-video)")
-        @app_commands.autocomplete(model=models)
-        async def video(
-            interaction: discord.Interaction,
-            asset: str,
-            seconds: app_commands.Range[int, 1, 10] | None = None,
-            model: str | None = None,
-        ) -> None:
-            await surface._command(
-                interaction, "tierbot", "video " + command_text(asset, seconds=seconds, model=model)
-            )
-
-        @group.command(name="storyboard", description="One draft per beat; separate beats with |")
-        @app_commands.choices(ar=ratios, style=styles)
-        async def storyboard(
-            interaction: discord.Interaction,
-            beats: str,
-            ar: str | None = None,
-            seed: int | None = None,
-            style: str | None = None,
-        ) -> None:
-            await surface._command(
-                interaction,
-                "tierbot",
-                "storyboard " + command_text(beats, ar=ar, seed=seed, style=style),
-            )
-
-        def simple(name: str, description: str, argument: str | None) -> None:
-            """``/tierbot <name>`` with no option, or one required option named ``argument``."""
-            if argument is None:
-
-                async def callback(interaction: discord.Interaction) -> None:
-                    await surface._command(interaction, "tierbot", name)
-            else:
-                # The parameter's name is fixed in the source; Discord shows ``argument``.
-                @app_commands.rename(value=argument)
-                async def callback(interaction: discord.Interaction, value: str) -> None:
-                    await surface._command(interaction, "tierbot", f"{name} {command_text(value)}")
-
-            group.add_command(
-                app_commands.Command(name=name, description=description, callback=callback)
-            )
-
-        actions = ["add", "list", "pause", "resume", "remove", "run-now", "calendar"]
-
-        @group.command(
-            name="schedule",
-            description="Daily batches: add, list, pause, resume, remove, run-now, calendar",
-        )
-        @app_commands.describe(
-            details='for add: <name> daily HH:MM "<prompt template>"; otherwise the name',
-            calendar="for calendar: a CSV (date, prompt, optional style, ar, n)",
-        )
-        @app_commands.choices(
-            action=[app_commands.Choice(name=a, value=a) for a in actions], ar=ratios, style=styles
-        )
-        async def schedule(
-            interaction: discord.Interaction,
-            action: str,
-            details: str | None = None,
-            tz: str | None = None,
-            days: str | None = None,
-            n: app_commands.Range[int, 1, 9] | None = None,
-            ar: str | None = None,
-            style: str | None = None,
-            summary: str | None = None,
-            calendar: discord.Attachment | None = None,
-        ) -> None:
-            text = (
-                f"schedule {action} {details or ''}".rstrip()
-                + " "
-                + command_text(tz=tz, days=days, n=n, ar=ar, style=style, summary=summary)
-            )
-            await surface._command(interaction, "tierbot", text, attachment=calendar)
-
-        simple("reroll", "Reroll a grid with new seeds", "grid")
-        simple("discard", "Discard a grid", "grid")
-        simple("approve", "QA sign-off on a result", "asset")
-        simple("reject", "Reject a result", "asset")
-        simple("lineage", "The lineage tree of an asset", "asset")
-        simple("budget", "Spend by stage, caps, cost per approved final", None)
-        simple("models", "The model catalog and availability", None)
-        simple("help", "The command and reaction vocabulary", None)
-        self.client.tree.add_command(draft)
-        self.client.tree.add_command(group)
+        for command in app_commands_from_registry(self.services.catalog, send):
+            self.client.tree.add_command(command)
 
     async def _command(
         self,
@@ -655,7 +791,7 @@ class DiscordSurface:
         """Where ``reply`` goes (the channel, or its thread, created from the root message
         if need be) and the thread's root message id (None in the channel)."""
         channel = await self._channel(int(origin.channel))
-        root = self.services.bot.thread_of(origin, reply)
+        root = reply.thread_id
         if root is None:
             return channel, None
         thread = self.client.get_channel(int(root))

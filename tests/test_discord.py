@@ -4,14 +4,33 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import discord
 import pytest
+from discord import app_commands
 
-from adapters.discord import PERMISSION_HINT, DiscordSurface, command_text
+from adapters.discord import (
+    PERMISSION_HINT,
+    DiscordSurface,
+    app_commands_from_registry,
+    command_text,
+)
 from bot.app import build
+from bot.commands import (
+    ASPECT_RATIOS,
+    COMMANDS,
+    FLAGS,
+    MAX_N,
+    MAX_SEED,
+    VIDEO_SECONDS,
+    CommandRegistry,
+    CommandSpec,
+    FlagSpec,
+)
 from bot.surfaces import SurfaceUnavailable
 from tests.conftest import write_policy
 from tests.fakes.discord_api import FakeDiscord
@@ -410,3 +429,287 @@ async def test_a_reaction_delivered_while_the_bot_starts_acts_once(
     await second.settle()
     assert len(second.messages("✨ Final")) == 1
     await second.stop()
+
+
+# -- app commands generated from the command registry -----------------------------------------
+
+STRING, INTEGER, BOOLEAN, ATTACHMENT = 3, 4, 5, 11
+#: The Discord name of each positional placeholder and of each command's free text.
+POSITIONAL_NAMES = {"grid-id": "grid", "asset-id": "asset", "k": "k", "action": "action"}
+TEXT_NAMES = {
+    "draft": "prompt",
+    "edit": "instruction",
+    "storyboard": "beats",
+    "schedule": "details",
+}
+#: The whole-number flags and positionals, with their bounds.
+WHOLE = {"n": (1, MAX_N), "seed": (0, MAX_SEED), "seconds": VIDEO_SECONDS, "k": (1, MAX_N)}
+
+
+def _synced(rig: Rig) -> dict[str, dict[str, Any]]:
+    """The synced commands by how they are typed: ``draft``, ``tierbot final``..."""
+    found = {}
+    for command in rig.fake.commands[f"guild:{rig.fake.guild_id}"]:
+        subs = [o for o in command.get("options", []) if o["type"] == 1]
+        if not subs:
+            found[command["name"]] = command
+        for sub in subs:
+            found[f"{command['name']} {sub['name']}"] = sub
+    return found
+
+
+async def test_synced_commands_declare_every_option_of_the_registry(rig: Rig) -> None:
+    synced = _synced(rig)
+    styles = sorted(rig.services.catalog.styles)
+    assert len(synced) == len(COMMANDS)
+    for spec in COMMANDS:
+        command = synced[spec.invoke.removeprefix("/")]
+        options = {o["name"]: o for o in command.get("options", [])}
+        expected = [POSITIONAL_NAMES[a] for a in spec.args]
+        if spec.name != "help":  # /tierbot help takes no option on Discord
+            expected += [POSITIONAL_NAMES[a] for a in spec.optional_args]
+        if spec.takes_prompt:
+            expected.append(TEXT_NAMES[spec.name])
+        expected += list(spec.flags)
+        if spec.name == "schedule":
+            expected.append("calendar")
+        assert [o["name"] for o in command.get("options", [])] == expected, spec.name
+        assert 1 <= len(command["description"]) <= 100
+
+        for arg in spec.args:
+            option = options[POSITIONAL_NAMES[arg]]
+            assert option["required"] is True
+            assert option["type"] == (INTEGER if arg in WHOLE else STRING)
+            if arg in WHOLE:
+                assert (option["min_value"], option["max_value"]) == WHOLE[arg]
+        if spec.takes_prompt:
+            text = options[TEXT_NAMES[spec.name]]
+            assert (text["type"], text["required"]) == (STRING, not spec.prompt_optional)
+
+        for name in spec.flags:
+            flag, option = FLAGS[name], options[name]
+            assert option["required"] is False
+            assert option["description"] == flag.help, (spec.name, name)
+            if flag.metavar is None:
+                assert option["type"] == BOOLEAN
+            elif name in WHOLE:
+                assert option["type"] == INTEGER, (spec.name, name)
+                assert (option["min_value"], option["max_value"]) == WHOLE[name]
+            else:
+                assert option["type"] == STRING, (spec.name, name)
+                assert "min_value" not in option and "max_value" not in option
+            choices = [c["value"] for c in option.get("choices", [])]
+            assert choices == {"ar": list(ASPECT_RATIOS), "style": styles}.get(name, [])
+            assert option.get("autocomplete", False) is (name == "model")
+
+    schedule = {o["name"]: o for o in synced["tierbot schedule"]["options"]}
+    assert schedule["calendar"]["type"] == ATTACHMENT
+    assert [c["value"] for c in schedule["action"]["choices"]] == [
+        "add", "list", "pause", "resume", "remove", "run-now", "calendar"
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("slash", "sub", "options", "sent"),
+    [
+        (
+            "draft",
+            None,
+            {
+                "prompt": 'say "hi" --n 3',
+                "ar": "16:9",
+                "n": 4,
+                "seed": 0,
+                "model": "local-draft",
+                "style": "cinematic",
+                "no": "text, logos",
+                "hero": True,
+            },
+            '"say \\"hi\\" --n 3" --ar "16:9" --n "4" --seed "0" --model "local-draft" '
+            '--style "cinematic" --no "text, logos" --hero',
+        ),
+        ("draft", None, {"prompt": "a cat", "hero": False}, '"a cat"'),
+        (
+            "tierbot",
+            "final",
+            {"grid": "g1", "k": 3, "model": "m", "style": "product", "hero": True},
+            'final "g1" "3" --model "m" --style "product" --hero',
+        ),
+        (
+            "tierbot",
+            "edit",
+            {"asset": "a1", "instruction": "x --n 3", "seed": 7},
+            'edit "a1" "x --n 3" --seed "7"',
+        ),
+        ("tierbot", "upscale", {"asset": "a1"}, 'upscale "a1"'),
+        (
+            "tierbot",
+            "video",
+            {"asset": "a1", "seconds": 6, "model": "m"},
+            'video "a1" --seconds "6" --model "m"',
+        ),
+        (  # the beats as typed, so the parser splits them at | (quoted, they were one beat)
+            "tierbot",
+            "storyboard",
+            {"beats": "a | b", "ar": "16:9", "seed": 3, "style": "social", "model": "m"},
+            'storyboard a | b --ar "16:9" --seed "3" --style "social" --model "m"',
+        ),
+        (  # schedule's details keep their own quotes: they reach the parser as typed
+            "tierbot",
+            "schedule",
+            {
+                "action": "add",
+                "details": 'm daily 10:00 "a {weekday} flat lay"',
+                "tz": "UTC",
+                "days": "mon-fri",
+                "n": 3,
+                "ar": "4:3",
+                "style": "social",
+                "summary": "17:00",
+            },
+            'schedule add m daily 10:00 "a {weekday} flat lay" --tz "UTC" --days "mon-fri" '
+            '--n "3" --ar "4:3" --style "social" --summary "17:00"',
+        ),
+        ("tierbot", "schedule", {"action": "list"}, "schedule list"),
+        ("tierbot", "reroll", {"grid": "g 1"}, 'reroll "g 1"'),
+        ("tierbot", "budget", {}, "budget"),
+        ("tierbot", "help", {}, "help"),
+    ],
+)
+async def test_generated_commands_send_the_text_a_person_would_type(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, slash, sub, options, sent
+) -> None:
+    received: list[tuple[str, str, Any]] = []
+
+    async def record(interaction, command, text, attachment=None) -> None:
+        received.append((command, text, attachment))
+
+    monkeypatch.setattr(rig.surface, "_command", record)
+    await rig.fake.interaction(slash, options, subcommand=sub)
+    for _ in range(250):
+        if received:
+            break
+        await asyncio.sleep(0.02)
+    assert received == [(slash, sent, None)]
+
+
+async def test_a_calendar_arrives_as_the_attachment_of_the_schedule_command(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    received: list[tuple[str, str, Any]] = []
+
+    async def record(interaction, command, text, attachment=None) -> None:
+        received.append((command, text, attachment))
+
+    monkeypatch.setattr(rig.surface, "_command", record)
+    options = {"action": "calendar", "details": "morning", "calendar": ("nov.csv", b"date\n")}
+    await rig.fake.interaction("tierbot", options, subcommand="schedule")
+    for _ in range(250):
+        if received:
+            break
+        await asyncio.sleep(0.02)
+    ((command, text, attachment),) = received
+    assert (command, text, attachment.filename) == (
+        "tierbot",
+        "schedule calendar morning",
+        "nov.csv",
+    )
+
+
+def _by_name(commands: list[Any]) -> dict[str, Any]:
+    found = {}
+    for command in commands:
+        if isinstance(command, app_commands.Group):
+            found.update({f"{command.name} {c.name}": c for c in command.commands})
+        else:
+            found[command.name] = command
+    return found
+
+
+CATALOG = SimpleNamespace(styles={"noir": {}, "film": {}}, models={"m-fast": {}, "m-pro": {}})
+
+
+async def test_a_flag_added_to_the_registry_is_a_discord_option(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    added = (
+        FlagSpec("loop", "loop", "loop the clip"),  # a switch
+        FlagSpec("caption", "caption", "text under the clip", "TEXT"),  # fills no int field
+        FlagSpec("takes", "n", "how many takes", "N"),  # fills Invocation.n: 1..MAX_N
+    )
+    for flag in added:
+        monkeypatch.setitem(FLAGS, flag.name, flag)
+    registry = CommandRegistry()
+    for spec in COMMANDS:
+        if spec.name == "video":
+            spec = replace(spec, flags=(*spec.flags, *(f.name for f in added)))
+        registry.register(spec)
+    sent: list[tuple[str, str, Any]] = []
+
+    async def send(interaction, command, text, attachment) -> None:
+        sent.append((command, text, attachment))
+
+    video = _by_name(app_commands_from_registry(CATALOG, send, registry))["tierbot video"]
+    params = {p.display_name: p for p in video.parameters}
+    assert list(params) == ["asset", "seconds", "model", "loop", "caption", "takes"]
+    loop, caption, takes = params["loop"], params["caption"], params["takes"]
+    assert (loop.type, loop.required, loop.description) == (
+        discord.AppCommandOptionType.boolean,
+        False,
+        "loop the clip",
+    )
+    assert caption.type == discord.AppCommandOptionType.string
+    assert caption.description == "text under the clip"
+    assert (takes.type, takes.min_value, takes.max_value) == (
+        discord.AppCommandOptionType.integer,
+        1,
+        MAX_N,
+    )
+
+    given = {"asset": "a1", "loop": True, "caption": "the end", "takes": 2}
+    await video.callback(None, **{p.name: given.get(p.display_name) for p in params.values()})
+    assert sent == [
+        ("tierbot", 'video "a1" --loop --caption "the end" --takes "2"', None)
+    ]  # fmt: skip
+    # the stock registry is untouched
+    stock = _by_name(app_commands_from_registry(CATALOG, send))["tierbot video"]
+    assert [p.display_name for p in stock.parameters] == ["asset", "seconds", "model"]
+
+
+async def test_catalog_values_are_choices_up_to_25_then_autocomplete() -> None:
+    async def send(*args: Any) -> None:
+        raise AssertionError("not run")
+
+    small = _by_name(app_commands_from_registry(CATALOG, send))["draft"]
+    style = next(p for p in small.parameters if p.display_name == "style")
+    assert [c.value for c in style.choices] == ["film", "noir"]
+    model = next(p for p in small.parameters if p.display_name == "model")
+    assert model.autocomplete and not model.choices
+
+    many = SimpleNamespace(styles={f"style-{i:02}": {} for i in range(30)}, models={})
+    big = _by_name(app_commands_from_registry(many, send))["draft"]
+    style = next(p for p in big.parameters if p.display_name == "style")
+    assert style.autocomplete and not style.choices  # none of the 30 is out of reach
+
+
+def test_two_options_with_one_name_are_refused() -> None:
+    async def send(*args: Any) -> None:
+        raise AssertionError("not run")
+
+    clash = CommandSpec(
+        "clash", "A flag named like its positional.", args=("seed",), flags=("seed",)
+    )
+    with pytest.raises(ValueError, match="share a name"):
+        app_commands_from_registry(CATALOG, send, [clash])
+
+
+async def test_a_storyboard_from_discord_is_one_draft_per_beat(rig) -> None:
+    handle = await rig.fake.interaction(
+        "tierbot", {"beats": "a fox wakes | it sees snow"}, subcommand="storyboard"
+    )
+    await handle.deferred()
+    for _ in range(100):
+        await rig.settle()
+        if rig.messages("🖼️ Drafts for"):
+            break
+    assert "a fox wakes | it sees snow" in rig.message("🖼️ Drafts for")["content"]
