@@ -224,8 +224,9 @@ async def slack_bot(
 ) -> AsyncIterator[SlackBot]:
     """The bot with Slack in HTTP mode (signing secret set) on 127.0.0.1, a fresh data dir,
     ``provider`` serving ``local``, and the fake Slack's Web API in a process of its own."""
+    from adapters import wire
     from adapters.slack import SlackSurface
-    from bot.app import build, freeze_startup_objects
+    from bot.app import freeze_startup_objects
     from bot.providers import ProviderRegistry
     from bot.settings import Settings
 
@@ -240,7 +241,7 @@ async def slack_bot(
             slack_api_url=fake.api_url,
             provider_concurrency={provider.name: concurrency} if concurrency else {},
         )
-        services = build(settings, providers=ProviderRegistry({provider.name: provider}, {}))
+        services = wire(settings, providers=ProviderRegistry({provider.name: provider}, {}))
         surface = SlackSurface(services, port=0, outbox_interval_s=3600)
         await surface.start()
         freeze_startup_objects()  # as `tierbot run` does once serving

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import _rig
 
-from bot.app import build
+from adapters import wire
 from bot.domain import Capability, Stage
 from bot.providers import GenerationRequest, ProviderRegistry
 from bot.runner import CompletedJob, JobPlan
@@ -36,7 +36,7 @@ async def measure(folder: Path) -> None:
     settings = Settings(
         data_dir=folder / "data", _env_file=None, provider_concurrency={"local": CAP}
     )
-    services = build(settings, providers=ProviderRegistry({"local": provider}, {}))
+    services = wire(settings, providers=ProviderRegistry({"local": provider}, {}))
     candidate = services.catalog.candidate("local-draft")
     assert candidate is not None
     plans = []

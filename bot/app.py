@@ -1,9 +1,7 @@
-"""The composition root: settings in, a wired :class:`~bot.core.Tierbot` out.
+"""The composition root: settings and providers in, a wired :class:`~bot.core.Tierbot` out.
 
-Providers are found by name: a catalog model whose provider is ``fal`` is served by the
-module ``adapters.providers.fal``, whose ``create(settings)`` returns a provider or raises
-``ProviderUnavailable`` with the reason (usually a missing key). Adding a provider is one new
-module plus catalog entries; nothing here changes.
+The core knows no adapter: which providers and surfaces exist is found at the edge
+(``adapters/__init__.py``), which hands :func:`build` the providers the catalog names.
 """
 
 from __future__ import annotations
@@ -11,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import logging
-import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,34 +19,14 @@ from bot.core import Tierbot
 from bot.ledger import Ledger
 from bot.pipeline import Pipeline
 from bot.policy import Policy, load_policy
-from bot.providers import Provider, ProviderRegistry, ProviderUnavailable
+from bot.providers import ProviderRegistry
 from bot.router import Health, Router
 from bot.runner import JobRunner
 from bot.schedules import Scheduler
 from bot.settings import Settings
-from bot.surfaces import ChatSurface, SurfaceUnavailable
 from storage import AssetFiles, Store
 
 log = logging.getLogger(__name__)
-
-
-def load_providers(names: set[str], settings: Settings) -> ProviderRegistry:
-    """Create every provider the catalog names that can serve here."""
-    providers: dict[str, Provider] = {}
-    unavailable: dict[str, str] = {}
-    for name in sorted(names):
-        try:
-            module = importlib.import_module(f"adapters.providers.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"adapters.providers.{name}":
-                raise
-            unavailable[name] = "not configured (no adapter installed yet)"
-            continue
-        try:
-            providers[name] = module.create(settings)
-        except ProviderUnavailable as exc:
-            unavailable[name] = str(exc)
-    return ProviderRegistry(providers, unavailable)
 
 
 @dataclass
@@ -92,35 +69,6 @@ class Services:
         self.store.close()  # retires this worker: its claims are free at once
 
 
-#: Surfaces people expect, named in the start-up report even before their adapter exists.
-EXPECTED_SURFACES = {"slack": "SLACK_BOT_TOKEN", "discord": "DISCORD_BOT_TOKEN"}
-
-
-def load_surfaces(services: Services) -> tuple[list[ChatSurface], dict[str, str]]:
-    """Create every chat surface module in ``adapters/`` that can start here.
-
-    Returns:
-        The surfaces to start, and for the others the reason they are off.
-    """
-    adapters = importlib.import_module("adapters")
-    surfaces: list[ChatSurface] = []
-    off: dict[str, str] = {}
-    names = sorted(m.name for m in pkgutil.iter_modules(adapters.__path__) if not m.ispkg)
-    for name in names:
-        module = importlib.import_module(f"adapters.{name}")
-        if not hasattr(module, "create"):
-            continue
-        try:
-            surfaces.append(module.create(services))
-        except SurfaceUnavailable as exc:
-            off[name] = str(exc)
-    for name, variable in EXPECTED_SURFACES.items():
-        if name not in names:
-            token_set = getattr(services.settings, variable.lower(), None) is not None
-            off[name] = "adapter not installed in this version" if token_set else f"set {variable}"
-    return surfaces, off
-
-
 def freeze_startup_objects() -> None:
     """Hide everything made so far from the garbage collector (call once serving).
 
@@ -133,24 +81,24 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def surface_cli(name: str) -> Any | None:
-    """A surface's own shell command (``tierbot discord sync``), if ``name`` is a surface."""
-    try:
-        module = importlib.import_module(f"adapters.{name}")
-    except ModuleNotFoundError:
-        return None
-    return getattr(module, "cli", None)
+#: Creates the providers a catalog names (``adapters.load_providers`` finds them by name).
+ProviderLoader = Callable[[set[str]], ProviderRegistry]
 
 
-def build(settings: Settings, providers: ProviderRegistry | None = None) -> Services:
-    """Wire the core from settings; ``providers`` overrides discovery (tests, benchmarks)."""
+def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> Services:
+    """Wire the core from settings and the providers the edge gives it (``adapters.wire``
+    discovers them; tests and benchmarks pass their own)."""
     catalog = load_catalog(settings.catalog)
     for provider, limit in settings.provider_concurrency.items():  # the setting wins
         catalog.providers[provider] = ProviderConfig(concurrency=limit)
     policy = load_policy(settings.policy)
     store = Store(settings.db_path, lease_s=settings.lease_s)
     files = AssetFiles(settings.asset_dir)
-    registry = providers or load_providers(catalog.provider_names(), settings)
+    registry = (
+        providers
+        if isinstance(providers, ProviderRegistry)
+        else providers(catalog.provider_names())
+    )
     health = Health(policy.health)
     router = Router(catalog, registry.why_unavailable, health)
     ledger = Ledger(store, policy)

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from bot.app import Services, build, load_providers
+from adapters import load_providers, wire
+from bot.app import Services
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
 from bot.providers import GeneratedFile, GenerationRequest, ProviderRegistry
 from bot.settings import Settings
@@ -39,7 +40,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 async def services(make_settings: Callable[..., Settings]) -> AsyncIterator[Services]:
-    wired = build(make_settings())
+    wired = wire(make_settings())
     yield wired
     await wired.aclose()
 

@@ -1,4 +1,4 @@
-"""The wiring the cloud provider tests share: the real core, built with ``bot.app.build`` so the
+"""The wiring the cloud provider tests share: the real core, built with ``adapters.wire`` so the
 adapter is found by its name in the catalog, pointed at a fake provider server.
 
 Use it from a test module's ``wire`` fixture::
@@ -19,7 +19,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from bot.app import Services, build
+import adapters
+from bot.app import Services
 from bot.settings import Settings
 
 #: Settings every provider test starts from: the fakes listen on plain http at 127.0.0.1,
@@ -47,7 +48,7 @@ class ProviderRig:
 
     def build(self, **overrides: Any) -> Services:
         """Real services with these settings; ``services.sleeps`` lists the runner's backoff."""
-        services = build(self._make_settings(**{**self._defaults, **overrides}))
+        services = adapters.wire(self._make_settings(**{**self._defaults, **overrides}))
         sleeps: list[float] = []
 
         async def fake_sleep(seconds: float) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bot.cli import main, run_command
+from adapters.shell import main, run_command
 from bot.commands import parse
 from bot.domain import CommandEvent, Reply
 
@@ -74,7 +74,7 @@ def test_help_without_settings(capsys) -> None:
 def test_demo_runs_offline_end_to_end(tmp_path: Path) -> None:
     """The console script itself, in a fresh process, as `make run` starts it."""
     done = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "demo"],
+        [sys.executable, "-m", "adapters.shell", "demo"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -189,7 +189,7 @@ def test_closed_pipe_ends_quietly(tmp_path: Path, args: list[str]) -> None:
     os.close(read_end)  # closed first, so the very first write fails whatever the buffering
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "bot.cli", *args],
+            [sys.executable, "-m", "adapters.shell", *args],
             cwd=tmp_path,
             stdout=write_end,
             stderr=subprocess.PIPE,

@@ -63,7 +63,7 @@ class Bot:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "bot.cli",
+                "adapters.shell",
                 "run",
                 cwd=self.data_dir.parent,
                 env=env,

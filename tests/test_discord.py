@@ -13,13 +13,13 @@ import discord
 import pytest
 from discord import app_commands
 
+from adapters import wire
 from adapters.discord import (
     PERMISSION_HINT,
     DiscordSurface,
     app_commands_from_registry,
     command_text,
 )
-from bot.app import build
 from bot.commands import (
     ASPECT_RATIOS,
     COMMANDS,
@@ -69,7 +69,7 @@ class Rig:
             policy=self.policy,
             **self.settings,
         )
-        self.services = build(settings)
+        self.services = wire(settings)
         self.surface = DiscordSurface(
             self.services, guild_ready_timeout=0.05, outbox_interval_s=3600
         )
@@ -293,7 +293,7 @@ async def test_invalid_token_is_reported_at_start(fake: FakeDiscord, make_settin
         discord_api_url=fake.api_base,
         discord_gateway_url=fake.gateway_url,
     )
-    services = build(settings)
+    services = wire(settings)
     surface = DiscordSurface(services, guild_ready_timeout=0.05)
     with pytest.raises(SurfaceUnavailable, match="refused DISCORD_BOT_TOKEN"):
         await surface.start()
@@ -323,7 +323,7 @@ async def test_global_sync_is_a_deliberate_cli_act(
         discord_api_url=fake.api_base,
         discord_gateway_url=fake.gateway_url,
     )
-    services = build(settings)
+    services = wire(settings)
     assert await cli(services, ["sync"]) == 0
     assert {c["name"] for c in fake.commands["global"]} == {"draft", "tierbot"}
     assert "2 command(s) synced globally" in capsys.readouterr().out

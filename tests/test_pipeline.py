@@ -8,7 +8,7 @@ import imageio_ffmpeg
 import pytest
 from PIL import Image
 
-from bot.app import build
+from adapters import wire
 from tests.conftest import Chat, write_policy
 
 
@@ -86,7 +86,7 @@ async def test_non_approver_is_told_privately_and_nothing_is_spent(
 approvers = ["bob", "group:leads"]
 """,
     )
-    services = build(make_settings(policy=policy))
+    services = wire(make_settings(policy=policy))
     alice = Chat(services)
     grid = grid_of(await alice.command("draft", "a red bicycle --n 2"))  # drafting is open
     spent = services.ledger.report("T1")["day"]
@@ -113,7 +113,7 @@ approvers = ["bob"]
 open_spend_credits = 5
 """,
     )
-    services = build(make_settings(policy=policy))
+    services = wire(make_settings(policy=policy))
     alice = Chat(services)
     grid = grid_of(await alice.command("draft", "a red bicycle --n 2"))
     final = result_of(await alice.react(grid.asset_id, "1️⃣"))  # 5 credits: within threshold
@@ -128,7 +128,7 @@ async def test_budget_refuses_before_spending_with_price_and_what_is_left(
     tmp_path: Path, make_settings
 ) -> None:
     policy = write_policy(tmp_path, "[teams.T1]\ndaily_credits = 6\n")
-    services = build(make_settings(policy=policy))
+    services = wire(make_settings(policy=policy))
     chat = Chat(services)
     grid = grid_of(await chat.command("draft", "a cat --n 4"))  # 4 of 6
     refused = await chat.react(grid.asset_id, "1️⃣")  # 5 more would pass the cap
@@ -264,7 +264,7 @@ def flaky_final(tmp_path: Path, make_settings):
     flaky = ScriptedProvider(
         "flaky", [PermanentError("400 reference too small"), ContentPolicyError("IMAGE_SAFETY")]
     )
-    services = build(settings, providers=registry_with(settings, flaky=flaky))
+    services = wire(settings, providers=registry_with(settings, flaky=flaky))
     yield Chat(services)
     services.store.close()
 
@@ -297,7 +297,7 @@ async def test_cross_on_a_status_line_cancels_the_running_job(
     settings = make_settings(catalog=catalog)
     gated = ScriptedProvider("gated")
     gated.gate = asyncio.Event()  # the final never finishes on its own
-    services = build(settings, providers=registry_with(settings, gated=gated))
+    services = wire(settings, providers=registry_with(settings, gated=gated))
     chat = Chat(services)
     grid = grid_of(await chat.command("draft", "a cat --n 2"))
     selecting = asyncio.create_task(chat.react(grid.asset_id, "1️⃣"))

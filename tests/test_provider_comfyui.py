@@ -1,6 +1,6 @@
 """The ComfyUI adapter, driven through the real core and job runner against a fake ComfyUI.
 
-Every test builds the real services (``bot.app.build``) with ``COMFYUI_URL`` pointing at
+Every test builds the real services (``adapters.wire``) with ``COMFYUI_URL`` pointing at
 :class:`tests.fakes.comfyui_fake.FakeComfyUI`, talks to them like a chat surface, and checks
 both sides: what the fake received (method, path, body) and what the store recorded (jobs,
 ledger, assets).
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+import adapters
 from adapters.providers.comfyui import (
     SHIPPED_WORKFLOWS,
     fill_workflow,
@@ -27,7 +28,7 @@ from adapters.providers.comfyui import (
     output_size,
     workflow_name,
 )
-from bot.app import Services, build
+from bot.app import Services
 from bot.domain import Capability, Reply
 from bot.providers import PermanentError
 from bot.settings import Settings
@@ -327,7 +328,7 @@ async def test_a_prompt_comfyui_lost_is_submitted_again(comfy, wire) -> None:
 
 
 async def test_the_shipped_z_image_turbo_entry_runs_on_comfyui(comfy, make_settings) -> None:
-    services = build(
+    services = adapters.wire(
         make_settings(comfyui_url=comfy.url, allow_http_hosts=["127.0.0.1"], poll_interval_s=0.01)
     )
     try:
@@ -507,7 +508,7 @@ async def test_bad_credentials_fail_at_once_and_never_show_the_password(wire, ca
 async def test_without_a_url_the_provider_says_how_to_configure_it(make_settings, tmp_path):
     catalog = tmp_path / "catalog.toml"
     catalog.write_text(CATALOG, encoding="utf-8")
-    services = build(make_settings(catalog=catalog))
+    services = adapters.wire(make_settings(catalog=catalog))
     try:
         assert services.providers.why_unavailable("comfyui") == "not configured (set COMFYUI_URL)"
     finally:

@@ -1,6 +1,6 @@
 """The fal adapter, driven through the real core and job runner against a fake fal queue API.
 
-Every test builds the core with ``bot.app.build`` (so the adapter is found by its name in the
+Every test builds the core with ``adapters.wire`` (so the adapter is found by its name in the
 catalog), talks to it like a chat surface, and checks what the fake received and what the store
 recorded: jobs, ledger rows and assets.
 """

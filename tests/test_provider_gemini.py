@@ -1,6 +1,6 @@
 """The gemini adapter driven through the real core and job runner, against a fake Gemini API.
 
-Every test builds the real services with ``bot.app.build`` (so the composition root finds
+Every test builds the real services with ``adapters.wire`` (so the composition root finds
 ``adapters.providers.gemini`` by the provider name in the catalog), talks to them like a chat
 surface, and asserts on what the fake received and what the store recorded.
 """
@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from adapters import load_providers
 from adapters.providers import gemini
-from bot.app import Services, load_providers
+from bot.app import Services
 from bot.domain import Reply
 from bot.providers import ProviderUnavailable
 from bot.settings import Settings

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from bot.app import build
+from adapters import wire
 from bot.domain import Stage
 from bot.router import RouteContext
 
 
 def test_no_keys_means_local_serves_everything(make_settings) -> None:
-    services = build(make_settings())
+    services = wire(make_settings())
     why = services.router.why_unavailable(services.catalog.models["nano-banana"])
     assert why == (
         "provider gemini not configured (set GEMINI_API_KEY); provider fal not "
@@ -20,7 +20,7 @@ def test_no_keys_means_local_serves_everything(make_settings) -> None:
 
 
 def test_a_key_makes_its_models_available_and_retires_local_for_that_tier(make_settings) -> None:
-    services = build(make_settings(fal_key="fal-test-key"))
+    services = wire(make_settings(fal_key="fal-test-key"))
     assert services.router.why_unavailable(services.catalog.models["nano-banana"]) is None
     route = services.router.route(RouteContext(Stage.DRAFT, "a lighthouse", images=4))
     assert [c.key for c in route.candidates] == ["z-image-turbo@fal", "nano-banana@fal"]
@@ -33,7 +33,7 @@ def test_a_key_makes_its_models_available_and_retires_local_for_that_tier(make_s
 
 
 def test_comfyui_url_serves_z_image_turbo_on_your_gpu(make_settings) -> None:
-    services = build(make_settings(comfyui_url="http://127.0.0.1:8188"))
+    services = wire(make_settings(comfyui_url="http://127.0.0.1:8188"))
     route = services.router.route(RouteContext(Stage.DRAFT, "a lighthouse", images=2))
     assert route.primary.key == "z-image-turbo@comfyui" and route.price == 0
     services.store.close()

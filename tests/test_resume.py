@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from bot.app import Services, build, load_providers
+from adapters import load_providers, wire
+from bot.app import Services
 from bot.domain import AssetKind, CommandEvent, Decision, Origin, ReactionEvent, Reply
 from bot.providers import PermanentError
 from bot.settings import Settings
@@ -32,8 +33,8 @@ def with_local(make_settings: Callable[..., Settings], provider: Any | None = No
     """The bot on the shared data dir; ``provider`` stands in for the local model."""
     settings = make_settings()
     if provider is None:
-        return build(settings)
-    return build(settings, providers=registry_with(settings, local=provider))
+        return wire(settings)
+    return wire(settings, providers=registry_with(settings, local=provider))
 
 
 async def stopped_mid_job(services: Services, flow: AsyncIterator[Reply]) -> list[Reply]:
@@ -189,7 +190,7 @@ async def test_each_request_is_posted_as_soon_as_its_own_jobs_finish(make_settin
 
     settings = make_settings()
     holding = HoldsOnePrompt(settings, held="tortoise")
-    second = build(settings, providers=registry_with(settings, local=holding))
+    second = wire(settings, providers=registry_with(settings, local=holding))
     posted = Posted(second)
     resuming = asyncio.create_task(second.bot.recover())
 

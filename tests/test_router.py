@@ -241,9 +241,9 @@ def test_several_subjects_heuristic(prompt: str, several: bool) -> None:
 
 
 def test_shipped_catalog_offline_serves_every_stage_locally(make_settings) -> None:
-    from bot.app import build
+    from adapters import wire
 
-    services = build(make_settings())
+    services = wire(make_settings())
     for stage, ctx in [
         (Stage.DRAFT, {"images": 4}),
         (Stage.FINAL, {}),

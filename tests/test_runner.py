@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import build
+import adapters
 from bot.domain import Capability, Stage
 from bot.providers import ContentPolicyError, GenerationRequest, PermanentError, TransientError
 from bot.runner import JobFailed, JobPlan
@@ -49,7 +49,7 @@ def wire(make_settings, catalog_file):
         providers = registry_with(
             settings, scripted=alpha, fallback=beta or ScriptedProvider("fallback")
         )
-        services = build(settings, providers=providers)
+        services = adapters.wire(settings, providers=providers)
         sleeps: list[float] = []
 
         async def fake_sleep(seconds: float) -> None:

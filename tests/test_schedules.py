@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.app import build
+from adapters import wire
 from bot.catalog import load_catalog
 from bot.errors import UserError
 from bot.providers import PermanentError
@@ -33,7 +33,7 @@ def berlin(*args: int) -> datetime:
 
 @pytest.fixture
 def rig(make_settings, tmp_path: Path) -> Iterator[tuple[Chat, Clock]]:
-    services = build(make_settings(public_url="https://tierbot.example.com", schedule_grace_s=1800))
+    services = wire(make_settings(public_url="https://tierbot.example.com", schedule_grace_s=1800))
     clock = Clock(berlin(2026, 11, 23, 8, 0))  # a Monday
     services.scheduler.clock = clock
     chat = Chat(services)
@@ -105,7 +105,7 @@ async def test_a_missed_batch_whose_drafts_fail_is_said_and_the_bot_starts(
 ) -> None:
     settings = make_settings(schedule_grace_s=1800)
     broken = ScriptedProvider("local", [PermanentError("model unavailable")] * 4)
-    services = build(settings, providers=registry_with(settings, local=broken))
+    services = wire(settings, providers=registry_with(settings, local=broken))
     clock = Clock(berlin(2026, 11, 23, 8, 0))
     services.scheduler.clock = clock
     chat = Chat(services)
@@ -199,7 +199,7 @@ async def test_batch_that_does_not_fit_the_budget_posts_a_notice(
     policy = write_policy(
         tmp_path, '[teams.T1]\ndaily_credits = 1\n[teams.T1.channels.C1]\napprovers = ["bob"]\n'
     )
-    services = build(make_settings(policy=policy))
+    services = wire(make_settings(policy=policy))
     services.scheduler.clock = Clock(berlin(2026, 11, 23, 8, 0))
     chat = Chat(services).as_user("bob")
     services.scheduler.deliverers["test"] = lambda origin, replies: chat._post(replies)
@@ -361,7 +361,7 @@ async def test_calendar_named_in_the_policy_file(make_settings, tmp_path: Path) 
     calendar = tmp_path / "morning.csv"
     calendar.write_text("date,prompt\n2026-11-23,pumpkin spice {weekday}\n")
     policy = write_policy(tmp_path, f'[calendars]\nmorning = "{calendar}"\n')
-    services = build(make_settings(policy=policy))
+    services = wire(make_settings(policy=policy))
     services.scheduler.clock = Clock(berlin(2026, 11, 23, 8, 0))
     chat = Chat(services)
     services.scheduler.deliverers["test"] = lambda origin, replies: chat._post(replies)

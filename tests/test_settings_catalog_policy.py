@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.app import build
+from adapters import wire
 from bot.catalog import CatalogError, load_catalog
 from bot.domain import Capability, Origin, Stage
 from bot.policy import PolicyError, load_policy
@@ -45,11 +45,11 @@ def test_errors_name_the_variable_and_never_echo_secrets(monkeypatch) -> None:
 
 
 def test_secrets_never_reach_the_logs(monkeypatch, caplog, make_settings) -> None:
-    from bot.app import build
+    from adapters import wire
 
     monkeypatch.setenv("GEMINI_API_KEY", "AIza-secret")
     caplog.set_level(logging.DEBUG)
-    services = build(make_settings())
+    services = wire(make_settings())
     assert "AIza-secret" not in caplog.text
     services.store.close()
 
@@ -162,7 +162,7 @@ def test_policy_errors_name_the_entry(tmp_path: Path) -> None:
 def test_provider_concurrency_overrides_the_catalog_and_must_be_positive(
     monkeypatch, make_settings
 ) -> None:
-    services = build(make_settings(provider_concurrency={"fal": 3}))
+    services = wire(make_settings(provider_concurrency={"fal": 3}))
     assert services.catalog.concurrency("fal") == 3
     assert services.catalog.concurrency("local") == load_catalog().concurrency("local")
     monkeypatch.setenv("TIERBOT_PROVIDER_CONCURRENCY", "fal=0")

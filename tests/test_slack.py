@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 import adapters.slack as slack_adapter
+from adapters import wire
 from adapters.slack import SlackSurface
-from bot.app import build
 from bot.surfaces import SurfaceUnavailable
 from tests.conftest import ScriptedProvider, registry_with, write_policy
 from tests.fakes.slack import FakeSlack
@@ -53,7 +53,7 @@ class Rig:
             **self.settings,
         )
         providers = registry_with(settings, local=self.local) if self.local else None
-        self.services = build(settings, providers=providers)
+        self.services = wire(settings, providers=providers)
         self.surface = SlackSurface(self.services, port=0, outbox_interval_s=3600)
         await self.surface.start()
         self.services.scheduler.deliverers["slack"] = self.surface.deliver  # as `tierbot run`
@@ -335,7 +335,7 @@ async def test_socket_mode_serves_the_same_flow(fake: FakeSlack, make_settings) 
     settings = make_settings(
         slack_bot_token=fake.bot_token, slack_app_token=fake.app_token, slack_api_url=fake.api_url
     )
-    services = build(settings)
+    services = wire(settings)
     surface = SlackSurface(services)
     assert surface.server is None  # no signing secret: Socket Mode only
     line = await surface.start()
@@ -359,7 +359,7 @@ async def test_invalid_auth_is_reported_at_start(fake: FakeSlack, make_settings)
     settings = make_settings(
         slack_bot_token="xoxb-wrong", slack_signing_secret="s", slack_api_url=fake.api_url
     )
-    services = build(settings)
+    services = wire(settings)
     surface = SlackSurface(services, port=0)
     with pytest.raises(SurfaceUnavailable, match="invalid_auth"):
         await surface.start()
@@ -368,9 +368,9 @@ async def test_invalid_auth_is_reported_at_start(fake: FakeSlack, make_settings)
 
 def test_slack_needs_its_tokens(make_settings) -> None:
     with pytest.raises(SurfaceUnavailable, match="set SLACK_BOT_TOKEN"):
-        SlackSurface(build(make_settings()))
+        SlackSurface(wire(make_settings()))
     with pytest.raises(SurfaceUnavailable, match="SLACK_APP_TOKEN"):
-        SlackSurface(build(make_settings(slack_bot_token="xoxb-1")))
+        SlackSurface(wire(make_settings(slack_bot_token="xoxb-1")))
 
 
 async def test_messages_link_to_the_asset_page_with_a_public_url(

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters import wire
 from adapters.web import WebSurface
-from bot.app import build
 from bot.commands import CommandError, parse
 from bot.surfaces import SurfaceUnavailable
 from tests.conftest import ScriptedProvider, registry_with, write_policy
@@ -61,7 +61,7 @@ async def _open(services, **kwargs) -> AsyncIterator[Channel]:
 @pytest.fixture
 async def channel(make_settings, tmp_path: Path) -> AsyncIterator[Channel]:
     policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
-    services = build(make_settings(policy=policy))
+    services = wire(make_settings(policy=policy))
     async for opened in _open(services):
         yield opened
     await services.aclose()
@@ -285,13 +285,13 @@ async def test_cross_origin_and_foreign_host_are_refused(channel: Channel) -> No
 
 
 async def test_history_survives_a_restart(make_settings) -> None:
-    services = build(make_settings())
+    services = wire(make_settings())
     async for channel in _open(services):
         await channel.say("alice", "/draft a kite --n 2")
         await channel.wait_for(is_grid)
         before = await channel.history()
     await services.aclose()
-    again = build(make_settings())
+    again = wire(make_settings())
     async for channel in _open(again):
         assert await channel.history() == before
         grid = next(m for m in before if is_grid(m))
@@ -302,8 +302,8 @@ async def test_history_survives_a_restart(make_settings) -> None:
 
 async def test_token_is_required_off_loopback(make_settings) -> None:
     with pytest.raises(SurfaceUnavailable, match="TIERBOT_WEB_TOKEN is required"):
-        WebSurface(build(make_settings(http_host="0.0.0.0")))
-    services = build(make_settings(web_token="s3cret-token"))
+        WebSurface(wire(make_settings(http_host="0.0.0.0")))
+    services = wire(make_settings(web_token="s3cret-token"))
     async for channel in _open(services, host="127.0.0.1"):
         assert (await channel.client.get("/")).status_code == 200  # the page asks for it
         assert (await channel.client.get("/api/messages")).status_code == 401
@@ -332,7 +332,7 @@ async def test_failed_step_shows_failed_status_with_the_reason(
     catalog.write_text('[models.local-final]\nprovider = "flaky"\n')
     settings = make_settings(catalog=catalog)
     flaky = ScriptedProvider("flaky", [PermanentError("400 reference too small")])
-    services = build(settings, providers=registry_with(settings, flaky=flaky))
+    services = wire(settings, providers=registry_with(settings, flaky=flaky))
     async for channel in _open(services):
         await channel.say("alice", "/draft a fox --n 2")
         grid = await channel.wait_for(is_grid)
@@ -351,13 +351,13 @@ async def test_a_restart_mid_job_marks_the_status_line_interrupted_then_posts_th
     stalled = ScriptedProvider("local")
     stalled.gate = asyncio.Event()  # never set: the bot stops while the model works
     settings = make_settings()
-    services = build(settings, providers=registry_with(settings, local=stalled))
+    services = wire(settings, providers=registry_with(settings, local=stalled))
     async for channel in _open(services):
         await channel.say("alice", "/draft a lighthouse at dawn --n 2")
         await stalled.entered.wait()
         status = await channel.wait_for(lambda m: m["state"] in ("queued", "running"))
     await services.aclose()  # the surface stopped first, with the job still running
-    services = build(make_settings())
+    services = wire(make_settings())
     stopped = services.store.web_message(status["id"])
     assert stopped["state"] == "interrupted"
     assert "interrupted by a restart: the result follows" in stopped["detail"]
@@ -372,7 +372,7 @@ async def test_a_restart_mid_job_marks_the_status_line_interrupted_then_posts_th
 async def test_status_lines_a_killed_process_left_running_are_closed_at_start(
     make_settings,
 ) -> None:
-    services = build(make_settings())
+    services = wire(make_settings())
     row = services.store.add_web_message({"author": "tierbot", "text": "⏳", "state": "running"})
     async for channel in _open(services):
         (message,) = [m for m in await channel.history() if m["id"] == row]
@@ -519,7 +519,7 @@ async def test_a_running_status_line_offers_cancel_until_it_ends(make_settings) 
     stalled = ScriptedProvider("local")
     stalled.gate = asyncio.Event()  # never set: the job runs until it is cancelled
     settings = make_settings()
-    services = build(settings, providers=registry_with(settings, local=stalled))
+    services = wire(settings, providers=registry_with(settings, local=stalled))
     async for channel in _open(services):
         await channel.say("alice", "/draft a lighthouse --n 2")
         await stalled.entered.wait()

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from adapters import wire
 from adapters.web import WebSurface
-from bot.app import build
 from bot.settings import Settings
 from tests.conftest import write_policy
 
@@ -67,7 +67,7 @@ async def served_in_chromium(settings: Settings) -> AsyncIterator[tuple[WebSurfa
     """The web channel on a free port, and headless Chromium to look at it."""
     from playwright.async_api import async_playwright
 
-    services = build(settings)
+    services = wire(settings)
     surface = WebSurface(services, port=0)
     await surface.start()
     try:

@@ -25,8 +25,9 @@ from contextlib import aclosing
 from itertools import pairwise
 from pathlib import Path
 
+from adapters import load_surfaces, surface_cli, wire
 from bot import cpu
-from bot.app import Services, build, freeze_startup_objects, load_surfaces, surface_cli
+from bot.app import Services, freeze_startup_objects
 from bot.catalog import CatalogError
 from bot.commands import COMMANDS, FLAGS, help_text
 from bot.domain import CommandEvent, Origin, Reply
@@ -257,7 +258,7 @@ async def serve(services: Services) -> int:
 
 
 async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
-    services = build(settings)
+    services = wire(settings)
     services.start()
     try:
         if argv[0] == "demo":
