@@ -588,15 +588,20 @@ def _shape(request: GenerationRequest, references: list[Reference]) -> tuple[int
     return _ratio(request.aspect_ratio)
 
 
-def _nano_banana_input(
-    request: GenerationRequest, endpoint: str, references: list[Reference]
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
+def _image_body(request: GenerationRequest) -> dict[str, Any]:
+    """The fields every fal image model shares: prompt, count, PNG, seed."""
+    return {
         "prompt": request.prompt,
         "num_images": _images(request),
         "output_format": "png",
         "seed": request.seed,
     }
+
+
+def _nano_banana_input(
+    request: GenerationRequest, endpoint: str, references: list[Reference]
+) -> dict[str, Any]:
+    body = _image_body(request)
     if references:
         body["image_urls"] = [r.data_uri for r in references]
         body["aspect_ratio"] = "auto"  # keep the reference's shape
@@ -608,12 +613,7 @@ def _nano_banana_input(
 def _z_image_input(
     request: GenerationRequest, endpoint: str, references: list[Reference]
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "prompt": request.prompt,
-        "num_images": _images(request),
-        "output_format": "png",
-        "seed": request.seed,
-    }
+    body = _image_body(request)
     if references:
         body["image_url"] = references[0].data_uri
         body["image_size"] = "auto"

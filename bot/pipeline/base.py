@@ -227,25 +227,25 @@ class UseCases:
         return f"{prompt}, {self.catalog.styles[style].adds}"
 
     def _asset(self, asset_id: str, kind: AssetKind, what: str) -> dict[str, Any]:
-        asset = self.store.get_asset(asset_id)
-        if asset is None:
-            raise UserError(f"no asset {asset_id}; check the id on the message")
+        asset = self._existing(asset_id)
         if asset["kind"] != kind:
             raise UserError(f"{asset_id} is not {what}")
         return asset
 
     def _image(self, asset_id: str) -> dict[str, Any]:
-        asset = self.store.get_asset(asset_id)
-        if asset is None:
-            raise UserError(f"no asset {asset_id}; check the id on the message")
+        asset = self._existing(asset_id)
         if asset["kind"] != AssetKind.IMAGE:
             raise UserError(f"{asset_id} is a {asset['kind']}; this needs an image")
         return asset
 
-    def _result_asset(self, asset_id: str) -> dict[str, Any]:
+    def _existing(self, asset_id: str) -> dict[str, Any]:
         asset = self.store.get_asset(asset_id)
         if asset is None:
             raise UserError(f"no asset {asset_id}; check the id on the message")
+        return asset
+
+    def _result_asset(self, asset_id: str) -> dict[str, Any]:
+        asset = self._existing(asset_id)
         if asset["kind"] == AssetKind.GRID or asset["stage"] == Stage.DRAFT:
             raise UserError(f"{asset_id} is a draft; pick a draft with its number first")
         return asset

@@ -217,21 +217,38 @@ def _rerender(uc: Escalating, final_id: str) -> Escalation:
     )
 
 
+def _on_image(
+    source: dict[str, Any], stage: Stage, capability: Capability, **fields: Any
+) -> Escalation:
+    """An escalation of the image ``source`` itself: its request, prompt, seed and shape,
+    posted in its thread (``fields`` override or add to these)."""
+    return Escalation(
+        **{
+            "stage": stage,
+            "capability": capability,
+            "request_id": source["request_id"],
+            "source": source["id"],
+            "prompt": source["prompt"] or "",
+            "seed": source["seed"] or 0,
+            "thread_of": source["id"],
+            "aspect_ratio": _ratio_of(source),
+            **fields,
+        }
+    )
+
+
 def _edit(uc: Escalating, asset_id: str, inv: Invocation) -> Escalation:
     source = uc._image(asset_id)
-    return Escalation(
-        stage=Stage.EDIT,
-        capability=Capability.IMAGE_TO_IMAGE,
-        request_id=source["request_id"],
-        source=asset_id,
+    return _on_image(
+        source,
+        Stage.EDIT,
+        Capability.IMAGE_TO_IMAGE,
         prompt=inv.prompt or "",
         seed=inv.seed if inv.seed is not None else source["seed"] or 0,
-        thread_of=asset_id,
         action=f"editing {asset_id}",
         status=f"Editing {asset_id}",
         extra=f"of {asset_id}",
         model=inv.model,
-        aspect_ratio=_ratio_of(source),
     )
 
 
@@ -239,19 +256,14 @@ def _upscale(uc: Escalating, asset_id: str, model: str | None = None) -> Escalat
     source = uc._image(asset_id)
     if source["stage"] == Stage.UPSCALE:
         raise UserError(f"{asset_id} is already an upscale; nothing was spent")
-    return Escalation(
-        stage=Stage.UPSCALE,
-        capability=Capability.UPSCALE,
-        request_id=source["request_id"],
-        source=asset_id,
-        prompt=source["prompt"] or "",
-        seed=source["seed"] or 0,
-        thread_of=asset_id,
+    return _on_image(
+        source,
+        Stage.UPSCALE,
+        Capability.UPSCALE,
         action=f"upscaling {asset_id}",
         status=f"Upscaling {asset_id}",
         extra=f"of {asset_id} to {UPSCALE_LONG_EDGE} px",
         model=model,
-        aspect_ratio=_ratio_of(source),
         long_edge=UPSCALE_LONG_EDGE,
     )
 
@@ -259,21 +271,15 @@ def _upscale(uc: Escalating, asset_id: str, model: str | None = None) -> Escalat
 def _video(
     uc: Escalating, asset_id: str, seconds: int | None = None, model: str | None = None
 ) -> Escalation:
-    source = uc._image(asset_id)
     seconds = seconds or DEFAULT_VIDEO_SECONDS
-    return Escalation(
-        stage=Stage.VIDEO,
-        capability=Capability.IMAGE_TO_VIDEO,
-        request_id=source["request_id"],
-        source=asset_id,
-        prompt=source["prompt"] or "",
-        seed=source["seed"] or 0,
-        thread_of=asset_id,
+    return _on_image(
+        uc._image(asset_id),
+        Stage.VIDEO,
+        Capability.IMAGE_TO_VIDEO,
         action=f"making a {seconds}-second video of {asset_id}",
         status=f"Animating {asset_id} ({seconds} s)",
         extra=f"of {asset_id}",
         model=model,
-        aspect_ratio=_ratio_of(source),
         seconds=seconds,
     )
 
