@@ -11,9 +11,9 @@ import threading
 import time
 from pathlib import Path
 
-from bot.ledger import Ledger
+from bot.ledger import BudgetExceeded, Ledger
 from bot.policy import Policy
-from storage import BudgetExceeded, Store
+from storage import Store
 
 WRITERS = 50
 PER_WRITER = 40
