@@ -272,12 +272,13 @@ class Steps:
         both or neither, never a posted message that reactions cannot find. Steps ``link``
         returns are recorded too (a surface whose post is itself a row: the web channel)."""
         self._done.update(steps)
-        with self.store.transaction():
-            if link is not None:
-                self._done.update(link() or {})
+        if link is None:  # one statement: atomic as it is
             self.store.outbox_step(self.entry_id, self._done)
-        if link is not None:
-            failpoint("post.linked")
+            return
+        with self.store.transaction():
+            self._done.update(link() or {})
+            self.store.outbox_step(self.entry_id, self._done)
+        failpoint("post.linked")
 
 
 #: How a surface posts one reply, step by step: ``post(origin, reply, steps)``.

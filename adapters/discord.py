@@ -770,10 +770,13 @@ class DiscordSurface:
             )
         partial = target.get_partial_message(int(message_id))
         added = list(steps.get("reactions") or [])
-        for emoji in reply.reactions:
-            if emoji not in added:
-                await partial.add_reaction(emoji)
-                added.append(emoji)
+        try:
+            for emoji in reply.reactions:
+                if emoji not in added:
+                    await partial.add_reaction(emoji)
+                    added.append(emoji)
+        finally:  # once, also when one failed (re-adding after a crash is harmless)
+            if added != (steps.get("reactions") or []):
                 steps.done(reactions=added)
         if reply.state_of and not steps.get("state"):
             shown = self.services.bot.message_of(origin, reply.state_of)

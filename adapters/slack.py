@@ -434,18 +434,21 @@ class SlackSurface:
             await self._upload(origin, reply, root, path)
             steps.done(**{f"file{index}": True})
         added = list(steps.get("reactions") or [])
-        for emoji in reply.reactions:
-            if emoji in added:
-                continue
-            try:
-                await self.client.reactions_add(
-                    channel=origin.channel, timestamp=ts, name=EMOJI_NAMES[emoji]
-                )
-            except SlackApiError as exc:
-                if exc.response.get("error") != "already_reacted":
-                    raise
-            added.append(emoji)
-            steps.done(reactions=added)
+        try:
+            for emoji in reply.reactions:
+                if emoji in added:
+                    continue
+                try:
+                    await self.client.reactions_add(
+                        channel=origin.channel, timestamp=ts, name=EMOJI_NAMES[emoji]
+                    )
+                except SlackApiError as exc:
+                    if exc.response.get("error") != "already_reacted":
+                        raise
+                added.append(emoji)
+        finally:  # once, also when one failed (re-adding after a crash is harmless)
+            if added != (steps.get("reactions") or []):
+                steps.done(reactions=added)
         if reply.state_of and not steps.get("state"):
             shown = self.services.bot.message_of(origin, reply.state_of)
             if shown is not None:

@@ -153,18 +153,20 @@ class Store:
         self, *, origin: dict[str, Any], command: str, prompt: str | None, options: dict[str, Any]
     ) -> str:
         request_id = new_id()
-        self._table("requests").insert(
-            {
-                "id": request_id,
-                "created_at": utcnow(),
-                "surface": origin["surface"],
-                "team": origin["team"],
-                "channel": origin["channel"],
-                "user": origin["user"],
-                "command": command,
-                "prompt": prompt,
-                "options": json.dumps(options),
-            }
+        self.db.execute(
+            "insert into requests (id, created_at, surface, team, channel, user, command, "
+            "prompt, options) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                request_id,
+                utcnow(),
+                origin["surface"],
+                origin["team"],
+                origin["channel"],
+                origin["user"],
+                command,
+                prompt,
+                json.dumps(options),
+            ],
         )
         return request_id
 
@@ -365,16 +367,27 @@ class Store:
     def save_asset(self, asset: dict[str, Any], parents: Sequence[str] = ()) -> str:
         """Insert an asset row and its ordered parent links in one transaction."""
         asset = {"created_at": utcnow(), **asset}
+        columns = ", ".join(["id", *asset])
+        marks = ", ".join("?" * (len(asset) + 1))
+        # Plain statements: sqlite-utils' insert looks the table up and opens a savepoint per
+        # call, which was most of a grid's cost in the store.
         with self.db.atomic():
-            for _ in range(5):  # 8-hex ids: retry the rare collision
+            for attempt in range(5):  # 8-hex ids: retry the rare collision
                 asset_id = asset.get("id") or new_id()
-                if self._get("assets", asset_id) is None:
+                try:
+                    self.db.execute(
+                        f"insert into assets ({columns}) values ({marks})",
+                        [asset_id, *asset.values()],
+                    )
                     break
-            self._table("assets").insert({**asset, "id": asset_id})
-            self._table("asset_parents").insert_all(
-                {"asset_id": asset_id, "parent_id": parent, "position": i}
-                for i, parent in enumerate(parents, start=1)
-            )
+                except sqlite3.IntegrityError:
+                    if "id" in asset or attempt == 4:
+                        raise
+            if parents:
+                self.db.conn.executemany(
+                    "insert into asset_parents (asset_id, parent_id, position) values (?, ?, ?)",
+                    [(asset_id, parent, i) for i, parent in enumerate(parents, start=1)],
+                )
         return asset_id
 
     def get_asset(self, asset_id: str) -> dict[str, Any] | None:
@@ -528,18 +541,14 @@ class Store:
         request_id: str | None = None,
         text: str | None = None,
     ) -> None:
-        self._table("messages").upsert(
-            {
-                "surface": surface,
-                "channel": channel,
-                "message_id": message_id,
-                "asset_id": asset_id,
-                "thread_id": thread_id,
-                "request_id": request_id,
-                "posted_at": utcnow(),
-                "text": text,
-            },
-            pk=("surface", "channel", "message_id"),
+        self.db.execute(
+            "insert into messages (surface, channel, message_id, asset_id, thread_id, "
+            "request_id, posted_at, text) values (?, ?, ?, ?, ?, ?, ?, ?) "
+            "on conflict (surface, channel, message_id) do update set "
+            "asset_id = excluded.asset_id, thread_id = excluded.thread_id, "
+            "request_id = excluded.request_id, posted_at = excluded.posted_at, "
+            "text = excluded.text",
+            [surface, channel, message_id, asset_id, thread_id, request_id, utcnow(), text],
         )
 
     def request_for_message(self, surface: str, channel: str, message_id: str) -> str | None:
