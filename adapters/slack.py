@@ -225,7 +225,7 @@ class SlackSurface:
     async def _on_http(self, request: web.Request) -> web.Response:
         """HTTP mode: Bolt verifies the signature and timestamp, dispatches and acks."""
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
-        if not timestamp.isdigit():  # Bolt would fail on int() with a 500
+        if not (timestamp.isascii() and timestamp.isdigit()):  # Bolt's int() would 500
             return web.json_response({"error": "invalid request"}, status=401)
         response = await self.app.async_dispatch(await to_bolt_request(request))
         return await to_aiohttp_response(response)

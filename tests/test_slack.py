@@ -135,6 +135,16 @@ async def test_bad_signature_and_stale_timestamp_are_rejected(rig: Rig) -> None:
     assert rig.api() == []
 
 
+async def test_a_timestamp_that_is_not_a_number_is_refused_not_a_500(rig: Rig) -> None:
+    await rig.fake.send_command(rig.events_url, "/draft", "a cat")
+    url, body, headers = rig.fake.last_signed
+    for bad in ("soon", "", "1.5e9", "١٢٣"):
+        status, _, _ = await rig.fake.post_raw(
+            url, body, {**headers, "X-Slack-Request-Timestamp": bad}
+        )
+        assert status == 401, bad
+
+
 async def test_full_flow_draft_select_video_with_exact_calls(rig: Rig) -> None:
     await rig.command("a lighthouse at dawn --n 4")
     anchor = grid_anchor(rig)
