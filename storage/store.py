@@ -210,16 +210,18 @@ class Store:
                 used = self.used(team, channel, since)
                 if used + amount > limit:
                     raise LimitReached(index, used)
-            self._table("jobs").insert(
+            self._insert(
+                "jobs",
                 {
                     "state": "queued",
                     "attempts": 0,
                     "created_at": now,
                     "updated_at": now,
                     **{k: _json(v) for k, v in job.items()},
-                }
+                },
             )
-            self._table("ledger").insert(
+            self._insert(
+                "ledger",
                 {
                     "job_id": job["id"],
                     "team": job["team"],
@@ -230,7 +232,7 @@ class Store:
                     "state": "reserved",
                     "created_at": now,
                     "updated_at": now,
-                }
+                },
             )
             if replaces is not None:
                 self.db.execute("update jobs set delivered = 1 where id = ?", [replaces])
@@ -265,8 +267,7 @@ class Store:
         )
 
     def ledger_entry(self, job_id: str) -> dict[str, Any] | None:
-        rows = list(self._table("ledger").rows_where("job_id = ?", [job_id]))
-        return rows[0] if rows else None
+        return self._one("select * from ledger where job_id = ?", [job_id])
 
     def spend_by_stage(self, team: str, since: str) -> dict[str, dict[str, int]]:
         """Settled and reserved milli-credits per stage for ``team`` since ``since``."""
@@ -292,8 +293,8 @@ class Store:
             for asset in assets:
                 ids.append(self.save_asset(asset, parents))
             self._settle(job_id, amount)
-            self._table("jobs").update(
-                job_id, {"state": "succeeded", "last_error": None, "updated_at": utcnow()}
+            self._update(
+                "jobs", job_id, {"state": "succeeded", "last_error": None, "updated_at": utcnow()}
             )
         return ids
 
@@ -304,7 +305,7 @@ class Store:
         if state == "cancelled":
             fields["delivered"] = 1
         with self._immediate():
-            self._table("jobs").update(job_id, fields)
+            self._update("jobs", job_id, fields)
             self._release(job_id)
 
     def claim_job(self, job_id: str) -> bool:
@@ -340,7 +341,7 @@ class Store:
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = utcnow()
-        self._table("jobs").update(job_id, {k: _json(v) for k, v in fields.items()})
+        self._update("jobs", job_id, {k: _json(v) for k, v in fields.items()})
 
     def get_job(self, job_id: str) -> dict[str, Any] | None:
         row = self._get("jobs", job_id)
@@ -370,8 +371,9 @@ class Store:
         columns = ", ".join(["id", *asset])
         marks = ", ".join("?" * (len(asset) + 1))
         # Plain statements: sqlite-utils' insert looks the table up and opens a savepoint per
-        # call, which was most of a grid's cost in the store.
-        with self.db.atomic():
+        # call, which was most of a grid's cost in the store. Inside a caller's transaction
+        # (complete_job) no savepoint is needed: a failed insert rolls back only itself.
+        with contextlib.nullcontext() if self.db.conn.in_transaction else self._immediate():
             for attempt in range(5):  # 8-hex ids: retry the rare collision
                 asset_id = asset.get("id") or new_id()
                 try:
@@ -749,8 +751,24 @@ class Store:
         return table
 
     def _get(self, table: str, pk: str) -> dict[str, Any] | None:
-        rows = list(self._table(table).rows_where("id = ?", [pk]))
-        return rows[0] if rows else None
+        return self._one(f"select * from {table} where id = ?", [pk])
+
+    def _one(self, sql: str, params: Sequence[Any]) -> dict[str, Any] | None:
+        """The first row of ``sql`` as a dict, or None."""
+        cursor = self.db.execute(sql, params)
+        row = cursor.fetchone()
+        return dict(zip((c[0] for c in cursor.description), row, strict=True)) if row else None
+
+    def _insert(self, table: str, row: dict[str, Any]) -> None:
+        """One row as one plain statement (no table lookup, no savepoint)."""
+        self.db.execute(
+            f"insert into {table} ({', '.join(row)}) values ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+
+    def _update(self, table: str, pk: str, fields: dict[str, Any]) -> None:
+        assignments = ", ".join(f"{column} = ?" for column in fields)
+        self.db.execute(f"update {table} set {assignments} where id = ?", [*fields.values(), pk])
 
 
 class _MigratedTable(Table):
