@@ -280,6 +280,34 @@ class Steps:
             self.store.outbox_step(self.entry_id, self._done)
         failpoint("post.linked")
 
+    async def add_reactions(self, emojis: list[str], add: Callable[[str], Awaitable[None]]) -> None:
+        """Pre-add ``emojis`` that are not on the message yet; recorded once, also when one
+        failed (re-adding one after a crash is harmless: platforms ignore a duplicate)."""
+        added = list(self.get("reactions") or [])
+        try:
+            for emoji in emojis:
+                if emoji not in added:
+                    await add(emoji)
+                    added.append(emoji)
+        finally:
+            if added != (self.get("reactions") or []):
+                self.done(reactions=added)
+
+    async def show_state(
+        self,
+        reply: Reply,
+        shown: Callable[[str], tuple[str, str | None, str] | None],
+        edit: Callable[[str, str | None, str], Awaitable[None]],
+    ) -> None:
+        """For a QA decision, once: ``edit(message_id, thread_id, text)`` the decided
+        asset's message (found by ``shown``, ``Tierbot.message_of``) to show its state."""
+        if not reply.state_of or self.get("state"):
+            return
+        if (message := shown(reply.state_of)) is not None:
+            message_id, thread_id, text = message
+            await edit(message_id, thread_id, f"{text}\n{reply.state}")
+        self.done(state=True)
+
 
 #: How a surface posts one reply, step by step: ``post(origin, reply, steps)``.
 Poster = Callable[[Origin, Reply, Steps], Awaitable[None]]

@@ -769,26 +769,17 @@ class DiscordSurface:
                 ),
             )
         partial = target.get_partial_message(int(message_id))
-        added = list(steps.get("reactions") or [])
-        try:
-            for emoji in reply.reactions:
-                if emoji not in added:
-                    await partial.add_reaction(emoji)
-                    added.append(emoji)
-        finally:  # once, also when one failed (re-adding after a crash is harmless)
-            if added != (steps.get("reactions") or []):
-                steps.done(reactions=added)
-        if reply.state_of and not steps.get("state"):
-            shown = self.services.bot.message_of(origin, reply.state_of)
-            if shown is not None:
-                decided_id, thread_id, text = shown
-                # A thread's id is its root message's id.
-                place = await self._channel(int(thread_id or origin.channel))
-                decided = reply.model_copy(update={"text": f"{text}\n{reply.state}"})
-                await place.get_partial_message(int(decided_id)).edit(
-                    content=self._text(decided)[:MAX_CONTENT]
-                )
-            steps.done(state=True)
+
+        async def edit(message_id: str, thread_id: str | None, text: str) -> None:
+            # A thread's id is its root message's id.
+            place = await self._channel(int(thread_id or origin.channel))
+            decided = self._text(reply.model_copy(update={"text": text}))
+            await place.get_partial_message(int(message_id)).edit(content=decided[:MAX_CONTENT])
+
+        await steps.add_reactions(reply.reactions, partial.add_reaction)
+        await steps.show_state(
+            reply, lambda asset_id: self.services.bot.message_of(origin, asset_id), edit
+        )
 
     async def _target(self, origin: Origin, reply: Reply) -> tuple[Any, str | None]:
         """Where ``reply`` goes (the channel, or its thread, created from the root message

@@ -433,32 +433,24 @@ class SlackSurface:
                 continue
             await self._upload(origin, reply, root, path)
             steps.done(**{f"file{index}": True})
-        added = list(steps.get("reactions") or [])
-        try:
-            for emoji in reply.reactions:
-                if emoji in added:
-                    continue
-                try:
-                    await self.client.reactions_add(
-                        channel=origin.channel, timestamp=ts, name=EMOJI_NAMES[emoji]
-                    )
-                except SlackApiError as exc:
-                    if exc.response.get("error") != "already_reacted":
-                        raise
-                added.append(emoji)
-        finally:  # once, also when one failed (re-adding after a crash is harmless)
-            if added != (steps.get("reactions") or []):
-                steps.done(reactions=added)
-        if reply.state_of and not steps.get("state"):
-            shown = self.services.bot.message_of(origin, reply.state_of)
-            if shown is not None:
-                message_ts, _, text = shown
-                await self.client.chat_update(
-                    channel=origin.channel,
-                    ts=message_ts,
-                    text=self._text(reply.model_copy(update={"text": f"{text}\n{reply.state}"})),
+
+        async def add(emoji: str) -> None:
+            try:
+                await self.client.reactions_add(
+                    channel=origin.channel, timestamp=ts, name=EMOJI_NAMES[emoji]
                 )
-            steps.done(state=True)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "already_reacted":
+                    raise
+
+        async def edit(message_id: str, thread_id: str | None, text: str) -> None:
+            text = self._text(reply.model_copy(update={"text": text}))
+            await self.client.chat_update(channel=origin.channel, ts=message_id, text=text)
+
+        await steps.add_reactions(reply.reactions, add)
+        await steps.show_state(
+            reply, lambda asset_id: self.services.bot.message_of(origin, asset_id), edit
+        )
 
     async def _upload(self, origin: Origin, reply: Reply, root: str, path: Any) -> None:
         size = path.stat().st_size

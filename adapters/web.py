@@ -448,12 +448,13 @@ class WebSurface:
         the step), then for a QA decision the decided asset's message edited to show it."""
         if steps.get("message") is None:
             steps.done(link=lambda: {"message": self._post(origin, reply)})
-        if reply.state_of and not steps.get("state"):
-            shown = self.services.bot.message_of(origin, reply.state_of)
-            if shown is not None:
-                decided, _, text = shown
-                self.update(int(decided), text=f"{text}\n{reply.state}")
-            steps.done(state=True)
+
+        async def edit(message_id: str, thread_id: str | None, text: str) -> None:
+            self.update(int(message_id), text=text)
+
+        await steps.show_state(
+            reply, lambda asset_id: self.services.bot.message_of(origin, asset_id), edit
+        )
 
     def _post_row(self, row: dict[str, Any], by: str | None = None) -> int:
         message_id = self.services.store.add_web_message(row)
