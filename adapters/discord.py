@@ -550,6 +550,8 @@ class DiscordSurface:
         attachment: discord.Attachment | None = None,
     ) -> None:
         origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
+        event = event.model_copy(update={"origin": origin})
+        self.services.bot.resolved(event)  # its parent channel and roles, for a re-run
         data = None
         if attachment is not None:
             try:
@@ -609,9 +611,9 @@ class DiscordSurface:
     ) -> None:
         user = payload.member or discord.Object(id=payload.user_id)
         origin = await self._origin(payload.guild_id, payload.channel_id, user)
-        replies = self.services.bot.handle_reaction(
-            reaction.model_copy(update={"origin": origin}), received=True
-        )
+        reaction = reaction.model_copy(update={"origin": origin})
+        self.services.bot.resolved(reaction)  # its parent channel and roles, for a re-run
+        replies = self.services.bot.handle_reaction(reaction, received=True)
         await self._deliver(origin, replies, None)
 
     async def _origin(self, guild_id: int | None, channel_id: int | None, user: Any) -> Origin:

@@ -254,9 +254,10 @@ class SlackSurface:
 
     async def _run_command(self, event: CommandEvent, respond: Any) -> None:
         origin = await self._origin(event.origin.team, event.origin.channel, event.origin.user)
-        replies = self.services.bot.handle_command(
-            event.model_copy(update={"origin": origin}), received=True
-        )
+        event = event.model_copy(update={"origin": origin})
+        if origin.groups:
+            self.services.bot.resolved(event)
+        replies = self.services.bot.handle_command(event, received=True)
         await self._deliver(origin, replies, respond)
 
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
@@ -280,9 +281,10 @@ class SlackSurface:
     async def _run_reaction(self, reaction: ReactionEvent) -> None:
         basic = reaction.origin
         origin = await self._origin(basic.team, basic.channel, basic.user)
-        replies = self.services.bot.handle_reaction(
-            reaction.model_copy(update={"origin": origin}), received=True
-        )
+        reaction = reaction.model_copy(update={"origin": origin})
+        if origin.groups:
+            self.services.bot.resolved(reaction)
+        replies = self.services.bot.handle_reaction(reaction, received=True)
         await self._deliver(origin, replies, respond=None)
 
     async def _ignore(self) -> None:

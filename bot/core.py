@@ -85,6 +85,12 @@ class Tierbot:
         log.info("duplicate delivery %s ignored", key)
         return False
 
+    def resolved(self, event: CommandEvent | ReactionEvent) -> None:
+        """The surface has resolved the sender (their approver groups, which need a platform
+        call and so come after the acknowledgement): a re-run after a crash uses them too."""
+        if (key := inbox_key(event)) is not None:
+            self.store.update_received(key, event.model_dump(mode="json", exclude={"attachment"}))
+
     async def handle_command(
         self, event: CommandEvent, *, received: bool = False
     ) -> AsyncIterator[Reply]:

@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -48,13 +49,27 @@ _pool: ProcessPoolExecutor | None = None
 _lock = threading.Lock()
 
 
-def _init_worker() -> None:
+#: How often a worker checks that the bot that started it is still there.
+PARENT_CHECK_S = 1.0
+
+
+def _init_worker(parent: int) -> None:
     # Ctrl+C reaches the whole process group; the bot stops its workers itself, so a worker
     # busy with a grid must not die mid-way with a traceback of its own.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Where lowering the priority is not permitted the work still runs, at normal priority.
     with contextlib.suppress(OSError):
         os.nice(WORKER_NICENESS)
+    # A bot killed with SIGKILL (or by the OOM killer) cannot stop its workers, and an idle
+    # worker never notices: hundreds of orphans piled up in a crash test. So each worker
+    # leaves once its parent is gone (it is then re-parented, so its parent id changes).
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
 
 
 def workers() -> int:
@@ -70,6 +85,7 @@ def _get_pool() -> ProcessPoolExecutor:
                 max_workers=workers(),
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
+                initargs=(os.getpid(),),
             )
         return _pool
 

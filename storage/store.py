@@ -515,6 +515,13 @@ class Store:
         ).fetchone()
         return int(row[0])
 
+    def update_received(self, key: str, event: dict[str, Any]) -> None:
+        """Replace a pending event's stored form (the surface learnt more about its sender)."""
+        self.db.execute(
+            "update inbox set event = ? where key = ? and state = 'pending'",
+            [json.dumps(event), key],
+        )
+
     def received_done(self, key: str) -> None:
         """The event was acted on or answered."""
         self.db.execute(

@@ -57,3 +57,48 @@ async def test_warm_up_starts_every_worker_without_waiting() -> None:
     await cpu.run(_pid_and_niceness, 1)
 
     assert len(cpu.worker_pids()) == cpu.workers()
+
+
+_KILLED_BOT = """
+import os, signal, sys, time
+from bot import cpu
+
+if __name__ == "__main__":
+    cpu.warm_up()
+    while len(cpu.worker_pids()) < cpu.workers():
+        time.sleep(0.05)
+    print(" ".join(map(str, cpu.worker_pids())), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a crash test would
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaped has left too)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_workers_leave_when_their_bot_is_killed(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "killed_bot.py"
+    script.write_text(_KILLED_BOT, encoding="utf-8")
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    pids = [int(p) for p in done.stdout.split()]
+    assert done.returncode == -9 and len(pids) == cpu.workers()
+    deadline = time.monotonic() + 10 * cpu.PARENT_CHECK_S
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids), "orphaned CPU workers outlived their bot"

@@ -11,10 +11,11 @@ import asyncio
 
 import pytest
 
+from adapters import wire
 from bot.app import Services
 from bot.domain import CommandEvent, Reaction, ReactionEvent
 from bot.pipeline import Pipeline
-from tests.conftest import Chat, ScriptedProvider, collect
+from tests.conftest import Chat, ScriptedProvider, collect, write_policy
 from tests.test_resume import Posted, stalled, with_local
 
 
@@ -166,3 +167,32 @@ async def test_a_reaction_that_arrives_before_its_link_waits_for_it(chat: Chat):
     chat.services.bot.record_post(chat.origin, message_id, grid)  # the post call returns
     (_, final) = await flow
     assert final.text.startswith("✨ Final")
+
+
+async def test_a_command_run_after_a_crash_keeps_its_senders_groups(make_settings, tmp_path):
+    # Approvers are a user group; the surface learns the sender's groups after the ack.
+    policy = write_policy(tmp_path, '[teams.T1.channels.C1]\napprovers = ["S0LEADS"]\n')
+    settings = make_settings(policy=policy)
+    first = wire(settings)
+    chat = Chat(first)
+    (_, grid) = await chat.as_user("bob", groups=("S0LEADS",)).command("draft", "a kite --n 2")
+    final = CommandEvent(
+        origin=chat.origin.model_copy(update={"user": "bob"}),
+        command="tierbot",
+        text=f"final {grid.asset_id} 1",
+        delivery_id="trigger-3",
+    )
+    assert first.bot.receive(final)  # written before the ack, groups not known yet
+    first.bot.resolved(
+        final.model_copy(
+            update={"origin": final.origin.model_copy(update={"groups": ("S0LEADS",)})}
+        )
+    )
+    killed(first)
+
+    second = wire(settings)
+    posted = Posted(second)
+    await second.bot.recover()
+    texts = [r.text for _, r in posted.replies]
+    assert any(t.startswith("✨ Final") for t in texts), texts
+    await second.aclose()
