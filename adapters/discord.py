@@ -550,8 +550,7 @@ class DiscordSurface:
         attachment: discord.Attachment | None = None,
     ) -> None:
         origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
-        event = event.model_copy(update={"origin": origin})
-        self.services.bot.resolved(event)  # its parent channel and roles, for a re-run
+        event = self.services.bot.resolved(event, origin)
         data = None
         if attachment is not None:
             try:
@@ -563,11 +562,11 @@ class DiscordSurface:
                     private=True,
                     error=True,
                 )
-                self.services.store.received_done(f"{SURFACE}:command:{event.delivery_id}")
+                self.services.bot.answered(event)
                 await self._deliver(origin, replies_of(refusal), interaction)
                 return
         replies = self.services.bot.handle_command(
-            event.model_copy(update={"origin": origin, "attachment": data}), received=True
+            event.model_copy(update={"attachment": data}), received=True
         )
         await self._deliver(origin, replies, interaction)
 
@@ -578,11 +577,6 @@ class DiscordSurface:
             return  # our own pre-added reactions echo back
         if payload.guild_id is None:
             return
-        # Discord gives a reaction no delivery id. One add by a person of an emoji on a
-        # message is acted on once; removing it and adding it again is a new act, so the id
-        # counts the removals seen so far.
-        triple = f"{payload.message_id}:{payload.user_id}:{payload.emoji}"
-        removed = self.services.store.count_received(f"{SURFACE}:removed:{triple}:")
         reaction = ReactionEvent(
             origin=Origin(
                 surface=SURFACE,
@@ -590,7 +584,7 @@ class DiscordSurface:
                 channel=str(payload.channel_id),
                 user=str(payload.user_id),
             ),
-            event_id=f"{triple}:{removed}",
+            event_id=self.services.bot.reaction_id(SURFACE, _act(payload)),
             message_id=str(payload.message_id),
             emoji=str(payload.emoji),
         )
@@ -600,19 +594,14 @@ class DiscordSurface:
     def _on_reaction_removed(self, payload: discord.RawReactionActionEvent) -> None:
         if payload.guild_id is None:
             return
-        triple = f"{payload.message_id}:{payload.user_id}:{payload.emoji}"
-        prefix = f"{SURFACE}:removed:{triple}:"
-        self.services.store.note_received(
-            f"{prefix}{self.services.store.count_received(prefix)}", SURFACE
-        )
+        self.services.bot.reaction_removed(SURFACE, _act(payload))
 
     async def _run_reaction(
         self, payload: discord.RawReactionActionEvent, reaction: ReactionEvent
     ) -> None:
         user = payload.member or discord.Object(id=payload.user_id)
         origin = await self._origin(payload.guild_id, payload.channel_id, user)
-        reaction = reaction.model_copy(update={"origin": origin})
-        self.services.bot.resolved(reaction)  # its parent channel and roles, for a re-run
+        reaction = self.services.bot.resolved(reaction, origin)
         replies = self.services.bot.handle_reaction(reaction, received=True)
         await self._deliver(origin, replies, None)
 
@@ -839,6 +828,11 @@ class DiscordSurface:
         if self.public_url and reply.asset_id:
             return f"{reply.text}\n<{self.public_url}/assets/{reply.asset_id}>"
         return reply.text
+
+
+def _act(payload: discord.RawReactionActionEvent) -> str:
+    """One person's reaction with one emoji on one message (Discord gives it no id)."""
+    return f"{payload.message_id}:{payload.user_id}:{payload.emoji}"
 
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

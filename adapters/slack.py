@@ -254,9 +254,7 @@ class SlackSurface:
 
     async def _run_command(self, event: CommandEvent, respond: Any) -> None:
         origin = await self._origin(event.origin.team, event.origin.channel, event.origin.user)
-        event = event.model_copy(update={"origin": origin})
-        if origin.groups:
-            self.services.bot.resolved(event)
+        event = self.services.bot.resolved(event, origin)
         replies = self.services.bot.handle_command(event, received=True)
         await self._deliver(origin, replies, respond)
 
@@ -281,9 +279,7 @@ class SlackSurface:
     async def _run_reaction(self, reaction: ReactionEvent) -> None:
         basic = reaction.origin
         origin = await self._origin(basic.team, basic.channel, basic.user)
-        reaction = reaction.model_copy(update={"origin": origin})
-        if origin.groups:
-            self.services.bot.resolved(reaction)
+        reaction = self.services.bot.resolved(reaction, origin)
         replies = self.services.bot.handle_reaction(reaction, received=True)
         await self._deliver(origin, replies, respond=None)
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.commands import COMMANDS, CommandError, Invocation, parse
 from bot.domain import (
@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 #: people click the moment a grid appears, sometimes before our own post call has returned.
 LINK_WAIT_S = 5.0
 LINK_POLL_S = 0.05
+
+
+Received = TypeVar("Received", CommandEvent, ReactionEvent)
+
+
+def _removals(surface: str, act: str) -> str:
+    return f"{surface}:removed:{act}:"
 
 
 def inbox_key(event: CommandEvent | ReactionEvent) -> str | None:
@@ -85,11 +92,32 @@ class Tierbot:
         log.info("duplicate delivery %s ignored", key)
         return False
 
-    def resolved(self, event: CommandEvent | ReactionEvent) -> None:
-        """The surface has resolved the sender (their approver groups, which need a platform
-        call and so come after the acknowledgement): a re-run after a crash uses them too."""
+    def resolved(self, event: Received, origin: Origin) -> Received:
+        """``event`` from ``origin``, which the surface resolved after the acknowledgement
+        (approver groups, a thread's parent channel: they need platform calls). Stored when
+        it differs, so a re-run after a crash acts for the same person in the same place."""
+        if origin == event.origin:
+            return event
+        event = event.model_copy(update={"origin": origin})
         if (key := inbox_key(event)) is not None:
             self.store.update_received(key, event.model_dump(mode="json", exclude={"attachment"}))
+        return event
+
+    def answered(self, event: Received) -> None:
+        """The surface answered ``event`` itself (it could not even fetch its attachment)."""
+        if (key := inbox_key(event)) is not None:
+            self.store.received_done(key)
+
+    def reaction_id(self, surface: str, act: str) -> str:
+        """A delivery id for a platform that gives reactions none (Discord): ``act`` (message,
+        person, emoji) numbered by how often it was undone, so a redelivery is the same event
+        and removing and adding the reaction again is a new one."""
+        return f"{act}:{self.store.count_received(_removals(surface, act))}"
+
+    def reaction_removed(self, surface: str, act: str) -> None:
+        """``act`` was undone: its next add is a new event (see :meth:`reaction_id`)."""
+        prefix = _removals(surface, act)
+        self.store.note_received(f"{prefix}{self.store.count_received(prefix)}", surface)
 
     async def handle_command(
         self, event: CommandEvent, *, received: bool = False
@@ -118,19 +146,22 @@ class Tierbot:
     async def _reaction_of(self, event: ReactionEvent) -> AsyncIterator[Reply]:
         where = (event.origin.surface, event.origin.channel, event.message_id)
         deadline = time.monotonic() + LINK_WAIT_S
-        while True:
-            if (asset_id := self.store.asset_for_message(*where)) is not None:
-                asset = self.store.get_asset(asset_id)
-                if asset is None:
-                    return
-                replies = self._reaction(event.origin, presents(asset), asset_id, event.emoji)
-                break
-            if request_id := self.store.request_for_message(*where):
-                replies = self._reaction(event.origin, "status", request_id, event.emoji)
-                break
+        pause = LINK_POLL_S
+        # Most reactions in a channel are on other people's messages: look up sparingly
+        # (doubling pauses: about a dozen lookups, not a hundred, before giving up).
+        while (linked := self.store.message_link(*where)) is None:
             if time.monotonic() >= deadline:
                 return  # not one of our messages: reactions there mean nothing to us
-            await asyncio.sleep(LINK_POLL_S)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+        asset_id, request_id = linked
+        if asset_id is not None:
+            asset = self.store.get_asset(asset_id)
+            if asset is None:
+                return
+            replies = self._reaction(event.origin, presents(asset), asset_id, event.emoji)
+        else:
+            replies = self._reaction(event.origin, "status", request_id, event.emoji)
         async for reply in guarded(replies):
             yield reply
 

@@ -560,13 +560,17 @@ class Store:
             [surface, channel, message_id, asset_id, thread_id, request_id, utcnow(), text],
         )
 
-    def request_for_message(self, surface: str, channel: str, message_id: str) -> str | None:
-        """The request whose status a message shows, if it is a status message."""
+    def message_link(
+        self, surface: str, channel: str, message_id: str
+    ) -> tuple[str | None, str] | tuple[str, str | None] | None:
+        """What a message of ours presents: ``(asset_id, request_id)``, one of them set (a
+        result, or a status line); None for a message we never linked."""
         row = self.db.execute(
-            "select request_id from messages where surface = ? and channel = ? and message_id = ?",
+            "select asset_id, request_id from messages where surface = ? and channel = ? "
+            "and message_id = ? and (asset_id is not null or request_id is not null)",
             [surface, channel, message_id],
         ).fetchone()
-        return row[0] if row else None
+        return (row[0], row[1]) if row else None
 
     def thread_for_asset(self, surface: str, channel: str, asset_id: str) -> str | None:
         """The thread root of the newest message presenting ``asset_id`` (itself if a root)."""

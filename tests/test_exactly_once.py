@@ -183,11 +183,7 @@ async def test_a_command_run_after_a_crash_keeps_its_senders_groups(make_setting
         delivery_id="trigger-3",
     )
     assert first.bot.receive(final)  # written before the ack, groups not known yet
-    first.bot.resolved(
-        final.model_copy(
-            update={"origin": final.origin.model_copy(update={"groups": ("S0LEADS",)})}
-        )
-    )
+    first.bot.resolved(final, final.origin.model_copy(update={"groups": ("S0LEADS",)}))
     killed(first)
 
     second = wire(settings)
