@@ -62,13 +62,14 @@ def load_surfaces(services: Services) -> tuple[list[ChatSurface], dict[str, str]
     """
     surfaces: list[ChatSurface] = []
     off: dict[str, str] = {}
+    context = services.surface_context()
     names = sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg)
     for name in names:
         module = importlib.import_module(f"{__name__}.{name}")
         if not hasattr(module, "create"):
             continue
         try:
-            surfaces.append(module.create(services))
+            surfaces.append(module.create(context))
         except SurfaceUnavailable as exc:
             off[name] = str(exc)
     for name, variable in EXPECTED_SURFACES.items():

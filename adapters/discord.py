@@ -43,17 +43,8 @@ import yarl
 from discord import app_commands
 from PIL import Image
 
-from adapters.delivery import (
-    Outbox,
-    Pace,
-    StatusLine,
-    Steps,
-    Tasks,
-    deliver_replies,
-    kept_for_retry,
-)
+from adapters.delivery import Pace, StatusLine, Tasks
 from bot import cpu
-from bot.app import Services
 from bot.commands import (
     ASPECT_RATIOS,
     COMMANDS,
@@ -62,8 +53,9 @@ from bot.commands import (
     FlagSpec,
     Invocation,
 )
+from bot.delivery import Steps, kept_for_retry
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply, replies_of
-from bot.surfaces import SurfaceUnavailable
+from bot.surfaces import SurfaceContext, SurfaceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -416,17 +408,18 @@ class DiscordSurface:
 
     def __init__(
         self,
-        services: Services,
+        context: SurfaceContext,
         *,
         api_url: str | None = None,
         gateway_url: str | None = None,
         guild_ready_timeout: float = 2.0,
         outbox_interval_s: float = 30.0,
     ) -> None:
-        settings = services.settings
+        settings = context.settings
         if settings.discord_bot_token is None:
             raise SurfaceUnavailable("set DISCORD_BOT_TOKEN")
-        self.services = services
+        self.bot = context.bot
+        self.catalog = context.catalog
         self.token = settings.discord_bot_token.get_secret_value()
         self.guild_ids = list(settings.discord_guild_ids)
         self.public_url = settings.public_url
@@ -438,7 +431,7 @@ class DiscordSurface:
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
         self.client = _Client(self, guild_ready_timeout=guild_ready_timeout)
         self._register_commands()
-        self.outbox = Outbox(SURFACE, services.store, self.post, DISCORD_ERRORS, outbox_interval_s)
+        self.outbox = context.outbox(SURFACE, self.post, DISCORD_ERRORS, outbox_interval_s)
         self.tasks = Tasks()
         self._spawn = self.tasks.spawn
         self._stopping = False
@@ -513,7 +506,7 @@ class DiscordSurface:
         ) -> None:
             await self._command(interaction, command, text, attachment=attachment)
 
-        for command in app_commands_from_registry(self.services.catalog, send):
+        for command in app_commands_from_registry(self.catalog, send):
             self.client.tree.add_command(command)
 
     async def _command(
@@ -536,7 +529,7 @@ class DiscordSurface:
             text=text,
             delivery_id=str(interaction.id),
         )
-        if not self.services.bot.receive(event):
+        if not self.bot.receive(event):
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
         if interaction.guild_id is not None:
@@ -550,7 +543,7 @@ class DiscordSurface:
         attachment: discord.Attachment | None = None,
     ) -> None:
         origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
-        event = self.services.bot.resolved(event, origin)
+        event = self.bot.resolved(event, origin)
         data = None
         if attachment is not None:
             try:
@@ -562,10 +555,10 @@ class DiscordSurface:
                     private=True,
                     error=True,
                 )
-                self.services.bot.answered(event)
+                self.bot.answered(event)
                 await self._deliver(origin, replies_of(refusal), interaction)
                 return
-        replies = self.services.bot.handle_command(
+        replies = self.bot.handle_command(
             event.model_copy(update={"attachment": data}), received=True
         )
         await self._deliver(origin, replies, interaction)
@@ -584,25 +577,25 @@ class DiscordSurface:
                 channel=str(payload.channel_id),
                 user=str(payload.user_id),
             ),
-            event_id=self.services.bot.reaction_id(SURFACE, _act(payload)),
+            event_id=self.bot.reaction_id(SURFACE, _act(payload)),
             message_id=str(payload.message_id),
             emoji=str(payload.emoji),
         )
-        if self.services.bot.receive(reaction):
+        if self.bot.receive(reaction):
             self._spawn(self._run_reaction(payload, reaction))
 
     def _on_reaction_removed(self, payload: discord.RawReactionActionEvent) -> None:
         if payload.guild_id is None:
             return
-        self.services.bot.reaction_removed(SURFACE, _act(payload))
+        self.bot.reaction_removed(SURFACE, _act(payload))
 
     async def _run_reaction(
         self, payload: discord.RawReactionActionEvent, reaction: ReactionEvent
     ) -> None:
         user = payload.member or discord.Object(id=payload.user_id)
         origin = await self._origin(payload.guild_id, payload.channel_id, user)
-        reaction = self.services.bot.resolved(reaction, origin)
-        replies = self.services.bot.handle_reaction(reaction, received=True)
+        reaction = self.bot.resolved(reaction, origin)
+        replies = self.bot.handle_reaction(reaction, received=True)
         await self._deliver(origin, replies, None)
 
     async def _origin(self, guild_id: int | None, channel_id: int | None, user: Any) -> Origin:
@@ -650,13 +643,13 @@ class DiscordSurface:
             elif state["message"] is not None:
                 await state["message"].edit(content=text[:MAX_CONTENT])
 
-        async def open_status(reply: Reply) -> discord.Message | None:
+        async def open_status(reply: Reply, steps: Steps) -> discord.Message | None:
             if interaction is not None:  # the person's private line: no reactions
                 state["original_used"] = True
                 return await self._safely(
                     interaction.edit_original_response(content=reply.text[:MAX_CONTENT])
                 )
-            state["message"] = await self._safely(self._post_status(origin, reply))
+            state["message"] = await self._safely(self._post_status(origin, reply, steps))
             return state["message"]
 
         async def private(reply: Reply) -> None:
@@ -665,7 +658,8 @@ class DiscordSurface:
         async def result(reply: Reply) -> str | None:
             return await self._post_or_keep(origin, reply, interaction)
 
-        await deliver_replies(
+        await self.outbox.deliver(
+            origin,
             replies,
             StatusLine(edit, Pace(self._spawn)),
             private=private,
@@ -714,11 +708,11 @@ class DiscordSurface:
                 channel.send(f"<@{origin.user}> {text}"[:MAX_CONTENT], delete_after=30)
             )
 
-    async def _post_status(self, origin: Origin, reply: Reply) -> discord.Message:
+    async def _post_status(self, origin: Origin, reply: Reply, steps: Steps) -> discord.Message:
         """A public status message, with ❌ pre-added to cancel the job."""
         target, _ = await self._target(origin, reply)
         message = await target.send(reply.text[:MAX_CONTENT])
-        self.services.bot.record_post(origin, str(message.id), reply)  # before the ❌ shows
+        steps.posted(str(message.id))  # before the ❌ shows
         for emoji in reply.reactions:
             await message.add_reaction(emoji)
         return message
@@ -753,12 +747,7 @@ class DiscordSurface:
                 text = f"{text}\n{notes}"
             message = await target.send(text[:MAX_CONTENT], files=files)
             message_id = str(message.id)
-            steps.done(
-                message=message_id,
-                link=lambda: self.services.bot.record_post(
-                    origin, message_id, reply, thread_id=root
-                ),
-            )
+            steps.posted(message_id, thread_id=root, message=message_id)
         partial = target.get_partial_message(int(message_id))
 
         async def edit(message_id: str, thread_id: str | None, text: str) -> None:
@@ -768,9 +757,7 @@ class DiscordSurface:
             await place.get_partial_message(int(message_id)).edit(content=decided[:MAX_CONTENT])
 
         await steps.add_reactions(reply.reactions, partial.add_reaction)
-        await steps.show_state(
-            reply, lambda asset_id: self.services.bot.message_of(origin, asset_id), edit
-        )
+        await steps.show_state(edit)
 
     async def _target(self, origin: Origin, reply: Reply) -> tuple[Any, str | None]:
         """Where ``reply`` goes (the channel, or its thread, created from the root message
@@ -782,7 +769,7 @@ class DiscordSurface:
         thread = self.client.get_channel(int(root))
         if isinstance(thread, discord.Thread):
             return thread, root
-        asset = self.services.store.get_asset(reply.thread_of or "")
+        asset = self.bot.asset(reply.thread_of or "")
         name = f"tierbot · {(asset or {}).get('prompt') or 'results'}"[:100]
         try:
             thread = await channel.get_partial_message(int(root)).create_thread(
@@ -858,22 +845,22 @@ def _fit(path: Path, limit: int) -> bytes | None:
     return None
 
 
-def create(services: Services) -> DiscordSurface:
+def create(context: SurfaceContext) -> DiscordSurface:
     """Discord switches on with DISCORD_BOT_TOKEN.
 
     Raises:
         SurfaceUnavailable: naming the variable to set.
     """
-    return DiscordSurface(services)
+    return DiscordSurface(context)
 
 
-async def cli(services: Services, args: list[str]) -> int:
+async def cli(context: SurfaceContext, args: list[str]) -> int:
     """``tierbot discord sync``: publish the commands globally (rate-limited by Discord)."""
     if args != ["sync"]:
         print("usage: tierbot discord sync   (publish /draft and /tierbot to every guild)")
         return 2
     try:
-        surface = DiscordSurface(services)
+        surface = DiscordSurface(context)
     except SurfaceUnavailable as exc:
         print(f"Discord: {exc}")
         return 2

@@ -10,9 +10,12 @@ channel's guard leaves them alone.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+if TYPE_CHECKING:
+    from bot.surfaces import SurfaceContext
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +60,15 @@ class HttpServer:
             await runner.cleanup()
 
 
-def http_server(services: Any, *, host: str | None = None, port: int | None = None) -> HttpServer:
-    """The process's shared server for ``services`` (created on first use)."""
-    server = services.shared.get("http_server")
+def http_server(
+    context: SurfaceContext, *, host: str | None = None, port: int | None = None
+) -> HttpServer:
+    """The process's one server, shared by its surfaces (created on first use)."""
+    server = context.shared.get("http_server")
     if server is None:
-        settings = services.settings
+        settings = context.settings
         server = HttpServer(
             host or settings.http_host, settings.http_port if port is None else port
         )
-        services.shared["http_server"] = server
+        context.shared["http_server"] = server
     return server

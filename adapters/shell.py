@@ -266,7 +266,7 @@ async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
         if argv[0] == "run":
             return await serve(services)
         if argv[0] in ("discord", "slack", "web") and (command := surface_cli(argv[0])):
-            return int(await command(services, list(argv[1:])))
+            return int(await command(services.surface_context(), list(argv[1:])))
         return await run_command(services, argv)
     finally:
         await services.aclose()

@@ -46,20 +46,11 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.delivery import (
-    Outbox,
-    Pace,
-    StatusLine,
-    Steps,
-    Tasks,
-    deliver_replies,
-    kept_for_retry,
-    platform_error,
-)
+from adapters.delivery import Pace, StatusLine, Tasks
 from adapters.http_server import http_server
-from bot.app import Services
+from bot.delivery import Steps, kept_for_retry, platform_error
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
-from bot.surfaces import SurfaceUnavailable
+from bot.surfaces import SurfaceContext, SurfaceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -110,21 +101,21 @@ class SlackSurface:
 
     def __init__(
         self,
-        services: Services,
+        context: SurfaceContext,
         *,
         api_url: str | None = None,
         host: str | None = None,
         port: int | None = None,
         outbox_interval_s: float = 30.0,
     ) -> None:
-        settings = services.settings
+        settings = context.settings
         if settings.slack_bot_token is None:
             raise SurfaceUnavailable("set SLACK_BOT_TOKEN")
         if settings.slack_app_token is None and settings.slack_signing_secret is None:
             raise SurfaceUnavailable(
                 "set SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
             )
-        self.services = services
+        self.bot = context.bot
         self.public_url = settings.public_url
         base_url = (api_url or settings.slack_api_url or DEFAULT_API_URL).rstrip("/") + "/"
         self.client = AsyncWebClient(
@@ -156,9 +147,9 @@ class SlackSurface:
             )
         self.server = None
         if secret is not None:
-            self.server = http_server(services, host=host, port=port)
+            self.server = http_server(context, host=host, port=port)
             self.server.add_external_post("/slack/events", self._on_http)
-        self.outbox = Outbox(SURFACE, services.store, self.post, SLACK_ERRORS, outbox_interval_s)
+        self.outbox = context.outbox(SURFACE, self.post, SLACK_ERRORS, outbox_interval_s)
         self.tasks = Tasks()
         self._spawn = self.tasks.spawn
         self._outbox: asyncio.Future[Any] | None = None  # runs apart: idle() never waits on it
@@ -246,7 +237,7 @@ class SlackSurface:
         )
         # Written before the ack: an acknowledged command survives a crash, and a replayed
         # one (same trigger_id) is acknowledged and ignored.
-        if not self.services.bot.receive(event):
+        if not self.bot.receive(event):
             await ack()
             return
         await ack(response_type="ephemeral", text=f"⏳ On it: /{name} {text}".strip())
@@ -254,8 +245,8 @@ class SlackSurface:
 
     async def _run_command(self, event: CommandEvent, respond: Any) -> None:
         origin = await self._origin(event.origin.team, event.origin.channel, event.origin.user)
-        event = self.services.bot.resolved(event, origin)
-        replies = self.services.bot.handle_command(event, received=True)
+        event = self.bot.resolved(event, origin)
+        replies = self.bot.handle_command(event, received=True)
         await self._deliver(origin, replies, respond)
 
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
@@ -273,14 +264,14 @@ class SlackSurface:
             emoji=emoji,
         )
         # Written before Bolt acks the event: a redelivery (same event_id) acts once.
-        if self.services.bot.receive(reaction):
+        if self.bot.receive(reaction):
             self._spawn(self._run_reaction(reaction))
 
     async def _run_reaction(self, reaction: ReactionEvent) -> None:
         basic = reaction.origin
         origin = await self._origin(basic.team, basic.channel, basic.user)
-        reaction = self.services.bot.resolved(reaction, origin)
-        replies = self.services.bot.handle_reaction(reaction, received=True)
+        reaction = self.bot.resolved(reaction, origin)
+        replies = self.bot.handle_reaction(reaction, received=True)
         await self._deliver(origin, replies, respond=None)
 
     async def _ignore(self) -> None:
@@ -290,7 +281,7 @@ class SlackSurface:
         """The person, with the approver user groups (ids or @handles) they belong to."""
         origin = Origin(surface=SURFACE, team=team, channel=channel, user=user)
         groups = []
-        for entry in self.services.policy.rules_for(origin).approvers:
+        for entry in self.bot.approvers(origin):
             if (_USERGROUP_ID.match(entry) or entry.startswith("@")) and user in (
                 await self._group_members(entry)
             ):
@@ -332,9 +323,9 @@ class SlackSurface:
         async def edit(text: str) -> None:
             await self.client.chat_update(channel=origin.channel, ts=status_ts, text=text)
 
-        async def open_status(reply: Reply) -> str | None:
+        async def open_status(reply: Reply, steps: Steps) -> str | None:
             nonlocal status_ts
-            status_ts = await self._post_status(origin, reply)
+            status_ts = await self._post_status(origin, reply, steps)
             return status_ts
 
         async def private(reply: Reply) -> None:
@@ -343,7 +334,8 @@ class SlackSurface:
         async def result(reply: Reply) -> str | None:
             return await self._post_or_queue(origin, reply, respond)
 
-        await deliver_replies(
+        await self.outbox.deliver(
+            origin,
             replies,
             StatusLine(edit, self._paces[origin.channel]),
             private=private,
@@ -352,7 +344,7 @@ class SlackSurface:
             stopping=lambda: self._stopping,
         )
 
-    async def _post_status(self, origin: Origin, reply: Reply) -> str | None:
+    async def _post_status(self, origin: Origin, reply: Reply, steps: Steps) -> str | None:
         """The status message, with ❌ pre-added to cancel; its ts, or None if Slack refused."""
         try:
             posted = await self.client.chat_postMessage(
@@ -363,7 +355,7 @@ class SlackSurface:
         except SLACK_ERRORS as exc:
             log.warning("status message in %s failed: %r", origin.channel, exc)
             return None
-        self.services.bot.record_post(origin, posted["ts"], reply)  # before the ❌ shows
+        steps.posted(posted["ts"])  # before the ❌ shows
         try:
             for emoji in reply.reactions:
                 await self.client.reactions_add(
@@ -421,10 +413,7 @@ class SlackSurface:
                 unfurl_links=False,
             )
             ts = str(anchor["ts"])
-            steps.done(
-                anchor=ts,
-                link=lambda: self.services.bot.record_post(origin, ts, reply, thread_id=thread_ts),
-            )
+            steps.posted(ts, thread_id=thread_ts, anchor=ts)
         root = thread_ts or ts
         for index, path in enumerate(reply.files):
             if steps.get(f"file{index}"):
@@ -446,9 +435,7 @@ class SlackSurface:
             await self.client.chat_update(channel=origin.channel, ts=message_id, text=text)
 
         await steps.add_reactions(reply.reactions, add)
-        await steps.show_state(
-            reply, lambda asset_id: self.services.bot.message_of(origin, asset_id), edit
-        )
+        await steps.show_state(edit)
 
     async def _upload(self, origin: Origin, reply: Reply, root: str, path: Any) -> None:
         size = path.stat().st_size
@@ -488,10 +475,10 @@ class SlackSurface:
         return reply.text
 
 
-def create(services: Services) -> SlackSurface:
+def create(context: SurfaceContext) -> SlackSurface:
     """Slack switches on with SLACK_BOT_TOKEN plus SLACK_APP_TOKEN and/or SLACK_SIGNING_SECRET.
 
     Raises:
         SurfaceUnavailable: naming the variable to set.
     """
-    return SlackSurface(services)
+    return SlackSurface(context)

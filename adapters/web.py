@@ -55,10 +55,10 @@ from typing import Any
 from aiohttp import web
 from PIL import Image
 
-from adapters.delivery import INTERRUPTED, Outbox, Steps, Tasks, deliver_replies
+from adapters.delivery import INTERRUPTED, Tasks
 from adapters.http_server import MAX_BODY, http_server
 from bot import cpu
-from bot.app import Services
+from bot.delivery import Steps
 from bot.domain import (
     CANCEL_HINT,
     NUMBER_REACTIONS,
@@ -73,8 +73,7 @@ from bot.domain import (
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline import LineageNode
-from bot.surfaces import SurfaceUnavailable
-from storage.store import utcnow
+from bot.surfaces import SurfaceContext, SurfaceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +154,12 @@ class WebSurface:
     name = SURFACE
 
     def __init__(
-        self, services: Services, *, host: str | None = None, port: int | None = None
+        self, context: SurfaceContext, *, host: str | None = None, port: int | None = None
     ) -> None:
-        settings = services.settings
-        self.services = services
+        settings = context.settings
+        self.bot = context.bot
+        self.history = context.history
+        self.data_dir = settings.data_dir
         self.token = settings.web_token.get_secret_value() if settings.web_token else None
         bind = host or settings.http_host
         if not is_loopback(bind) and not self.token:
@@ -166,16 +167,14 @@ class WebSurface:
                 f"TIERBOT_WEB_TOKEN is required to serve the web channel on {bind}; "
                 "set it, or bind TIERBOT_HTTP_HOST=127.0.0.1"
             )
-        self.server = http_server(services, host=host, port=port)
+        self.server = http_server(context, host=host, port=port)
         self._listeners: set[_Listener] = set()
         self.tasks = Tasks()
         self._spawn = self.tasks.spawn
         self._stopping = False
         # Posting a row cannot fail; the outbox matters after a crash: what a killed process
         # handed over is posted here, once its claim lapses (checked every lease).
-        self.outbox = Outbox(
-            SURFACE, services.store, self.post, (), interval_s=services.store.lease_s
-        )
+        self.outbox = context.outbox(SURFACE, self.post, (), interval_s=settings.lease_s)
         self._outbox: asyncio.Future[Any] | None = None
         self._add_routes(self.server.app)
 
@@ -202,7 +201,7 @@ class WebSurface:
         """Serve on the shared HTTP server; returns the console line."""
         # Status lines a previous process left moving (it was killed mid-job): their jobs are
         # resumed now, and the results are posted as new messages.
-        self.services.store.interrupt_web_statuses(INTERRUPTED, utcnow())
+        self.history.interrupt_statuses(INTERRUPTED)
         url = await self.server.start()
         self._outbox = asyncio.ensure_future(self.outbox.run())
         return f"Web channel: {url}  (open it in a browser, set your name, type /draft ...)"
@@ -287,7 +286,7 @@ class WebSurface:
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         name = self._name(request.query.get("name", ""), required=False)
-        rows = self.services.store.web_messages(name)
+        rows = self.history.visible_to(name)
         return web.json_response({"messages": [self._view(r) for r in rows]})
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
@@ -344,10 +343,10 @@ class WebSurface:
         )
         # Written before the answer: a command the page was told about survives a crash, and
         # the page sending it again (same event id) after a lost answer runs it once.
-        if not self.services.bot.receive(event):
+        if not self.bot.receive(event):
             return web.json_response({"ok": True, "duplicate": True}, status=202)
         echo = self._post_row({"author": name, "text": text.strip()}, by=name)
-        replies = self.services.bot.handle_command(event, received=True)
+        replies = self.bot.handle_command(event, received=True)
         self._spawn(self._deliver(origin, replies))
         return web.json_response({"ok": True, "message_id": echo}, status=202)
 
@@ -367,7 +366,7 @@ class WebSurface:
         # bool is an int in Python: `true` must not be taken for message 1.
         if type(message_id) is not int or not 1 <= message_id <= MAX_ID:
             raise BadInput(f"no such message: message_id must be a whole number from 1 to {MAX_ID}")
-        if self.services.store.web_message(message_id) is None:
+        if self.history.get(message_id) is None:
             raise BadInput("no such message")
         if not isinstance(emoji, str) or not 0 < len(emoji) <= 16:
             raise BadInput("a reaction is one emoji")
@@ -376,9 +375,9 @@ class WebSurface:
         event = ReactionEvent(
             origin=origin, event_id=f"{name}:{event_id}", message_id=str(message_id), emoji=emoji
         )
-        if not self.services.bot.receive(event):
+        if not self.bot.receive(event):
             return web.json_response({"ok": True, "duplicate": True}, status=202)
-        replies = self.services.bot.handle_reaction(event, received=True)
+        replies = self.bot.handle_reaction(event, received=True)
         self._spawn(self._deliver(origin, replies, near=message_id))
         return web.json_response({"ok": True}, status=202)
 
@@ -401,14 +400,16 @@ class WebSurface:
         async def private(reply: Reply) -> None:
             self._post(origin, reply, near=near)
 
-        async def open_status(reply: Reply) -> int:
+        async def open_status(reply: Reply, steps: Steps) -> int:
             status.message_id = self._post(origin, reply, state="queued", near=near)
+            steps.posted(str(status.message_id), thread_id=reply.thread_id)
             return status.message_id
 
         async def result(reply: Reply) -> None:
             await self.outbox.send(origin, reply)  # a row cannot be refused: never kept
 
-        await deliver_replies(
+        await self.outbox.deliver(
+            origin,
             replies,
             status,
             private=private,
@@ -424,7 +425,7 @@ class WebSurface:
         root = reply.thread_id
         thread_root = int(root) if root is not None else None
         if thread_root is None and reply.private and near is not None:
-            reacted = self.services.store.web_message(near)
+            reacted = self.history.get(near)
             thread_root = (reacted["thread_root"] or near) if reacted else None
         message_id = self._post_row(
             {
@@ -440,33 +441,32 @@ class WebSurface:
             },
             by=origin.user,
         )
-        self.services.bot.record_post(origin, str(message_id), reply, thread_id=root)
         return message_id
 
     async def post(self, origin: Origin, reply: Reply, steps: Steps) -> None:
         """Post a result: its message (the row and its asset link in one transaction with
         the step), then for a QA decision the decided asset's message edited to show it."""
         if steps.get("message") is None:
-            steps.done(link=lambda: {"message": self._post(origin, reply)})
+            with steps.atomically():
+                message_id = self._post(origin, reply)
+                steps.posted(str(message_id), thread_id=reply.thread_id, message=message_id)
 
         async def edit(message_id: str, thread_id: str | None, text: str) -> None:
             self.update(int(message_id), text=text)
 
-        await steps.show_state(
-            reply, lambda asset_id: self.services.bot.message_of(origin, asset_id), edit
-        )
+        await steps.show_state(edit)
 
     def _post_row(self, row: dict[str, Any], by: str | None = None) -> int:
-        message_id = self.services.store.add_web_message(row)
+        message_id = self.history.add(row)
         self._publish("message", message_id, by=by)
         return message_id
 
     def update(self, message_id: int, **fields: Any) -> None:
-        self.services.store.update_web_message(message_id, **fields)
+        self.history.update(message_id, **fields)
         self._publish("update", message_id)
 
     def _publish(self, kind: str, message_id: int, by: str | None = None) -> None:
-        row = self.services.store.web_message(message_id)
+        row = self.history.get(message_id)
         if row is None:
             return
         view = self._view(row)
@@ -488,7 +488,7 @@ class WebSurface:
     def _view(self, row: dict[str, Any]) -> dict[str, Any]:
         files = []
         for asset_id in row["files"]:
-            asset = self.services.store.get_asset(asset_id)
+            asset = self.bot.asset(asset_id)
             if asset is not None:
                 files.append(
                     {
@@ -499,7 +499,7 @@ class WebSurface:
                         "kind": asset["kind"],
                     }
                 )
-        asset = self.services.store.get_asset(row["asset_id"]) if row["asset_id"] else None
+        asset = self.bot.asset(row["asset_id"]) if row["asset_id"] else None
         kind = asset["kind"] if asset is not None else None
         chips = self._chips(row, kind)
         return {
@@ -548,14 +548,14 @@ class WebSurface:
 
     def _asset(self, request: web.Request) -> dict[str, Any]:
         asset_id = request.match_info["asset_id"]
-        asset = self.services.store.get_asset(asset_id) if ASSET_ID.match(asset_id) else None
+        asset = self.bot.asset(asset_id) if ASSET_ID.match(asset_id) else None
         if asset is None:
             raise web.HTTPNotFound(text=f"no asset {asset_id[:16]}")
         return asset
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         asset = self._asset(request)
-        path = self.services.files.path(asset["path"])
+        path = self.bot.asset_path(asset)
         width = request.query.get("w")
         if width is None or asset["kind"] == "video":
             return web.FileResponse(
@@ -563,7 +563,7 @@ class WebSurface:
             )
         if not width.isdigit() or int(width) not in THUMB_WIDTHS:
             raise BadInput(f"w must be one of {', '.join(map(str, THUMB_WIDTHS))}")
-        target = self.services.settings.data_dir / "thumbs" / f"{asset['sha256']}-{width}.jpg"
+        target = self.data_dir / "thumbs" / f"{asset['sha256']}-{width}.jpg"
         if not target.exists():
             await cpu.run(make_thumbnail, path, target, int(width))
         return web.FileResponse(
@@ -573,10 +573,10 @@ class WebSurface:
     async def _asset_page(self, request: web.Request) -> web.StreamResponse:
         asset = self._asset(request)
         try:
-            trees = self.services.pipeline.lineage_tree(asset["id"])
+            trees = self.bot.lineage_tree(asset["id"])
         except UserError as exc:
             raise web.HTTPNotFound(text=exc.message) from None
-        gates = self.services.store.gates(asset["id"])
+        gates, qa = self.bot.decisions(asset["id"])
         e = html.escape
         media = (
             f'<video controls preload="metadata" src="/files/{e(asset["id"])}"></video>'
@@ -598,7 +598,6 @@ class WebSurface:
             ("created", asset["created_at"][:19].replace("T", " ") + " UTC"),
         ]
         if asset["stage"] != "draft":  # the one current QA state; the history is below
-            qa = self.services.store.qa_state(asset["id"])
             facts.append(
                 ("QA", f"{qa['decision']} by {qa['user']}" if qa else "not signed off yet")
             )
@@ -714,9 +713,7 @@ class _StatusLine:
         # Until one job runs nothing is running, so the first running job starts the clock.
         if state in ("running", "retrying") and not self.started:
             self.started = time.monotonic()
-            self.surface.update(
-                self.message_id, state="running", started_at=utcnow(), detail=detail
-            )
+            self.surface.update(self.message_id, state="running", detail=detail, stamp="started_at")
         elif state == "retrying":
             self.surface.update(self.message_id, detail=detail)
 
@@ -735,7 +732,7 @@ class _StatusLine:
         if self.message_id is None or self.closed:
             return
         self.closed = True
-        fields: dict[str, Any] = {"state": state, "finished_at": utcnow()}
+        fields: dict[str, Any] = {"state": state, "stamp": "finished_at"}
         if CANCEL_HINT in self.text:  # nothing is left to cancel
             fields["text"] = self.text.replace(CANCEL_HINT, "")
         if detail:
@@ -782,10 +779,10 @@ def make_thumbnail(path: Path, target: Path, width: int) -> Path:
     return target
 
 
-def create(services: Services) -> WebSurface:
+def create(context: SurfaceContext) -> WebSurface:
     """The web channel needs no account; off the loopback it needs TIERBOT_WEB_TOKEN.
 
     Raises:
         SurfaceUnavailable: bound to a non-loopback address without a token.
     """
-    return WebSurface(services)
+    return WebSurface(context)

@@ -242,7 +242,7 @@ async def slack_bot(
             provider_concurrency={provider.name: concurrency} if concurrency else {},
         )
         services = wire(settings, providers=ProviderRegistry({provider.name: provider}, {}))
-        surface = SlackSurface(services, port=0, outbox_interval_s=3600)
+        surface = SlackSurface(services.surface_context(), port=0, outbox_interval_s=3600)
         await surface.start()
         freeze_startup_objects()  # as `tierbot run` does once serving
         try:

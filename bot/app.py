@@ -24,7 +24,8 @@ from bot.router import Health, Router
 from bot.runner import JobRunner
 from bot.schedules import Scheduler
 from bot.settings import Settings
-from storage import AssetFiles, Store
+from bot.surfaces import SurfaceContext
+from storage import AssetFiles, Store, WebHistory
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ class Services:
     #: Resources adapters share within one process (e.g. the one HTTP server), by name.
     shared: dict[str, Any] = field(default_factory=dict)
     _heartbeat: asyncio.Task[None] | None = None
+
+    def surface_context(self) -> SurfaceContext:
+        """What a chat surface is given (see :class:`~bot.surfaces.SurfaceContext`)."""
+        return SurfaceContext(
+            self.bot, self.settings, self.catalog, WebHistory(self.store), self.store, self.shared
+        )
 
     def start(self) -> None:
         """Keep this process's claims alive (in the running loop) until :meth:`aclose`."""

@@ -575,42 +575,24 @@ register(
         ),
     )
 )
-register(
-    CommandSpec(
-        "reroll",
-        "Draft a grid again with the same prompt.",
-        args=("grid-id",),
-        example=f"/tierbot reroll {_EXAMPLE_ID}",
-        handler=lambda bot, origin, inv, _: bot.pipeline.reroll(origin, inv.args[0]),
+# Commands that take one id and run the use case of the same name on it.
+for _name, _summary, _arg in (
+    ("reroll", "Draft a grid again with the same prompt.", "grid-id"),
+    ("discard", "Discard a grid.", "grid-id"),
+    ("approve", "Approve an asset (sign-off).", "asset-id"),
+    ("reject", "Reject an asset.", "asset-id"),
+):
+    register(
+        CommandSpec(
+            _name,
+            _summary,
+            args=(_arg,),
+            example=f"/tierbot {_name} {_EXAMPLE_ID}",
+            handler=lambda bot, origin, inv, _, use_case=_name: getattr(bot.pipeline, use_case)(
+                origin, inv.args[0]
+            ),
+        )
     )
-)
-register(
-    CommandSpec(
-        "discard",
-        "Discard a grid.",
-        args=("grid-id",),
-        example=f"/tierbot discard {_EXAMPLE_ID}",
-        handler=lambda bot, origin, inv, _: bot.pipeline.discard(origin, inv.args[0]),
-    )
-)
-register(
-    CommandSpec(
-        "approve",
-        "Approve an asset (sign-off).",
-        args=("asset-id",),
-        example=f"/tierbot approve {_EXAMPLE_ID}",
-        handler=lambda bot, origin, inv, _: bot.pipeline.approve(origin, inv.args[0]),
-    )
-)
-register(
-    CommandSpec(
-        "reject",
-        "Reject an asset.",
-        args=("asset-id",),
-        example=f"/tierbot reject {_EXAMPLE_ID}",
-        handler=lambda bot, origin, inv, _: bot.pipeline.reject(origin, inv.args[0]),
-    )
-)
 register(
     CommandSpec(
         "storyboard",

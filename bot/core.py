@@ -3,9 +3,9 @@
 ``Tierbot`` parses a command with the one shared parser, maps a reaction through the
 vocabulary onto a use case of the pipeline, and turns every error into a clear reply: bad
 input and refusals privately to the person, failed jobs in the channel, unexpected errors
-with a reference id and never a stack trace. Surfaces call :meth:`Tierbot.record_post` after
-posting a reply that presents an asset, so reactions on that message find the asset again,
-even after a restart.
+with a reference id and never a stack trace. Surfaces post the replies through the core's
+outbox (:mod:`bot.delivery`), which links each posted message to what it presents, so
+reactions on that message find the asset again, even after a restart.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bot.commands import COMMANDS, CommandError, Invocation, parse
@@ -33,6 +34,7 @@ from bot.domain import (
 from bot.errors import UserError, guarded, private_error
 from bot.failpoints import failpoint
 from bot.pipeline import Pipeline, durable
+from bot.pipeline.reports import LineageNode
 from bot.runner import CAUSE, CompletedJob, JobFailed, JobRunner
 from bot.schedules import Scheduler
 from storage import Store
@@ -182,29 +184,28 @@ class Tierbot:
         if key is not None:
             self.store.received_done(key)
 
-    def record_post(
-        self, origin: Origin, message_id: str, reply: Reply, thread_id: str | None = None
-    ) -> None:
-        """Remember which asset a posted message presents (for reactions on it), the thread
-        it lives in (so later results thread under the same root), and, for a status line,
-        its request (so ❌ on it cancels)."""
-        if reply.asset_id or (reply.status and reply.request_id):
-            self.store.record_message(
-                origin.surface,
-                origin.channel,
-                message_id,
-                reply.asset_id,
-                thread_id,
-                request_id=reply.request_id if reply.status else None,
-                text=reply.text,
-            )
+    # -- reads for surfaces that show assets (the web channel's pages, thread names) --------
 
-    def message_of(self, origin: Origin, asset_id: str) -> tuple[str, str | None, str] | None:
-        """The message presenting ``asset_id`` in ``origin``'s channel: its id, the thread
-        it is in (None at the top level) and the text it was posted with, for a surface that
-        edits it (to show a QA state)."""
-        row = self.store.message_for_asset(origin.surface, origin.channel, asset_id)
-        return (row["message_id"], row["thread_id"], row["text"] or "") if row else None
+    def asset(self, asset_id: str) -> dict[str, Any] | None:
+        """The stored facts of one asset (prompt, stage, model, seed, size, cost, file)."""
+        return self.store.get_asset(asset_id)
+
+    def asset_path(self, asset: dict[str, Any]) -> Path:
+        """Where ``asset``'s file is on disk."""
+        return self.pipeline.files.path(asset["path"])
+
+    def decisions(self, asset_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """Every gate and QA decision on ``asset_id``, oldest first, and its current QA state."""
+        return self.store.gates(asset_id), self.store.qa_state(asset_id)
+
+    def lineage_tree(self, asset_id: str) -> list[LineageNode]:
+        """``asset_id``'s lineage as trees from its roots (see ``Pipeline.lineage_tree``)."""
+        return self.pipeline.lineage_tree(asset_id)
+
+    def approvers(self, origin: Origin) -> list[str]:
+        """The approver entries (people, groups) of ``origin``'s team and channel: a surface
+        resolves which groups the sender belongs to."""
+        return list(self.pipeline.policy.rules_for(origin).approvers)
 
     async def recover(self) -> list[CompletedJob | JobFailed]:
         """One recovery pass: take over the work nobody live holds and finish it.

@@ -2,5 +2,6 @@
 
 from storage.files import AssetFiles
 from storage.store import LimitReached, Store
+from storage.web_history import WebHistory
 
-__all__ = ["AssetFiles", "LimitReached", "Store"]
+__all__ = ["AssetFiles", "LimitReached", "Store", "WebHistory"]

@@ -719,38 +719,6 @@ class Store:
         )
         return rows[0] if rows else None
 
-    # -- the web channel's history -----------------------------------------------------------
-
-    def add_web_message(self, message: dict[str, Any]) -> int:
-        row = {"at": utcnow(), **{k: _json(v) for k, v in message.items()}}
-        return int(self._table("web_messages").insert(row).last_pk)
-
-    def update_web_message(self, message_id: int, **fields: Any) -> None:
-        self._table("web_messages").update(message_id, {k: _json(v) for k, v in fields.items()})
-
-    def interrupt_web_statuses(self, detail: str, at: str) -> int:
-        """Mark the web channel's status lines still queued or running as interrupted."""
-        with self._immediate():
-            cursor = self.db.execute(
-                "update web_messages set state = 'interrupted', detail = ?, finished_at = ? "
-                "where state in ('queued', 'running')",
-                [detail, at],
-            )
-            return cursor.rowcount
-
-    def web_message(self, message_id: int) -> dict[str, Any] | None:
-        rows = list(self._table("web_messages").rows_where("id = ?", [message_id]))
-        return _decode_web(rows[0]) if rows else None
-
-    def web_messages(self, viewer: str | None, limit: int = 200) -> list[dict[str, Any]]:
-        """The newest ``limit`` messages ``viewer`` may see, oldest first."""
-        rows = self.db.query(
-            "select * from (select * from web_messages where private_to is null "
-            "or private_to = ? order by id desc limit ?) order by id",
-            [viewer or "", limit],
-        )
-        return [_decode_web(r) for r in rows]
-
     # -- helpers -----------------------------------------------------------------------------
 
     def _table(self, name: str) -> Table:
@@ -804,13 +772,6 @@ def _ago(seconds: float) -> str:
 
 def _json(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
-
-
-def _decode_web(row: dict[str, Any]) -> dict[str, Any]:
-    for field in ("files", "reactions"):
-        row[field] = json.loads(row[field]) if row.get(field) else []
-    row["error"] = bool(row.get("error"))
-    return row
 
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import pytest
 
 from adapters import load_providers, wire
 from bot.app import Services
+from bot.delivery import Steps
 from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
 from bot.providers import GeneratedFile, GenerationRequest, ProviderRegistry
 from bot.settings import Settings
@@ -74,7 +75,7 @@ class Chat:
         async for reply in replies:
             message_id = f"m{len(self.posted) + 1}"
             self.posted[message_id] = reply
-            self.services.bot.record_post(self.origin, message_id, reply)
+            Steps(self.services.store, self.origin, reply).posted(message_id)
             out.append(reply)
         return out
 

@@ -77,3 +77,23 @@ def test_only_storage_talks_to_sqlite() -> None:
         if "sqlite3" in _imports(path)
     ]
     assert offenders == []
+
+
+def test_chat_surfaces_get_a_narrow_context() -> None:
+    """A chat surface works through its ``SurfaceContext`` (the core's front door, its outbox,
+    settings): it imports neither the store nor the composition root's service bag."""
+    offenders = {}
+    for path in (ROOT / "adapters").glob("*.py"):
+        if path.name in ("__init__.py", "shell.py"):  # the composition root's edge
+            continue
+        text = path.read_text(encoding="utf-8")
+        bad = {"storage", "bot.app"} & {
+            node.module
+            for node in ast.walk(ast.parse(text))
+            if isinstance(node, ast.ImportFrom) and node.module
+        } | ({"Services"} if re.search(r"\bServices\b", text) else set())
+        if "storage" in _imports(path):
+            bad.add("storage")
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}

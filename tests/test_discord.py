@@ -71,7 +71,7 @@ class Rig:
         )
         self.services = wire(settings)
         self.surface = DiscordSurface(
-            self.services, guild_ready_timeout=0.05, outbox_interval_s=3600
+            self.services.surface_context(), guild_ready_timeout=0.05, outbox_interval_s=3600
         )
         self.started = await self.surface.start()
         return self
@@ -294,7 +294,7 @@ async def test_invalid_token_is_reported_at_start(fake: FakeDiscord, make_settin
         discord_gateway_url=fake.gateway_url,
     )
     services = wire(settings)
-    surface = DiscordSurface(services, guild_ready_timeout=0.05)
+    surface = DiscordSurface(services.surface_context(), guild_ready_timeout=0.05)
     with pytest.raises(SurfaceUnavailable, match="refused DISCORD_BOT_TOKEN"):
         await surface.start()
     await surface.stop()
@@ -324,10 +324,10 @@ async def test_global_sync_is_a_deliberate_cli_act(
         discord_gateway_url=fake.gateway_url,
     )
     services = wire(settings)
-    assert await cli(services, ["sync"]) == 0
+    assert await cli(services.surface_context(), ["sync"]) == 0
     assert {c["name"] for c in fake.commands["global"]} == {"draft", "tierbot"}
     assert "2 command(s) synced globally" in capsys.readouterr().out
-    assert await cli(services, ["nope"]) == 2
+    assert await cli(services.surface_context(), ["nope"]) == 2
     await services.aclose()
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from adapters import wire
 from bot.app import Services
+from bot.delivery import Steps
 from bot.domain import CommandEvent, Reaction, ReactionEvent
 from bot.pipeline import Pipeline
 from tests.conftest import Chat, ScriptedProvider, collect, write_policy
@@ -164,7 +165,7 @@ async def test_a_reaction_that_arrives_before_its_link_waits_for_it(chat: Chat):
     flow = asyncio.create_task(collect(chat.services.bot.handle_reaction(event)))
     await asyncio.sleep(0.3)
     assert not flow.done()  # waiting, not dropped
-    chat.services.bot.record_post(chat.origin, message_id, grid)  # the post call returns
+    Steps(store, chat.origin, grid).posted(message_id)  # the post call returns
     (_, final) = await flow
     assert final.text.startswith("✨ Final")
 

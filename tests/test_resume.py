@@ -9,6 +9,7 @@ from typing import Any
 
 from adapters import load_providers, wire
 from bot.app import Services
+from bot.delivery import Steps
 from bot.domain import AssetKind, CommandEvent, Decision, Origin, ReactionEvent, Reply
 from bot.providers import PermanentError
 from bot.settings import Settings
@@ -26,7 +27,7 @@ class Posted:
     async def deliver(self, origin: Origin, replies: AsyncIterator[Reply]) -> None:
         async for reply in replies:
             self.replies.append((origin, reply))
-            self.services.bot.record_post(origin, f"after-{len(self.replies)}", reply)
+            Steps(self.services.store, origin, reply).posted(f"after-{len(self.replies)}")
 
 
 def with_local(make_settings: Callable[..., Settings], provider: Any | None = None) -> Services:

@@ -54,7 +54,7 @@ class Rig:
         )
         providers = registry_with(settings, local=self.local) if self.local else None
         self.services = wire(settings, providers=providers)
-        self.surface = SlackSurface(self.services, port=0, outbox_interval_s=3600)
+        self.surface = SlackSurface(self.services.surface_context(), port=0, outbox_interval_s=3600)
         await self.surface.start()
         self.services.scheduler.deliverers["slack"] = self.surface.deliver  # as `tierbot run`
         return self.surface
@@ -346,7 +346,7 @@ async def test_socket_mode_serves_the_same_flow(fake: FakeSlack, make_settings) 
         slack_bot_token=fake.bot_token, slack_app_token=fake.app_token, slack_api_url=fake.api_url
     )
     services = wire(settings)
-    surface = SlackSurface(services)
+    surface = SlackSurface(services.surface_context())
     assert surface.server is None  # no signing secret: Socket Mode only
     line = await surface.start()
     assert "Socket Mode" in line
@@ -370,7 +370,7 @@ async def test_invalid_auth_is_reported_at_start(fake: FakeSlack, make_settings)
         slack_bot_token="xoxb-wrong", slack_signing_secret="s", slack_api_url=fake.api_url
     )
     services = wire(settings)
-    surface = SlackSurface(services, port=0)
+    surface = SlackSurface(services.surface_context(), port=0)
     with pytest.raises(SurfaceUnavailable, match="invalid_auth"):
         await surface.start()
     await services.aclose()
@@ -378,9 +378,9 @@ async def test_invalid_auth_is_reported_at_start(fake: FakeSlack, make_settings)
 
 def test_slack_needs_its_tokens(make_settings) -> None:
     with pytest.raises(SurfaceUnavailable, match="set SLACK_BOT_TOKEN"):
-        SlackSurface(wire(make_settings()))
+        SlackSurface(wire(make_settings()).surface_context())
     with pytest.raises(SurfaceUnavailable, match="SLACK_APP_TOKEN"):
-        SlackSurface(wire(make_settings(slack_bot_token="xoxb-1")))
+        SlackSurface(wire(make_settings(slack_bot_token="xoxb-1")).surface_context())
 
 
 async def test_messages_link_to_the_asset_page_with_a_public_url(

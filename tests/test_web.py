@@ -16,6 +16,7 @@ from adapters import wire
 from adapters.web import WebSurface
 from bot.commands import CommandError, parse
 from bot.surfaces import SurfaceUnavailable
+from storage import WebHistory
 from tests.conftest import ScriptedProvider, registry_with, write_policy
 
 
@@ -51,7 +52,7 @@ class Channel:
 
 
 async def _open(services, **kwargs) -> AsyncIterator[Channel]:
-    surface = WebSurface(services, port=0, **kwargs)
+    surface = WebSurface(services.surface_context(), port=0, **kwargs)
     await surface.start()
     async with httpx.AsyncClient(base_url=surface.url, timeout=30) as client:
         yield Channel(surface, client)
@@ -239,8 +240,7 @@ async def test_asset_page_and_files_stay_inside_the_store(channel: Channel) -> N
     final = await channel.wait_for(lambda m: m["text"].startswith("✨ Final"))
     page = await channel.client.get(f"/assets/{final['asset_id']}")
     assert page.status_code == 200
-    services = channel.surface.services
-    draft = services.store.parents(final["asset_id"])[0]
+    draft = channel.surface.bot.store.parents(final["asset_id"])[0]
     for fact in (
         "a fox",
         "local-final",
@@ -302,7 +302,7 @@ async def test_history_survives_a_restart(make_settings) -> None:
 
 async def test_token_is_required_off_loopback(make_settings) -> None:
     with pytest.raises(SurfaceUnavailable, match="TIERBOT_WEB_TOKEN is required"):
-        WebSurface(wire(make_settings(http_host="0.0.0.0")))
+        WebSurface(wire(make_settings(http_host="0.0.0.0")).surface_context())
     services = wire(make_settings(web_token="s3cret-token"))
     async for channel in _open(services, host="127.0.0.1"):
         assert (await channel.client.get("/")).status_code == 200  # the page asks for it
@@ -358,7 +358,7 @@ async def test_a_restart_mid_job_marks_the_status_line_interrupted_then_posts_th
         status = await channel.wait_for(lambda m: m["state"] in ("queued", "running"))
     await services.aclose()  # the surface stopped first, with the job still running
     services = wire(make_settings())
-    stopped = services.store.web_message(status["id"])
+    stopped = WebHistory(services.store).get(status["id"])
     assert stopped["state"] == "interrupted"
     assert "interrupted by a restart: the result follows" in stopped["detail"]
     async for channel in _open(services):
@@ -373,7 +373,7 @@ async def test_status_lines_a_killed_process_left_running_are_closed_at_start(
     make_settings,
 ) -> None:
     services = wire(make_settings())
-    row = services.store.add_web_message({"author": "tierbot", "text": "⏳", "state": "running"})
+    row = WebHistory(services.store).add({"author": "tierbot", "text": "⏳", "state": "running"})
     async for channel in _open(services):
         (message,) = [m for m in await channel.history() if m["id"] == row]
         assert message["state"] == "interrupted" and message["finished_at"]

@@ -68,7 +68,7 @@ async def served_in_chromium(settings: Settings) -> AsyncIterator[tuple[WebSurfa
     from playwright.async_api import async_playwright
 
     services = wire(settings)
-    surface = WebSurface(services, port=0)
+    surface = WebSurface(services.surface_context(), port=0)
     await surface.start()
     try:
         async with async_playwright() as playwright:
