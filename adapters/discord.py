@@ -49,6 +49,7 @@ from bot.commands import (
     ASPECT_RATIOS,
     COMMANDS,
     FLAGS,
+    RESOLUTIONS,
     CommandSpec,
     FlagSpec,
     Invocation,
@@ -194,6 +195,7 @@ def _flag_values(catalog: Any) -> dict[str, tuple[Values, bool]]:
     """
     return {
         "ar": (lambda: ASPECT_RATIOS, True),
+        "res": (lambda: RESOLUTIONS, True),
         "style": (lambda: sorted(catalog.styles), True),
         "model": (lambda: sorted(catalog.models), False),
     }

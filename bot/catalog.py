@@ -19,13 +19,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from bot.domain import ASPECT_RATIOS, Capability, Stage
+from bot.domain import ASPECT_RATIOS, RESOLUTIONS, Capability, Stage
 
 log = logging.getLogger(__name__)
 
 
 class Serving(BaseModel):
-    """One provider's deployment of a model, in the model's order of preference."""
+    """One provider's deployment of a model, in the model's order of preference.
+
+    The facts below, when set, override the model's for this provider only (Replicate's
+    Seedream takes fewer aspect ratios than fal's; Veo always has sound on the Gemini API).
+    """
 
     provider: str = Field(min_length=1)
     #: The provider's id for the model (an endpoint, model name, workflow file...).
@@ -34,6 +38,16 @@ class Serving(BaseModel):
     models: dict[Capability, str] = Field(default_factory=dict)
     #: Milli-credits per unit on this provider, when it differs from the model's price.
     price: int | None = Field(default=None, ge=0)
+    #: Milli-credits per unit at each resolution, when they differ from ``price``.
+    prices: dict[str, int] | None = None
+    audio_price: int | None = Field(default=None, ge=0)
+    aspect_ratios: list[str] | None = None
+    resolutions: list[str] | None = None
+    default_resolution: str | None = None
+    seed: bool | None = None
+    audio: bool | None = None
+    #: Why this deployment no longer serves (a retired id): it is shown, never called.
+    retired: str | None = None
 
     def model_for(self, capability: Capability) -> str:
         return self.models.get(capability, self.model)
@@ -56,7 +70,21 @@ class ModelSpec(BaseModel):
     negative_prompt: bool = True
     multi_subject: bool = True
     price: int = Field(ge=0, description="milli-credits per unit")
-    unit: Literal["image", "second"] = "image"
+    #: Milli-credits per unit at each resolution where the price depends on it.
+    prices: dict[str, int] = Field(default_factory=dict)
+    #: "image" (per output), "second" (of video) or "megapixel" (of output, per image).
+    unit: Literal["image", "second", "megapixel"] = "image"
+    #: The output area a "megapixel" model is asked for (its price follows from it).
+    pixels: int = Field(default=1024 * 1024, ge=1)
+    #: The resolutions a model offers (``RESOLUTIONS``); empty when it has one size only.
+    resolutions: list[str] = Field(default_factory=list)
+    #: What is asked for when the request names none (finals at 2K where offered).
+    default_resolution: str | None = None
+    #: Whether a video has sound: None for a model that makes none; otherwise what is sent
+    #: (explicitly, never the provider's default, since sound is priced).
+    audio: bool | None = None
+    #: Milli-credits per second with sound, where it costs more.
+    audio_price: int | None = Field(default=None, ge=0)
     latency_s: float = Field(default=10.0, ge=0)
     quality: int = Field(default=5, ge=1, le=10)
     rank: int = 50
@@ -75,14 +103,17 @@ class ModelSpec(BaseModel):
             data["providers"] = [serving, *data.get("providers", [])]
         return data
 
-    def cost(
-        self, *, images: int = 1, seconds: int | None = None, serving: Serving | None = None
-    ) -> int:
-        """Milli-credits for one call making ``images`` images or ``seconds`` of video."""
-        price = serving.price if serving is not None and serving.price is not None else self.price
-        if self.unit == "second":
-            return price * (seconds or 0)
-        return price * images
+    @model_validator(mode="after")
+    def _known_resolutions(self) -> ModelSpec:
+        for serving in [None, *self.providers]:
+            fact = self if serving is None else serving
+            named = [*(fact.resolutions or []), *(fact.prices or {})]
+            if fact.default_resolution:
+                named.append(fact.default_resolution)
+            unknown = sorted(set(named) - set(RESOLUTIONS))
+            if unknown:
+                raise ValueError(f"unknown resolution {unknown[0]} (use {', '.join(RESOLUTIONS)})")
+        return self
 
 
 @dataclass(frozen=True)
@@ -106,8 +137,64 @@ class Candidate:
     def provider(self) -> str:
         return self.serving.provider
 
-    def cost(self, *, images: int = 1, seconds: int | None = None) -> int:
-        return self.model.cost(images=images, seconds=seconds, serving=self.serving)
+    # The facts of this deployment: the serving's where it states them, else the model's.
+
+    @property
+    def aspect_ratios(self) -> list[str]:
+        return self.serving.aspect_ratios or self.model.aspect_ratios
+
+    @property
+    def resolutions(self) -> list[str]:
+        return (
+            self.serving.resolutions
+            if self.serving.resolutions is not None
+            else self.model.resolutions
+        )
+
+    @property
+    def seed(self) -> bool:
+        return self.model.seed if self.serving.seed is None else self.serving.seed
+
+    @property
+    def audio(self) -> bool | None:
+        return self.model.audio if self.serving.audio is None else self.serving.audio
+
+    def resolution_for(self, asked: str | None) -> str | None:
+        """The resolution sent for ``asked`` (None: the default): asked where offered, else
+        the default (2K for finals where offered); None for a model of one size or one
+        without a declared default (it renders its own size)."""
+        offered = self.resolutions
+        if not offered:
+            return None
+        if asked in offered:
+            return asked
+        default = self.serving.default_resolution or self.model.default_resolution
+        return default if default in offered else None  # None: the provider's own size
+
+    def cost(
+        self, *, images: int = 1, seconds: int | None = None, resolution: str | None = None
+    ) -> int:
+        """Milli-credits for one call making ``images`` images, or ``seconds`` of video, at
+        ``resolution`` (None: the default), with this deployment's sound setting. The price
+        shown before a step is this, and so is what is charged."""
+        model, serving = self.model, self.serving
+        resolution = self.resolution_for(resolution)
+        prices = {**model.prices, **(serving.prices or {})}
+        price = serving.price if serving.price is not None else model.price
+        if resolution in prices:
+            price = prices[resolution]
+        if model.unit == "second":
+            audio_price = serving.audio_price or model.audio_price
+            if self.audio and audio_price is not None:
+                price = audio_price
+            return price * (seconds or 0)
+        if model.unit == "megapixel":
+            return -(-price * model.pixels * images // 1_000_000)  # rounded up
+        return price * images
+
+    @property
+    def retired(self) -> str | None:
+        return self.serving.retired
 
 
 class StylePreset(BaseModel):

@@ -46,7 +46,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.domain import ASPECT_RATIOS, DEFAULT_N, DEFAULT_VIDEO_SECONDS, MAX_SEED
+from bot.domain import ASPECT_RATIOS, DEFAULT_N, DEFAULT_VIDEO_SECONDS, MAX_SEED, RESOLUTIONS
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ class Invocation(BaseModel):
     style: str | None = None
     negative: str | None = None
     hero: bool = False
+    resolution: str | None = None
     seconds: int | None = Field(default=None, ge=VIDEO_SECONDS[0], le=VIDEO_SECONDS[1])
     index: int | None = Field(default=None, ge=1, le=MAX_N)
     beats: list[str] = Field(default_factory=list)
@@ -314,6 +315,13 @@ FLAGS: dict[str, FlagSpec] = {
             greedy=True,
         ),
         FlagSpec("hero", "hero", "hero asset: use the top-quality tier"),
+        FlagSpec(
+            "res",
+            "resolution",
+            "output resolution: " + ", ".join(RESOLUTIONS) + " (default 2k where offered)",
+            "1k|2k|4k",
+            lambda name, raw: _choice(RESOLUTIONS)(name, raw.lower()),
+        ),
         FlagSpec(
             "tz", "tz", "time zone of a schedule, e.g. Europe/Berlin", "ZONE", _text(MAX_NAME_CHARS)
         ),
@@ -533,8 +541,8 @@ register(
         f"Render draft k (1 to {MAX_N}) of a grid with a final-quality model.",
         aliases=("select",),
         args=("grid-id", "k"),
-        flags=("model", "style", "hero"),
-        example=f"/tierbot final {_EXAMPLE_ID} 2 --hero",
+        flags=("model", "style", "hero", "res"),
+        example=f"/tierbot final {_EXAMPLE_ID} 2 --hero --res 4k",
         handler=lambda bot, origin, inv, _: bot.pipeline.select(
             origin, inv.args[0], inv.index or 0, inv
         ),
@@ -548,7 +556,7 @@ register(
         takes_prompt=True,
         prompt_metavar="<instruction>",
         prompt_label="an instruction",
-        flags=("model", "seed"),
+        flags=("model", "seed", "res"),
         example=f"/tierbot edit {_EXAMPLE_ID} make the sky stormy",
         handler=lambda bot, origin, inv, _: bot.pipeline.edit(origin, inv.args[0], inv),
     )

@@ -24,6 +24,10 @@ DEFAULT_AR = "1:1"
 DEFAULT_N = 4
 MAX_SEED = 2**32 - 1
 DEFAULT_VIDEO_SECONDS = 4
+#: Output resolutions, as people type them (``--res 2k``); adapters spell them per provider.
+RESOLUTIONS = ("1k", "2k", "4k")
+#: The long edge each resolution means, in pixels, for providers that take a size.
+RESOLUTION_LONG_EDGE = {"1k": 1024, "2k": 2048, "4k": 4096}
 
 
 class Stage(StrEnum):

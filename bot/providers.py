@@ -41,6 +41,13 @@ class GenerationRequest(BaseModel):
     long_edge: int | None = None
     #: Video length in seconds (video stage only).
     duration_s: int | None = None
+    #: Output resolution ("1k", "2k", "4k") for a model that offers several; the router has
+    #: checked it is one the model offers. None for a model of one size.
+    resolution: str | None = None
+    #: Sound on a video, for a model that can make it: always sent explicitly (it is priced).
+    audio: bool | None = None
+    #: Whether the model takes a seed (a catalog fact; some APIs reject the field).
+    seed_accepted: bool = True
     #: Input images: the draft for a final, the source for an upscale, edit or video.
     references: list[Path] = Field(default_factory=list)
 

@@ -108,6 +108,8 @@ class RouteContext:
     images: int = 1
     seconds: int | None = None
     aspect_ratio: str | None = None
+    #: ``--res``: a resolution every candidate must offer; None takes each model's default.
+    resolution: str | None = None
     rejected_grids: int = 0
     reroute_after: int = 2
     #: Milli-credits left under the tightest budget cap; None when uncapped.
@@ -158,15 +160,31 @@ class Router:
         self.catalog = catalog
         self.unavailable = unavailable
         self.health = health
+        #: ``model@provider`` → why the provider says it does not exist (``tierbot doctor``'s
+        #: live check at start): out of routing until the next check.
+        self.missing: dict[str, str] = {}
+
+    def why_not(self, candidate: Candidate) -> str | None:
+        """Why ``candidate`` cannot serve here (retired, missing at the provider, the
+        provider not configured), or None when it can."""
+        if candidate.retired:
+            return (
+                f"{candidate.serving.model} on {candidate.provider} is retired: {candidate.retired}"
+            )
+        if (missing := self.missing.get(candidate.key)) is not None:
+            return f"{candidate.provider}: {missing}"
+        if (reason := self.unavailable(candidate.provider)) is not None:
+            return f"provider {candidate.provider} {reason}"
+        return None
 
     def why_unavailable(self, model: ModelSpec) -> str | None:
         """None when some provider of ``model`` can serve it here, else every reason."""
         reasons = []
         for serving in model.providers:
-            reason = self.unavailable(serving.provider)
+            reason = self.why_not(Candidate(model, serving))
             if reason is None:
                 return None
-            reasons.append(f"provider {serving.provider} {reason}")
+            reasons.append(reason)
         return "; ".join(reasons)
 
     def serving_now(self, model: ModelSpec) -> Candidate | None:
@@ -175,27 +193,45 @@ class Router:
 
     def _available(self, model: ModelSpec, pinned: str | None = None) -> list[Candidate]:
         """``model`` on each provider that can serve it here (only ``pinned``, if given)."""
-        return [
-            Candidate(model, s)
-            for s in model.providers
-            if (pinned is None or s.provider == pinned) and self.unavailable(s.provider) is None
+        candidates = [
+            Candidate(model, s) for s in model.providers if pinned is None or s.provider == pinned
         ]
+        return [c for c in candidates if self.why_not(c) is None]
 
     def price(self, candidate: Candidate, ctx: RouteContext) -> int:
-        return candidate.cost(images=ctx.images, seconds=ctx.seconds)
+        return candidate.cost(images=ctx.images, seconds=ctx.seconds, resolution=ctx.resolution)
 
-    def _misfit(self, model: ModelSpec, ctx: RouteContext, need: Capability) -> str | None:
+    @staticmethod
+    def _misfit(candidate: Candidate, ctx: RouteContext, need: Capability) -> str | None:
+        """Why ``candidate``'s facts forbid ``ctx`` (the request is never sent), or None."""
+        model = candidate.model
         if need not in model.capabilities:
             return f"{model.id} cannot do {need.value} ({ctx.stage.value} needs {need.value})"
-        if ctx.aspect_ratio and ctx.aspect_ratio not in model.aspect_ratios:
-            allowed = ", ".join(model.aspect_ratios)
-            return f"{model.id} does not render {ctx.aspect_ratio} (it does {allowed})"
+        if ctx.aspect_ratio and ctx.aspect_ratio not in candidate.aspect_ratios:
+            allowed = ", ".join(candidate.aspect_ratios)
+            return f"{candidate.label} does not render {ctx.aspect_ratio} (it does {allowed})"
+        if ctx.resolution and ctx.resolution not in candidate.resolutions:
+            offered = ", ".join(candidate.resolutions) or "one size only"
+            return f"{candidate.label} does not render {ctx.resolution} ({offered})"
         if ctx.seconds and model.max_seconds and ctx.seconds > model.max_seconds:
             return f"{model.id} makes at most {model.max_seconds} s of video"
         if ctx.seconds and model.durations and ctx.seconds not in model.durations:
             lengths = ", ".join(str(d) for d in model.durations)
             return f"{model.id} makes videos of {lengths} s only"
         return None
+
+    def _fitting(
+        self, model: ModelSpec, ctx: RouteContext, need: Capability, pinned: str | None = None
+    ) -> list[Candidate]:
+        """``model`` on each provider that can serve it here and whose facts allow ``ctx``."""
+        return [c for c in self._available(model, pinned) if self._misfit(c, ctx, need) is None]
+
+    def _why_not_fitting(self, model: ModelSpec, ctx: RouteContext, need: Capability) -> str:
+        """Why no deployment of ``model`` fits ``ctx``: each one's reason, once."""
+        reasons = dict.fromkeys(
+            self._misfit(c, ctx, need) or "" for c in (Candidate(model, s) for s in model.providers)
+        )
+        return "; ".join(r for r in reasons if r)
 
     def route(self, ctx: RouteContext) -> Route:
         """Choose the candidates for ``ctx``.
@@ -221,12 +257,8 @@ class Router:
         if ctx.hero and ctx.stage is Stage.FINAL:
             why = "--hero takes the best final model"
 
-        available = {m.id: self._available(m) for m in self.catalog.for_stage(tier)}
-        models = [
-            m
-            for m in self.catalog.for_stage(tier)
-            if available[m.id] and self._misfit(m, ctx, need) is None
-        ]
+        available = {m.id: self._fitting(m, ctx, need) for m in self.catalog.for_stage(tier)}
+        models = [m for m in self.catalog.for_stage(tier) if available[m.id]]
         if not models:
             raise RouteRefused(self._nothing_serves(ctx, tier, need))
         models.sort(key=self._order(ctx, tier))
@@ -276,7 +308,8 @@ class Router:
             return lambda m: (-m.quality, m.rank)
 
         def cost(m: ModelSpec) -> int:
-            return m.cost(images=ctx.images, seconds=ctx.seconds)
+            deployments = self._available(m) or [Candidate(m, s) for s in m.providers]
+            return min(self.price(c, ctx) for c in deployments)
 
         if tier in (Stage.DRAFT, Stage.VIDEO):
             return lambda m: (cost(m), m.latency_s)
@@ -306,18 +339,21 @@ class Router:
             hint = nearest(model_id, self.catalog.models)
             suggestion = f"; did you mean {hint}?" if hint else ""
             raise RouteRefused(f"unknown model {model_id}{suggestion} (see /tierbot models)")
-        misfit = self._misfit(model, ctx, need)
-        if misfit:
-            raise RouteRefused(f"--model {misfit}")
         if pinned and all(s.provider != pinned for s in model.providers):
             served = ", ".join(s.provider for s in model.providers)
             raise RouteRefused(f"{model.id} is not served by {pinned} (served by {served})")
-        candidates = self._available(model, pinned or None)
+        deployments = [
+            Candidate(model, s) for s in model.providers if not pinned or s.provider == pinned
+        ]
+        misfits = [m for c in deployments if (m := self._misfit(c, ctx, need))]
+        if len(misfits) == len(deployments):
+            raise RouteRefused(f"--model {'; '.join(dict.fromkeys(misfits))}")
+        candidates = self._fitting(model, ctx, need, pinned or None)
         if not candidates:
             reasons = [
-                f"provider {s.provider} {self.unavailable(s.provider)}"
-                for s in model.providers
-                if not pinned or s.provider == pinned
+                why
+                for c in deployments
+                if self._misfit(c, ctx, need) is None and (why := self.why_not(c))
             ]
             raise RouteRefused(f"{asked} is unavailable: {'; '.join(reasons)}")
         healthy = [c for c in candidates if self.health.cooling_for(c.key) == 0]
@@ -347,7 +383,7 @@ class Router:
     def _nothing_serves(self, ctx: RouteContext, tier: Stage, need: Capability) -> str:
         reasons = []
         for model in self.catalog.for_stage(tier):
-            why = self.why_unavailable(model) or self._misfit(model, ctx, need)
+            why = self.why_unavailable(model) or self._why_not_fitting(model, ctx, need)
             if why:
                 reasons.append(f"{model.id}: {why}")
         detail = "; ".join(reasons) if reasons else "the catalog lists none"

@@ -53,6 +53,21 @@ log = logging.getLogger(__name__)
 CAUSE: ContextVar[str | None] = ContextVar("tierbot_cause", default=None)
 
 
+def for_candidate(request: GenerationRequest, candidate: Candidate) -> GenerationRequest:
+    """``request`` as ``candidate`` is sent it: its own model id, the resolution it offers
+    nearest the one asked for, its sound setting and whether it takes a seed."""
+    return request.model_copy(
+        update={
+            "job_id": "",
+            "model_id": candidate.model.id,
+            "provider_model": candidate.serving.model_for(request.capability),
+            "resolution": candidate.resolution_for(request.resolution),
+            "audio": candidate.audio,
+            "seed_accepted": candidate.seed,
+        }
+    )
+
+
 @dataclass
 class JobPlan:
     """What the pipeline asks the runner to do: one stage of one request."""
@@ -259,12 +274,11 @@ class JobRunner:
         for index, candidate in enumerate(candidates):
             model = candidate.model
             price = prices.get(candidate.key) or candidate.cost(
-                images=request.n, seconds=request.duration_s
+                images=request.n, seconds=request.duration_s, resolution=request.resolution
             )
-            provider_model = candidate.serving.model_for(request.capability)
-            params = request.model_copy(
-                update={"job_id": "", "model_id": model.id, "provider_model": provider_model}
-            ).model_dump(mode="json", exclude={"job_id", "references"})
+            params = for_candidate(request, candidate).model_dump(
+                mode="json", exclude={"job_id", "references"}
+            )
             try:
                 job_id = self.ledger.reserve_job(
                     {
@@ -426,7 +440,9 @@ class JobRunner:
         )
         reserved = self.store.ledger_entry(job["id"])
         seconds = round(max((o.duration_s or 0) for o in outputs)) if outputs else None
-        actual = candidate.cost(images=len(outputs), seconds=seconds or None)
+        actual = candidate.cost(
+            images=len(outputs), seconds=seconds or None, resolution=job["params"].get("resolution")
+        )
         amount = min(actual, reserved["amount"]) if reserved else actual
         params = job["params"]
         rows = [

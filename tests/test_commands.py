@@ -429,7 +429,7 @@ ERRORS = [
         "tierbot",
         "edit",
         "/tierbot edit needs an asset id; "
-        "usage: /tierbot edit <asset-id> <instruction> [--model ID] [--seed N]",
+        "usage: /tierbot edit <asset-id> <instruction> [--model ID] [--seed N] [--res 1k|2k|4k]",
     ),
     ("tierbot", "reroll", "/tierbot reroll needs a grid id; usage: /tierbot reroll <grid-id>"),
     (
@@ -441,7 +441,7 @@ ERRORS = [
         "tierbot",
         "final g1",
         "/tierbot final needs a grid id and a draft number from 1 to 9; "
-        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero]",
+        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero] [--res 1k|2k|4k]",
     ),
     ("tierbot", "final g1 12", "the draft number <k> must be a whole number from 1 to 9; got 12"),
     (
@@ -460,7 +460,7 @@ ERRORS = [
         "tierbot",
         "final g1 2 3",
         "/tierbot final takes only a grid id and a draft number from 1 to 9; got extra '3'; "
-        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero]",
+        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero] [--res 1k|2k|4k]",
     ),
     (
         "tierbot",
@@ -611,6 +611,7 @@ def test_expected_commands_are_registered() -> None:
         "style",
         "no",
         "hero",
+        "res",
         "seconds",
         "tz",
         "days",

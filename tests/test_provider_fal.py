@@ -219,6 +219,9 @@ async def test_final_upscale_and_video_send_the_reference_image(fal, wire, url_s
         "seed": 7,
         "image_url": data_uri(files.path(final_row["path"]), "image/jpeg"),
         "aspect_ratio": "auto",
+        # Cost-driving defaults said explicitly: fal's are sound on and, for some, 1080p.
+        "resolution": "720p",
+        "generate_audio": False,
     }
     video_row = store.get_asset(video.asset_id)
     assert (video_row["mime"], video_row["width"], video_row["height"]) == ("video/mp4", 64, 64)

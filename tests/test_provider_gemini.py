@@ -392,6 +392,7 @@ async def test_video_sends_the_first_frame_and_downloads_the_mp4(
         "aspectRatio": "16:9",
         "sampleCount": 1,
         "durationSeconds": 4,
+        "resolution": "720p",  # what the catalog prices, said explicitly
     }
     operation = next(iter(fake.operations))
     assert [p.path for p in fake.polls()] == [f"/v1beta/{operation}"] * 3  # 2 running, 1 done

@@ -35,6 +35,7 @@ stages = ["draft"]
 capabilities = ["text-to-image"]
 price = 100
 max_images = 4
+seed = false              # a catalog fact: Replicate's nano-banana takes no seed
 
 [models.t-replicate-draft-b]
 provider = "replicate"
@@ -43,6 +44,7 @@ stages = ["draft"]
 capabilities = ["text-to-image"]
 price = 200
 max_images = 4
+seed = false
 
 [models.t-replicate-final]
 provider = "replicate"
@@ -51,6 +53,10 @@ stages = ["final", "edit"]
 capabilities = ["text-to-image", "image-to-image"]
 price = 1000
 max_images = 1
+seed = false
+resolutions = ["1k", "2k", "4k"]
+default_resolution = "2k"
+prices = {{ "4k" = 2000 }}
 
 [models.t-replicate-video]
 provider = "replicate"
@@ -61,6 +67,7 @@ aspect_ratios = ["16:9", "9:16"]
 price = 500
 unit = "second"
 max_seconds = 8
+audio = false
 
 # A community model pinned to a version: created with POST /v1/predictions {{"version": ...}}.
 [models.t-replicate-upscale]
@@ -181,6 +188,8 @@ async def test_draft_final_and_video_send_the_right_calls_and_store_real_files(
     assert final_create.path == "/v1/models/google/nano-banana-pro/predictions"
     final_input = final_create.body["input"]
     assert final_input["aspect_ratio"] == "match_input_image"  # keeps the draft's 16:9
+    assert final_input["resolution"] == "2K"  # the catalog's default, said explicitly
+    assert "seed" not in final_input  # a catalog fact: no seed input
     (reference,) = final_input["image_input"]
     assert reference.startswith("data:image/png;base64,")  # small: inline, not uploaded
     assert fake.resolve(reference) == services.files.path(drafts[0]["path"]).read_bytes()
@@ -200,6 +209,8 @@ async def test_draft_final_and_video_send_the_right_calls_and_store_real_files(
         4,
         "16:9",  # from the first frame's shape; the core asks 1:1, which Veo refuses
     )
+    # Cost-driving defaults are never left to Replicate (Veo 3.1 defaults to 1080p and sound).
+    assert (video_input["resolution"], video_input["generate_audio"]) == ("720p", False)
     video_row = store.get_asset(video.asset_id)
     assert (video_row["mime"], video_row["width"], video_row["height"]) == ("video/mp4", 64, 64)
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(video.files[0]))

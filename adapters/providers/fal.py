@@ -63,7 +63,7 @@ from adapters.providers._http import (
     same_origin,
     scrub,
 )
-from bot.domain import Capability
+from bot.domain import RESOLUTION_LONG_EDGE, Capability
 from bot.providers import (
     ContentPolicyError,
     GeneratedFile,
@@ -590,18 +590,29 @@ def _shape(request: GenerationRequest, references: list[Reference]) -> tuple[int
 
 def _image_body(request: GenerationRequest) -> dict[str, Any]:
     """The fields every fal image model shares: prompt, count, PNG, seed."""
-    return {
+    body: dict[str, Any] = {
         "prompt": request.prompt,
         "num_images": _images(request),
         "output_format": "png",
-        "seed": request.seed,
     }
+    if request.seed_accepted:
+        body["seed"] = request.seed
+    return body
+
+
+#: How fal spells our resolutions (Nano Banana Pro and 2 take ``resolution``).
+FAL_RESOLUTIONS = {"1k": "1K", "2k": "2K", "4k": "4K"}
+#: Video resolution sent on every video call: the catalog prices video at 720p, and fal's
+#: defaults differ by model (Seedance Pro Fast: 1080p, which costs more).
+VIDEO_RESOLUTION = "720p"
 
 
 def _nano_banana_input(
     request: GenerationRequest, endpoint: str, references: list[Reference]
 ) -> dict[str, Any]:
     body = _image_body(request)
+    if request.resolution:  # fal's default is 1K: a final asked for at 2K must say so
+        body["resolution"] = FAL_RESOLUTIONS[request.resolution]
     if references:
         body["image_urls"] = [r.data_uri for r in references]
         body["aspect_ratio"] = "auto"  # keep the reference's shape
@@ -629,12 +640,15 @@ def _z_image_input(
 def _seedream_input(
     request: GenerationRequest, endpoint: str, references: list[Reference]
 ) -> dict[str, Any]:
+    pixels = SEEDREAM_PIXELS
+    if request.resolution:
+        pixels = max(pixels, RESOLUTION_LONG_EDGE[request.resolution] ** 2)
     body: dict[str, Any] = {
         "prompt": request.prompt,
         "num_images": _images(request),
-        "image_size": image_size(_shape(request, references), SEEDREAM_PIXELS),
+        "image_size": image_size(_shape(request, references), pixels),
     }
-    if takes_seed(endpoint):
+    if takes_seed(endpoint) and request.seed_accepted:
         body["seed"] = request.seed
     if references:
         body["image_urls"] = [r.data_uri for r in references[-10:]]  # fal keeps the last 10
@@ -649,8 +663,11 @@ def _veo_input(
     body: dict[str, Any] = {
         "prompt": request.prompt,
         "duration": f"{seconds}s",
-        "seed": request.seed,
+        "resolution": VIDEO_RESOLUTION,
+        "generate_audio": bool(request.audio),  # fal's default is on, at twice the price
     }
+    if request.seed_accepted:
+        body["seed"] = request.seed
     if request.negative_prompt:
         body["negative_prompt"] = request.negative_prompt
     if references:
@@ -671,8 +688,14 @@ def _seedance_input(
     else:
         low, high = 2, 12
     seconds = min(high, max(low, request.duration_s or 5))
-    body: dict[str, Any] = {"prompt": request.prompt, "duration": str(seconds)}
-    if takes_seed(endpoint):
+    body: dict[str, Any] = {
+        "prompt": request.prompt,
+        "duration": str(seconds),
+        "resolution": VIDEO_RESOLUTION,
+    }
+    if "seedance-2" in endpoint or "v1.5" in endpoint:  # these make sound, on by default
+        body["generate_audio"] = bool(request.audio)
+    if takes_seed(endpoint) and request.seed_accepted:
         body["seed"] = request.seed
     if references:
         body["image_url"] = references[0].data_uri

@@ -272,7 +272,7 @@ class GeminiProvider:
             {"inlineData": {"mimeType": ref.mime, "data": ref.data_b64}} for ref in references
         ]
         image_config: dict[str, str] = {"aspectRatio": _image_aspect_ratio(request, references)}
-        size = _image_size(model, request.long_edge)
+        size = _image_size(model, request)
         if size:
             image_config["imageSize"] = size
         # One image per call is the documented behaviour (candidateCount is unverified for
@@ -346,8 +346,9 @@ class GeminiProvider:
             parameters["durationSeconds"] = int(request.duration_s)
         if request.negative_prompt:
             parameters["negativePrompt"] = request.negative_prompt
-        if request.long_edge and request.long_edge >= 1920:
-            parameters["resolution"] = "1080p"  # the default is 720p
+        # Always said: the catalog prices Veo at 720p (1080p for a wanted 1920 px or more).
+        big = request.long_edge and request.long_edge >= 1920
+        parameters["resolution"] = "1080p" if big else "720p"
         return {"instances": [instance], "parameters": parameters}
 
     async def _video_result(
@@ -659,8 +660,12 @@ def _video_aspect_ratio(request: GenerationRequest, references: list[Reference])
     return _nearest(_ratio(request.aspect_ratio), VIDEO_ASPECT_RATIOS)
 
 
-def _image_size(model: str, long_edge: int | None) -> str | None:
-    """``imageSize`` for a wanted long edge; None keeps the default 1K."""
+def _image_size(model: str, request: GenerationRequest) -> str | None:
+    """``imageSize``: the resolution the catalog chose (sent even when it is the default,
+    since it is priced), else one for a wanted long edge; None keeps the default 1K."""
+    if request.resolution:
+        return request.resolution.upper()
+    long_edge = request.long_edge
     if not long_edge or long_edge <= IMAGE_SIZES[0][0]:
         return None
     if model.startswith(FIXED_SIZE_MODEL_PREFIXES):

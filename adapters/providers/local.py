@@ -44,7 +44,7 @@ from PIL import (
 )
 
 from bot import cpu
-from bot.domain import DEFAULT_VIDEO_SECONDS, Capability, Stage
+from bot.domain import DEFAULT_VIDEO_SECONDS, RESOLUTION_LONG_EDGE, Capability, Stage
 from bot.providers import GeneratedFile, GenerationRequest, PermanentError
 
 log = logging.getLogger(__name__)
@@ -613,7 +613,8 @@ def _label_top(image: Image.Image, heading: str, prompt: str) -> Image.Image:
 
 def _render_final(request: GenerationRequest) -> GeneratedFile:
     source = _open_reference(request)
-    size = _scaled(source.size, request.long_edge or FINAL_LONG_EDGE)
+    long_edge = request.long_edge or RESOLUTION_LONG_EDGE.get(request.resolution or "")
+    size = _scaled(source.size, long_edge or FINAL_LONG_EDGE)
     image = source.resize(size, Image.Resampling.LANCZOS)
     image = ImageEnhance.Contrast(image).enhance(1.08)
     image = ImageEnhance.Sharpness(image).enhance(1.3)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -60,7 +61,7 @@ from adapters.providers._http import (
     read_reference,
     scrub,
 )
-from bot.domain import Capability
+from bot.domain import RESOLUTION_LONG_EDGE, Capability
 from bot.providers import (
     ContentPolicyError,
     GeneratedFile,
@@ -121,21 +122,28 @@ class ModelFamily:
         prefix: ``owner/name`` prefix of the models in the family (``""`` matches any model).
         images_field: the input that takes reference images.
         images_as_list: whether that input is a list (``image_input``) or a single URI.
-        seed: whether the model takes a ``seed``.
         negative_prompt: whether the model takes a ``negative_prompt``.
         match_input_image: whether ``aspect_ratio`` accepts ``match_input_image`` (then used
             whenever a reference is given, so a final keeps its draft's shape).
         duration_field: the input that takes a video's length in seconds.
+        resolution_field: the input that takes the catalog's resolution (``resolution`` on
+            Nano Banana Pro, ``size`` on Seedream), sent as "1K", "2K" or "4K".
+        width_height: the model takes ``width`` and ``height`` and ignores ``aspect_ratio``.
+        audio_field: the input that switches a video's sound (sent on every call: priced).
         extra: fixed inputs sent on every call.
+
+    Whether a model takes a seed is a catalog fact (``GenerationRequest.seed_accepted``).
     """
 
     prefix: str
     images_field: str = "image"
     images_as_list: bool = False
-    seed: bool = True
     negative_prompt: bool = True
     match_input_image: bool = False
     duration_field: str = "duration"
+    resolution_field: str | None = None
+    width_height: bool = False
+    audio_field: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -147,25 +155,35 @@ FAMILIES: tuple[ModelFamily, ...] = (
         "google/nano-banana",
         images_field="image_input",
         images_as_list=True,
-        seed=False,
         negative_prompt=False,
         match_input_image=True,
+        resolution_field="resolution",  # Pro only (default 2K); the catalog sends it there
         extra={"output_format": "png"},
     ),
-    # bytedance/seedream-4 (and 4.5): image_input 1-10, aspect_ratio default match_input_image.
+    # bytedance/seedream-4 (and 4.5): image_input 1-10, aspect_ratio default match_input_image,
+    # size 1K/2K/4K (default 2K).
     ModelFamily(
         "bytedance/seedream",
         images_field="image_input",
         images_as_list=True,
-        seed=False,
         negative_prompt=False,
         match_input_image=True,
+        resolution_field="size",
     ),
-    # google/veo-3.1, veo-3-fast: image (first frame), negative_prompt, seed, duration.
-    ModelFamily("google/veo"),
-    # bytedance/seedance-2.0 (-fast): image, seed, duration; no negative prompt.
-    ModelFamily("bytedance/seedance", negative_prompt=False),
+    # prunaai/z-image-turbo: width and height; aspect_ratio is silently ignored.
+    ModelFamily("prunaai/z-image-turbo", negative_prompt=False, width_height=True),
+    # google/veo-3.1, veo-3-fast: image (first frame), negative_prompt, seed, duration,
+    # resolution (default 1080p), generate_audio.
+    ModelFamily("google/veo", audio_field="generate_audio"),
+    # bytedance/seedance-2.0 (-fast): image, seed, duration, resolution (720p),
+    # generate_audio; no negative prompt.
+    ModelFamily("bytedance/seedance", negative_prompt=False, audio_field="generate_audio"),
 )
+#: Video resolution sent on every video call (the catalog prices video at 720p; Veo 3.1's
+#: default on Replicate is 1080p).
+VIDEO_RESOLUTION = "720p"
+#: Pixels of a width/height model's image when no resolution is asked (its price is per MP).
+DEFAULT_PIXELS = 1024 * 1024
 GENERIC = ModelFamily("")
 
 
@@ -361,7 +379,6 @@ class ReplicateProvider:
                 )
             await asyncio.sleep(self._poll_interval)
         expect = "video" if request.capability in _VIDEO else "image"
-        family = family_of(request.provider_model)
         urls = [_first_output(prediction_id, done[prediction_id]) for prediction_id in ids]
         # A TaskGroup, not gather: when one download fails the others are cancelled, not
         # left running (and holding their bytes) after the error has gone to the runner.
@@ -370,7 +387,7 @@ class ReplicateProvider:
                 tasks = [
                     group.create_task(
                         self._fetch_with_retries(
-                            url, expect, request.seed + index if family.seed else None
+                            url, expect, request.seed + index if request.seed_accepted else None
                         )
                     )
                     for index, url in enumerate(urls)
@@ -510,20 +527,38 @@ def build_input(
         model_input[family.images_field] = uris if family.images_as_list else uris[0]
     if request.capability in _VIDEO:
         model_input["aspect_ratio"] = _video_aspect_ratio(request, references)
+        model_input["resolution"] = VIDEO_RESOLUTION
+        if family.audio_field:
+            model_input[family.audio_field] = bool(request.audio)
         if request.duration_s:
             model_input[family.duration_field] = request.duration_s
+    elif family.width_height:
+        edge = RESOLUTION_LONG_EDGE.get(request.resolution or "")
+        pixels = edge * edge if edge else DEFAULT_PIXELS
+        width, height = _size(request.aspect_ratio, pixels)
+        model_input.update(width=width, height=height)
     elif references and family.match_input_image:
         # The core sends the ratio nearest to the reference's (an approximation from its
         # list); the reference's own shape is what a final or an edit should keep exactly.
         model_input["aspect_ratio"] = "match_input_image"
     else:
         model_input["aspect_ratio"] = request.aspect_ratio
-    if family.seed:
+    if request.resolution and family.resolution_field:
+        model_input[family.resolution_field] = request.resolution.upper()
+    if request.seed_accepted:
         model_input["seed"] = request.seed + index
     if family.negative_prompt and request.negative_prompt:
         model_input["negative_prompt"] = request.negative_prompt
     model_input.update(family.extra)
     return model_input
+
+
+def _size(aspect_ratio: str, pixels: int) -> tuple[int, int]:
+    """Width and height (multiples of 16) of about ``pixels`` in ``aspect_ratio``."""
+    w, _, h = aspect_ratio.partition(":")
+    ratio = int(w) / int(h) if w.isdigit() and h.isdigit() and int(h) else 1.0
+    width = math.sqrt(pixels * ratio)
+    return max(16, round(width / 16) * 16), max(16, round(width / ratio / 16) * 16)
 
 
 def _video_aspect_ratio(request: GenerationRequest, references: list[Reference]) -> str:

@@ -181,6 +181,7 @@ class UseCases:
         images: int = 1,
         seconds: int | None = None,
         aspect_ratio: str | None = None,
+        resolution: str | None = None,
         rejected_grids: int = 0,
     ) -> Route:
         rules = self.policy.rules_for(origin)
@@ -193,6 +194,7 @@ class UseCases:
                 images=images,
                 seconds=seconds,
                 aspect_ratio=aspect_ratio,
+                resolution=resolution,
                 rejected_grids=rejected_grids,
                 reroute_after=rules.reroute_after_rejections,
                 budget_left=self.ledger.headroom(origin.team, origin.channel).left,
@@ -266,6 +268,7 @@ class UseCases:
         negative: str | None = None,
         long_edge: int | None = None,
         duration_s: int | None = None,
+        resolution: str | None = None,
     ) -> JobPlan:
         request = GenerationRequest(
             job_id="",
@@ -280,9 +283,13 @@ class UseCases:
             aspect_ratio=aspect_ratio or DEFAULT_AR,
             long_edge=long_edge,
             duration_s=duration_s,
+            resolution=resolution,
             references=[],
         )
-        prices = {c.key: c.cost(images=n, seconds=duration_s) for c in route.candidates}
+        prices = {
+            c.key: c.cost(images=n, seconds=duration_s, resolution=resolution)
+            for c in route.candidates
+        }
         return JobPlan(
             request_id=request_id,
             team=origin.team,

@@ -52,6 +52,8 @@ class Escalation:
     negative: str | None = None
     aspect_ratio: str | None = None
     long_edge: int | None = None
+    #: ``--res``: every candidate must offer it; None takes each model's default.
+    resolution: str | None = None
     seconds: int | None = None
     #: A decision recorded once before the job runs and withdrawn if it fails (a draft may be
     #: selected again), with the refusal when it is already there.
@@ -74,6 +76,7 @@ class Escalating(UseCases):
             hero=step.hero,
             seconds=step.seconds,
             aspect_ratio=None,
+            resolution=step.resolution,
         )
         self._authorize(origin, route, step.action)
         if step.gate is not None:
@@ -99,6 +102,7 @@ class Escalating(UseCases):
             inputs=[step.source],
             long_edge=step.long_edge,
             duration_s=step.seconds,
+            resolution=step.resolution,
         )
         try:
             (job,), _ = await self._run_all([plan])
@@ -182,6 +186,7 @@ def _final(uc: Escalating, grid_id: str, index: int, inv: Invocation | None = No
         extra=f"from draft {index} of grid {grid_id}, seed {draft['seed']}",
         model=inv.model if inv else None,
         hero=spec.hero or bool(inv and inv.hero),
+        resolution=inv.resolution if inv else None,
         negative=spec.negative,
         aspect_ratio=spec.ar,
         gate=(
@@ -249,6 +254,7 @@ def _edit(uc: Escalating, asset_id: str, inv: Invocation) -> Escalation:
         status=f"Editing {asset_id}",
         extra=f"of {asset_id}",
         model=inv.model,
+        resolution=inv.resolution,
     )
 
 

@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from bot.domain import AssetKind, Origin
+from bot.catalog import Candidate
+from bot.domain import DEFAULT_VIDEO_SECONDS, AssetKind, Origin
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline.base import UseCases
@@ -104,17 +105,46 @@ class Reports(UseCases):
         lines = ["id · provider now (its model id) · stages · capabilities · price · status"]
         for model in sorted(self.catalog.models.values(), key=lambda m: (m.stages[0], m.id)):
             why = self.router.why_unavailable(model)
-            now = self.router.serving_now(model)
-            serving = now.serving if now else model.providers[0]
-            others = [s.provider for s in model.providers if s is not serving]
+            now = self.router.serving_now(model) or Candidate(model, model.providers[0])
+            others = [
+                s.provider + (" (retired)" if s.retired else "")
+                for s in model.providers
+                if s is not now.serving
+            ]
             lines.append(
-                f"{model.id} · {serving.provider} ({serving.model}) · "
+                f"{model.id} · {now.provider} ({now.serving.model}) · "
                 f"{'/'.join(s.value for s in model.stages)} · "
                 f"{', '.join(sorted(c.value for c in model.capabilities))} · "
-                f"{credits(model.cost(seconds=1, serving=serving))}/{model.unit} · "
+                f"{_price_list(now)} · "
                 + (f"unavailable: {why}" if why else "available")
                 + (f" · also on {', '.join(others)}" if others else "")
             )
         styles = ", ".join(sorted(self.catalog.styles))
         lines.append(f"Styles: {styles}")
         return "\n".join(lines)
+
+
+def _price_list(candidate: Candidate) -> str:
+    """What one call costs on ``candidate``: per image at each resolution it offers (the
+    default marked), per megapixel, or per second of video and for the default clip."""
+    model = candidate.model
+    if model.unit == "second":
+        seconds = DEFAULT_VIDEO_SECONDS
+        if model.durations:
+            seconds = min(model.durations, key=lambda d: abs(d - seconds))
+        sound = {True: ", with sound", False: ", no sound"}.get(candidate.audio, "")
+        return (
+            f"{credits(candidate.cost(seconds=1))}/second, "
+            f"{credits(candidate.cost(seconds=seconds))} for {seconds} s{sound}"
+        )
+    if model.unit == "megapixel":
+        per_mp = candidate.serving.price if candidate.serving.price is not None else model.price
+        return f"{credits(per_mp)}/megapixel ({credits(candidate.cost())}/image)"
+    if not candidate.resolutions:
+        return f"{credits(candidate.cost())}/image"
+    default = candidate.resolution_for(None)
+    return ", ".join(
+        f"{credits(candidate.cost(resolution=r))}/image at {r.upper()}"
+        + (" (default)" if r == default else "")
+        for r in candidate.resolutions
+    )
