@@ -2,8 +2,9 @@
 
 ``tierbot draft "a prompt" --ar 16:9`` is ``/draft`` and ``tierbot <sub> ...`` is
 ``/tierbot <sub> ...``: the text goes through the same parser and pipeline as every chat
-surface, as the local user ``cli:<login>``. Two commands exist only here: ``demo`` (a
-complete offline pass) and ``run`` (serve the configured surfaces). Exit status: 0 on success,
+surface, as the local user ``cli:<login>``. Three commands exist only here: ``demo`` (a
+complete offline pass), ``doctor`` (the live check of keys and model ids) and ``run`` (serve
+the configured surfaces). Exit status: 0 on success,
 1 when a reply reports an error, 2 for invalid settings, 130 on Ctrl+C and 141 when the
 reader of standard output goes away (``tierbot models | head``; see :func:`main`).
 
@@ -30,6 +31,7 @@ from bot import cpu
 from bot.app import Services, freeze_startup_objects
 from bot.catalog import CatalogError
 from bot.commands import COMMANDS, FLAGS, help_text
+from bot.doctor import live_check, take_out_missing
 from bot.domain import CommandEvent, Origin, Reply
 from bot.policy import PolicyError
 from bot.settings import Settings, SettingsError, load_settings
@@ -51,6 +53,8 @@ usage: tierbot <command> [...]
 
 Only here:
   tierbot demo      a complete offline pass: drafts, grid, final, 2K upscale, 4 s video
+  tierbot doctor    ask each configured provider whether its key works and each catalog
+                    model exists there (spends nothing); one line per model
   tierbot run       serve the web channel (http://127.0.0.1:8765) and configured surfaces
   tierbot discord sync   publish the Discord commands globally (rate-limited; guilds in
                     DISCORD_GUILD_IDS are synced at every start)
@@ -213,6 +217,27 @@ async def demo(services: Services) -> int:
     return 0
 
 
+async def doctor(services: Services) -> int:
+    """Print the live check, one line per model deployment; 1 when something needs fixing."""
+    findings = await live_check(services.catalog, services.providers)
+    for finding in findings:
+        print(finding.line())
+    problems = sum(1 for f in findings if f.ok is False)
+    print(f"{problems} thing(s) to fix." if problems else "Nothing to fix.")
+    return 1 if problems else 0
+
+
+async def _check_providers(services: Services) -> None:
+    """``tierbot run``'s live check, in the background: a model the provider says does not
+    exist leaves routing (``/tierbot models`` shows why)."""
+    findings = await live_check(services.catalog, services.providers)
+    if gone := take_out_missing(services.router, findings):
+        print(f"Live check: {', '.join(gone)} out of routing; see `tierbot doctor`.", flush=True)
+    for finding in findings:
+        if finding.ok is False and finding.missing is None:
+            print(f"Live check: {finding.line()}", flush=True)
+
+
 async def serve(services: Services) -> int:
     """Serve the chat surfaces in one event loop until interrupted; resume unfinished jobs."""
     try:
@@ -239,6 +264,7 @@ async def serve(services: Services) -> int:
     # In the background, now and every lease: a resumed video may take minutes and the bot
     # serves meanwhile, and work a killed process held is taken over once its lease lapses.
     recovering = asyncio.create_task(services.bot.recover_forever(services.store.lease_s))
+    checking = asyncio.create_task(_check_providers(services))
     cpu.warm_up()
     missed = await services.scheduler.start()
     if missed:
@@ -251,7 +277,8 @@ async def serve(services: Services) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     recovering.cancel()  # unfinished jobs stay in the store; the next start resumes them
-    await asyncio.gather(recovering, return_exceptions=True)
+    checking.cancel()
+    await asyncio.gather(recovering, checking, return_exceptions=True)
     for surface in started:
         await surface.stop()
     return 0
@@ -265,6 +292,8 @@ async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
             return await demo(services)
         if argv[0] == "run":
             return await serve(services)
+        if argv[0] == "doctor":
+            return await doctor(services)
         if argv[0] in ("discord", "slack", "web") and (command := surface_cli(argv[0])):
             return int(await command(services.surface_context(), list(argv[1:])))
         return await run_command(services, argv)

@@ -14,6 +14,8 @@ refusal and never silently retried elsewhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -94,6 +96,23 @@ class ProviderUnavailable(Exception):
     """The provider cannot serve at all here (not configured); the reason is shown as is."""
 
 
+@dataclass(frozen=True)
+class ProviderCheck:
+    """What a provider's API said of our key and of the catalog's model ids (a live check:
+    ``tierbot doctor``, and ``tierbot run`` at start).
+
+    Attributes:
+        key_problem: None when the key works, else what is wrong (never the key itself).
+        exists: per model id: True (the provider knows it), False (it says there is no such
+            model), None (its API cannot tell without spending).
+        notes: per model id, what the provider said (a deprecation, a 404's message).
+    """
+
+    key_problem: str | None = None
+    exists: dict[str, bool | None] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
 @runtime_checkable
 class Provider(Protocol):
     """A model provider. Implementations live in ``adapters/providers/``."""
@@ -120,6 +139,11 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+    async def check(self, models: Sequence[str]) -> ProviderCheck:
+        """Ask the provider, spending nothing, whether the key works and whether each of
+        ``models`` (its own ids) exists."""
         ...
 
 

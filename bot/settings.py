@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     fal_queue_url: str = Field(
         default="https://queue.fal.run", validation_alias=AliasChoices("FAL_QUEUE_URL")
     )
+    #: fal's Platform API (model metadata, for ``tierbot doctor``).
+    fal_api_url: str = Field(
+        default="https://api.fal.ai", validation_alias=AliasChoices("FAL_API_URL")
+    )
     gemini_api_url: str = Field(
         default="https://generativelanguage.googleapis.com",
         validation_alias=AliasChoices("GEMINI_API_URL"),
@@ -196,6 +200,7 @@ class Settings(BaseSettings):
         "slack_api_url",
         "discord_api_url",
         "fal_queue_url",
+        "fal_api_url",
         "gemini_api_url",
         "replicate_api_url",
         "comfyui_url",

@@ -58,11 +58,21 @@ def test_models_lists_the_catalog_with_availability(capsys) -> None:
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "local-draft · local (preview) · draft" in out
-    assert "veo-3.1 · gemini (veo-3.1-generate-preview) · video" in out
-    assert "also on fal, replicate" in out
-    assert "unavailable: provider gemini not configured" in out
-    # A video model's price is per second of video, not 0 (it was priced without a duration).
-    assert "local-video · local (panzoom) · video · image-to-video · 2 credits/second" in out
+    assert "veo-3.1 · fal (fal-ai/veo3.1/image-to-video) · video" in out
+    assert "also on gemini (retired), replicate" in out
+    assert "veo-3.1-generate-preview on gemini is retired: reported retired on 2026-10-22" in out
+    assert "unavailable: provider fal not configured" in out
+    # A video model's price is per second of video, not 0 (it was priced without a duration),
+    # and for its default clip; finals by resolution, the default marked.
+    assert (
+        "local-video · local (panzoom) · video · image-to-video · 2 credits/second, "
+        "8 credits for 4 s" in out
+    )
+    assert "veo-3.1 · fal" in out and "20 credits/second, 80 credits for 4 s, no sound" in out
+    assert (
+        "13.4 credits/image at 1K, 13.4 credits/image at 2K (default), 24 credits/image at 4K"
+        in out
+    )
 
 
 def test_help_without_settings(capsys) -> None:

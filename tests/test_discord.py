@@ -26,6 +26,7 @@ from bot.commands import (
     FLAGS,
     MAX_N,
     MAX_SEED,
+    RESOLUTIONS,
     VIDEO_SECONDS,
     CommandRegistry,
     CommandSpec,
@@ -499,7 +500,11 @@ async def test_synced_commands_declare_every_option_of_the_registry(rig: Rig) ->
                 assert option["type"] == STRING, (spec.name, name)
                 assert "min_value" not in option and "max_value" not in option
             choices = [c["value"] for c in option.get("choices", [])]
-            assert choices == {"ar": list(ASPECT_RATIOS), "style": styles}.get(name, [])
+            assert choices == {
+                "ar": list(ASPECT_RATIOS),
+                "style": styles,
+                "res": list(RESOLUTIONS),
+            }.get(name, [])
             assert option.get("autocomplete", False) is (name == "model")
 
     schedule = {o["name"]: o for o in synced["tierbot schedule"]["options"]}

@@ -233,7 +233,7 @@ async def test_models_and_help_are_private(chat: Chat) -> None:
     (models,) = await chat.command("tierbot", "models")
     assert models.private
     assert "local-draft · local" in models.text and "available" in models.text
-    assert "nano-banana-pro · gemini (gemini-3-pro-image-preview)" in models.text
+    assert "nano-banana-pro · gemini (gemini-3-pro-image)" in models.text
     assert "unavailable: provider gemini not configured" in models.text
     (help_reply,) = await chat.command("tierbot", "help")
     assert "/draft" in help_reply.text or "draft" in help_reply.text

@@ -28,9 +28,9 @@ from tests.fakes.gemini_fake import FakeGemini
 from tests.provider_rig import ProviderRig
 
 DRAFT_MODEL = "gemini-2.5-flash-image"
-FALLBACK_MODEL = "gemini-3.1-flash-image-preview"
-FINAL_MODEL = "gemini-3-pro-image-preview"
-VIDEO_MODEL = "veo-3.1-generate-preview"
+FALLBACK_MODEL = "gemini-3.1-flash-image"
+FINAL_MODEL = "gemini-3-pro-image"
+VIDEO_MODEL = "veo-3.1-generate-001"  # a current-looking id the fake serves
 
 CATALOG = f"""
 [models.t-gemini-draft]

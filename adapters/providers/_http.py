@@ -31,7 +31,7 @@ import re
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,13 @@ from aiolimiter import AsyncLimiter
 from PIL import Image
 
 from bot import cpu
-from bot.providers import GeneratedFile, PermanentError, ProviderError, TransientError
+from bot.providers import (
+    GeneratedFile,
+    PermanentError,
+    ProviderCheck,
+    ProviderError,
+    TransientError,
+)
 from bot.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,6 +149,37 @@ def provider_message(response: httpx.Response) -> str:
         message = message or str(body.get("message") or body.get("title") or "")
     text = message or response.reason_phrase or "error"
     return f"HTTP {response.status_code}: {text[:300]}"
+
+
+async def check_models(
+    models: Sequence[str],
+    probe: Callable[[str], Awaitable[httpx.Response]],
+    *,
+    key_refused: Callable[[httpx.Response], bool] = lambda r: r.status_code in (401, 403),
+    found: Callable[[httpx.Response, str], bool | None] | None = None,
+) -> ProviderCheck:
+    """A provider's live check (``Provider.check``): ``probe`` each model id with a request
+    that spends nothing; 2xx is found (or what ``found`` reads in the answer), 404 missing,
+    a refused key ends the check at once.
+    """
+    exists: dict[str, bool | None] = {}
+    notes: dict[str, str] = {}
+    for model in dict.fromkeys(models):
+        try:
+            response = await probe(model)
+        except httpx.HTTPError as exc:
+            return ProviderCheck(key_problem=f"unreachable: {error_from_exception(exc).message}")
+        if key_refused(response):
+            return ProviderCheck(key_problem=f"the key was refused ({provider_message(response)})")
+        if response.status_code == 404:
+            exists[model] = False
+            notes[model] = provider_message(response)
+        elif response.is_success:
+            exists[model] = True if found is None else found(response, model)
+        else:
+            exists[model] = None
+            notes[model] = provider_message(response)
+    return ProviderCheck(exists=exists, notes=notes)
 
 
 def error_from_response(response: httpx.Response) -> ProviderError:

@@ -96,7 +96,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -120,6 +120,7 @@ from bot.providers import (
     GeneratedFile,
     GenerationRequest,
     PermanentError,
+    ProviderCheck,
     ProviderError,
     ProviderUnavailable,
     TransientError,
@@ -712,6 +713,23 @@ class ComfyUIProvider:
             log.info("comfyui: cancelled prompt %s", prompt_id)
         except ProviderError as exc:
             log.warning("comfyui: cancel of prompt %s failed: %s", prompt_id, exc.message)
+
+    async def check(self, models: Sequence[str]) -> ProviderCheck:
+        """The server answers ``GET /system_stats``, and each workflow file is found (a
+        workflow's nodes and checkpoints are only checked when it runs)."""
+        try:
+            await self._send("GET", "/system_stats")
+        except ProviderError as exc:
+            return ProviderCheck(key_problem=f"unreachable: {exc.message}")
+        exists: dict[str, bool | None] = {}
+        notes: dict[str, str] = {}
+        for name in models:
+            try:
+                find_workflow(name, self._user_workflows)
+                exists[name] = True
+            except PermanentError as exc:
+                exists[name], notes[name] = False, exc.message
+        return ProviderCheck(exists=exists, notes=notes)
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

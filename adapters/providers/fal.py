@@ -42,7 +42,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ import httpx
 from adapters.providers._http import (
     TRANSIENT_STATUS,
     DownloadPolicy,
+    check_models,
     checked,
     download,
     error_from_exception,
@@ -69,6 +70,7 @@ from bot.providers import (
     GeneratedFile,
     GenerationRequest,
     PermanentError,
+    ProviderCheck,
     ProviderError,
     ProviderUnavailable,
     TransientError,
@@ -162,6 +164,7 @@ class FalProvider:
         self._key = settings.fal_key.get_secret_value().strip()
         self._settings = settings
         self._base = settings.fal_queue_url.rstrip("/")
+        self._platform = settings.fal_api_url.rstrip("/")
         self._client = provider_client(
             settings,
             "fal",
@@ -265,6 +268,27 @@ class FalProvider:
             handle.request_id,
             response.status_code,
             answer.get("status", ""),
+        )
+
+    async def check(self, models: Sequence[str]) -> ProviderCheck:
+        """fal's Platform API (``GET /v1/models?endpoint_id=...``, find mode) per endpoint: an
+        endpoint it does not list, or lists as deprecated, is missing."""
+
+        def listed(response: httpx.Response, endpoint: str) -> bool | None:
+            answer = json_object(response) or {}
+            entries = [m for m in answer.get("models") or [] if isinstance(m, dict)]
+            entry = next((m for m in entries if m.get("endpoint_id") == endpoint), None)
+            if entry is None:
+                return False
+            status = (entry.get("metadata") or {}).get("status")
+            return status != "deprecated"
+
+        return await check_models(
+            models,
+            lambda endpoint: self._client.get(
+                f"{self._platform}/v1/models", params={"endpoint_id": endpoint}
+            ),
+            found=listed,
         )
 
     async def aclose(self) -> None:

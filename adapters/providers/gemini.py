@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from PIL import Image
 from adapters.providers._http import (
     DownloadPolicy,
     ReferenceImage,
+    check_models,
     check_url,
     decode_in_worker,
     download,
@@ -64,6 +66,7 @@ from bot.providers import (
     GeneratedFile,
     GenerationRequest,
     PermanentError,
+    ProviderCheck,
     ProviderError,
     ProviderUnavailable,
     TransientError,
@@ -260,6 +263,15 @@ class GeminiProvider:
     async def aclose(self) -> None:
         """Close the HTTP connections."""
         await self._client.aclose()
+
+    async def check(self, models: Sequence[str]) -> ProviderCheck:
+        """``GET /v1beta/models/{id}`` per model: 404 for a shut-down or unknown id; a bad
+        key is a 400 ``API_KEY_INVALID`` (or 403 without one)."""
+        return await check_models(
+            models,
+            lambda model: self._client.get(f"/{API_VERSION}/models/{model}", headers=self._auth),
+            key_refused=lambda r: r.status_code in (401, 403) or "API_KEY_INVALID" in r.text,
+        )
 
     # -- images ------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ import random
 import subprocess
 import tempfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -45,7 +45,7 @@ from PIL import (
 
 from bot import cpu
 from bot.domain import DEFAULT_VIDEO_SECONDS, RESOLUTION_LONG_EDGE, Capability, Stage
-from bot.providers import GeneratedFile, GenerationRequest, PermanentError
+from bot.providers import GeneratedFile, GenerationRequest, PermanentError, ProviderCheck
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,10 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         """Do nothing: the local provider holds no connections."""
+
+    async def check(self, models: Sequence[str]) -> ProviderCheck:
+        """Every local model is this file's own: nothing to ask."""
+        return ProviderCheck(exists=dict.fromkeys(models, True))
 
 
 def create(settings: object) -> LocalProvider:

@@ -41,7 +41,7 @@ import base64
 import logging
 import math
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +52,7 @@ import httpx
 
 from adapters.providers._http import (
     DownloadPolicy,
+    check_models,
     checked,
     download,
     error_from_exception,
@@ -67,6 +68,7 @@ from bot.providers import (
     GeneratedFile,
     GenerationRequest,
     PermanentError,
+    ProviderCheck,
     ProviderError,
     ProviderUnavailable,
     TransientError,
@@ -289,6 +291,13 @@ class ReplicateProvider:
             log.warning("replicate: nothing to cancel: %s", exc.message)
             return
         await self._cancel_all(ids)
+
+    async def check(self, models: Sequence[str]) -> ProviderCheck:
+        """``GET /v1/models/{owner}/{name}`` per model (a pinned version's model)."""
+        return await check_models(
+            models,
+            lambda model: self._api.get(f"/v1/models/{model.partition(':')[0]}"),
+        )
 
     async def aclose(self) -> None:
         """Close both HTTP clients."""

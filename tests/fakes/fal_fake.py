@@ -155,6 +155,9 @@ class FakeFal:
         self._files: dict[str, tuple[bytes, str]] = {}
         self._runner: web.AppRunner | None = None
         self.url = ""
+        #: Endpoints the Platform API does not list (gone from fal) or lists as deprecated.
+        self.missing_endpoints: set[str] = {"fal-ai/veo3/image-to-video"}
+        self.deprecated_endpoints: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -256,6 +259,8 @@ class FakeFal:
         failure = self._take_failure(op)
         if failure is not None:
             return _failure_response(failure)
+        if op == "models":
+            return self._models(request.query.getall("endpoint_id", []))
         if op == "submit":
             return self._submit(path.strip("/"), body, request)
         match = (_STATUS if op == "status" else _CANCEL if op == "cancel" else _RESULT).match(path)
@@ -275,6 +280,8 @@ class FakeFal:
     def _operation(method: str, path: str) -> str:
         if method == "GET" and path.startswith("/files/"):
             return "file"
+        if method == "GET" and path == "/v1/models":
+            return "models"
         if method == "POST":
             return "submit"
         if method == "GET" and _STATUS.match(path):
@@ -399,6 +406,21 @@ class FakeFal:
         return _json(self._output(generation), 200, headers)
 
     # -- outputs -----------------------------------------------------------------------------
+
+    def _models(self, endpoints: list[str]) -> web.Response:
+        """The Platform API's model search in find mode (``GET /v1/models?endpoint_id=``)."""
+        found = [
+            {
+                "endpoint_id": endpoint,
+                "metadata": {
+                    "display_name": endpoint,
+                    "status": "deprecated" if endpoint in self.deprecated_endpoints else "active",
+                },
+            }
+            for endpoint in endpoints
+            if endpoint not in self.missing_endpoints
+        ]
+        return _json({"models": found, "next_cursor": None, "has_more": False}, 200)
 
     def _output(self, generation: FalRequest) -> dict[str, Any]:
         """The model output for the endpoint's family (spec §1.6)."""
@@ -545,6 +567,8 @@ def _output_size(body: dict[str, Any], *, upscale: bool) -> tuple[int, int]:
     elif (reference := _reference_ratio(body)) is not None:
         ratio = reference
     long_edge = _LONG_EDGE * 2 if upscale else _LONG_EDGE
+    # Nano Banana Pro and 2 render at the resolution asked (1K by default), scaled down here.
+    long_edge *= {"1K": 1, "2K": 2, "4K": 4}.get(str(body.get("resolution", "1K")), 1)
     scale = long_edge / max(ratio)
     return max(1, round(ratio[0] * scale)), max(1, round(ratio[1] * scale))
 

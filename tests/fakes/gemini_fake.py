@@ -149,6 +149,17 @@ class _File:
     declared_length: int | None = None
 
 
+#: Ids Google shut down or retired (spec update 2026-12-06): the fake answers 404 for them.
+RETIRED_MODELS = frozenset(
+    {
+        "gemini-3-pro-image-preview",
+        "gemini-3.1-flash-image-preview",
+        "veo-3.1-generate-preview",
+        "veo-3.0-generate-001",
+    }
+)
+
+
 class FakeGemini:
     """The Gemini API (generateContent, predictLongRunning, operations, files) in one process.
 
@@ -175,6 +186,8 @@ class FakeGemini:
         self.api_key = api_key
         self.polls_before_done = polls_before_done
         self.image_format = image_format
+        #: Ids that answer 404 as shut-down models do (settable per test).
+        self.retired: set[str] = set(RETIRED_MODELS)
         self.base_url = ""
         self.requests: list[Recorded] = []
         self.operations: dict[str, _Operation] = {}
@@ -193,6 +206,7 @@ class FakeGemini:
         self._released.set()
         app = web.Application(middlewares=[self._middleware], client_max_size=64 << 20)
         app.router.add_post(API + "/models/{target}", self._handle_model_call)
+        app.router.add_get(API + "/models/{model}", self._handle_model_get)
         app.router.add_get(API + "/models/{model}/operations/{operation}", self._handle_poll)
         app.router.add_post(API + "/models/{model}/operations/{operation}", self._handle_cancel)
         app.router.add_get(API + "/files/{file}", self._handle_file)
@@ -308,19 +322,30 @@ class FakeGemini:
 
     # ------------------------------------------------------------------ generateContent
 
+    def _serves(self, model: str) -> bool:
+        """Image models and Veo, except the ids Google shut down (spec update 2026-12-06)."""
+        return ("image" in model or model.startswith("veo-")) and model not in self.retired
+
+    async def _handle_model_get(self, request: web.Request) -> web.StreamResponse:
+        """``models.get``: the model's description, or 404 for an unknown or retired id."""
+        model = request.match_info["model"]
+        if not self._serves(model):
+            return _not_found(model, "get")
+        methods = ["predictLongRunning"] if model.startswith("veo-") else ["generateContent"]
+        return web.json_response(
+            {"name": f"models/{model}", "displayName": model, "supportedGenerationMethods": methods}
+        )
+
     async def _handle_model_call(self, request: web.Request) -> web.StreamResponse:
         model, _, action = request.match_info["target"].partition(":")
         body = request[JSON_BODY]
+        if not self._serves(model):
+            return _not_found(model, action)
         if action == "generateContent" and "image" in model:
             return await self._generate_content(model, body)
         if action == "predictLongRunning" and model.startswith("veo-"):
             return self._predict_long_running(model, body)
-        return _status_error(
-            404,
-            f"models/{model} is not found for API version v1beta, or is not supported "
-            f"for {action or 'this method'}. Call ListModels to see the list of available "
-            "models and their supported methods.",
-        )
+        return _not_found(model, action)
 
     async def _generate_content(self, model: str, body: Any) -> web.StreamResponse:
         problem, config = _check_generate_body(model, body)
@@ -573,6 +598,15 @@ def _status_error(
     if details:
         error["details"] = details
     return web.json_response({"error": error}, status=status, headers=headers)
+
+
+def _not_found(model: str, action: str) -> web.Response:
+    return _status_error(
+        404,
+        f"models/{model} is not found for API version v1beta, or is not supported "
+        f"for {action or 'this method'}. Call ListModels to see the list of available "
+        "models and their supported methods.",
+    )
 
 
 def _invalid_key() -> web.Response:

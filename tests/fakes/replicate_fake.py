@@ -68,6 +68,9 @@ IMAGE_RATIOS = {
     "21:9",
 }
 VIDEO_RATIOS = {"16:9", "9:16"}
+SEEDREAM_RATIOS = frozenset(
+    {"match_input_image", "1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3", "21:9"}
+)
 
 
 @dataclass(frozen=True)
@@ -81,17 +84,31 @@ class ModelSchema:
     durations: frozenset[int] | None = None
     list_output: bool = False
     default_format: str = "png"
+    seed: bool = True
+    width_height: bool = False
 
 
 KNOWN_MODELS: dict[str, ModelSchema] = {
     "google/nano-banana": ModelSchema(
-        "image_input", True, frozenset(IMAGE_RATIOS), default_format="jpg"
+        "image_input", True, frozenset(IMAGE_RATIOS), default_format="jpg", seed=False
     ),
     "google/nano-banana-pro": ModelSchema(
-        "image_input", True, frozenset(IMAGE_RATIOS), default_format="jpg"
+        "image_input", True, frozenset(IMAGE_RATIOS), default_format="jpg", seed=False
     ),
+    # Seedream's enum has no 4:5 (spec update 2026-12-06): a 4:5 is a 422 naming the enum.
     "bytedance/seedream-4": ModelSchema(
-        "image_input", True, frozenset(IMAGE_RATIOS), list_output=True
+        "image_input", True, SEEDREAM_RATIOS, list_output=True, seed=False
+    ),
+    "bytedance/seedream-4.5": ModelSchema(
+        "image_input", True, SEEDREAM_RATIOS, list_output=True, seed=False
+    ),
+    # Width and height; an aspect_ratio is not in its schema.
+    "prunaai/z-image-turbo": ModelSchema(None, False, frozenset(), width_height=True),
+    "google/veo-3": ModelSchema(
+        "image", False, frozenset(VIDEO_RATIOS), video=True, durations=frozenset({4, 6, 8})
+    ),
+    "bytedance/seedance-1-pro": ModelSchema(
+        "image", False, frozenset(VIDEO_RATIOS | {"adaptive"}), video=True
     ),
     "google/veo-3.1": ModelSchema(
         "image", False, frozenset(VIDEO_RATIOS), video=True, durations=frozenset({4, 6, 8})
@@ -204,6 +221,7 @@ class ReplicateFake:
         """Bind 127.0.0.1 on a free port and serve every route."""
         app = web.Application(middlewares=[self._record], client_max_size=200 << 20)
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self._create)
+        app.router.add_get("/v1/models/{owner}/{name}", self._model)
         app.router.add_post("/v1/predictions", self._create)
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
@@ -353,6 +371,22 @@ class ReplicateFake:
         return f"{self.base_url}{path}"
 
     # ------------------------------------------------------------------ predictions
+
+    async def _model(self, request: web.Request) -> web.Response:
+        """``models.get``: the model's public description, or 404 for an unknown model."""
+        model = f"{request.match_info['owner']}/{request.match_info['name']}"
+        if model not in KNOWN_MODELS:
+            return _problem(404, "Not found", "The requested resource could not be found.")
+        owner, name = model.split("/")
+        return web.json_response(
+            {
+                "url": f"https://replicate.com/{model}",
+                "owner": owner,
+                "name": name,
+                "visibility": "public",
+                "latest_version": None,
+            }
+        )
 
     async def _create(self, request: web.Request) -> web.Response:
         body = request[_RECORDED].body
@@ -568,7 +602,13 @@ def _validate(model_input: dict[str, Any], schema: ModelSchema | None) -> list[s
     if not isinstance(prompt, str) or not prompt:
         problems.append("prompt: prompt is required")
     ratio = model_input.get("aspect_ratio")
-    if ratio is not None and ratio not in schema.ratios:
+    if schema.width_height:
+        if ratio is not None:
+            problems.append("aspect_ratio: Additional property aspect_ratio is not allowed")
+        for side in ("width", "height"):
+            if not isinstance(model_input.get(side), int):
+                problems.append(f"{side}: {side} is required")
+    elif ratio is not None and ratio not in schema.ratios:
         allowed = ", ".join(sorted(schema.ratios))
         problems.append(f"aspect_ratio: aspect_ratio must be one of the following: {allowed}")
     for key in ("image_input", "image"):
@@ -581,6 +621,8 @@ def _validate(model_input: dict[str, Any], schema: ModelSchema | None) -> list[s
             problems.append(f"{schema.images_field}: Invalid type. Expected: array")
         elif not all(isinstance(i, str) and i.startswith(("data:", "http")) for i in items):
             problems.append(f"{schema.images_field}: Does not match format 'uri'")
+    if "seed" in model_input and not schema.seed:
+        problems.append("seed: Additional property seed is not allowed")
     if "seed" in model_input and not isinstance(model_input["seed"], int):
         problems.append("seed: Invalid type. Expected: integer")
     duration = model_input.get("duration")
