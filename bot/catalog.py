@@ -105,12 +105,9 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known_resolutions(self) -> ModelSpec:
-        for serving in [None, *self.providers]:
-            fact = self if serving is None else serving
-            named = [*(fact.resolutions or []), *(fact.prices or {})]
-            if fact.default_resolution:
-                named.append(fact.default_resolution)
-            unknown = sorted(set(named) - set(RESOLUTIONS))
+        for fact in (self, *self.providers):
+            named = {*(fact.resolutions or []), *(fact.prices or {}), fact.default_resolution}
+            unknown = sorted(named - {None, *RESOLUTIONS})
             if unknown:
                 raise ValueError(f"unknown resolution {unknown[0]} (use {', '.join(RESOLUTIONS)})")
         return self
@@ -171,25 +168,32 @@ class Candidate:
         default = self.serving.default_resolution or self.model.default_resolution
         return default if default in offered else None  # None: the provider's own size
 
+    def unit_price(self, resolution: str | None = None) -> int:
+        """Milli-credits per unit (image, second or megapixel) at ``resolution`` (None: the
+        default): the provider's price where it states one, at that resolution where it
+        differs, with sound where this deployment makes it and sound costs more."""
+        model, serving = self.model, self.serving
+        if model.unit == "second" and self.audio:
+            audio = serving.audio_price if serving.audio_price is not None else model.audio_price
+            if audio is not None:
+                return audio
+        prices = {**model.prices, **(serving.prices or {})}
+        resolution = self.resolution_for(resolution)
+        if resolution in prices:
+            return prices[resolution]
+        return serving.price if serving.price is not None else model.price
+
     def cost(
         self, *, images: int = 1, seconds: int | None = None, resolution: str | None = None
     ) -> int:
         """Milli-credits for one call making ``images`` images, or ``seconds`` of video, at
-        ``resolution`` (None: the default), with this deployment's sound setting. The price
-        shown before a step is this, and so is what is charged."""
-        model, serving = self.model, self.serving
-        resolution = self.resolution_for(resolution)
-        prices = {**model.prices, **(serving.prices or {})}
-        price = serving.price if serving.price is not None else model.price
-        if resolution in prices:
-            price = prices[resolution]
-        if model.unit == "second":
-            audio_price = serving.audio_price or model.audio_price
-            if self.audio and audio_price is not None:
-                price = audio_price
+        ``resolution`` (None: the default). The price shown before a step is this, and so is
+        what is charged."""
+        price = self.unit_price(resolution)
+        if self.model.unit == "second":
             return price * (seconds or 0)
-        if model.unit == "megapixel":
-            return -(-price * model.pixels * images // 1_000_000)  # rounded up
+        if self.model.unit == "megapixel":
+            return -(-price * self.model.pixels * images // 1_000_000)  # rounded up
         return price * images
 
     @property

@@ -69,12 +69,7 @@ async def _ask(
         provider = providers.get(name)
     except ProviderUnavailable as exc:
         return str(exc), None
-    ids = [
-        model_id
-        for c in candidates
-        if not c.retired
-        for model_id in dict.fromkeys([c.serving.model, *c.serving.models.values()])
-    ]
+    ids = [model_id for c in candidates if not c.retired for model_id in _ids(c)]
     try:
         return None, await asyncio.wait_for(provider.check(ids), CHECK_TIMEOUT_S)
     except TimeoutError:
@@ -82,6 +77,11 @@ async def _ask(
     except Exception as exc:  # a check must never stop the bot
         log.warning("live check of %s failed: %r", name, exc)
         return f"the check failed: {type(exc).__name__}", None
+
+
+def _ids(candidate: Candidate) -> list[str]:
+    """The provider's own ids a deployment calls: its model, and per-capability endpoints."""
+    return list(dict.fromkeys([candidate.serving.model, *candidate.serving.models.values()]))
 
 
 def _model_findings(candidates: list[Candidate], check: ProviderCheck) -> list[Finding]:
@@ -93,7 +93,7 @@ def _model_findings(candidates: list[Candidate], check: ProviderCheck) -> list[F
                 Finding(candidate.key, None, f"retired, not called: {candidate.retired}")
             )
             continue
-        ids = list(dict.fromkeys([candidate.serving.model, *candidate.serving.models.values()]))
+        ids = _ids(candidate)
         gone = [i for i in ids if check.exists.get(i) is False]
         unknown = [i for i in ids if check.exists.get(i) is None]
         if gone:

@@ -261,7 +261,7 @@ class Router:
         models = [m for m in self.catalog.for_stage(tier) if available[m.id]]
         if not models:
             raise RouteRefused(self._nothing_serves(ctx, tier, need))
-        models.sort(key=self._order(ctx, tier))
+        models.sort(key=self._order(ctx, tier, available))
         # Each model on each provider that serves it, in order: a failing provider falls back
         # to the same model elsewhere before another model is tried.
         candidates = [c for m in models for c in available[m.id]]
@@ -303,13 +303,16 @@ class Router:
                 skipped += [f"{c.label} (blends several subjects)" for c in blending]
         return self._route(ctx, tier, affordable, why, skipped, prices)
 
-    def _order(self, ctx: RouteContext, tier: Stage) -> Callable[[ModelSpec], tuple]:
+    def _order(
+        self, ctx: RouteContext, tier: Stage, fitting: dict[str, list[Candidate]]
+    ) -> Callable[[ModelSpec], tuple]:
+        """The sort key of a tier's models; a model costs what its cheapest deployment that
+        fits ``ctx`` costs (``fitting``: each model's, as :meth:`route` found them)."""
         if ctx.hero and ctx.stage is Stage.FINAL:
             return lambda m: (-m.quality, m.rank)
 
         def cost(m: ModelSpec) -> int:
-            deployments = self._available(m) or [Candidate(m, s) for s in m.providers]
-            return min(self.price(c, ctx) for c in deployments)
+            return min(self.price(c, ctx) for c in fitting[m.id])
 
         if tier in (Stage.DRAFT, Stage.VIDEO):
             return lambda m: (cost(m), m.latency_s)

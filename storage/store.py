@@ -337,7 +337,7 @@ class Store:
                 f"update jobs set delivered = 1 where id in ({', '.join('?' * len(job_ids))})",
                 list(job_ids),
             )
-            return self._new_outbox_entry(surface, origin, reply)
+            return self.add_to_outbox(surface, origin, reply)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
         fields["updated_at"] = utcnow()
@@ -606,20 +606,20 @@ class Store:
 
     def add_to_outbox(self, surface: str, origin: dict[str, Any], reply: dict[str, Any]) -> int:
         """A reply about to be posted, claimed by this worker; returns the entry's id."""
-        return self._new_outbox_entry(surface, origin, reply)
-
-    def _new_outbox_entry(self, surface: str, origin: dict[str, Any], reply: dict[str, Any]) -> int:
-        row = {
-            "surface": surface,
-            "origin": json.dumps(origin),
-            "reply": json.dumps(reply),
-            "attempts": 0,
-            "next_at": utcnow(),
-            "created_at": utcnow(),
-            "progress": "{}",
-            "claimed_by": self.worker_id,
-        }
-        return int(self._table("outbox").insert(row).last_pk)
+        now = utcnow()
+        return self._insert(
+            "outbox",
+            {
+                "surface": surface,
+                "origin": json.dumps(origin),
+                "reply": json.dumps(reply),
+                "attempts": 0,
+                "next_at": now,
+                "created_at": now,
+                "progress": "{}",
+                "claimed_by": self.worker_id,
+            },
+        )
 
     def due_in_outbox(self, surface: str, now: str) -> list[dict[str, Any]]:
         """Entries of ``surface`` due for another try that nobody live is posting."""
@@ -738,16 +738,27 @@ class Store:
         row = cursor.fetchone()
         return dict(zip((c[0] for c in cursor.description), row, strict=True)) if row else None
 
-    def _insert(self, table: str, row: dict[str, Any]) -> None:
-        """One row as one plain statement (no table lookup, no savepoint)."""
-        self.db.execute(
-            f"insert into {table} ({', '.join(row)}) values ({', '.join('?' * len(row))})",
-            list(row.values()),
-        )
+    def _insert(self, table: str, row: dict[str, Any]) -> int:
+        return insert_row(self.db, table, row)
 
     def _update(self, table: str, pk: str, fields: dict[str, Any]) -> None:
-        assignments = ", ".join(f"{column} = ?" for column in fields)
-        self.db.execute(f"update {table} set {assignments} where id = ?", [*fields.values(), pk])
+        update_row(self.db, table, pk, fields)
+
+
+def insert_row(db: Database, table: str, row: dict[str, Any]) -> int:
+    """One row as one plain statement (no table lookup, no savepoint: sqlite-utils' insert
+    does both, and commits when it is done, even inside a transaction of ours); its rowid."""
+    cursor = db.execute(
+        f"insert into {table} ({', '.join(row)}) values ({', '.join('?' * len(row))})",
+        list(row.values()),
+    )
+    return int(cursor.lastrowid or 0)
+
+
+def update_row(db: Database, table: str, pk: Any, fields: dict[str, Any]) -> None:
+    """Set ``fields`` of the row whose ``id`` is ``pk``, as one plain statement."""
+    assignments = ", ".join(f"{column} = ?" for column in fields)
+    db.execute(f"update {table} set {assignments} where id = ?", [*fields.values(), pk])
 
 
 class _MigratedTable(Table):

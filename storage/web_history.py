@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from storage.store import Store, _json, utcnow
+from storage.store import Store, _json, insert_row, update_row, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -21,23 +21,14 @@ class WebHistory:
         self.transaction = store.transaction
 
     def add(self, message: dict[str, Any]) -> int:
-        row = {"at": utcnow(), **{k: _json(v) for k, v in message.items()}}
-        cursor = self.db.execute(
-            f"insert into web_messages ({', '.join(row)}) values ({', '.join('?' * len(row))})",
-            list(row.values()),
-        )
-        return int(cursor.lastrowid or 0)
+        return insert_row(self.db, "web_messages", {"at": utcnow(), **_columns(message)})
 
     def update(self, message_id: int, *, stamp: str | None = None, **fields: Any) -> None:
         """Set ``fields``, and the time column ``stamp`` (``started_at``, ``finished_at``)
         to now."""
         if stamp in ("started_at", "finished_at"):
             fields[stamp] = utcnow()
-        assignments = ", ".join(f"{column} = ?" for column in fields)
-        self.db.execute(
-            f"update web_messages set {assignments} where id = ?",
-            [*(_json(v) for v in fields.values()), message_id],
-        )
+        update_row(self.db, "web_messages", message_id, _columns(fields))
 
     def interrupt_statuses(self, detail: str) -> int:
         """Mark status lines still queued or running (a killed process left them moving)
@@ -62,6 +53,10 @@ class WebHistory:
             [viewer or "", limit],
         )
         return [_decoded(r) for r in rows]
+
+
+def _columns(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: _json(v) for k, v in fields.items()}
 
 
 def _decoded(row: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,18 @@ async def _services(make_settings: Any, **settings: Any) -> Services:
     return wire(make_settings(allow_http_hosts=["127.0.0.1"], **settings))
 
 
+async def _stale_gemini(make_settings: Any, gemini: FakeGemini, tmp_path: Any) -> Services:
+    """Gemini with an operator's catalog still naming Nano Banana Pro's shut-down preview id."""
+    path = tmp_path / "catalog.toml"
+    path.write_text(
+        '[[models.nano-banana-pro.providers]]\nprovider = "gemini"\n'
+        'model = "gemini-3-pro-image-preview"\n'
+    )
+    return await _services(
+        make_settings, gemini_api_key=gemini.api_key, gemini_api_url=gemini.base_url, catalog=path
+    )
+
+
 async def test_all_good_on_gemini_with_the_shipped_catalog(make_settings, gemini) -> None:
     services = await _services(
         make_settings, gemini_api_key=gemini.api_key, gemini_api_url=gemini.base_url
@@ -84,18 +96,7 @@ async def test_a_bad_key_is_one_line_naming_the_provider(make_settings, gemini) 
 async def test_a_model_the_provider_does_not_know_leaves_routing(
     make_settings, gemini, tmp_path
 ) -> None:
-    # An operator's catalog still naming the shut-down preview id.
-    path = tmp_path / "catalog.toml"
-    path.write_text(
-        '[[models.nano-banana-pro.providers]]\nprovider = "gemini"\n'
-        'model = "gemini-3-pro-image-preview"\n'
-    )
-    services = await _services(
-        make_settings,
-        gemini_api_key=gemini.api_key,
-        gemini_api_url=gemini.base_url,
-        catalog=path,
-    )
+    services = await _stale_gemini(make_settings, gemini, tmp_path)
     findings = _by_subject(await live_check(services.catalog, services.providers))
     stale = findings["nano-banana-pro@gemini"]
     assert stale.ok is False and "gemini-3-pro-image-preview does not exist" in stale.text
@@ -179,4 +180,23 @@ async def test_a_final_is_rendered_and_charged_at_the_resolution_asked(make_sett
         "(select id from jobs where model_id = 'nano-banana-pro')"
     ).fetchone()[0]
     assert spent == 30_000  # ...and the price charged
+    await services.aclose()
+
+
+async def test_tierbot_run_checks_in_the_background_and_routes_around_a_missing_id(
+    make_settings, gemini, tmp_path, capsys
+) -> None:
+    from adapters.shell import _check_providers
+
+    services = await _stale_gemini(make_settings, gemini, tmp_path)
+    chat = Chat(services)
+    (_, grid) = await chat.command("draft", "a kite --n 1 --model local-draft")
+    await _check_providers(services)  # what `tierbot run` starts at start-up
+    assert "nano-banana-pro@gemini out of routing" in capsys.readouterr().out
+    # The preferred final model would be first; it is skipped, and the next one that exists
+    # renders the final. No call reaches the shut-down id.
+    (status, final) = await chat.command("tierbot", f"final {grid.asset_id} 1")
+    assert "final on nano-banana-2@gemini" in status.text
+    assert not [r for r in gemini.requests if "pro-image-preview:generate" in r.path]
+    assert final.text.startswith("✨ Final")
     await services.aclose()

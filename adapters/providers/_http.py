@@ -27,6 +27,7 @@ import io
 import ipaddress
 import json
 import logging
+import math
 import re
 import socket
 import subprocess
@@ -149,6 +150,25 @@ def provider_message(response: httpx.Response) -> str:
         message = message or str(body.get("message") or body.get("title") or "")
     text = message or response.reason_phrase or "error"
     return f"HTTP {response.status_code}: {text[:300]}"
+
+
+def aspect(aspect_ratio: str) -> tuple[int, int]:
+    """``"16:9"`` as ``(16, 9)``; anything else is a :class:`PermanentError`."""
+    match = re.fullmatch(r"\s*(\d{1,3})\s*:\s*(\d{1,3})\s*", aspect_ratio)
+    if not match or not int(match[1]) or not int(match[2]):
+        raise PermanentError(f"unsupported aspect ratio {aspect_ratio!r}")
+    return int(match[1]), int(match[2])
+
+
+def image_size(ratio: tuple[int, int], pixels: int, multiple: int = 16) -> dict[str, int]:
+    """``{"width", "height"}`` with about ``pixels`` pixels in ``ratio``, in steps of
+    ``multiple`` (for models that take a size rather than an aspect ratio)."""
+    width = math.sqrt(pixels * ratio[0] / ratio[1])
+    height = width * ratio[1] / ratio[0]
+    return {
+        "width": max(multiple, round(width / multiple) * multiple),
+        "height": max(multiple, round(height / multiple) * multiple),
+    }
 
 
 async def check_models(

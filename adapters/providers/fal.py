@@ -39,7 +39,6 @@ import asyncio
 import base64
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -52,11 +51,13 @@ import httpx
 from adapters.providers._http import (
     TRANSIENT_STATUS,
     DownloadPolicy,
+    aspect,
     check_models,
     checked,
     download,
     error_from_exception,
     error_from_response,
+    image_size,
     json_object,
     provider_client,
     provider_message,
@@ -588,28 +589,11 @@ def _images(request: GenerationRequest) -> int:
     return max(1, min(request.n, MAX_IMAGES_PER_CALL))
 
 
-def _ratio(aspect_ratio: str) -> tuple[int, int]:
-    match = re.fullmatch(r"\s*(\d{1,3})\s*:\s*(\d{1,3})\s*", aspect_ratio)
-    if not match or not int(match[1]) or not int(match[2]):
-        raise PermanentError(f"unsupported aspect ratio {aspect_ratio!r}")
-    return int(match[1]), int(match[2])
-
-
-def image_size(ratio: tuple[int, int], pixels: int, multiple: int = 16) -> dict[str, int]:
-    """``{"width", "height"}`` with about ``pixels`` pixels in ``ratio``, in steps of 16."""
-    width = math.sqrt(pixels * ratio[0] / ratio[1])
-    height = width * ratio[1] / ratio[0]
-    return {
-        "width": max(multiple, round(width / multiple) * multiple),
-        "height": max(multiple, round(height / multiple) * multiple),
-    }
-
-
 def _shape(request: GenerationRequest, references: list[Reference]) -> tuple[int, int]:
     """The output's aspect ratio: the reference's when there is one, else the request's."""
     if references:
         return references[0].width, references[0].height
-    return _ratio(request.aspect_ratio)
+    return aspect(request.aspect_ratio)
 
 
 def _image_body(request: GenerationRequest) -> dict[str, Any]:
@@ -653,7 +637,7 @@ def _z_image_input(
         body["image_url"] = references[0].data_uri
         body["image_size"] = "auto"
         return body
-    ratio = _ratio(request.aspect_ratio)
+    ratio = aspect(request.aspect_ratio)
     pixels = Z_IMAGE_PIXELS
     if request.long_edge:
         pixels = min(Z_IMAGE_MAX_PIXELS, request.long_edge**2 * min(ratio) // max(ratio))

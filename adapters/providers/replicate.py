@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -52,11 +51,13 @@ import httpx
 
 from adapters.providers._http import (
     DownloadPolicy,
+    aspect,
     check_models,
     checked,
     download,
     error_from_exception,
     error_from_response,
+    image_size,
     json_object,
     provider_client,
     read_reference,
@@ -178,8 +179,9 @@ FAMILIES: tuple[ModelFamily, ...] = (
     # resolution (default 1080p), generate_audio.
     ModelFamily("google/veo", audio_field="generate_audio"),
     # bytedance/seedance-2.0 (-fast): image, seed, duration, resolution (720p),
-    # generate_audio; no negative prompt.
-    ModelFamily("bytedance/seedance", negative_prompt=False, audio_field="generate_audio"),
+    # generate_audio; no negative prompt. Seedance 1 makes no sound: no such input.
+    ModelFamily("bytedance/seedance-2", negative_prompt=False, audio_field="generate_audio"),
+    ModelFamily("bytedance/seedance", negative_prompt=False),
 )
 #: Video resolution sent on every video call (the catalog prices video at 720p; Veo 3.1's
 #: default on Replicate is 1080p).
@@ -544,8 +546,7 @@ def build_input(
     elif family.width_height:
         edge = RESOLUTION_LONG_EDGE.get(request.resolution or "")
         pixels = edge * edge if edge else DEFAULT_PIXELS
-        width, height = _size(request.aspect_ratio, pixels)
-        model_input.update(width=width, height=height)
+        model_input.update(image_size(aspect(request.aspect_ratio), pixels))
     elif references and family.match_input_image:
         # The core sends the ratio nearest to the reference's (an approximation from its
         # list); the reference's own shape is what a final or an edit should keep exactly.
@@ -560,14 +561,6 @@ def build_input(
         model_input["negative_prompt"] = request.negative_prompt
     model_input.update(family.extra)
     return model_input
-
-
-def _size(aspect_ratio: str, pixels: int) -> tuple[int, int]:
-    """Width and height (multiples of 16) of about ``pixels`` in ``aspect_ratio``."""
-    w, _, h = aspect_ratio.partition(":")
-    ratio = int(w) / int(h) if w.isdigit() and h.isdigit() and int(h) else 1.0
-    width = math.sqrt(pixels * ratio)
-    return max(16, round(width / 16) * 16), max(16, round(width / ratio / 16) * 16)
 
 
 def _video_aspect_ratio(request: GenerationRequest, references: list[Reference]) -> str:

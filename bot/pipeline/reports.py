@@ -138,8 +138,7 @@ def _price_list(candidate: Candidate) -> str:
             f"{credits(candidate.cost(seconds=seconds))} for {seconds} s{sound}"
         )
     if model.unit == "megapixel":
-        per_mp = candidate.serving.price if candidate.serving.price is not None else model.price
-        return f"{credits(per_mp)}/megapixel ({credits(candidate.cost())}/image)"
+        return f"{credits(candidate.unit_price())}/megapixel ({credits(candidate.cost())}/image)"
     if not candidate.resolutions:
         return f"{credits(candidate.cost())}/image"
     default = candidate.resolution_for(None)
