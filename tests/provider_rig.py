@@ -9,18 +9,22 @@ Use it from a test module's ``wire`` fixture::
             yield rig.build
 
 Every build records the runner's backoff instead of sleeping it (``services.sleeps``), and
-everything built is closed at teardown (a test may close services itself first, as a
+every wait of a provider's own polling (its :class:`~adapters.providers._http.Hiccups`: poll
+intervals and hiccup waits alike) as it sleeps it (``services.waits``). Everything built is
+closed at teardown (a test may close services itself first, as a
 simulated restart does: closing twice is harmless).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import adapters
 from bot.app import Services
+from bot.providers import ProviderUnavailable
 from bot.settings import Settings
 
 #: Settings every provider test starts from: the fakes listen on plain http at 127.0.0.1,
@@ -30,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "poll_interval_s": 0.01,
     "retries": 2,
 }
+
+#: The providers that poll through ``_http.Hiccups``.
+CLOUD_PROVIDERS = ("comfyui", "fal", "gemini", "replicate")
 
 
 class ProviderRig:
@@ -56,6 +63,18 @@ class ProviderRig:
 
         services.runner.sleep = fake_sleep
         services.sleeps = sleeps  # type: ignore[attr-defined]
+        waits: list[float] = []
+
+        async def recorded_sleep(seconds: float) -> None:
+            waits.append(seconds)
+            await asyncio.sleep(seconds)
+
+        for name in CLOUD_PROVIDERS:
+            try:
+                services.providers.get(name).hiccups.sleep = recorded_sleep  # type: ignore[attr-defined]
+            except ProviderUnavailable:
+                continue
+        services.waits = waits  # type: ignore[attr-defined]
         self.built.append(services)
         return services
 

@@ -305,10 +305,12 @@ async def test_server_errors_fall_back_to_the_next_model(comfy, wire) -> None:
 async def test_polling_hiccups_are_retried_inside_the_adapter(comfy, wire) -> None:
     services = wire(comfy)
     comfy.fail_next("GET", "/history", 503, times=2)
+    comfy.fail_next("GET", "/history", 429, retry_after=0.05)
     grid_of(await Chat(services).command("draft", "a cat --n 1 --model t-comfyui-draft"))
     (job,) = jobs(services)
     assert (job["state"], job["attempts"]) == ("succeeded", 1)
     assert len(comfy.submissions) == 1 and services.sleeps == []  # never paid for twice
+    assert {0.02, 0.05} <= set(services.waits)  # Retry-After honoured
 
 
 async def test_a_prompt_comfyui_lost_is_submitted_again(comfy, wire) -> None:

@@ -281,11 +281,13 @@ async def test_server_errors_fall_back_to_the_next_fal_model(fal, wire) -> None:
 async def test_polling_hiccups_are_retried_inside_the_adapter(fal, wire) -> None:
     fal.fail_next(503, op="status", times=2)
     fal.fail_next(502, op="result", ingress=True)  # nginx page, no x-fal-request-id
-    fal.fail_next(429, op="result", retry_after=0)
+    fal.fail_next(429, op="result", retry_after=0.05)
     fal.fail_next(503, op="file")  # fal's CDN
     services = wire()
     grid_of(await Chat(services).command("draft", "a cat --n 1 --model t-fal-draft"))
     assert len(fal.submitted) == 1 and services.sleeps == []  # never paid for twice
+    # The second hiccup in a row waits twice the first; Retry-After is honoured.
+    assert {0.02, 0.05} <= set(services.waits)
     assert len(fal.calls_of("result")) == 3 and len(fal.calls_of("file")) == 2
     (job,) = all_jobs(services)
     assert job["state"] == "succeeded" and job["attempts"] == 1

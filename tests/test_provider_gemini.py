@@ -440,10 +440,12 @@ async def test_polling_hiccups_are_retried_inside_the_adapter(
 ) -> None:
     final_id = await make_final(chat)
     fake.fail_next(503, times=2, match="/operations/")
+    fake.fail_next(429, retry_after=0.05, match="/operations/")
     video = result_of(await chat.command("tierbot", f"video {final_id} --model t-gemini-video"))
     assert video.asset_id
     assert len(fake.calls("predictLongRunning")) == 1  # never resubmitted, never paid twice
     assert services.sleeps == []  # type: ignore[attr-defined]  # the runner saw no failure
+    assert {0.02, 0.05} <= set(services.waits)  # type: ignore[attr-defined]  # Retry-After
 
 
 async def test_failed_operation_is_resubmitted(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -225,3 +227,75 @@ def test_same_origin_compares_scheme_host_and_port() -> None:
     assert same_origin("https://Queue.fal.run/a/b", "https://queue.fal.run")
     assert not same_origin("http://queue.fal.run/a", "https://queue.fal.run")
     assert not same_origin("https://queue.fal.run:8443/a", "https://queue.fal.run")
+
+
+class _Clock:
+    """A clock that moves only when the code under test sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def _hiccups(clock: _Clock) -> _http.Hiccups:
+    return _http.Hiccups("test", 1.0, 8.0, sleep=clock.sleep, clock=lambda: clock.now)
+
+
+def _failing(*errors: Exception, then: str = "ok") -> Callable[[], Awaitable[str]]:
+    queue = list(errors)
+
+    async def call() -> str:
+        if queue:
+            raise queue.pop(0)
+        return then
+
+    return call
+
+
+async def test_hiccups_wait_longer_each_time_up_to_the_cap_and_honour_retry_after() -> None:
+    clock = _Clock()
+    errors = [TransientError("503")] * 5 + [TransientError("429", retry_after=3.0)]
+    assert await _hiccups(clock).through(_failing(*errors), "polling", 1000) == "ok"
+    # 1, 2, 4, 8, then the cap; a Retry-After longer than the backoff wins (within the cap).
+    assert clock.waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    clock = _Clock()
+    errors = [TransientError("429", retry_after=3.0), TransientError("429", retry_after=60.0)]
+    assert await _hiccups(clock).through(_failing(*errors), "polling", 1000) == "ok"
+    assert clock.waits == [3.0, 8.0]
+
+
+async def test_hiccups_give_up_rather_than_wait_past_the_deadline() -> None:
+    clock = _Clock()
+    errors = [TransientError("HTTP 503: down")] * 10
+    with pytest.raises(_http.GaveUpWaiting, match="polling kept failing: HTTP 503: down"):
+        await _hiccups(clock).through(_failing(*errors), "polling", deadline=10.0)
+    assert clock.waits == [1.0, 2.0, 4.0]  # the next wait (8 s) would end at 15 s
+    assert clock.now <= 10.0
+
+
+@pytest.mark.parametrize(
+    "error",
+    [PermanentError("HTTP 422: bad"), _http.GenerationLost("the provider forgot it")],
+    ids=["permanent", "lost"],
+)
+async def test_hiccups_do_not_retry_what_waiting_cannot_fix(error: Exception) -> None:
+    clock = _Clock()
+    with pytest.raises(type(error)):
+        await _hiccups(clock).through(_failing(error), "polling", deadline=1000)
+    assert clock.waits == []
+
+
+async def test_hiccups_keep_the_key_out_of_the_error(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    clock = _Clock()
+    hiccups = _hiccups(clock)
+    hiccups.scrub = lambda text: text.replace("sk-secret", "[redacted]")
+    errors = [TransientError("bad gateway for sk-secret")] * 3
+    with pytest.raises(_http.GaveUpWaiting) as raised:
+        await hiccups.through(_failing(*errors), "polling", deadline=2.5)
+    assert "sk-secret" not in raised.value.message
+    assert "[redacted]" in caplog.text and "sk-secret" not in caplog.text

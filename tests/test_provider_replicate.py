@@ -307,12 +307,13 @@ async def test_polling_hiccups_are_retried_inside_result_without_resubmitting(
     wire: Callable[..., Services], fake: ReplicateFake
 ) -> None:
     fake.fail_next(503, op="get", times=2)
-    fake.fail_next(429, op="get", retry_after=0.01)
+    fake.fail_next(429, op="get", retry_after=0.05)
     services = wire()
     grid = grid_of(await Chat(services).command("draft", "a cat --n 1 --model t-replicate-draft"))
     assert grid.asset_id
     assert len(fake.creates()) == 1 and len(fake.of("get")) >= 5
     assert services.sleeps == []  # type: ignore[attr-defined]
+    assert {0.02, 0.05} <= set(services.waits)  # type: ignore[attr-defined]  # Retry-After
     (job,) = services.store.jobs_for_request(only_request_id(services))
     assert job["attempts"] == 1
 

@@ -16,6 +16,8 @@ guarded download of outputs.
   :func:`check_image_pixels`; videos probed with ffmpeg) before anything can enter the asset
   store. An inline ``data:`` output goes through the same size cap and decoding.
 - :func:`read_reference` reads a reference image from the asset store for sending.
+- :class:`Hiccups` rides out a transient failure of one poll or download while a generation
+  runs (every provider's one retry rule, on tenacity).
 """
 
 from __future__ import annotations
@@ -32,16 +34,23 @@ import re
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import imageio_ffmpeg
 from aiolimiter import AsyncLimiter
 from PIL import Image
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+)
 
 from bot import cpu
 from bot.providers import (
@@ -234,6 +243,121 @@ async def checked(
     if response.is_error:
         raise classify(response)
     return response
+
+
+_T = TypeVar("_T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class GenerationLost(TransientError):
+    """The provider no longer knows a generation (expired, or its server restarted): polling
+    again cannot bring it back, so :class:`Hiccups` does not retry it; only a new submission
+    (the runner's retry) can still produce the output."""
+
+
+class GaveUpWaiting(TransientError):
+    """A poll or download kept failing until the generation's deadline (see :class:`Hiccups`)."""
+
+
+@dataclass
+class Hiccups:
+    """How every provider rides out a transient failure (429, 5xx, timeout, dropped
+    connection) of one poll or one download while a generation runs.
+
+    The generation is already submitted and usually paid for: raising would make the runner
+    submit it again (and pay again), so the call is retried here, waiting ``first_wait_s``,
+    then twice as long each time up to ``max_wait_s`` (``TIERBOT_POLL_INTERVAL_S`` and
+    ``TIERBOT_MAX_BACKOFF_S``), at least as long as the provider's ``Retry-After`` asks (within
+    the same cap), until the generation's deadline (``TIERBOT_MAX_GENERATION_S``): the one
+    set of limits of every adapter. A wait that would end past the deadline is not started:
+    :class:`GaveUpWaiting` is raised with the last failure.
+
+    ``sleep`` and ``clock`` are injectable (tests record the waits instead of sleeping them);
+    a provider uses the same two for its ordinary poll interval and deadlines.
+
+    Attributes:
+        provider: the provider's name, for the log.
+        first_wait_s: the first wait.
+        max_wait_s: the longest wait, ``Retry-After`` included.
+        sleep: awaits a number of seconds.
+        clock: monotonic seconds; deadlines are on this clock.
+        scrub: removes the provider's key from a message before it is logged.
+    """
+
+    provider: str
+    first_wait_s: float
+    max_wait_s: float
+    sleep: Sleep = asyncio.sleep
+    clock: Callable[[], float] = time.monotonic
+    scrub: Callable[[str], str] = lambda text: text
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, provider: str, scrub: Callable[[str], str] | None = None
+    ) -> Hiccups:
+        """The limits of ``settings`` for ``provider``."""
+        hiccups = cls(provider, settings.poll_interval_s, settings.max_backoff_s)
+        if scrub is not None:
+            hiccups.scrub = scrub
+        return hiccups
+
+    def deadline(self, seconds: float) -> float:
+        """The time on :attr:`clock` ``seconds`` from now."""
+        return self.clock() + seconds
+
+    def wait_s(self, failures: int, error: BaseException | None) -> float:
+        """The wait after the ``failures``-th failure in a row."""
+        wait = self.first_wait_s * 2 ** min(failures - 1, 32)
+        retry_after = error.retry_after if isinstance(error, TransientError) else None
+        if retry_after is not None:
+            wait = max(wait, retry_after)
+        return min(wait, self.max_wait_s)
+
+    async def through(self, call: Callable[[], Awaitable[_T]], doing: str, deadline: float) -> _T:
+        """``await call()``, retrying a :class:`TransientError` by the rule above.
+
+        Args:
+            call: one poll or download; raises the runner's error classes.
+            doing: what it is, for the log and the final error (``"polling 1a2b"``).
+            deadline: on :attr:`clock`; no wait is started that would end after it.
+
+        Raises:
+            GaveUpWaiting: it still failed when the deadline came.
+            ProviderError: any other failure (a :class:`GenerationLost` too), at once.
+        """
+
+        def wait(state: RetryCallState) -> float:
+            return self.wait_s(state.attempt_number, state.outcome and state.outcome.exception())
+
+        def past_deadline(state: RetryCallState) -> bool:
+            return self.clock() + state.upcoming_sleep > deadline
+
+        def log_wait(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            message = self.scrub(getattr(error, "message", str(error)))
+            log.info(
+                "%s: %s failed (%s); again in %.2f s",
+                self.provider,
+                doing,
+                message,
+                state.upcoming_sleep,
+            )
+
+        def give_up(state: RetryCallState) -> _T:
+            error = state.outcome.exception() if state.outcome else None
+            message = self.scrub(getattr(error, "message", str(error)))
+            raise GaveUpWaiting(f"{doing} kept failing: {message}") from None
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(TransientError)
+            & retry_if_not_exception_type(GenerationLost),
+            wait=wait,
+            stop=past_deadline,
+            sleep=self.sleep,
+            before_sleep=log_wait,
+            retry_error_callback=give_up,
+        )
+        return await retrying(call)
 
 
 def json_object(response: httpx.Response) -> dict[str, Any] | None:

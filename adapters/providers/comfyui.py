@@ -76,7 +76,8 @@ an ``Authorization`` header (to the ComfyUI host only), never kept in a URL that
 logged, and never appear in a message.
 
 **Errors.** Connection failures, timeouts, 429 (``Retry-After`` honoured) and 5xx are
-transient; polling hiccups are retried here with backoff before they count. A workflow
+transient; polling and download hiccups are ridden out here (``_http.Hiccups``) until the
+generation's deadline before they count. A workflow
 ComfyUI rejects (HTTP 400: a missing node type or model file, a bad value) is permanent, with
 ComfyUI's own words. An ``execution_error`` while running is permanent, except running out of
 GPU memory and an interrupt from elsewhere (transient: a new submission may succeed).
@@ -96,7 +97,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -106,6 +107,8 @@ import httpx
 
 from adapters.providers._http import (
     DownloadPolicy,
+    GenerationLost,
+    Hiccups,
     checked,
     download,
     error_from_response,
@@ -163,10 +166,6 @@ MIN_EDGE = 64
 #: Frame rate behind ``{{frames}}`` (Wan 2.x renders 16 fps, 4n+1 frames).
 FRAMES_PER_SECOND = 16
 
-#: Consecutive failed polls or downloads tolerated before the generation counts as failed.
-HICCUPS_TOLERATED = 5
-#: Longest wait between two attempts after a hiccup, in seconds.
-MAX_HICCUP_WAIT_S = 30.0
 #: While the history is empty, ``GET /queue`` is checked on the first poll and every n-th.
 QUEUE_CHECK_EVERY = 5
 
@@ -600,6 +599,7 @@ class ComfyUIProvider:
         self._max_generation_s = settings.max_generation_s
         # One client id per process: ComfyUI tags the prompt's websocket events with it.
         self._client_id = uuid.uuid4().hex
+        self.hiccups = Hiccups.from_settings(settings, self.name)
 
     # -- the provider port -------------------------------------------------------------------
 
@@ -676,28 +676,27 @@ class ComfyUIProvider:
                 too large or not decodable.
         """
         prompt_id = provider_request_id
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_generation_s
+        deadline = self.hiccups.deadline(self._max_generation_s)
         polls = 0
         while True:
-            entry = await self._history_entry(prompt_id)
+            entry = await self._history_entry(prompt_id, deadline)
             if entry is not None:
-                return await self._collect(prompt_id, entry, request)
-            if polls % QUEUE_CHECK_EVERY == 0 and not await self._is_queued(prompt_id):
-                entry = await self._history_entry(prompt_id)  # it may have just finished
+                return await self._collect(prompt_id, entry, request, deadline)
+            if polls % QUEUE_CHECK_EVERY == 0 and not await self._is_queued(prompt_id, deadline):
+                entry = await self._history_entry(prompt_id, deadline)  # it may have just finished
                 if entry is not None:
-                    return await self._collect(prompt_id, entry, request)
-                raise TransientError(
+                    return await self._collect(prompt_id, entry, request, deadline)
+                raise GenerationLost(
                     "ComfyUI no longer knows this generation (restarted, or its queue cleared)"
                 )
-            if loop.time() >= deadline:
+            if self.hiccups.clock() >= deadline:
                 await self.cancel(prompt_id)  # do not leave the GPU busy with abandoned work
                 raise TransientError(
                     f"the ComfyUI generation took longer than {self._max_generation_s:.0f} s "
                     "(TIERBOT_MAX_GENERATION_S)"
                 )
             polls += 1
-            await asyncio.sleep(self._poll_interval_s)
+            await self.hiccups.sleep(self._poll_interval_s)
 
     async def cancel(self, provider_request_id: str) -> None:
         """Drop the prompt from ComfyUI's queue, or interrupt it if it is running.
@@ -758,38 +757,18 @@ class ComfyUIProvider:
                 return PermanentError(message)
         return error_from_response(response)
 
-    async def _through_hiccups(self, what: str, call: Callable[[], Awaitable[_T]]) -> _T:
-        """Run ``call``, retrying transient failures with backoff a few times.
+    async def _get_json(self, path: str, deadline: float) -> dict[str, Any]:
+        """A poll while a generation runs: its hiccups must not throw the generation away
+        (the runner would queue it again), so they are ridden out (:class:`Hiccups`)."""
 
-        Used while a generation runs: a poll or a download failing must not throw the
-        generation away (the runner would queue it again).
-        """
-        failures = 0
-        while True:
-            try:
-                return await call()
-            except TransientError as exc:
-                failures += 1
-                if failures > HICCUPS_TOLERATED:
-                    raise TransientError(
-                        f"ComfyUI stopped answering {what}: {exc.message}", exc.retry_after
-                    ) from None
-                wait = exc.retry_after
-                if wait is None:
-                    wait = self._poll_interval_s * 2 ** (failures - 1)
-                wait = min(wait, MAX_HICCUP_WAIT_S)
-                log.warning("comfyui: %s failed (%s); retrying in %.1f s", what, exc.message, wait)
-                await asyncio.sleep(wait)
-
-    async def _get_json(self, path: str) -> dict[str, Any]:
         async def get() -> dict[str, Any]:
             return _json_body(await self._send("GET", path), f"GET {path}")
 
-        return await self._through_hiccups(f"GET {path}", get)
+        return await self.hiccups.through(get, f"GET {path}", deadline)
 
-    async def _history_entry(self, prompt_id: str) -> dict[str, Any] | None:
+    async def _history_entry(self, prompt_id: str, deadline: float) -> dict[str, Any] | None:
         """The prompt's history entry, or None while it is queued or running."""
-        history = await self._get_json(f"/history/{quote(prompt_id, safe='')}")
+        history = await self._get_json(f"/history/{quote(prompt_id, safe='')}", deadline)
         entry = history.get(prompt_id)
         if entry is None:
             return None
@@ -797,8 +776,8 @@ class ComfyUIProvider:
             raise _malformed("the history entry is not an object")
         return entry
 
-    async def _is_queued(self, prompt_id: str) -> bool:
-        return prompt_id in _queued_ids(await self._get_json("/queue"))
+    async def _is_queued(self, prompt_id: str, deadline: float) -> bool:
+        return prompt_id in _queued_ids(await self._get_json("/queue", deadline))
 
     async def _upload(self, reference: _Reference) -> str:
         """Upload one reference; returns the name LoadImage takes (``subfolder/name``)."""
@@ -844,7 +823,7 @@ class ComfyUIProvider:
         return values
 
     async def _collect(
-        self, prompt_id: str, entry: dict[str, Any], request: GenerationRequest
+        self, prompt_id: str, entry: dict[str, Any], request: GenerationRequest, deadline: float
     ) -> list[GeneratedFile]:
         """Check a finished prompt's status and fetch its output files."""
         status = entry.get("status")
@@ -866,7 +845,8 @@ class ComfyUIProvider:
                     self._client, url, self._policy, expect=expect, seed=request.seed
                 )
 
-            results.append(await self._through_hiccups(f"GET /view {output.filename}", fetch))
+            fetched = await self.hiccups.through(fetch, f"GET /view {output.filename}", deadline)
+            results.append(fetched)
         log.info("comfyui: prompt %s made %d %s file(s)", prompt_id, len(results), expect)
         return results
 

@@ -26,7 +26,7 @@ clients' ``encode`` does. With a reference the output keeps the reference's shap
 of a final already has the requested aspect ratio; an edit keeps its source's).
 
 Errors: 429, 5xx and timeouts at submit are :class:`TransientError` (the runner retries and
-falls back); the same while *polling* are retried here with backoff until
+falls back); the same while *polling* or downloading are ridden out by ``_http.Hiccups`` until
 ``TIERBOT_MAX_GENERATION_S``. Validation errors and bad keys are :class:`PermanentError` with
 fal's message; content-policy refusals (a ``content_policy_violation`` error, or every image
 flagged in ``has_nsfw_concepts``) are :class:`ContentPolicyError`. A malformed result is a
@@ -40,7 +40,6 @@ import base64
 import json
 import logging
 import re
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +50,9 @@ import httpx
 from adapters.providers._http import (
     TRANSIENT_STATUS,
     DownloadPolicy,
+    GaveUpWaiting,
+    GenerationLost,
+    Hiccups,
     aspect,
     check_models,
     checked,
@@ -100,8 +102,6 @@ VEO_SECONDS = (4, 6, 8)
 #: Reference image types sent inline (fal's clients encode any file; these are the ones the
 #: model families above document).
 REFERENCE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp"})
-#: Polling and download backoff doubles at most this many times (then max_backoff_s caps it).
-MAX_BACKOFF_DOUBLINGS = 16
 #: Pixels per image: Z-Image is priced per megapixel (1 MP default, up to 4 MP); Seedream 4.5
 #: needs at least 2560×1440, so it gets ~4 MP.
 Z_IMAGE_PIXELS = 1024 * 1024
@@ -176,6 +176,7 @@ class FalProvider:
         # client's default headers into every request, whatever ``download`` passes.
         self._downloads = provider_client(settings, "fal-downloads")
         self._policy = DownloadPolicy.from_settings(settings)
+        self.hiccups = Hiccups.from_settings(settings, self.name, self._scrub)
 
     # -- the Provider protocol ---------------------------------------------------------------
 
@@ -240,12 +241,12 @@ class FalProvider:
         """
         handle = self._parse_handle(provider_request_id, request.provider_model)
         limit = self._settings.max_generation_s
-        deadline = time.monotonic() + limit
+        deadline = self.hiccups.deadline(limit)
         try:
             await self._wait_until_completed(handle, deadline)
             output = await self._fetch_result(handle, deadline)
             return await self._files(output, request, deadline)
-        except _GenerationTimedOut as exc:
+        except (_GenerationTimedOut, GaveUpWaiting) as exc:
             await self.cancel(provider_request_id)  # stop paying for what nobody will collect
             raise TransientError(
                 f"fal did not finish the generation within {limit:g} s ({exc})"
@@ -349,7 +350,7 @@ class FalProvider:
             if response.status_code == 404:
                 # Expired (results are kept 1 hour) or never existed: only a new submission
                 # can still produce the output.
-                raise TransientError(f"fal no longer knows request {handle.request_id}")
+                raise GenerationLost(f"fal no longer knows request {handle.request_id}")
             if response.is_error:
                 raise self._error(response)
             status = json_object(response) or {}
@@ -367,7 +368,9 @@ class FalProvider:
                 log.warning(
                     "fal: unknown status %r for %s; still polling", state, handle.request_id
                 )
-            await self._sleep(self._settings.poll_interval_s, deadline)
+            if self.hiccups.clock() + self._settings.poll_interval_s > deadline:
+                raise _GenerationTimedOut("still queued or running")
+            await self.hiccups.sleep(self._settings.poll_interval_s)
 
     async def _fetch_result(self, handle: QueueHandle, deadline: float) -> dict[str, Any]:
         response = await self._get(handle.response_url, deadline, model_errors=True)
@@ -386,11 +389,11 @@ class FalProvider:
         params: dict[str, str] | None = None,
         model_errors: bool,
     ) -> httpx.Response:
-        """GET ``url``, retrying polling hiccups with backoff until ``deadline``.
+        """GET ``url``, its polling hiccups ridden out (:class:`Hiccups`).
 
         Args:
             url: A status or result URL.
-            deadline: ``time.monotonic()`` after which to give up.
+            deadline: On the hiccups' clock: when to give up.
             params: Query parameters.
             model_errors: Whether an error here can be the model's own answer (the result
                 URL returns the model's error); then only 429 and gateway errors without any
@@ -400,37 +403,19 @@ class FalProvider:
             The first response that is not a hiccup.
 
         Raises:
-            _GenerationTimedOut: The deadline passed.
+            GaveUpWaiting: Still failing at the deadline.
         """
-        failures = 0
-        while True:
+
+        async def get() -> httpx.Response:
             try:
                 response = await self._client.get(url, params=params)
             except httpx.HTTPError as exc:
-                hiccup: ProviderError = error_from_exception(exc)
-            else:
-                if not _is_hiccup(response, model_errors=model_errors):
-                    return response
-                hiccup = error_from_response(response)
-            failures += 1
-            await self._back_off(failures, hiccup, deadline, "polling")
+                raise error_from_exception(exc) from None
+            if _is_hiccup(response, model_errors=model_errors):
+                raise error_from_response(response)
+            return response
 
-    async def _back_off(
-        self, failures: int, hiccup: ProviderError, deadline: float, doing: str
-    ) -> None:
-        """Wait before retry ``failures`` of a poll or download (Retry-After honoured)."""
-        delay = self._settings.poll_interval_s * 2 ** min(failures, MAX_BACKOFF_DOUBLINGS)
-        if isinstance(hiccup, TransientError) and hiccup.retry_after is not None:
-            delay = max(delay, hiccup.retry_after)
-        delay = min(delay, self._settings.max_backoff_s)
-        message = self._scrub(hiccup.message)
-        log.info("fal: %s hiccup (%s), retry %d in %.2f s", doing, message, failures, delay)
-        await self._sleep(delay, deadline, last=hiccup.message)
-
-    async def _sleep(self, seconds: float, deadline: float, last: str = "") -> None:
-        if time.monotonic() + seconds > deadline:
-            raise _GenerationTimedOut(self._scrub(last) or "still queued or running")
-        await asyncio.sleep(seconds)
+        return await self.hiccups.through(get, "polling", deadline)
 
     # -- errors ------------------------------------------------------------------------------
 
@@ -493,13 +478,11 @@ class FalProvider:
         The generation is done and paid for, so a 5xx or timeout of the CDN is retried here
         (until the deadline) rather than raised, which would make the runner submit again.
         """
-        failures = 0
-        while True:
-            try:
-                return await download(self._downloads, url, self._policy, expect=expect, seed=seed)
-            except TransientError as hiccup:
-                failures += 1
-                await self._back_off(failures, hiccup, deadline, "download")
+
+        async def fetch() -> GeneratedFile:
+            return await download(self._downloads, url, self._policy, expect=expect, seed=seed)
+
+        return await self.hiccups.through(fetch, "downloading an output", deadline)
 
 
 def create(settings: Settings) -> FalProvider:

@@ -47,6 +47,9 @@ from PIL import Image
 
 from adapters.providers._http import (
     DownloadPolicy,
+    GaveUpWaiting,
+    GenerationLost,
+    Hiccups,
     ReferenceImage,
     check_models,
     check_url,
@@ -114,8 +117,6 @@ RPC_CANCELLED = 1
 #: generateContent answers only when the image is done (Nano Banana Pro at 4K can take well
 #: over a minute), so its read timeout is at least this, whatever TIERBOT_PROVIDER_TIMEOUT_S.
 GENERATE_TIMEOUT_FLOOR_S = 180.0
-#: Polling backoff doubles at most this many times (then TIERBOT_MAX_BACKOFF_S caps it).
-MAX_BACKOFF_DOUBLINGS = 16
 #: Room for the JSON around inline base64 images when capping a response's size.
 JSON_OVERHEAD_BYTES = 1 << 20
 
@@ -139,8 +140,8 @@ VIDEO_CAPABILITIES = frozenset({Capability.IMAGE_TO_VIDEO, Capability.TEXT_TO_VI
 INLINE_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
-class _OperationGone(TransientError):
-    """A 404 on a Veo operation: expired or never existed; only a new submission can help."""
+class _OperationGone(GenerationLost):
+    """A 404 on a Veo operation: expired or never existed."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class GeminiProvider:
         # every URL, download hosts included. It is added to API requests one by one.
         self._auth = {"x-goog-api-key": self._key}
         self._client = provider_client(settings, self.name, base_url=self._base_url)
+        self.hiccups = Hiccups.from_settings(settings, self.name, self._scrub)
         self._policy = DownloadPolicy.from_settings(settings)
 
     # -- the Provider protocol ---------------------------------------------------------------
@@ -366,7 +368,9 @@ class GeminiProvider:
     async def _video_result(
         self, operation: str, submitted_at: float, request: GenerationRequest
     ) -> list[GeneratedFile]:
-        done = await self._wait_for(operation, submitted_at + self._settings.max_generation_s)
+        # The deadline counts from the submission, which may be before a restart.
+        left = submitted_at + self._settings.max_generation_s - time.time()
+        done = await self._wait_for(operation, self.hiccups.deadline(left))
         samples = _video_samples(done)
         files = []
         for sample in samples[: max(1, request.n)]:
@@ -385,36 +389,27 @@ class GeminiProvider:
         return files
 
     async def _wait_for(self, operation: str, deadline: float) -> dict[str, Any]:
-        """Poll an operation until it is done; polling hiccups are retried here."""
+        """Poll an operation until it is done; polling hiccups are ridden out (:class:`Hiccups`).
+
+        A 404 (``_OperationGone``: expired or never existed) ends it at once: polling again
+        cannot bring it back, and only a new submission (the runner's retry) can.
+        """
         settings = self._settings
-        hiccups = 0
+
+        async def poll() -> dict[str, Any]:
+            return await self._api("GET", f"/{API_VERSION}/{operation}", missing_is_transient=True)
+
         while True:
             try:
-                state = await self._api(
-                    "GET", f"/{API_VERSION}/{operation}", missing_is_transient=True
-                )
-            except _OperationGone:
-                # Expired or never existed: polling again cannot bring it back, and only a
-                # new submission (the runner's retry) can still produce the video.
-                raise
-            except TransientError as exc:
-                if time.time() >= deadline:
-                    raise TransientError(f"Veo polling kept failing: {exc.message}") from None
-                hiccups += 1
-                wait = exc.retry_after
-                if wait is None:
-                    wait = settings.poll_interval_s * 2 ** min(hiccups, MAX_BACKOFF_DOUBLINGS)
-                wait = min(wait, settings.max_backoff_s)
-                log.info("gemini: polling %s failed (%s); again in %.1f s", operation, exc, wait)
-                await asyncio.sleep(wait)
-                continue
-            hiccups = 0
+                state = await self.hiccups.through(poll, f"polling {operation}", deadline)
+            except GaveUpWaiting as exc:
+                raise TransientError(f"Veo {exc.message}") from None
             if state.get("done") is True:  # proto3 omits done=false: missing means running
                 return state
-            if time.time() >= deadline:
+            if self.hiccups.clock() >= deadline:
                 await self._cancel_operation(operation)
                 raise TransientError(f"Veo did not finish within {settings.max_generation_s:.0f} s")
-            await asyncio.sleep(settings.poll_interval_s)
+            await self.hiccups.sleep(settings.poll_interval_s)
 
     async def _download_video(self, uri: str) -> GeneratedFile:
         """Fetch a generated video; the key goes only to the API's own host."""

@@ -51,11 +51,12 @@ import httpx
 
 from adapters.providers._http import (
     DownloadPolicy,
+    GenerationLost,
+    Hiccups,
     aspect,
     check_models,
     checked,
     download,
-    error_from_exception,
     error_from_response,
     image_size,
     json_object,
@@ -81,10 +82,6 @@ log = logging.getLogger(__name__)
 #: References up to this size go inline as ``data:`` URIs; Replicate's docs recommend data
 #: URIs "only if the file is less than 1MB" and the files API (up to 100 MB) above that.
 DATA_URI_MAX_BYTES = 1_000_000
-#: Longest wait between two polls after a polling hiccup, in seconds.
-MAX_POLL_BACKOFF_S = 30.0
-#: Tries per output download: a CDN hiccup must not make the runner pay for a new generation.
-DOWNLOAD_ATTEMPTS = 3
 #: Largest factor asked of an upscaler (most on Replicate take 2-4; Real-ESRGAN up to 10).
 MAX_UPSCALE = 4.0
 
@@ -233,6 +230,7 @@ class ReplicateProvider:
         self._policy = DownloadPolicy.from_settings(settings)
         self._poll_interval = settings.poll_interval_s
         self._max_generation = settings.max_generation_s
+        self.hiccups = Hiccups.from_settings(settings, self.name, self._scrub)
 
     # -- the Provider protocol ---------------------------------------------------------------
 
@@ -364,8 +362,7 @@ class ReplicateProvider:
     # -- result ------------------------------------------------------------------------------
 
     async def _result(self, ids: list[str], request: GenerationRequest) -> list[GeneratedFile]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._max_generation
+        deadline = self.hiccups.deadline(self._max_generation)
         done: dict[str, dict[str, Any]] = {}
         while True:
             for prediction_id in ids:
@@ -382,13 +379,13 @@ class ReplicateProvider:
                 raise _ended_without_output(prediction_id, prediction)
             if len(done) == len(ids):
                 break
-            if loop.time() >= deadline:
+            if self.hiccups.clock() >= deadline:
                 await self._cancel_all([p for p in ids if p not in done])
                 raise TransientError(
                     f"Replicate did not finish within {self._max_generation:g} s "
                     "(TIERBOT_MAX_GENERATION_S); the prediction was cancelled"
                 )
-            await asyncio.sleep(self._poll_interval)
+            await self.hiccups.sleep(self._poll_interval)
         expect = "video" if request.capability in _VIDEO else "image"
         urls = [_first_output(prediction_id, done[prediction_id]) for prediction_id in ids]
         # A TaskGroup, not gather: when one download fails the others are cancelled, not
@@ -397,8 +394,11 @@ class ReplicateProvider:
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(
-                        self._fetch_with_retries(
-                            url, expect, request.seed + index if request.seed_accepted else None
+                        self._fetch(
+                            url,
+                            expect,
+                            request.seed + index if request.seed_accepted else None,
+                            deadline,
                         )
                     )
                     for index, url in enumerate(urls)
@@ -408,60 +408,32 @@ class ReplicateProvider:
         return [task.result() for task in tasks]
 
     async def _poll(self, prediction_id: str, deadline: float) -> dict[str, Any]:
-        """One ``GET /v1/predictions/{id}``, retrying polling hiccups until ``deadline``."""
-        loop = asyncio.get_running_loop()
-        backoff = self._poll_interval
-        while True:
-            try:
-                response = await self._api.get(f"/v1/predictions/{quote(prediction_id)}")
-            except httpx.HTTPError as exc:
-                error: ProviderError = error_from_exception(exc)
-            else:
-                if response.status_code == 404:
-                    # Replicate forgets API predictions after about an hour: the work is lost,
-                    # so the runner may as well submit again.
-                    raise TransientError(f"Replicate no longer knows prediction {prediction_id}")
-                if not response.is_error:
-                    return _json_object(response, f"prediction {prediction_id}")
-                error = error_from_response(response)
-            if not isinstance(error, TransientError):
-                raise error
-            wait = min(
-                error.retry_after if error.retry_after is not None else backoff,
-                MAX_POLL_BACKOFF_S,
-            )
-            if loop.time() + wait > deadline:
-                raise TransientError(f"polling Replicate kept failing: {error.message}")
-            log.info(
-                "replicate: polling %s failed (%s); again in %.1f s",
-                prediction_id,
-                self._scrub(error.message),
-                wait,
-            )
-            await asyncio.sleep(wait)
-            backoff = min(backoff * 2, MAX_POLL_BACKOFF_S)
+        """One ``GET /v1/predictions/{id}``, its polling hiccups ridden out (:class:`Hiccups`)."""
 
-    async def _fetch_with_retries(self, url: str, expect: str, seed: int | None) -> GeneratedFile:
-        """:meth:`_fetch`, retrying transient failures: the output is paid for already."""
-        backoff = self._poll_interval
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                return await self._fetch(url, expect, seed)
-            except TransientError as exc:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise
-                wait = min(
-                    exc.retry_after if exc.retry_after is not None else backoff,
-                    MAX_POLL_BACKOFF_S,
-                )
-                log.info("replicate: download failed (%s); again in %.1f s", exc.message, wait)
-                await asyncio.sleep(wait)
-                backoff = min(backoff * 2, MAX_POLL_BACKOFF_S)
-        raise AssertionError("unreachable")  # pragma: no cover
+        def error(response: httpx.Response) -> ProviderError:
+            if response.status_code == 404:
+                # Replicate forgets API predictions after about an hour: the work is lost,
+                # so the runner may as well submit again.
+                return GenerationLost(f"Replicate no longer knows prediction {prediction_id}")
+            return error_from_response(response)
 
-    async def _fetch(self, url: str, expect: str, seed: int | None) -> GeneratedFile:
-        """One output: a URL, or an inline ``data:`` URI (both handled by ``download``)."""
-        return await download(self._downloads, url, self._policy, expect=expect, seed=seed)
+        async def get() -> dict[str, Any]:
+            path = f"/v1/predictions/{quote(prediction_id)}"
+            response = await checked(self._api.get(path), error)
+            return _json_object(response, f"prediction {prediction_id}")
+
+        return await self.hiccups.through(get, f"polling {prediction_id}", deadline)
+
+    async def _fetch(
+        self, url: str, expect: str, seed: int | None, deadline: float
+    ) -> GeneratedFile:
+        """One output (a URL, or an inline ``data:`` URI), its download retried on CDN
+        hiccups: the output is paid for already."""
+
+        async def fetch() -> GeneratedFile:
+            return await download(self._downloads, url, self._policy, expect=expect, seed=seed)
+
+        return await self.hiccups.through(fetch, "downloading an output", deadline)
 
     # -- cancel ------------------------------------------------------------------------------
 
