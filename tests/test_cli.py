@@ -59,8 +59,8 @@ def test_models_lists_the_catalog_with_availability(capsys) -> None:
     out = capsys.readouterr().out
     assert "local-draft · local (preview) · draft" in out
     assert "veo-3.1 · fal (fal-ai/veo3.1/image-to-video) · video" in out
-    assert "also on gemini (retired), replicate" in out
-    assert "veo-3.1-generate-preview on gemini is retired: reported retired on 2026-10-22" in out
+    assert "also on gemini, replicate" in out
+    assert "veo-3.0-generate-001 on gemini is retired: retired on Vertex on 2026-06-30" in out
     assert "unavailable: provider fal not configured" in out
     # A video model's price is per second of video, not 0 (it was priced without a duration),
     # and for its default clip; finals by resolution, the default marked.

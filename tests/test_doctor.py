@@ -71,11 +71,12 @@ async def test_all_good_on_gemini_with_the_shipped_catalog(make_settings, gemini
     assert findings["nano-banana-pro@gemini"].ok is True
     assert findings["nano-banana-2@gemini"].ok is True
     assert findings["nano-banana@gemini"].ok is True
+    assert findings["veo-3.1@gemini"].ok is True
     # Retired ids are listed with their reason and never asked about.
-    assert findings["veo-3.1@gemini"].ok is None
-    assert "retired" in findings["veo-3.1@gemini"].text
+    assert findings["veo-3@gemini"].ok is None
+    assert "retired" in findings["veo-3@gemini"].text
     asked = {c.path for c in gemini.requests}
-    assert "/v1beta/models/veo-3.1-generate-preview" not in asked
+    assert "/v1beta/models/veo-3.0-generate-001" not in asked
     assert findings["fal"].ok is None and "set FAL_KEY" in findings["fal"].text
     assert take_out_missing(services.router, list(findings.values())) == []
     await services.aclose()

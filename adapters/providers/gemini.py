@@ -3,13 +3,13 @@
 Two APIs stand behind one adapter (spec: /work/shared/specs/providers.md, section 2):
 
 * **Images** (Nano Banana ``gemini-2.5-flash-image``, Nano Banana Pro
-  ``gemini-3-pro-image-preview``, Nano Banana 2 ``gemini-3.1-flash-image-preview``) come from
+  ``gemini-3-pro-image``, Nano Banana 2 ``gemini-3.1-flash-image``) come from
   ``POST /v1beta/models/{model}:generateContent``, a synchronous call whose JSON answer carries
   the image inline as base64. There is no server-side job to remember, so :meth:`submit`
   returns a request id at once without calling anything and :meth:`result` makes the call;
   a restart mid-call therefore repeats that call (nothing can be resumed on Google's side).
   One image per call is the documented behaviour, so ``n`` images are ``n`` concurrent calls.
-* **Videos** (Veo ``veo-3.1-generate-preview`` and kin) are long-running operations:
+* **Videos** (Veo ``veo-3.1-generate-001`` and kin) are long-running operations:
   :meth:`submit` posts ``:predictLongRunning`` and returns the operation name, :meth:`result`
   polls ``GET /v1beta/{name}`` until ``done`` and downloads the video from the files
   endpoint (or decodes it when it comes inline). After a restart the runner calls
