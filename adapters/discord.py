@@ -55,7 +55,7 @@ from bot.commands import (
     Invocation,
 )
 from bot.delivery import Steps, kept_for_retry
-from bot.domain import CommandEvent, Origin, ReactionEvent, Reply, replies_of
+from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply, replies_of
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
 
 log = logging.getLogger(__name__)
@@ -546,10 +546,11 @@ class DiscordSurface:
     ) -> None:
         origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
         event = self.bot.resolved(event, origin)
-        data = None
+        files = []
         if attachment is not None:
             try:
                 data = await attachment.read()
+                files.append(InboundFile(name=attachment.filename, data=data))
             except discord.HTTPException as exc:
                 refusal = Reply(
                     text=f"I could not download {attachment.filename} from Discord "
@@ -560,9 +561,7 @@ class DiscordSurface:
                 self.bot.answered(event)
                 await self._deliver(origin, replies_of(refusal), interaction)
                 return
-        replies = self.bot.handle_command(
-            event.model_copy(update={"attachment": data}), received=True
-        )
+        replies = self.bot.handle_command(event.model_copy(update={"files": files}), received=True)
         await self._deliver(origin, replies, interaction)
 
     # -- reactions ---------------------------------------------------------------------------

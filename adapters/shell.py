@@ -30,9 +30,9 @@ from adapters import load_surfaces, surface_cli, wire
 from bot import cpu
 from bot.app import Services, freeze_startup_objects
 from bot.catalog import CatalogError
-from bot.commands import COMMANDS, FLAGS, help_text
+from bot.commands import COMMANDS, FLAGS, help_text, reference_values
 from bot.doctor import live_check, take_out_missing
-from bot.domain import CommandEvent, Origin, Reply
+from bot.domain import CommandEvent, InboundFile, Origin, Reply
 from bot.policy import PolicyError
 from bot.settings import Settings, SettingsError, load_settings
 from bot.surfaces import SurfaceUnavailable
@@ -154,23 +154,43 @@ def command_text(words: Sequence[str], *, beats: bool = False) -> str:
 
 
 async def run_command(services: Services, argv: Sequence[str]) -> int:
-    """Run one chat command given as shell words; print its replies."""
-    attachment = None
-    if list(argv[:2]) == ["schedule", "calendar"] and len(argv) > 3:
-        # The operator's own file, read here: chat surfaces send the file itself.
-        path = Path(argv[3]).expanduser()
-        try:
-            attachment = path.read_bytes()
-        except OSError as exc:
-            print(f"cannot read {path}: {exc.strerror}", file=sys.stderr)
-            return 2
+    """Run one chat command given as shell words; print its replies.
+
+    The shell's user is the operator, so files are read from paths here (chat surfaces send
+    the file itself): ``--file PATH`` (repeatable) attaches a file to any command, a
+    ``--ref``/``--sref`` value that is an existing file is sent as that reference image, and
+    ``schedule calendar <name> PATH`` attaches the calendar.
+    """
+    argv = list(argv)
+    paths: list[tuple[str, str | None]] = []  # (path, the --ref value it is for)
+    if argv[:2] == ["schedule", "calendar"] and len(argv) > 3:
+        paths.append((argv[3], None))
         argv = argv[:3]
-    if argv[0] == "draft":
-        event = CommandEvent(origin=_origin(), command="draft", text=command_text(argv[1:]))
+    while "--file" in argv:
+        at = argv.index("--file")
+        if at + 1 >= len(argv):
+            print("--file needs a path", file=sys.stderr)
+            return 2
+        paths.append((argv[at + 1], None))
+        del argv[at : at + 2]
+    command = "draft" if argv[0] == "draft" else "tierbot"
+    if command == "draft":
+        text = command_text(argv[1:])
     else:
         spec = COMMANDS.get(argv[0].strip().removeprefix("/"))
         text = command_text(argv, beats=spec is not None and spec.beats)
-        event = CommandEvent(origin=_origin(), command="tierbot", text=text, attachment=attachment)
+    for value in reference_values(command, text):
+        if Path(value).expanduser().is_file():
+            paths.append((value, value))
+    files = []
+    for given, source in paths:
+        path = Path(given).expanduser()
+        try:
+            files.append(InboundFile(name=path.name, data=path.read_bytes(), source=source))
+        except OSError as exc:
+            print(f"cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return 2
+    event = CommandEvent(origin=_origin(), command=command, text=text, files=files)
     replies = await _collect(services, services.bot.handle_command(event))
     return 1 if any(r.error for r in replies) else 0
 

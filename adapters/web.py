@@ -64,6 +64,7 @@ from bot.domain import (
     NUMBER_REACTIONS,
     AssetKind,
     CommandEvent,
+    InboundFile,
     Origin,
     Reaction,
     ReactionEvent,
@@ -74,6 +75,7 @@ from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline import LineageNode
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
+from bot.uploads import MAX_FILES
 
 log = logging.getLogger(__name__)
 
@@ -326,7 +328,7 @@ class WebSurface:
             raise BadInput("type a command, e.g. /draft a lighthouse at dawn --n 4")
         if len(text) > MAX_TEXT:
             raise BadInput(f"a command is at most {MAX_TEXT} characters; got {len(text)}")
-        attachment = self._attachment(body.get("attachment"))
+        files = self._files(body)
         event_id = self._event_id(body.get("event_id"))
         origin = self._origin(name)
         # "/draft a fox" is the command draft; "a fox" (no slash) is no command at all. An
@@ -338,7 +340,7 @@ class WebSurface:
             origin=origin,
             command=command.lstrip("/"),
             text=rest,
-            attachment=attachment,
+            files=files,
             delivery_id=f"{name}:{event_id}",
         )
         # Written before the answer: a command the page was told about survives a crash, and
@@ -675,16 +677,27 @@ class WebSurface:
         return value.strip()
 
     @staticmethod
-    def _attachment(value: Any) -> bytes | None:
-        """A file sent with a command (📎), base64-encoded in the JSON body."""
-        if value in (None, ""):
-            return None
-        if not isinstance(value, str):
-            raise BadInput("attachment must be the file's bytes in base64")
-        try:
-            return base64.b64decode(value, validate=True)
-        except binascii.Error:
-            raise BadInput("attachment is not valid base64") from None
+    def _files(body: dict[str, Any]) -> list[InboundFile]:
+        """Files sent with a command (📎): ``files``, a list of ``{"name", "data"}`` with
+        the bytes in base64 (``attachment``, one file's base64, is still read)."""
+        given = body.get("files")
+        if given in (None, ""):
+            given = []
+        if not isinstance(given, list) or len(given) > MAX_FILES:
+            raise BadInput(f"files must be a list of at most {MAX_FILES} files")
+        if body.get("attachment"):
+            given = [*given, {"name": "attachment", "data": body["attachment"]}]
+        files = []
+        for item in given:
+            if not isinstance(item, dict) or not isinstance(item.get("data"), str):
+                raise BadInput("each file must be {name, data} with the bytes in base64")
+            name = str(item.get("name") or "file")[:120]
+            try:
+                data = base64.b64decode(item["data"], validate=True)
+            except binascii.Error:
+                raise BadInput(f"{name} is not valid base64") from None
+            files.append(InboundFile(name=name, data=data))
+        return files
 
     @staticmethod
     def _origin(name: str) -> Origin:

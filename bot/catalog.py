@@ -23,6 +23,9 @@ from bot.domain import ASPECT_RATIOS, RESOLUTIONS, Capability, Stage
 
 log = logging.getLogger(__name__)
 
+#: Capabilities that take no input image.
+TEXT_ONLY = frozenset({Capability.TEXT_TO_IMAGE, Capability.TEXT_TO_VIDEO})
+
 
 class Serving(BaseModel):
     """One provider's deployment of a model, in the model's order of preference.
@@ -46,6 +49,8 @@ class Serving(BaseModel):
     default_resolution: str | None = None
     seed: bool | None = None
     audio: bool | None = None
+    max_references: int | None = Field(default=None, ge=0)
+    style_reference: bool | None = None
     #: Why this deployment no longer serves (a retired id): it is shown, never called.
     retired: str | None = None
 
@@ -67,6 +72,13 @@ class ModelSpec(BaseModel):
     aspect_ratios: list[str] = Field(default_factory=lambda: list(ASPECT_RATIOS))
     max_images: int = Field(default=4, ge=1)
     seed: bool = True
+    #: How many input images one call takes in all (the draft or source image of a final,
+    #: edit or video counts): 0 for a text-only model; None: 1 for a model that takes an
+    #: image (image-to-image, inpaint, upscale, image-to-video), else 0.
+    max_references: int | None = Field(default=None, ge=0)
+    #: Whether an image can be given as a style to follow (palette, light, texture) rather
+    #: than content: instruction-following image models can be told so.
+    style_reference: bool = False
     negative_prompt: bool = True
     multi_subject: bool = True
     price: int = Field(ge=0, description="milli-credits per unit")
@@ -155,6 +167,21 @@ class Candidate:
     @property
     def audio(self) -> bool | None:
         return self.model.audio if self.serving.audio is None else self.serving.audio
+
+    @property
+    def max_references(self) -> int:
+        """Input images one call takes, the stage's own source image included."""
+        if self.serving.max_references is not None:
+            return self.serving.max_references
+        if self.model.max_references is not None:
+            return self.model.max_references
+        return 0 if self.model.capabilities <= TEXT_ONLY else 1
+
+    @property
+    def style_reference(self) -> bool:
+        if self.serving.style_reference is not None:
+            return self.serving.style_reference
+        return self.model.style_reference
 
     def resolution_for(self, asked: str | None) -> str | None:
         """The resolution sent for ``asked`` (None: the default): asked where offered, else

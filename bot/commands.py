@@ -84,6 +84,10 @@ STORYBOARD_BEATS = (2, 9)
 MAX_NAME_CHARS = 100
 #: Longest piece of the person's own text quoted back in an error message.
 MAX_ECHO_CHARS = 40
+#: Most --ref (and --sref) values one command takes; a model's own limit may be lower.
+MAX_REFERENCES = 9
+#: Longest --ref value (a Slack file link is long).
+MAX_REFERENCE_CHARS = 500
 
 #: The slash commands the bot registers on each surface, and the command each one fixes
 #: (``None``: the first word of the text names the command).
@@ -112,6 +116,7 @@ MSG_UNKNOWN_OPTION_LIST = "unknown option --{name}; {command} takes {options}"
 MSG_UNKNOWN_OPTION_NONE = "unknown option --{name}; {command} takes no options"
 MSG_NOT_APPLICABLE = "--{name} does not apply to {command}"
 MSG_REPEATED = "--{name} is given twice; give it once"
+MSG_TOO_MANY = "--{name} takes at most {limit} images"
 MSG_NEEDS_VALUE = "--{name} needs a value"
 MSG_TAKES_NO_VALUE = "--{name} takes no value; got {value}"
 MSG_CHOICE = "--{name} must be one of {choices}; got {value}"
@@ -135,6 +140,8 @@ ARG_DESCRIPTIONS: dict[str, str] = {
     "grid-id": "a grid id",
     "k": f"a draft number from 1 to {MAX_N}",
     "command": "a command name",
+    "action": "add, list or remove",
+    "name": "a reference name",
 }
 
 HELP_HEADER = "tierbot commands (/tierbot help <command> for details):"
@@ -188,6 +195,14 @@ class Invocation(BaseModel):
     tz: str | None = None
     days: str | None = None
     summary: str | None = None
+    #: Reference images (``--ref``) and style references (``--sref``): asset ids, named
+    #: references, and what a surface fetched for the command (a Slack link, a shell path).
+    refs: list[str] = Field(default_factory=list)
+    srefs: list[str] = Field(default_factory=list)
+    #: ``vary --strong``: a loose variation rather than a subtle one.
+    strong: bool = False
+    #: ``vary --prompt "..."``: remix the image with new text.
+    remix: str | None = None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -222,6 +237,29 @@ def _shown(value: str, limit: int = MAX_ECHO_CHARS) -> str:
 def _nfkc(value: str) -> str:
     """Fold full-width and other compatibility forms (``１６：９``) for numbers and ratios."""
     return unicodedata.normalize("NFKC", value).strip()
+
+
+def _reference(raw: str) -> str:
+    """A --ref value: Slack's link markup (``<https://...|name>``) unwrapped."""
+    value = raw.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].split("|", 1)[0]
+    if len(value) > MAX_REFERENCE_CHARS:
+        raise CommandError(
+            MSG_OPTION_TOO_LONG.format(name="ref", length=len(value), limit=MAX_REFERENCE_CHARS)
+        )
+    return value
+
+
+def reference_values(command: str, text: str) -> list[str]:
+    """The ``--ref`` and ``--sref`` values of a command, for a surface that must fetch some
+    of them before the core runs it (Slack file links, shell paths); empty when the command
+    does not parse (the core will say why)."""
+    try:
+        invocation = parse(command, text)
+    except CommandError:
+        return []
+    return [*invocation.refs, *invocation.srefs]
 
 
 def _join_and(items: list[str]) -> str:
@@ -283,6 +321,8 @@ class FlagSpec:
     metavar: str | None = None
     convert: Converter | None = None
     greedy: bool = False
+    #: May be given more than once (and takes comma-separated values): its field is a list.
+    repeatable: bool = False
 
     @property
     def usage(self) -> str:
@@ -340,6 +380,31 @@ FLAGS: dict[str, FlagSpec] = {
             _text(MAX_NAME_CHARS),
         ),
         FlagSpec(
+            "ref",
+            "refs",
+            "reference image: an asset id, a named reference (/tierbot ref list), an image link "
+            "on Slack, a file path in the shell; repeat it or separate with commas",
+            "REF",
+            lambda name, raw: _reference(raw),
+            repeatable=True,
+        ),
+        FlagSpec(
+            "sref",
+            "srefs",
+            "style reference: an image whose palette, light and texture to follow (as --ref)",
+            "REF",
+            lambda name, raw: _reference(raw),
+            repeatable=True,
+        ),
+        FlagSpec("strong", "strong", "vary: a loose variation rather than a subtle one"),
+        FlagSpec(
+            "prompt",
+            "remix",
+            "vary: remix the image with this text",
+            "TEXT",
+            _text(MAX_PROMPT_CHARS),
+        ),
+        FlagSpec(
             "seconds",
             "seconds",
             f"clip length in seconds (default {DEFAULT_VIDEO_SECONDS})",
@@ -359,8 +424,9 @@ _SHORTCUTS = {target for target in SLASH_COMMANDS.values() if target}
 _NAME_RE = re.compile(r"[a-z][a-z0-9-]*")
 
 
-#: Runs a parsed command: ``(bot, origin, invocation, attachment) -> replies``.
-Handler = Callable[[Any, Any, "Invocation", bytes | None], AsyncIterator[Any]]
+#: Runs a parsed command: ``(bot, origin, invocation, files) -> replies``; ``files`` are the
+#: ``InboundFile``s sent with it (images already checked and stored, see ``bot.uploads``).
+Handler = Callable[[Any, Any, "Invocation", Any], AsyncIterator[Any]]
 
 
 async def _answer(text: str) -> AsyncIterator[Any]:
@@ -387,8 +453,10 @@ class CommandSpec:
         flags: Names of the options it accepts (keys of :data:`FLAGS`).
         example: A complete example, shown in help and in "needs a prompt" errors.
         usage: The usage line; generated from the fields above when left empty.
-        handler: What runs it: ``handler(bot, origin, invocation, attachment)`` returns the
+        handler: What runs it: ``handler(bot, origin, invocation, files)`` returns the
             replies (``bot`` is the core's front door, :class:`bot.core.Tierbot`).
+        files: What files it takes: ``"images"`` (checked and stored as uploads before the
+            handler runs), ``"csv"`` (passed as sent), or ``None`` (files are refused).
     """
 
     name: str
@@ -406,6 +474,7 @@ class CommandSpec:
     example: str = ""
     usage: str = ""
     handler: Handler | None = field(default=None, compare=False, repr=False)
+    files: str | None = None
 
     def __post_init__(self) -> None:
         if not self.usage:
@@ -523,16 +592,26 @@ def register(spec: CommandSpec, registry: CommandRegistry = COMMANDS) -> Command
 
 
 _EXAMPLE_ID = "3fa2c1d0"
-_IMAGE_FLAGS = ("ar", "n", "seed", "model", "style", "no", "hero")
+_IMAGE_FLAGS = ("ar", "n", "seed", "model", "style", "no", "hero", "ref", "sref")
+
+
+def _refs(bot: Any, origin: Any, inv: Invocation, files: Any) -> Any:
+    """The reference images of a command (attachments, ``--ref``, ``--sref``)."""
+    return bot.pipeline.references(origin, inv, files)
+
 
 register(
     CommandSpec(
         "draft",
-        "Draft a grid of quick, cheap images from a prompt.",
+        "Draft a grid of quick, cheap images from a prompt (attach images, or --ref, to draft "
+        "with your product, character or style).",
         takes_prompt=True,
         flags=_IMAGE_FLAGS,
         example="/draft astronaut in an overgrown jungle --ar 16:9",
-        handler=lambda bot, origin, inv, _: bot.pipeline.draft(origin, inv),
+        handler=lambda bot, origin, inv, files: bot.pipeline.draft(
+            origin, inv, _refs(bot, origin, inv, files)
+        ),
+        files="images",
     )
 )
 register(
@@ -541,11 +620,12 @@ register(
         f"Render draft k (1 to {MAX_N}) of a grid with a final-quality model.",
         aliases=("select",),
         args=("grid-id", "k"),
-        flags=("model", "style", "hero", "res"),
+        flags=("model", "style", "hero", "res", "ref", "sref"),
         example=f"/tierbot final {_EXAMPLE_ID} 2 --hero --res 4k",
-        handler=lambda bot, origin, inv, _: bot.pipeline.select(
-            origin, inv.args[0], inv.index or 0, inv
+        handler=lambda bot, origin, inv, files: bot.pipeline.select(
+            origin, inv.args[0], inv.index or 0, inv, _refs(bot, origin, inv, files)
         ),
+        files="images",
     )
 )
 register(
@@ -556,9 +636,50 @@ register(
         takes_prompt=True,
         prompt_metavar="<instruction>",
         prompt_label="an instruction",
-        flags=("model", "seed", "res"),
+        flags=("model", "seed", "res", "ref", "sref"),
         example=f"/tierbot edit {_EXAMPLE_ID} make the sky stormy",
-        handler=lambda bot, origin, inv, _: bot.pipeline.edit(origin, inv.args[0], inv),
+        handler=lambda bot, origin, inv, files: bot.pipeline.edit(
+            origin, inv.args[0], inv, _refs(bot, origin, inv, files)
+        ),
+        files="images",
+    )
+)
+register(
+    CommandSpec(
+        "vary",
+        "Variations of an image: draft k of a grid, or any image asset (subtle unless "
+        "--strong; --prompt remixes it with new text).",
+        args=("asset-id",),
+        optional_args=("k",),
+        flags=("strong", "prompt", "n", "model"),
+        example=f"/tierbot vary {_EXAMPLE_ID} 2 --strong",
+        usage=f"/tierbot vary <grid-id> <k> | <asset-id> [--strong] [--prompt TEXT] "
+        f"[--n 1..{MAX_N}] [--model ID]",
+        handler=lambda bot, origin, inv, _: bot.pipeline.vary(origin, inv.args[0], inv.index, inv),
+    )
+)
+register(
+    CommandSpec(
+        "ref",
+        "Named references of the team: ref add <name> with images attached, ref list, "
+        "ref remove <name>; use them with --ref <name> or --sref <name>.",
+        args=("action",),
+        optional_args=("name",),
+        flags=("ref",),
+        example="/tierbot ref add mug",
+        handler=lambda bot, origin, inv, files: bot.pipeline.ref(origin, inv, files),
+        files="images",
+    )
+)
+register(
+    CommandSpec(
+        "upload",
+        "Bring back a version of an asset fixed by hand in an editor (attach it): it goes on "
+        "like a final, and the lineage shows the hand step.",
+        args=("asset-id",),
+        example=f"/tierbot upload {_EXAMPLE_ID}",
+        handler=lambda bot, origin, inv, files: bot.pipeline.upload(origin, inv.args[0], files),
+        files="images",
     )
 )
 register(
@@ -576,11 +697,12 @@ register(
         "video",
         "Animate an image into a short clip.",
         args=("asset-id",),
-        flags=("seconds", "model"),
+        flags=("seconds", "model", "ref", "sref"),
         example=f"/tierbot video {_EXAMPLE_ID} --seconds 6",
-        handler=lambda bot, origin, inv, _: bot.pipeline.video(
-            origin, inv.args[0], inv.seconds, inv.model
+        handler=lambda bot, origin, inv, files: bot.pipeline.video(
+            origin, inv.args[0], inv.seconds, inv.model, _refs(bot, origin, inv, files)
         ),
+        files="images",
     )
 )
 # Commands that take one id and run the use case of the same name on it.
@@ -610,9 +732,12 @@ register(
         beats=True,
         prompt_metavar="<beat> | <beat> | ...",
         prompt_label=f"{STORYBOARD_BEATS[0]} to {STORYBOARD_BEATS[1]} beats separated by |",
-        flags=("ar", "seed", "style", "model"),
+        flags=("ar", "seed", "style", "model", "ref", "sref"),
         example="/tierbot storyboard a fox wakes | it sees snow | it leaps into a drift --ar 16:9",
-        handler=lambda bot, origin, inv, _: bot.pipeline.storyboard(origin, inv),
+        handler=lambda bot, origin, inv, files: bot.pipeline.storyboard(
+            origin, inv, _refs(bot, origin, inv, files)
+        ),
+        files="images",
     )
 )
 register(
@@ -626,7 +751,10 @@ register(
         flags=("tz", "days", "n", "ar", "style", "summary"),
         example="/tierbot schedule add morning daily 09:00 --tz Europe/Berlin --days mon-fri "
         '"a {weekday} coffee flat lay"',
-        handler=lambda bot, origin, inv, file: bot.scheduler.command(origin, inv, file),
+        handler=lambda bot, origin, inv, files: bot.scheduler.command(
+            origin, inv, files[0].data if files else None
+        ),
+        files="csv",
     )
 )
 register(
@@ -849,7 +977,7 @@ def _take_options(
             raise _unknown_option(name, spec)
         if name not in spec.flags:
             raise CommandError(MSG_NOT_APPLICABLE.format(name=name, command=spec.name))
-        if flag.field in values:
+        if flag.field in values and not flag.repeatable:
             raise CommandError(MSG_REPEATED.format(name=name))
         quoted_inline = tokens[i].quoted
         i += 1
@@ -875,7 +1003,14 @@ def _take_options(
         if not raw:
             raise CommandError(MSG_NEEDS_VALUE.format(name=name))
         assert flag.convert is not None
-        values[flag.field] = flag.convert(name, raw)
+        if flag.repeatable:
+            given = values.setdefault(flag.field, [])
+            assert isinstance(given, list)
+            given += [flag.convert(name, part) for part in raw.split(",") if part.strip()]
+            if len(given) > MAX_REFERENCES:
+                raise CommandError(MSG_TOO_MANY.format(name=name, limit=MAX_REFERENCES))
+        else:
+            values[flag.field] = flag.convert(name, raw)
     return words, values
 
 
@@ -952,9 +1087,9 @@ def _parse_spec(spec: CommandSpec, tokens: list[_Token]) -> Invocation:
             )
 
     index: int | None = None
-    if "k" in spec.args:
-        at = spec.args.index("k")
-        index = _whole(1, MAX_N, MSG_INDEX)("k", positional.pop(at))
+    placeholders = spec.args + spec.optional_args
+    if "k" in placeholders and placeholders.index("k") < len(positional):
+        index = _whole(1, MAX_N, MSG_INDEX)("k", positional.pop(placeholders.index("k")))
     if "command" in spec.args + spec.optional_args and positional:
         topic = COMMANDS.get(positional[0].removeprefix("/"))
         if topic is None:

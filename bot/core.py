@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from bot.commands import COMMANDS, CommandError, Invocation, parse
 from bot.domain import (
+    INBOX_EXCLUDE,
     NUMBER_REACTIONS,
     UNFINISHED_JOB_STATES,
     AssetKind,
@@ -87,7 +88,7 @@ class Tierbot:
         if key is None:
             return True
         kind = "reaction" if isinstance(event, ReactionEvent) else "command"
-        event_json = event.model_dump(mode="json", exclude={"attachment"})
+        event_json = _inbox_json(event)
         if self.store.receive(key, event.origin.surface, kind, event_json):
             failpoint("event.received", kind)
             return True
@@ -102,7 +103,7 @@ class Tierbot:
             return event
         event = event.model_copy(update={"origin": origin})
         if (key := inbox_key(event)) is not None:
-            self.store.update_received(key, event.model_dump(mode="json", exclude={"attachment"}))
+            self.store.update_received(key, _inbox_json(event))
         return event
 
     def answered(self, event: Received) -> None:
@@ -132,7 +133,7 @@ class Tierbot:
         except CommandError as exc:
             replies: AsyncIterator[Reply] = replies_of(private_error(exc.message))
         else:
-            replies = guarded(self._command(event.origin, inv, event.attachment))
+            replies = guarded(self._command(event, inv))
         async for reply in self._handled(event, replies):
             yield reply
 
@@ -265,13 +266,22 @@ class Tierbot:
 
     # -- internals ---------------------------------------------------------------------------
 
-    async def _command(
-        self, origin: Origin, inv: Invocation, attachment: bytes | None = None
-    ) -> AsyncIterator[Reply]:
+    async def _command(self, event: CommandEvent, inv: Invocation) -> AsyncIterator[Reply]:
         spec = COMMANDS.get(inv.name)
         if spec is None or spec.handler is None:
             raise UserError(f"/tierbot {inv.name} is not available yet")
-        async for reply in spec.handler(self, origin, inv, attachment):
+        files = event.files
+        if files and spec.files is None:
+            raise UserError(
+                f"{spec.invoke} takes no files; nothing was done. Images go with /draft, "
+                "final, edit, video, vary, ref add and upload."
+            )
+        if files and spec.files == "images":
+            files = await self.pipeline.take_files(event.origin, files)
+            # Stored: a re-run after a restart finds the images by their asset ids.
+            if (key := inbox_key(event)) is not None:
+                self.store.update_received(key, _inbox_json(event, files=files))
+        async for reply in spec.handler(self, event.origin, inv, files):
             yield reply
 
     async def _reaction(
@@ -298,6 +308,13 @@ class Tierbot:
             text=f"🛑 Cancelled by {origin.user}: {len(cancelled)} job(s) stopped; their "
             "reserved credits were released."
         )
+
+
+def _inbox_json(event: CommandEvent | ReactionEvent, **update: Any) -> dict[str, Any]:
+    """``event`` as the inbox keeps it: without the bytes of its files."""
+    if isinstance(event, ReactionEvent):
+        return event.model_dump(mode="json")
+    return event.model_copy(update=update).model_dump(mode="json", exclude=INBOX_EXCLUDE)
 
 
 def presents(asset: dict[str, Any]) -> str:
@@ -329,6 +346,7 @@ _FURTHER: dict[str, ReactionHandler] = {
     _key(Reaction.VIDEO): lambda bot, origin, asset: bot.pipeline.video(origin, asset),
     # On an upscale the use case refuses, saying why: it is not upscaled twice.
     _key(Reaction.UPSCALE): lambda bot, origin, asset: bot.pipeline.upscale(origin, asset),
+    _key(Reaction.VARY): lambda bot, origin, asset: bot.pipeline.vary(origin, asset),
 }
 
 #: The reaction vocabulary: (what the message presents, the reaction) → the use case, given
@@ -350,8 +368,8 @@ REACTIONS: dict[tuple[str, str], ReactionHandler] = {
 MEANINGS = {
     "grid": "a draft grid: react with a number to take that draft to the final tier, 🔁 to "
     "reroll or ❌ to discard",
-    "final": "this result: react 🎬, ⬆️, ✅, 🔁 or ❌",
-    "upscale": "this upscale: react 🎬, ✅ or ❌",
+    "final": "this result: react 🎬, ⬆️, ✅, 🔀, 🔁 or ❌",
+    "upscale": "this upscale: react 🎬, ✅, 🔀 or ❌",
     "video": "this video: react ✅ or ❌",
     "status": "a status line: react ❌ to cancel the job",
 }

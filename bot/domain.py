@@ -76,6 +76,16 @@ class AssetKind(StrEnum):
     IMAGE = "image"
     VIDEO = "video"
     GRID = "grid"
+    #: An image someone sent (a reference, a named reference's picture): stored as sent,
+    #: checked and stripped of its location, never generated.
+    UPLOAD = "upload"
+
+
+#: The ``stage`` of assets nobody generated: an image sent in (a reference), and a version
+#: fixed by hand in an editor and brought back with ``/tierbot upload`` (it goes on like a
+#: final: upscale, video, QA).
+UPLOAD_STAGE = "upload"
+MANUAL_STAGE = "manual"
 
 
 class Decision(StrEnum):
@@ -103,6 +113,9 @@ class Reaction(StrEnum):
     VIDEO = "🎬"
     UPSCALE = "⬆️"
     APPROVE = "✅"
+    #: Subtle variations of a final: 🔀 is :twisted_rightwards_arrows: on Slack and a
+    #: standard emoji on Discord.
+    VARY = "🔀"
 
 
 NUMBER_REACTIONS: tuple[Reaction, ...] = (
@@ -122,6 +135,7 @@ FINAL_REACTIONS: tuple[Reaction, ...] = (
     Reaction.VIDEO,
     Reaction.UPSCALE,
     Reaction.APPROVE,
+    Reaction.VARY,
     Reaction.REROLL,
     Reaction.DISCARD,
 )
@@ -150,15 +164,39 @@ class Origin(BaseModel):
     groups: tuple[str, ...] = ()
 
 
+class InboundFile(BaseModel):
+    """A file that came with a command, as the platform delivered it: untrusted bytes.
+
+    Surfaces pass the bytes; the core never reads a path or fetches a link typed in a chat
+    message (a surface that may, the shell, or must, Slack's file links, fetches it and says
+    which ``--ref``/``--sref`` value it was fetched for in ``source``).
+    """
+
+    #: The file's name as sent (shown back in messages; never used as a path).
+    name: str = ""
+    #: The bytes; not kept in the inbox (a stored image is kept as ``asset_id`` instead).
+    data: bytes = b""
+    #: The ``--ref``/``--sref`` value this file was fetched for (a Slack file link, a path
+    #: given to the shell); None for a file attached to the command itself.
+    source: str | None = None
+    #: Once checked and stored as an upload asset: its id (a command re-run after a restart
+    #: finds its images here).
+    asset_id: str | None = None
+
+
+#: What of a command event is kept in the inbox: everything but the files' bytes.
+INBOX_EXCLUDE = {"files": {"__all__": {"data"}}}
+
+
 class CommandEvent(BaseModel):
     """A slash command as a surface received it: the raw text after the command name."""
 
     origin: Origin
     command: str  # "draft" or "tierbot"
     text: str
-    #: A file sent with the command (a content calendar's CSV), as the platform delivered it.
-    #: Surfaces pass the bytes; the core never reads a path typed in a chat message.
-    attachment: bytes | None = None
+    #: Files sent with the command: reference images, a hand-fixed version, a content
+    #: calendar's CSV.
+    files: list[InboundFile] = Field(default_factory=list)
     #: The platform's id of this delivery (Slack's trigger_id, Discord's interaction id): a
     #: replayed or redelivered command with the same id is acted on once. None: no dedupe.
     delivery_id: str | None = None

@@ -35,6 +35,9 @@ class GenerationRequest(BaseModel):
     model_id: str  # catalog id, e.g. "nano-banana"
     provider_model: str  # the provider's own model name
     prompt: str
+    #: The prompt as people gave it, kept on the result: ``prompt`` may add words about the
+    #: reference images (which image to keep, which to take the style from). None: ``prompt``.
+    subject: str | None = None
     negative_prompt: str | None = None
     n: int = 1
     seed: int = 0

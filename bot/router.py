@@ -59,6 +59,10 @@ _INTERACT = re.compile(rf"\b({_INTERACTIONS})\b", re.IGNORECASE)
 _JOINED = re.compile(r"\b(a|an|the|one)\s+[\w-]+(\s+[\w-]+)?\s+and\s+(a|an|the|one)\s+", re.I)
 
 
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
+
+
 def several_subjects(prompt: str) -> bool:
     """Whether a prompt asks for several interacting subjects.
 
@@ -114,6 +118,24 @@ class RouteContext:
     reroute_after: int = 2
     #: Milli-credits left under the tightest budget cap; None when uncapped.
     budget_left: int | None = None
+    #: Images people gave to shape the result (``--ref``, attachments), beyond the stage's
+    #: own source image, and those given as a style to follow (``--sref``).
+    references: int = 0
+    style_references: int = 0
+
+    @property
+    def need(self) -> Capability:
+        """The capability asked of a model: a draft with references is image-to-image."""
+        if self.stage is Stage.DRAFT and self.references + self.style_references:
+            return Capability.IMAGE_TO_IMAGE
+        return STAGE_NEEDS[self.stage]
+
+    @property
+    def input_images(self) -> int:
+        """Images one call takes: the stage's own source (a final's draft, an edit's or a
+        video's image) and the references."""
+        own = 0 if self.stage is Stage.DRAFT else 1
+        return own + self.references + self.style_references
 
 
 @dataclass(frozen=True)
@@ -218,6 +240,13 @@ class Router:
         if ctx.seconds and model.durations and ctx.seconds not in model.durations:
             lengths = ", ".join(str(d) for d in model.durations)
             return f"{model.id} makes videos of {lengths} s only"
+        if ctx.input_images > candidate.max_references:
+            return (
+                f"{candidate.label} takes {_images(candidate.max_references)} per call; "
+                f"this needs {ctx.input_images}"
+            )
+        if ctx.style_references and not candidate.style_reference:
+            return f"{candidate.label} takes no style reference (--sref)"
         return None
 
     def _fitting(
@@ -239,7 +268,7 @@ class Router:
         Raises:
             RouteRefused: with a message for people, before anything is spent.
         """
-        need = STAGE_NEEDS[ctx.stage]
+        need = ctx.need
         if ctx.explicit_model:
             return self._route_explicit(ctx, need)
 
@@ -256,6 +285,9 @@ class Router:
             why = f"routed up to the final tier after {ctx.rejected_grids} rejected grids"
         if ctx.hero and ctx.stage is Stage.FINAL:
             why = "--hero takes the best final model"
+        if given := ctx.references + ctx.style_references:
+            why += f" that takes {_images(ctx.input_images)}"
+            why += f" ({given} given as references)" if ctx.input_images != given else ""
 
         available = {m.id: self._fitting(m, ctx, need) for m in self.catalog.for_stage(tier)}
         models = [m for m in self.catalog.for_stage(tier) if available[m.id]]
@@ -390,4 +422,17 @@ class Router:
             if why:
                 reasons.append(f"{model.id}: {why}")
         detail = "; ".join(reasons) if reasons else "the catalog lists none"
-        return f"no model can do this {ctx.stage.value} ({detail})"
+        message = f"no model can do this {ctx.stage.value} ({detail})"
+        if ctx.references or ctx.style_references:
+            would = [
+                m.id
+                for m in self.catalog.models.values()
+                if ctx.stage in m.stages
+                and any(self._misfit(Candidate(m, s), ctx, need) is None for s in m.providers)
+            ]
+            message += (
+                f"; models that would take these images: {', '.join(would)}"
+                if would
+                else "; no catalog model takes that many images for this step"
+            )
+        return message

@@ -460,7 +460,7 @@ class JobRunner:
                 "height": out.height,
                 "duration_s": out.duration_s,
                 "bytes": len(out.data),
-                "prompt": params["prompt"],
+                "prompt": params.get("subject") or params["prompt"],
                 "model_id": model.id,
                 "seed": out.seed if out.seed is not None else params.get("seed"),
                 "cost": amount // max(1, len(outputs)),

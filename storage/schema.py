@@ -273,3 +273,19 @@ def m008_exactly_once(db: Database) -> None:
     # (a draft is selected once, a grid is rejected once) inside a write transaction.
     db.execute("drop index if exists idx_gates_asset_id_decision")
     db["gates"].create_index(["asset_id", "decision"])
+
+
+@migrations()
+def m009_images_in(db: Database) -> None:
+    """Images people send in: who sent an upload, and a team's named references."""
+    db["assets"].add_column("sent_by", str)  # "surface:user" of an upload or a manual version
+    db["refs"].create(
+        {
+            "team": str,
+            "name": str,  # lower case
+            "asset_ids": str,  # JSON list of upload asset ids, in the order given
+            "created_by": str,
+            "created_at": str,
+        },
+        pk=("team", "name"),
+    )

@@ -699,6 +699,33 @@ class Store:
             self.db.execute("delete from schedule_runs where schedule_id = ?", [schedule_id])
             self.db.execute("delete from schedules where id = ?", [schedule_id])
 
+    # -- named references --------------------------------------------------------------------
+
+    def save_ref(self, team: str, name: str, asset_ids: Sequence[str], created_by: str) -> bool:
+        """Store a team's named reference; False if the name is taken (nothing changed)."""
+        cursor = self.db.execute(
+            "insert or ignore into refs (team, name, asset_ids, created_by, created_at) "
+            "values (?, ?, ?, ?, ?)",
+            [team, name, json.dumps(list(asset_ids)), created_by, utcnow()],
+        )
+        return cursor.rowcount == 1
+
+    def get_ref(self, team: str, name: str) -> dict[str, Any] | None:
+        row = self._one("select * from refs where team = ? and name = ?", [team, name])
+        if row is not None:
+            row["asset_ids"] = json.loads(row["asset_ids"])
+        return row
+
+    def refs(self, team: str) -> list[dict[str, Any]]:
+        rows = list(self.db.query("select * from refs where team = ? order by name", [team]))
+        for row in rows:
+            row["asset_ids"] = json.loads(row["asset_ids"])
+        return rows
+
+    def remove_ref(self, team: str, name: str) -> bool:
+        cursor = self.db.execute("delete from refs where team = ? and name = ?", [team, name])
+        return cursor.rowcount == 1
+
     def start_schedule_run(self, schedule_id: str, run_date: str) -> bool:
         """Record a batch before it starts; False if that day's batch was already recorded."""
         cursor = self.db.execute(

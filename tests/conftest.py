@@ -14,7 +14,7 @@ import pytest
 from adapters import load_providers, wire
 from bot.app import Services
 from bot.delivery import Steps
-from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
+from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply
 from bot.providers import GeneratedFile, GenerationRequest, ProviderRegistry
 from bot.settings import Settings
 
@@ -80,11 +80,18 @@ class Chat:
         return out
 
     async def command(
-        self, command: str, text: str, attachment: bytes | None = None
+        self,
+        command: str,
+        text: str,
+        attachment: bytes | None = None,
+        files: list[InboundFile] | None = None,
     ) -> list[Reply]:
+        files = list(files or [])
+        if attachment is not None:
+            files.append(InboundFile(name="attachment", data=attachment))
         return await self._post(
             self.services.bot.handle_command(
-                CommandEvent(origin=self.origin, command=command, text=text, attachment=attachment)
+                CommandEvent(origin=self.origin, command=command, text=text, files=files)
             )
         )
 

@@ -306,7 +306,7 @@ def test_invocation_is_a_pydantic_model() -> None:
 # ------------------------------------------------------------------------- errors
 
 AR_ALLOWED = "1:1, 4:3, 3:4, 16:9, 9:16, 4:5, 21:9"
-DRAFT_OPTIONS = "--ar, --n, --seed, --model, --style, --no, --hero"
+DRAFT_OPTIONS = "--ar, --n, --seed, --model, --style, --no, --hero, --ref, --sref"
 
 ERRORS = [
     # values out of range, exactly as documented
@@ -423,13 +423,15 @@ ERRORS = [
         "tierbot",
         "video",
         "/tierbot video needs an asset id; "
-        "usage: /tierbot video <asset-id> [--seconds 1..10] [--model ID]",
+        "usage: /tierbot video <asset-id> [--seconds 1..10] [--model ID] "
+        "[--ref REF] [--sref REF]",
     ),
     (
         "tierbot",
         "edit",
         "/tierbot edit needs an asset id; "
-        "usage: /tierbot edit <asset-id> <instruction> [--model ID] [--seed N] [--res 1k|2k|4k]",
+        "usage: /tierbot edit <asset-id> <instruction> [--model ID] [--seed N] [--res 1k|2k|4k] "
+        "[--ref REF] [--sref REF]",
     ),
     ("tierbot", "reroll", "/tierbot reroll needs a grid id; usage: /tierbot reroll <grid-id>"),
     (
@@ -441,7 +443,8 @@ ERRORS = [
         "tierbot",
         "final g1",
         "/tierbot final needs a grid id and a draft number from 1 to 9; "
-        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero] [--res 1k|2k|4k]",
+        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero] [--res 1k|2k|4k] "
+        "[--ref REF] [--sref REF]",
     ),
     ("tierbot", "final g1 12", "the draft number <k> must be a whole number from 1 to 9; got 12"),
     (
@@ -460,7 +463,8 @@ ERRORS = [
         "tierbot",
         "final g1 2 3",
         "/tierbot final takes only a grid id and a draft number from 1 to 9; got extra '3'; "
-        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero] [--res 1k|2k|4k]",
+        "usage: /tierbot final <grid-id> <k> [--model ID] [--style NAME] [--hero] [--res 1k|2k|4k] "
+        "[--ref REF] [--sref REF]",
     ),
     (
         "tierbot",
@@ -601,6 +605,9 @@ def test_expected_commands_are_registered() -> None:
         "budget",
         "models",
         "help",
+        "vary",
+        "ref",
+        "upload",
     }
     assert COMMANDS.get("select") is COMMANDS.get("final")
     assert set(FLAGS) == {
@@ -616,6 +623,10 @@ def test_expected_commands_are_registered() -> None:
         "tz",
         "days",
         "summary",
+        "ref",
+        "sref",
+        "strong",
+        "prompt",
     }
 
 

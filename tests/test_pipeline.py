@@ -41,7 +41,7 @@ async def test_draft_select_upscale_video_lineage(chat: Chat) -> None:
     assert [p["id"] for p in store.parents(final.asset_id)] == [drafts[1]["id"]]  # reference
     assert "anamorphic 35mm lens" in final_row["prompt"]  # enriched by the cinematic preset
     assert final.thread_of == grid.asset_id
-    assert final.reactions == ["🎬", "⬆️", "✅", "🔁", "❌"]
+    assert final.reactions == ["🎬", "⬆️", "✅", "🔀", "🔁", "❌"]
     assert [g["decision"] for g in store.gates(drafts[1]["id"])] == ["selected"]
 
     upscale = result_of(await chat.react(final.asset_id, "⬆️"))

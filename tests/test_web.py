@@ -106,7 +106,7 @@ async def test_draft_select_and_thread_with_status_lines(channel: Channel) -> No
     assert (await channel.react("alice", grid["id"], "2️⃣")).status_code == 202
     final = await channel.wait_for(lambda m: m["text"].startswith("✨ Final"))
     assert final["thread_root"] == grid["id"]
-    assert final["reactions"] == ["🎬", "⬆️", "✅", "🔁", "❌"]
+    assert final["reactions"] == ["🎬", "⬆️", "✅", "🔀", "🔁", "❌"]
     assert "local-final" in final["text"] and "5 credits" in final["text"]
 
 

@@ -2,6 +2,7 @@
 
 - ``drafting``: ``/draft``, storyboards, scheduled batches, reroll, discard;
 - ``escalating``: final, edit, upscale, video and re-render, one table driving one function;
+- ``images_in``: named references and hand-fixed versions (images people send in);
 - ``decisions``: QA sign-off and rejection;
 - ``restart``: posting what jobs finished after a restart made;
 - ``reports``: lineage, budget, models;
@@ -20,6 +21,7 @@ import logging
 from bot.pipeline.base import (
     RESULT_LABELS,
     Draftspec,
+    References,
     UseCases,
     durable,
     nearest_ratio,
@@ -28,6 +30,7 @@ from bot.pipeline.base import (
 from bot.pipeline.decisions import Decisions
 from bot.pipeline.drafting import Drafting
 from bot.pipeline.escalating import ESCALATIONS, Escalating, Escalation
+from bot.pipeline.images_in import ImagesIn
 from bot.pipeline.reports import LineageNode, Reports
 from bot.pipeline.restart import Restart
 
@@ -40,6 +43,7 @@ __all__ = [
     "Escalation",
     "LineageNode",
     "Pipeline",
+    "References",
     "UseCases",
     "durable",
     "nearest_ratio",
@@ -47,5 +51,5 @@ __all__ = [
 ]
 
 
-class Pipeline(Drafting, Escalating, Decisions, Restart, Reports):
+class Pipeline(Drafting, Escalating, ImagesIn, Decisions, Restart, Reports):
     """Every use case, over the router, the runner, the ledger and the store."""

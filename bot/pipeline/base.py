@@ -13,13 +13,14 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bot import cpu, failpoints
 from bot.catalog import Catalog
+from bot.commands import Invocation
 from bot.domain import (
     ASPECT_RATIOS,
     CANCEL_HINT,
@@ -29,6 +30,7 @@ from bot.domain import (
     NUMBER_REACTIONS,
     AssetKind,
     Capability,
+    InboundFile,
     Origin,
     Reaction,
     Reply,
@@ -135,9 +137,60 @@ class Draftspec:
     hero: bool
     #: A storyboard's beats: one draft per beat, all on the same seed for a consistent look.
     beats: list[str] | None = None
+    #: Reference images (asset ids) and style references: a reroll keeps them.
+    refs: list[str] = field(default_factory=list)
+    srefs: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    @property
+    def references(self) -> References:
+        return References(list(self.refs), list(self.srefs))
+
+
+@dataclass(frozen=True)
+class References:
+    """Images that shape a generation besides its own source: content references (a
+    product, a character to keep) and style references (a look to follow), asset ids."""
+
+    content: list[str] = field(default_factory=list)
+    style: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.content or self.style)
+
+    @property
+    def assets(self) -> list[str]:
+        """Every reference, content first: the order the model gets them in after the
+        stage's own source image."""
+        return [*self.content, *self.style]
+
+    def prompt(self, prompt: str, *, own: int = 0) -> str:
+        """``prompt`` with the roles of the reference images spelled out (image models take
+        a list of images and follow words about them); ``own`` images (a final's draft, an
+        edit's source) come first."""
+        if not self:
+            return prompt
+        parts = [prompt]
+        first = own + 1
+        if self.content:
+            parts.append(
+                f"{_numbered(first, len(self.content))}: keep the same product, character or "
+                "object, exactly as it looks there."
+            )
+        if self.style:
+            parts.append(
+                f"{_numbered(first + len(self.content), len(self.style))}: style only; follow "
+                "the colour palette, lighting and texture, not the content."
+            )
+        return " ".join(parts)
+
+
+def _numbered(first: int, count: int) -> str:
+    if count == 1:
+        return f"Attached image {first}"
+    return f"Attached images {first} to {first + count - 1}"
 
 
 class UseCases:
@@ -183,8 +236,10 @@ class UseCases:
         aspect_ratio: str | None = None,
         resolution: str | None = None,
         rejected_grids: int = 0,
+        references: References | None = None,
     ) -> Route:
         rules = self.policy.rules_for(origin)
+        references = references or References()
         return self.router.route(
             RouteContext(
                 stage=stage,
@@ -198,8 +253,48 @@ class UseCases:
                 rejected_grids=rejected_grids,
                 reroute_after=rules.reroute_after_rejections,
                 budget_left=self.ledger.headroom(origin.team, origin.channel).left,
+                references=len(references.content),
+                style_references=len(references.style),
             )
         )
+
+    def references(
+        self, origin: Origin, inv: Invocation, files: Sequence[InboundFile] = ()
+    ) -> References:
+        """The images a command gave to shape its result: files attached to it (content
+        references), and each ``--ref``/``--sref`` value: what a surface fetched for it, an
+        image asset id, or a named reference of the team.
+
+        Raises:
+            UserError: a value that is none of these, or names a grid or a video.
+        """
+        fetched = {f.source: f.asset_id for f in files if f.source and f.asset_id}
+        attached = [f.asset_id for f in files if not f.source and f.asset_id]
+
+        def resolve(value: str, flag: str) -> list[str]:
+            if value in fetched:
+                return [fetched[value]]
+            asset = self.store.get_asset(value)
+            if asset is not None:
+                if asset["kind"] not in (AssetKind.IMAGE, AssetKind.UPLOAD):
+                    raise UserError(f"--{flag} {value} is a {asset['kind']}; give an image")
+                return [value]
+            named = self.store.get_ref(origin.team, value.lower())
+            if named is not None:
+                return list(named["asset_ids"])
+            if "://" in value:
+                raise UserError(
+                    f"--{flag} {value[:60]}: links are read only from Slack's own file host; "
+                    "attach the image to the command instead. Nothing was spent."
+                )
+            raise UserError(
+                f"--{flag} {value[:60]}: no image asset or named reference by that name "
+                "(see /tierbot ref list). Nothing was spent."
+            )
+
+        content = attached + [a for v in inv.refs for a in resolve(v, "ref")]
+        style = [a for v in inv.srefs for a in resolve(v, "sref")]
+        return References(list(dict.fromkeys(content)), list(dict.fromkeys(style)))
 
     def _authorize(self, origin: Origin, route: Route, action: str) -> None:
         price = route.price
@@ -269,14 +364,20 @@ class UseCases:
         long_edge: int | None = None,
         duration_s: int | None = None,
         resolution: str | None = None,
+        refs: References | None = None,
+        own_images: int = 0,
     ) -> JobPlan:
+        """One job's plan; ``refs`` are added to ``inputs`` (after the ``own_images``, a
+        final's draft or an edit's source) and named in the prompt sent."""
+        refs = refs or References()
         request = GenerationRequest(
             job_id="",
             stage=stage,
             capability=capability,
             model_id=route.primary.model.id,
             provider_model="",  # the runner fills in each candidate's own id
-            prompt=prompt,
+            prompt=refs.prompt(prompt, own=own_images),
+            subject=prompt if refs else None,
             negative_prompt=negative,
             n=n,
             seed=seed,
@@ -295,7 +396,7 @@ class UseCases:
             team=origin.team,
             channel=origin.channel,
             request=request,
-            inputs=inputs,
+            inputs=[*inputs, *refs.assets],
             candidates=route.candidates,
             reason=route.reason,
             prices=prices,

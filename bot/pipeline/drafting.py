@@ -26,7 +26,7 @@ from bot.domain import (
 )
 from bot.errors import UserError
 from bot.ledger import credits
-from bot.pipeline.base import Draftspec, UseCases
+from bot.pipeline.base import Draftspec, References, UseCases, _ratio_of
 from bot.router import Route, RouteContext, RouteRefused
 from bot.runner import CompletedJob, JobFailed
 
@@ -36,14 +36,92 @@ log = logging.getLogger(__name__)
 class Drafting(UseCases):
     """Draft grids: made, rerolled, discarded."""
 
-    async def draft(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
-        """``/draft``: n drafts on the draft tier, posted as one numbered grid."""
-        async for reply in self._new_grid(origin, "draft", self._draft_spec(inv)):
+    async def draft(
+        self, origin: Origin, inv: Invocation, refs: References | None = None
+    ) -> AsyncIterator[Reply]:
+        """``/draft``: n drafts on the draft tier, posted as one numbered grid; with
+        reference images, on a draft model that takes them."""
+        async for reply in self._new_grid(origin, "draft", self._draft_spec(inv, refs)):
             yield reply
 
-    async def storyboard(self, origin: Origin, inv: Invocation) -> AsyncIterator[Reply]:
-        """``/tierbot storyboard a | b | c``: one draft per beat, in order, as one grid."""
-        async for reply in self._new_grid(origin, "storyboard", self._draft_spec(inv)):
+    async def storyboard(
+        self, origin: Origin, inv: Invocation, refs: References | None = None
+    ) -> AsyncIterator[Reply]:
+        """``/tierbot storyboard a | b | c``: one draft per beat, in order, as one grid; the
+        same references (a character, a style) shape every beat."""
+        async for reply in self._new_grid(origin, "storyboard", self._draft_spec(inv, refs)):
+            yield reply
+
+    async def vary(
+        self,
+        origin: Origin,
+        target: str,
+        index: int | None = None,
+        inv: Invocation | None = None,
+    ) -> AsyncIterator[Reply]:
+        """``/tierbot vary <grid-id> <k>`` or ``vary <asset-id>`` (and 🔀 on a final): a new
+        grid of variations of that image on the draft tier, the image as the reference and
+        new seeds; subtle unless ``--strong``; ``--prompt`` remixes it with new text."""
+        asset = self._existing(target)
+        if asset["kind"] == AssetKind.GRID:
+            if index is None:
+                raise UserError(f"{target} is a grid; say which draft: /tierbot vary {target} 2")
+            drafts = self.store.parents(target)
+            if not 1 <= index <= len(drafts):
+                raise UserError(f"grid {target} has drafts 1 to {len(drafts)}; got {index}")
+            source = drafts[index - 1]
+        elif asset["kind"] in (AssetKind.IMAGE, AssetKind.UPLOAD):
+            if index is not None:
+                raise UserError(f"{target} is one image; vary it without a draft number")
+            source = asset
+        else:
+            raise UserError(f"{target} is a {asset['kind']}; variations are made of images")
+        strong = bool(inv and inv.strong)
+        remix = inv.remix if inv else None
+        subject = source["prompt"] if source["kind"] != AssetKind.UPLOAD else ""
+        if remix:
+            prompt = f"Remix of attached image 1: {remix}. Keep what this does not change."
+            what = f"remix “{remix}”"
+        elif strong:
+            prompt = (
+                "A loose variation of attached image 1: the same subject and idea, a new "
+                f"composition, pose and framing. {subject}"
+            ).strip()
+            what = "strong variations"
+        else:
+            prompt = (
+                "A subtle variation of attached image 1: keep its subject, composition and "
+                f"colours; change only small details. {subject}"
+            ).strip()
+            what = "subtle variations"
+        spec = Draftspec(
+            prompt=prompt,
+            ar=_ratio_of(source) or DEFAULT_AR,
+            n=(inv.n if inv and inv.n else DEFAULT_N),
+            seed=self._seeds(),
+            model=inv.model if inv else None,
+            style=None,
+            negative=None,
+            hero=False,
+            refs=[source["id"]],
+        )
+        route = self._route(
+            origin,
+            Stage.DRAFT,
+            spec.prompt,
+            model=spec.model,
+            images=spec.n,
+            aspect_ratio=spec.ar,
+            references=spec.references,
+        )
+        self._authorize(origin, route, f"making {what} of {source['id']}")
+        request_id = self.store.create_request(
+            origin=origin.model_dump(), command="vary", prompt=spec.prompt, options=spec.as_dict()
+        )
+        label = f"🔀 {what.capitalize()} of {source['id']}"
+        async for reply in self._draft_grid(
+            origin, request_id, spec, route, thread_of=target, label=label
+        ):
             yield reply
 
     async def batch(self, origin: Origin, inv: Invocation, label: str) -> AsyncIterator[Reply]:
@@ -59,12 +137,15 @@ class Drafting(UseCases):
                 error=True,
             )
 
-    def _draft_spec(self, inv: Invocation) -> Draftspec:
+    def _draft_spec(self, inv: Invocation, refs: References | None = None) -> Draftspec:
         """A draft request's options resolved: defaults applied, a seed drawn if none given;
         a storyboard's beats become its prompt (joined by " | ") and its number of drafts."""
         self.check_style(inv.style)
         beats = list(inv.beats) or None
+        refs = refs or References()
         return Draftspec(
+            refs=refs.content,
+            srefs=refs.style,
             prompt=" | ".join(beats) if beats else inv.prompt or "",
             ar=inv.ar or DEFAULT_AR,
             n=len(beats) if beats else inv.n or DEFAULT_N,
@@ -81,7 +162,13 @@ class Drafting(UseCases):
     ) -> AsyncIterator[Reply]:
         """Route ``spec`` on the draft tier, record the request and post its grid."""
         route = self._route(
-            origin, Stage.DRAFT, spec.prompt, model=spec.model, images=spec.n, aspect_ratio=spec.ar
+            origin,
+            Stage.DRAFT,
+            spec.prompt,
+            model=spec.model,
+            images=spec.n,
+            aspect_ratio=spec.ar,
+            references=spec.references,
         )
         request_id = self.store.create_request(
             origin=origin.model_dump(), command=command, prompt=spec.prompt, options=spec.as_dict()
@@ -130,6 +217,7 @@ class Drafting(UseCases):
             images=spec.n,
             aspect_ratio=spec.ar,
             rejected_grids=rejected,
+            references=spec.references,
         )
         self._authorize(origin, route, "rerolling the drafts")
         if not self.store.record_gate(
@@ -194,19 +282,21 @@ class Drafting(UseCases):
                 size = min(per_call, spec.n - start)
                 chunks.append((spec.prompt, size, seed))
                 seed += size
+        refs = spec.references
         plans = [
             self._plan(
                 origin,
                 request_id,
                 route,
                 Stage.DRAFT,
-                Capability.TEXT_TO_IMAGE,
+                Capability.IMAGE_TO_IMAGE if refs else Capability.TEXT_TO_IMAGE,
                 prompt=prompt,
                 negative=spec.negative,
                 n=size,
                 seed=chunk_seed,
                 aspect_ratio=spec.ar,
                 inputs=[],
+                refs=refs,
             )
             for prompt, size, chunk_seed in chunks
         ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.commands import Invocation
@@ -26,7 +26,14 @@ from bot.domain import (
     Stage,
 )
 from bot.errors import UserError
-from bot.pipeline.base import RESULT_LABELS, UPSCALE_LONG_EDGE, Draftspec, UseCases, _ratio_of
+from bot.pipeline.base import (
+    RESULT_LABELS,
+    UPSCALE_LONG_EDGE,
+    Draftspec,
+    References,
+    UseCases,
+    _ratio_of,
+)
 from bot.runner import JobFailed
 
 log = logging.getLogger(__name__)
@@ -60,14 +67,25 @@ class Escalation:
     gate: tuple[str, Decision, str] | None = None
     #: A QA decision the escalation implies (a re-render rejects what it replaces).
     qa: tuple[str, Decision] | None = None
+    #: Images besides the source that shape the result (``--ref``/``--sref``, or those the
+    #: draft was made with: a final keeps the product its draft kept).
+    refs: References = field(default_factory=References)
 
 
 class Escalating(UseCases):
     """Finals, edits, upscales, videos and re-renders: :meth:`escalate` and its table."""
 
-    async def escalate(self, origin: Origin, kind: str, *args: Any) -> AsyncIterator[Reply]:
-        """Run the escalation ``kind`` (a row of :data:`ESCALATIONS`) on ``args``."""
+    async def escalate(
+        self, origin: Origin, kind: str, *args: Any, refs: References | None = None
+    ) -> AsyncIterator[Reply]:
+        """Run the escalation ``kind`` (a row of :data:`ESCALATIONS`) on ``args``; ``refs``
+        are images given with the command, added to those the step brings."""
         step = ESCALATIONS[kind](self, *args)
+        if refs:
+            step.refs = References(
+                list(dict.fromkeys([*step.refs.content, *refs.content])),
+                list(dict.fromkeys([*step.refs.style, *refs.style])),
+            )
         route = self._route(
             origin,
             step.stage,
@@ -77,6 +95,7 @@ class Escalating(UseCases):
             seconds=step.seconds,
             aspect_ratio=None,
             resolution=step.resolution,
+            references=step.refs,
         )
         self._authorize(origin, route, step.action)
         if step.gate is not None:
@@ -100,6 +119,8 @@ class Escalating(UseCases):
             seed=step.seed,
             aspect_ratio=step.aspect_ratio,
             inputs=[step.source],
+            refs=step.refs,
+            own_images=1,
             long_edge=step.long_edge,
             duration_s=step.seconds,
             resolution=step.resolution,
@@ -116,19 +137,26 @@ class Escalating(UseCases):
     # The named use cases, as the command registry and the reaction table call them.
 
     def select(
-        self, origin: Origin, grid_id: str, index: int, inv: Invocation | None = None
+        self,
+        origin: Origin,
+        grid_id: str,
+        index: int,
+        inv: Invocation | None = None,
+        refs: References | None = None,
     ) -> AsyncIterator[Reply]:
         """1️⃣..9️⃣ on a grid: draft ``index`` to the final tier (its seed kept, the draft as
         the reference, the prompt enriched by the style preset's technical words)."""
-        return self.escalate(origin, "final", grid_id, index, inv)
+        return self.escalate(origin, "final", grid_id, index, inv, refs=refs)
 
     def rerender(self, origin: Origin, final_id: str) -> AsyncIterator[Reply]:
         """🔁 on a final: reject it and render again from the same reference, a new seed."""
         return self.escalate(origin, "rerender", final_id)
 
-    def edit(self, origin: Origin, asset_id: str, inv: Invocation) -> AsyncIterator[Reply]:
+    def edit(
+        self, origin: Origin, asset_id: str, inv: Invocation, refs: References | None = None
+    ) -> AsyncIterator[Reply]:
         """``/tierbot edit``: image-to-image on an asset with an instruction prompt."""
-        return self.escalate(origin, "edit", asset_id, inv)
+        return self.escalate(origin, "edit", asset_id, inv, refs=refs)
 
     def upscale(
         self, origin: Origin, asset_id: str, model: str | None = None
@@ -137,10 +165,15 @@ class Escalating(UseCases):
         return self.escalate(origin, "upscale", asset_id, model)
 
     def video(
-        self, origin: Origin, asset_id: str, seconds: int | None = None, model: str | None = None
+        self,
+        origin: Origin,
+        asset_id: str,
+        seconds: int | None = None,
+        model: str | None = None,
+        refs: References | None = None,
     ) -> AsyncIterator[Reply]:
         """🎬: image-to-video with the image as the first frame."""
-        return self.escalate(origin, "video", asset_id, seconds, model)
+        return self.escalate(origin, "video", asset_id, seconds, model, refs=refs)
 
     def _refuse_rejected_grid(self, grid_id: str) -> None:
         """A rerolled or discarded grid is closed: nothing more is spent on it."""
@@ -174,6 +207,7 @@ def _final(uc: Escalating, grid_id: str, index: int, inv: Invocation | None = No
     finals = [c["id"] for c in uc.store.children(draft["id"]) if c["stage"] == Stage.FINAL]
     where = f": final {finals[-1]}" if finals else " (the final is on its way)"
     return Escalation(
+        refs=spec.references,
         stage=Stage.FINAL,
         capability=Capability.IMAGE_TO_IMAGE,
         request_id=grid["request_id"],
@@ -204,6 +238,7 @@ def _rerender(uc: Escalating, final_id: str) -> Escalation:
         raise UserError(f"{final_id} is not a final; 🔁 re-renders finals")
     spec = uc._spec_of(final["request_id"])
     return Escalation(
+        refs=spec.references,
         stage=Stage(final["stage"]),
         capability=Capability.IMAGE_TO_IMAGE,
         request_id=final["request_id"],
