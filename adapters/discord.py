@@ -15,6 +15,12 @@ and guild reactions only; nothing privileged. What Discord needs, and where it i
   posted before a restart work: the message → asset mapping is in SQLite). The bot's own
   reactions are ignored. A refusal goes to the person by DM, or if DMs are closed as a short
   reply that deletes itself.
+- **Images in.** Every command that takes images (``CommandSpec.files == "images"``) has
+  attachment options (``image``, ``image2``... :data:`IMAGE_OPTIONS`); the files are read from
+  Discord's CDN after the deferral and handed to the core, which checks and stores them. A file
+  over the core's cap is refused without downloading it; a download that fails is answered
+  privately. The received command keeps the files' names, so one a restart interrupts before
+  the download asks for its images again rather than running without them.
 - **Limits and errors.** Files are fitted to the upload limit (images re-encoded, a video too
   big is linked); 429s are handled by discord.py; ``Missing Permissions`` is explained to the
   person with what to grant; a reply that cannot be posted goes to the outbox and is retried.
@@ -38,6 +44,7 @@ from pathlib import Path
 from types import NoneType
 from typing import Any
 
+import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -56,7 +63,9 @@ from bot.commands import (
 )
 from bot.delivery import Steps, kept_for_retry
 from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply, replies_of
+from bot.errors import private_error
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
+from bot.uploads import MAX_UPLOAD_BYTES, too_big
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +138,24 @@ MAX_DESCRIPTION = 100
 MAX_CHOICES = 25
 #: What ``/tierbot schedule`` does (bot.schedules reads the action word).
 SCHEDULE_ACTIONS = ("add", "list", "pause", "resume", "remove", "run-now", "calendar")
+#: Most options one command may have (Discord refuses more).
+MAX_OPTIONS = 25
+#: Attachment options offered on a command that takes images: ``image``, ``image2``...
+#: Discord has no multi-file option, and each one is its own drop zone in the command bar;
+#: four cover a product from a few angles or a character sheet and keep the bar usable. The
+#: core takes up to ``bot.uploads.MAX_FILES``; more images than four go in as a named
+#: reference or two (``/tierbot ref add``), then ``--ref a,b``.
+IMAGE_OPTIONS = 4
+IMAGE_HELP = "a reference image to keep (PNG, JPEG or WebP)"
+MORE_IMAGE_HELP = "another reference image"
+#: How long one attachment may take to come from Discord's CDN.
+DOWNLOAD_TIMEOUT_S = 60.0
+#: Flag descriptions where the registry's help speaks of other surfaces (Slack links, shell
+#: paths) or is past Discord's 100 characters. An option is given once on Discord: commas.
+DISCORD_FLAG_HELP: dict[str, str] = {
+    "ref": "reference images: asset ids or named references (/tierbot ref list), comma-separated",
+    "sref": "style references: images whose palette, light and texture to follow (as ref)",
+}
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,9 @@ class DiscordShape:
         choices: The only values of a positional, by placeholder (schedule's ``action``).
         file: ``(name, description)`` of a file sent with the command (schedule's calendar).
         hidden: Positionals not offered on Discord (help's optional ``command``).
+        images: How many image options a command that takes images offers.
+        image_help: The description of its first image option.
+        image_required: The first image must be attached (``upload``: the fixed version).
     """
 
     text: str = ""
@@ -151,6 +181,9 @@ class DiscordShape:
     choices: Mapping[str, Sequence[str]] = field(default_factory=dict)
     file: tuple[str, str] | None = None
     hidden: tuple[str, ...] = ()
+    images: int = IMAGE_OPTIONS
+    image_help: str = IMAGE_HELP
+    image_required: bool = False
 
 
 DISCORD_SHAPES: dict[str, DiscordShape] = {
@@ -164,12 +197,24 @@ DISCORD_SHAPES: dict[str, DiscordShape] = {
     "help": DiscordShape(hidden=("command",)),
     # The beats are one option; quoted whole they would be one beat (Slack sends them raw).
     "storyboard": DiscordShape(verbatim=True),
+    "ref": DiscordShape(image_help="for add: a picture of the reference (PNG, JPEG or WebP)"),
+    # Exactly one image: the version fixed by hand (the core refuses two).
+    "upload": DiscordShape(
+        images=1,
+        image_help="the version you fixed by hand (PNG, JPEG or WebP)",
+        image_required=True,
+    ),
 }
 #: Positionals whose type the registry does not give: the Invocation field each one fills
 #: (the parser puts the draft number ``k`` in ``index``) and its description.
 POSITIONAL_FIELDS: dict[str, tuple[str, str]] = {"k": ("index", "which draft of the grid")}
 
-Send = Callable[[discord.Interaction, str, str, discord.Attachment | None], Awaitable[None]]
+#: Runs a command: ``send(interaction, slash, text, attachments, files)``, where ``text`` is
+#: what a person would type after ``/slash``, ``attachments`` the files attached to it, in
+#: option order, and ``files`` the command's ``CommandSpec.files`` (``"images"``, ``"csv"``).
+Send = Callable[
+    [discord.Interaction, str, str, list[discord.Attachment], str | None], Awaitable[None]
+]
 Values = Callable[[], Sequence[str]]
 
 
@@ -265,15 +310,22 @@ def _options(
                 choices = current
             elif current or not only:
                 suggest = listed
-        options.append(
-            _Option(name, "flag", _typed(flag.field), False, flag.help, choices, suggest)
-        )
+        help_ = DISCORD_FLAG_HELP.get(name, flag.help)
+        options.append(_Option(name, "flag", _typed(flag.field), False, help_, choices, suggest))
+    if spec.files == "images":
+        for number in range(1, shape.images + 1):
+            name = "image" if number == 1 else f"image{number}"
+            required = number == 1 and shape.image_required
+            help_ = shape.image_help if number == 1 else MORE_IMAGE_HELP
+            options.append(_Option(name, "file", discord.Attachment, required, help_))
     if shape.file is not None:
         name, help_ = shape.file
         options.append(_Option(name, "file", discord.Attachment, False, help_))
     names = [o.name for o in options]
     if len(set(names)) != len(names):
         raise ValueError(f"/{spec.name}: two Discord options share a name in {names}")
+    if len(options) > MAX_OPTIONS:
+        raise ValueError(f"/{spec.name}: {len(options)} Discord options; at most {MAX_OPTIONS}")
     return options
 
 
@@ -303,24 +355,27 @@ def _command(
     slash: str,
     prefix: str,
     verbatim: bool,
+    files: str | None = None,
 ) -> app_commands.Command[Any, ..., None]:
     """One app command whose options are ``options``; running it sends ``/slash prefix ...``
-    (the text rebuilt from the options, for the shared parser) through ``send``."""
+    (the text rebuilt from the options, for the shared parser) and the files attached to it
+    through ``send``, with the kind of ``files`` the command takes."""
     # The callback's own parameter names; Discord sees the options' names (rename).
     named = [(f"o{i}", option) for i, option in enumerate(options)]
 
     async def callback(interaction: discord.Interaction, **given: Any) -> None:
-        words, switches, attachment = [], {}, None
+        words, switches, attachments = [], {}, []
         for key, option in named:
             value = given.get(key)
             if option.kind == "file":
-                attachment = value
+                if value is not None:
+                    attachments.append(value)
             elif option.kind == "flag":
                 switches[option.name] = value
             else:
                 words.append(value)
         text = " ".join(p for p in (prefix, _text(words, switches, verbatim)) if p)
-        await send(interaction, slash, text, attachment)
+        await send(interaction, slash, text, attachments, files)
 
     parameters = [inspect.Parameter("interaction", _POSITIONAL, annotation=discord.Interaction)]
     for key, option in named:
@@ -357,8 +412,9 @@ def app_commands_from_registry(
 
     A command typed as its own slash command (``spec.invoke`` is ``/draft``) is a top-level
     command; the others are subcommands of their slash command's group (``/tierbot final``).
-    Running one calls ``send(interaction, slash, text, attachment)`` with the text a person
-    would type after the slash command, so the shared parser checks every option.
+    Running one calls ``send(interaction, slash, text, attachments, files)`` with the text a
+    person would type after the slash command, so the shared parser checks every option, and
+    the files attached to it (image options, the calendar).
 
     Args:
         catalog: The model catalog: ``--style`` choices and ``--model`` autocomplete.
@@ -378,11 +434,13 @@ def app_commands_from_registry(
         shape = shapes.get(spec.name, DiscordShape())
         options = _options(spec, flags, shape, values)
         if not sub:
-            commands.append(_command(slash, spec.help, options, send, slash, "", shape.verbatim))
+            commands.append(
+                _command(slash, spec.help, options, send, slash, "", shape.verbatim, spec.files)
+            )
             continue
         if slash not in groups:
             groups[slash] = app_commands.Group(name=slash, description=GROUP_DESCRIPTION)
-        command = _command(sub, spec.help, options, send, slash, sub, shape.verbatim)
+        command = _command(sub, spec.help, options, send, slash, sub, shape.verbatim, spec.files)
         groups[slash].add_command(command)
     return [*commands, *groups.values()]
 
@@ -504,9 +562,10 @@ class DiscordSurface:
             interaction: discord.Interaction,
             command: str,
             text: str,
-            attachment: discord.Attachment | None,
+            attachments: list[discord.Attachment],
+            files: str | None,
         ) -> None:
-            await self._command(interaction, command, text, attachment=attachment)
+            await self._command(interaction, command, text, attachments, files)
 
         for command in app_commands_from_registry(self.catalog, send):
             self.client.tree.add_command(command)
@@ -516,10 +575,15 @@ class DiscordSurface:
         interaction: discord.Interaction,
         command: str,
         text: str,
-        attachment: discord.Attachment | None = None,
+        attachments: Sequence[discord.Attachment] = (),
+        files: str | None = None,
     ) -> None:
         # Written first (a local insert, well inside Discord's 3 s): a deferred command
-        # survives a crash, and the same interaction delivered twice runs once.
+        # survives a crash, and the same interaction delivered twice runs once. Images are
+        # named without their bytes (read after the deferral): a command re-run after a
+        # restart that came before the download asks for them again instead of running
+        # without them. A calendar is not named: re-run, the command asks for the file.
+        named = [InboundFile(name=a.filename) for a in attachments] if files == "images" else []
         event = CommandEvent(
             origin=Origin(
                 surface=SURFACE,
@@ -529,6 +593,7 @@ class DiscordSurface:
             ),
             command=command,
             text=text,
+            files=named,
             delivery_id=str(interaction.id),
         )
         if not self.bot.receive(event):
@@ -536,33 +601,51 @@ class DiscordSurface:
         await interaction.response.defer(thinking=True, ephemeral=True)
         if interaction.guild_id is not None:
             self._upload_limits[interaction.guild_id] = interaction.filesize_limit
-        self._spawn(self._run_command(interaction, event, attachment))
+        self._spawn(self._run_command(interaction, event, list(attachments), files == "images"))
 
     async def _run_command(
         self,
         interaction: discord.Interaction,
         event: CommandEvent,
-        attachment: discord.Attachment | None = None,
+        attachments: Sequence[discord.Attachment] = (),
+        images: bool = False,
     ) -> None:
         origin = await self._origin(interaction.guild_id, interaction.channel_id, interaction.user)
         event = self.bot.resolved(event, origin)
-        files = []
-        if attachment is not None:
-            try:
-                data = await attachment.read()
-                files.append(InboundFile(name=attachment.filename, data=data))
-            except discord.HTTPException as exc:
-                refusal = Reply(
-                    text=f"I could not download {attachment.filename} from Discord "
-                    f"({exc.status}); please attach it again.",
-                    private=True,
-                    error=True,
-                )
-                self.bot.answered(event)
-                await self._deliver(origin, replies_of(refusal), interaction)
-                return
-        replies = self.bot.handle_command(event.model_copy(update={"files": files}), received=True)
+        try:
+            for attachment in attachments:  # all, before any is downloaded
+                _check_size(attachment, images)
+            files = [await self._download(a) for a in attachments]
+        except _NotTaken as refusal:
+            self.bot.answered(event)
+            await self._deliver(origin, replies_of(private_error(str(refusal))), interaction)
+            return
+        # Kept before anything else: a restart from here on still has the files.
+        event = await self.bot.keep(event.model_copy(update={"files": files}))
+        replies = self.bot.handle_command(event, received=True)
         await self._deliver(origin, replies, interaction)
+
+    async def _download(self, attachment: discord.Attachment) -> InboundFile:
+        """One attachment's bytes from Discord's CDN (the core checks them).
+
+        Raises:
+            _NotTaken: the CDN did not give it (an error, an expired link, no answer).
+        """
+        name = attachment.filename
+        try:
+            async with asyncio.timeout(DOWNLOAD_TIMEOUT_S):
+                data = await attachment.read()
+        except discord.HTTPException as exc:
+            raise _NotTaken(
+                f"Not used: I could not download {name} from Discord ({exc.status}); attach it "
+                "again. Nothing was spent."
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            raise _NotTaken(
+                f"Not used: I could not download {name} from Discord; attach it again. "
+                "Nothing was spent."
+            ) from None
+        return InboundFile(name=name, data=data)
 
     # -- reactions ---------------------------------------------------------------------------
 
@@ -816,6 +899,29 @@ class DiscordSurface:
         if self.public_url and reply.asset_id:
             return f"{reply.text}\n<{self.public_url}/assets/{reply.asset_id}>"
         return reply.text
+
+
+class _NotTaken(Exception):
+    """An attachment the surface could not take (too big, or not downloaded): the message
+    is the person's private answer."""
+
+
+def _check_size(attachment: discord.Attachment, image: bool) -> None:
+    """Refuse a file over the core's cap from the size Discord declares, before reading it
+    (a Nitro user may attach 500 MB); for an image in the core's own words.
+
+    Raises:
+        _NotTaken: it is too big.
+    """
+    if attachment.size <= MAX_UPLOAD_BYTES:
+        return
+    cap = f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB"
+    if image:  # in the core's own words
+        raise _NotTaken(f"Not used: {too_big(attachment.filename)}. Nothing was spent.")
+    raise _NotTaken(
+        f"Not used: {attachment.filename!r} is {attachment.size / 1e6:.1f} MB, too big to take "
+        f"from Discord (the limit is {cap}). Nothing was spent."
+    )
 
 
 def _act(payload: discord.RawReactionActionEvent) -> str:

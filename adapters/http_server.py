@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: Requests are small JSON or Slack payloads; the largest is a content calendar sent from the
-#: web channel (base64 adds a third to bot.schedules.MAX_CALENDAR_BYTES).
+#: web channel as JSON (base64 adds a third to bot.schedules.MAX_CALENDAR_BYTES). The one
+#: exception is the web channel's command with files (images): it comes as multipart and is
+#: read part by part under its own limits (``adapters.web.MAX_COMMAND_BODY``), never whole.
 MAX_BODY = 400 * 1024
 
 

@@ -35,7 +35,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from aiohttp import ClientError, ClientResponse, ClientSession, ClientTimeout, TCPConnector, web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
@@ -45,11 +45,14 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncRateLimitErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
+from yarl import URL
 
 from adapters.delivery import Pace, StatusLine, Tasks
 from adapters.http_server import http_server
+from bot import uploads
+from bot.commands import COMMANDS, CommandError, parse, reference_values
 from bot.delivery import Steps, kept_for_retry, platform_error
-from bot.domain import CommandEvent, Origin, ReactionEvent, Reply
+from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
 
 log = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ REACTION_NAMES = {
     "movie_camera": "🎬",
     "arrow_up": "⬆️",
     "white_check_mark": "✅",
+    "twisted_rightwards_arrows": "🔀",
 }
 EMOJI_NAMES = {emoji: name for name, emoji in REACTION_NAMES.items()}
 _USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")
@@ -88,10 +92,292 @@ _NOT_A_MEMBER = ("not_in_channel", "channel_not_found", "is_archived")
 #: What "Slack will not take this now" looks like: such replies go to the outbox.
 SLACK_ERRORS = (SlackApiError, SlackRequestError, ClientError, TimeoutError)
 
+#: Where Slack serves files (``url_private``, ``url_private_download``, shared file links):
+#: the one host, besides ``SLACK_API_URL``'s when it is set, that gets the bot token.
+SLACK_FILE_HOST = "files.slack.com"
+#: A file download may take this long (a reference is at most 20 MB).
+DOWNLOAD_TIMEOUT_S = 60
+#: Redirects followed on Slack's file host (never off it).
+MAX_REDIRECTS = 3
+_REDIRECTS = (301, 302, 303, 307, 308)
+#: A path segment holding a Slack file id: ``F0456`` in a permalink (``/files/U1/F0456/a.png``)
+#: or ``T0123-F0456`` in a file-host link (``/files-pri/T0123-F0456/a.png``).
+_FILE_ID = re.compile(r"(?:[A-Z0-9]+-)?(F[A-Z0-9]{2,})")
+_MENTION = re.compile(r"<@([UW][A-Z0-9]+)(?:\|[^>]*)?>")
+
 INVITE_HINT = (
     "I can't post in this channel yet: invite me with `/invite @tierbot` (or add the app "
     "from the channel's details), then try again."
 )
+
+
+def mention_command(text: str, bot_user_id: str | None) -> tuple[str, str]:
+    """The command in a message that mentions the bot, as ``(command, text)`` for the core.
+
+    ``@tierbot draft a mug --n 4`` is ``/draft a mug --n 4``; anything else is a ``/tierbot``
+    command (``@tierbot final <grid> 2``, ``@tierbot ref add mug``); a leading ``/`` or
+    ``tierbot`` is dropped, as people type it out of habit. The command is what follows the
+    bot's mention (what precedes it, if nothing follows). Slack's escapes are undone.
+    """
+    mentions = [m for m in _MENTION.finditer(text) if bot_user_id in (None, m.group(1))]
+    if mentions:
+        start, end = mentions[0].span()
+        after, before = text[end:], text[:start]
+        text = after if after.strip() else before
+    words = text.split(None, 1) or [""]
+    word = words[0].lower().lstrip("/")
+    command = "draft" if word == "draft" else "tierbot"
+    if word in ("draft", "tierbot"):
+        text = words[1] if len(words) > 1 else ""
+    return command, _unescape(text.strip())
+
+
+def _unescape(text: str) -> str:
+    """Slack escapes exactly these three in message and command text."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _url(value: str) -> URL | None:
+    """``value`` as the URL aiohttp would request (one parser for the check and the fetch),
+    or None when it is not an absolute http(s) URL without credentials."""
+    try:
+        url = URL(value)
+    except (ValueError, TypeError):
+        return None
+    if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+        return None
+    return url
+
+
+def _file_id(url: URL) -> str | None:
+    for segment in url.path.split("/"):
+        if found := _FILE_ID.fullmatch(segment):
+            return found.group(1)
+    return None
+
+
+def _link_name(url: URL) -> str:
+    return url.name or "linked image"
+
+
+def _file_name(file: dict[str, Any]) -> str:
+    """A file's name as people saw it; a bare stub (Slack Connect) has only its id."""
+    return str(file.get("name") or file.get("title") or f"the file {file.get('id', '')}".strip())
+
+
+def _takes_files(command: str, text: str, count: int) -> bool:
+    """Whether the core would read files sent with this command: nothing is downloaded for
+    a command it refuses before looking at them (a typo, a command that takes no files,
+    too many files); it says why with the placeholders alone."""
+    try:
+        invocation = parse(command, text)
+    except CommandError:
+        return False
+    spec = COMMANDS.get(invocation.name)
+    return spec is not None and spec.files is not None and count <= uploads.MAX_FILES
+
+
+class FileRefused(Exception):
+    """A file Slack would not hand over; ``message`` tells the person who sent it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SlackFiles:
+    """Reads the files people send the bot: attached to a mention, or linked in ``--ref``.
+
+    The bot token goes to Slack's file host (``files.slack.com``, or ``SLACK_API_URL``'s host
+    and port when that is set: a proxy, a test fake) and nowhere else: a link elsewhere is
+    not read (the core refuses it), a download address or redirect off that host is refused,
+    and redirects are followed by hand so aiohttp never carries the header elsewhere. A file
+    is read up to one byte past the core's size cap, so a huge file is never buffered and
+    the core still refuses it with its own message.
+    """
+
+    def __init__(self, client: AsyncWebClient, token: str, api_url: str | None) -> None:
+        self.client = client
+        self._token = token
+        self._hosts = {("https", SLACK_FILE_HOST, 443)}
+        api = _url(api_url) if api_url else None
+        if api is not None:
+            self._hosts.add((api.scheme, api.host or "", api.port or 0))
+
+    def on_file_host(self, url: URL) -> bool:
+        """Whether ``url`` is on a host that may be sent the bot token."""
+        return (url.scheme, url.host or "", url.port or 0) in self._hosts
+
+    def readable_link(self, value: str) -> bool:
+        """Whether a ``--ref`` value is a Slack file link this surface reads: a link on the
+        file host, or a workspace permalink (``https://<team>.slack.com/files/U…/F…/name``,
+        what "Copy link" gives), resolved through ``files.info`` and never fetched itself."""
+        url = _url(value)
+        if url is None:
+            return False
+        if self.on_file_host(url):
+            return True
+        host = url.host or ""
+        return url.scheme == "https" and host.endswith(".slack.com") and _file_id(url) is not None
+
+    def _redirect(self, url: URL, location: str) -> URL | None:
+        try:
+            return _url(str(url.join(URL(location)))) if location else None
+        except (ValueError, TypeError):
+            return None
+
+    async def read_attached(self, file: dict[str, Any]) -> InboundFile:
+        """A file attached to the person's message (an ``app_mention``'s ``files`` entry).
+
+        Raises:
+            FileRefused: Slack would not give it (deleted, hidden, unreachable).
+        """
+        name = _file_name(file)
+        if file.get("mode") in ("tombstone", "hidden_by_limit") or (
+            file.get("file_access") == "access_denied"
+        ):
+            raise FileRefused(
+                f"Not used: Slack does not let me read {name} (deleted, or hidden by the "
+                "workspace's plan). Nothing was spent."
+            )
+        url = file.get("url_private_download") or file.get("url_private")
+        if file.get("file_access") == "check_file_info" or not url:
+            # Slack Connect channels (and some events) send only the id: ask for the rest.
+            info = await self._info(str(file.get("id", "")), name)
+            name = _file_name(info)
+            url = info.get("url_private_download") or info.get("url_private")
+        return InboundFile(name=name, data=await self._download(str(url or ""), name))
+
+    async def read_link(self, value: str, origin: Origin) -> InboundFile:
+        """The file behind a Slack link given as ``--ref``/``--sref`` ``value``, for the
+        person in ``origin``: only a file they sent themselves or one shared where they are
+        (this channel, or a public one), so a link cannot pull a private channel's file
+        into another through the bot's access.
+
+        Raises:
+            FileRefused: not a file Slack gives us, or not one this person may use here.
+        """
+        url = _url(value)
+        if url is None or not self.readable_link(value):  # the caller checked: never here
+            raise FileRefused(f"Not used: {value[:60]} is not a Slack file link.")
+        name = _link_name(url)
+        file_id = _file_id(url)
+        if file_id is None:  # who may see it is unknown without its id: not read
+            raise FileRefused(
+                f"Not used: --ref {value[:60]} is not a link to a Slack file; copy the file's "
+                "link in Slack, or attach the image to your message. Nothing was spent."
+            )
+        info = await self._info(file_id, name)
+        name = _file_name(info)
+        shared_in = {*(info.get("channels") or ()), *(info.get("groups") or ())}
+        shared_in.update(info.get("ims") or ())
+        for kind in (info.get("shares") or {}).values():
+            if isinstance(kind, dict):  # {"public": {"C…": [...]}, "private": {...}}
+                shared_in.update(kind)
+        if not (
+            info.get("user") == origin.user or origin.channel in shared_in or info.get("is_public")
+        ):
+            raise FileRefused(
+                f"Not used: --ref {name} is a file shared only where this channel can't see "
+                "it; share it here or attach it to your message. Nothing was spent."
+            )
+        url_private = info.get("url_private_download") or info.get("url_private") or ""
+        return InboundFile(name=name, data=await self._download(url_private, name), source=value)
+
+    async def _info(self, file_id: str, name: str) -> dict[str, Any]:
+        """``files.info``: where the file is, its name, where it is shared."""
+        try:
+            answer = await self.client.files_info(file=file_id)
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            if error == "missing_scope":
+                log.warning("files.info needs the files:read scope: reinstall the Slack app")
+                raise FileRefused(
+                    f"Not used: I can't read {name} yet: the Slack app needs the files:read "
+                    "scope (an admin reinstalls it from slack/manifest.yml). Nothing was spent."
+                ) from None
+            if error in ("file_not_found", "file_deleted"):
+                raise FileRefused(
+                    f"Not used: I can't find {name} on Slack (deleted, or shared only in "
+                    "channels I'm not in); attach it to your message instead. Nothing was spent."
+                ) from None
+            raise FileRefused(
+                f"Not used: Slack would not tell me where {name} is ({error}); try again in "
+                "a moment. Nothing was spent."
+            ) from None
+        except (SlackRequestError, ClientError, TimeoutError):
+            raise FileRefused(
+                f"Not used: Slack did not answer when I asked for {name}; try again in a "
+                "moment. Nothing was spent."
+            ) from None
+        file = answer.get("file")
+        if not isinstance(file, dict):
+            raise FileRefused(f"Not used: Slack sent no details of {name}. Nothing was spent.")
+        return file
+
+    async def _download(self, address: str, name: str) -> bytes:
+        """The file's bytes from Slack's file host, at most one past the core's cap."""
+        url = _url(address)
+        for _ in range(MAX_REDIRECTS + 1):
+            if url is None or not self.on_file_host(url):
+                if url is not None:
+                    log.warning("not reading %r from %s: not Slack's file host", name, url.host)
+                raise FileRefused(
+                    f"Not used: Slack pointed me away from its file host for {name}, so I did "
+                    "not read it; attach it to your message. Nothing was spent."
+                )
+            try:
+                async with self._session().get(
+                    url,
+                    headers={"Authorization": f"Bearer {self._token}"},
+                    allow_redirects=False,
+                    timeout=ClientTimeout(total=DOWNLOAD_TIMEOUT_S),
+                ) as response:
+                    if response.status in _REDIRECTS:
+                        url = self._redirect(url, response.headers.get("Location", ""))
+                        continue
+                    if response.status != 200:
+                        raise FileRefused(
+                            f"Not used: Slack's file host answered {response.status} for "
+                            f"{name}; send it again. Nothing was spent."
+                        )
+                    if response.content_type == "text/html":
+                        # A login page instead of the file: the token cannot read files. The
+                        # core refuses the page as "not an image"; the operator learns why.
+                        log.warning(
+                            "Slack answered a login page for %r: is the files:read scope "
+                            "granted (reinstall the app)?",
+                            name,
+                        )
+                    return await _read_capped(response)
+            except (ClientError, TimeoutError):
+                raise FileRefused(
+                    f"Not used: I could not download {name} from Slack; send it again. "
+                    "Nothing was spent."
+                ) from None
+        raise FileRefused(
+            f"Not used: Slack redirected {name} too often; send it again. Nothing was spent."
+        )
+
+    def _session(self) -> ClientSession:
+        session = self.client.session
+        if session is None:  # start() makes it; a download before start() is a bug
+            raise RuntimeError("SlackSurface.start() was not called")
+        return session
+
+
+async def _read_capped(response: ClientResponse) -> bytes:
+    """The body, stopping one byte past the core's cap (the rest is never read)."""
+    limit = uploads.MAX_UPLOAD_BYTES + 1
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(1 << 16):
+        chunk = chunk[: limit - size]
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)
 
 
 class SlackSurface:
@@ -118,8 +404,9 @@ class SlackSurface:
         self.bot = context.bot
         self.public_url = settings.public_url
         base_url = (api_url or settings.slack_api_url or DEFAULT_API_URL).rstrip("/") + "/"
+        token = settings.slack_bot_token.get_secret_value()
         self.client = AsyncWebClient(
-            token=settings.slack_bot_token.get_secret_value(),
+            token=token,
             base_url=base_url,
             timeout=API_TIMEOUT_S,
             retry_handlers=[
@@ -140,6 +427,8 @@ class SlackSurface:
         self.app.command("/tierbot")(self._on_command)
         self.app.event("reaction_added")(self._on_reaction)
         self.app.event("reaction_removed")(self._ignore)
+        self.app.event("app_mention")(self._on_mention)
+        self.files = SlackFiles(self.client, token, api_url or settings.slack_api_url)
         self.socket: AsyncSocketModeHandler | None = None
         if settings.slack_app_token is not None:
             self.socket = AsyncSocketModeHandler(
@@ -223,17 +512,20 @@ class SlackSurface:
 
     async def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
         name = command["command"].lstrip("/")
-        # Slack escapes exactly these three in command text.
-        text = command.get("text", "").replace("&lt;", "<").replace("&gt;", ">")
-        text = text.replace("&amp;", "&")
+        text = _unescape(command.get("text", ""))
         origin = Origin(
             surface=SURFACE,
             team=command["team_id"],
             channel=command["channel_id"],
             user=command["user_id"],
         )
+        links = self._links(name, text)
         event = CommandEvent(
-            origin=origin, command=name, text=text, delivery_id=command.get("trigger_id")
+            origin=origin,
+            command=name,
+            text=text,
+            files=[InboundFile(name=_link_name(URL(v)), source=v) for v in links],
+            delivery_id=command.get("trigger_id"),
         )
         # Written before the ack: an acknowledged command survives a crash, and a replayed
         # one (same trigger_id) is acknowledged and ignored.
@@ -241,13 +533,87 @@ class SlackSurface:
             await ack()
             return
         await ack(response_type="ephemeral", text=f"⏳ On it: /{name} {text}".strip())
-        self._spawn(self._run_command(event, respond))
+        self._spawn(self._run_command(event, [], respond))
 
-    async def _run_command(self, event: CommandEvent, respond: Any) -> None:
+    async def _on_mention(self, event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
+        """A message that mentions the bot: a command, with the images attached to it.
+
+        Written down (file names only: downloading could outlast Slack's 3 seconds) before
+        Bolt acks the event, keyed by its ``event_id``, so a redelivery acts once. A restart
+        before the download leaves the names without bytes: the core then asks the person to
+        send the images again, and spends nothing.
+        """
+        if not event.get("user") or not event.get("channel"):
+            return  # another app's post (bot_id, no user): nobody to answer
+        name, text = mention_command(str(event.get("text") or ""), context.get("bot_user_id"))
+        attached = [f for f in event.get("files") or () if isinstance(f, dict) and f.get("id")]
+        links = self._links(name, text)
+        origin = Origin(
+            surface=SURFACE,
+            team=body.get("team_id") or event.get("team", ""),
+            channel=event["channel"],
+            user=event["user"],
+        )
+        placeholders = [InboundFile(name=_file_name(f)) for f in attached]
+        placeholders += [InboundFile(name=_link_name(URL(v)), source=v) for v in links]
+        command = CommandEvent(
+            origin=origin,
+            command=name,
+            text=text,
+            files=placeholders,
+            delivery_id=body.get("event_id") or f"mention:{event['channel']}:{event.get('ts')}",
+        )
+        if self.bot.receive(command):
+            self._spawn(self._run_command(command, attached, None, event.get("thread_ts")))
+
+    def _links(self, command: str, text: str) -> list[str]:
+        """The ``--ref``/``--sref`` values that are Slack file links this surface reads. Any
+        other link is left alone: the core refuses it, and nothing is fetched from it."""
+        if "ref" not in text.casefold():  # most commands have none: no second parse
+            return []
+        values = reference_values(command, text)
+        return list(dict.fromkeys(v for v in values if self.files.readable_link(v)))
+
+    async def _run_command(
+        self,
+        event: CommandEvent,
+        attached: list[dict[str, Any]],
+        respond: Any,
+        thread_ts: str | None = None,
+    ) -> None:
         origin = await self._origin(event.origin.team, event.origin.channel, event.origin.user)
+        if event.files and _takes_files(event.command, event.text, len(event.files)):
+            try:
+                files = await self._read_files(event, attached, origin)
+            except FileRefused as exc:
+                reply = Reply(text=exc.message, private=True, error=True, thread_id=thread_ts)
+                await self._ephemeral(origin, reply, respond)
+                self.bot.answered(event)
+                return
+            # Kept before anything else: a restart from here on still has the images.
+            event = await self.bot.keep(event.model_copy(update={"files": files}))
         event = self.bot.resolved(event, origin)
         replies = self.bot.handle_command(event, received=True)
         await self._deliver(origin, replies, respond)
+
+    async def _read_files(
+        self, event: CommandEvent, attached: list[dict[str, Any]], origin: Origin
+    ) -> list[InboundFile]:
+        """Download what came with a command (after its ack), in the placeholders' order.
+
+        Raises:
+            FileRefused: the first file Slack would not give; the rest are dropped.
+        """
+        links = [f.source for f in event.files if f.source is not None]
+        results = await asyncio.gather(
+            *(self.files.read_attached(f) for f in attached),
+            *(self.files.read_link(v, origin) for v in links),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [r for r in results if isinstance(r, InboundFile)]
 
     async def _on_reaction(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         item = event.get("item", {})

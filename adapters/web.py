@@ -15,7 +15,11 @@ Endpoints (all JSON unless noted):
 - ``GET /api/events?name=N`` server-sent events: ``message`` (new; ``by`` names whose command
   or reaction it answers, so that person's page brings it into view) and ``update`` (a status
   line moved: queued → running → done | failed).
-- ``POST /api/commands`` ``{"name", "text"}`` → 202; replies arrive as events.
+- ``POST /api/commands`` ``{"name", "text", "event_id"}`` → 202; replies arrive as events.
+  Files sent with the command (📎: reference images, a hand-fixed version, a calendar's CSV)
+  come as ``multipart/form-data`` instead: the same fields plus one ``file`` part per file,
+  up to ``MAX_FILES`` of ``MAX_UPLOAD_BYTES`` each (small files may also come in the JSON as
+  ``files``: ``[{"name", "data"}]`` in base64). The core checks and stores the images.
 - ``POST /api/reactions`` ``{"name", "message_id", "emoji", "event_id"}`` → 202.
 - ``GET /assets/<id>`` the asset page (HTML): the file, its facts, gate decisions and the
   lineage as a tree of thumbnails. ``GET /files/<id>[?w=256]`` the file or a thumbnail.
@@ -23,9 +27,11 @@ Endpoints (all JSON unless noted):
 Safety: binds 127.0.0.1 by default; any other address needs ``TIERBOT_WEB_TOKEN``, checked on
 every request but the page itself (header ``Authorization: Bearer`` or the ``tierbot_token``
 cookie the page sets after asking). Requests from another origin, or to a Host that is not
-this server (DNS rebinding), are refused; bodies are capped at 400 KiB (``MAX_BODY``, room for
-a calendar in base64) and must be strict JSON objects in UTF-8 (no lone surrogates, no deep
-nesting, ids whole numbers in range); every response forbids framing (``X-Frame-Options: DENY``
+this server (DNS rebinding), are refused; JSON bodies are capped at 400 KiB (``MAX_BODY``,
+room for a calendar in base64) and must be strict objects in UTF-8 (no lone surrogates, no
+deep nesting, ids whole numbers in range); a command's multipart body is read part by part,
+each file up to ``MAX_UPLOAD_BYTES`` and the whole up to ``MAX_COMMAND_BODY`` (a clear 413
+otherwise, before anything is received); every response forbids framing (``X-Frame-Options: DENY``
 and a ``Content-Security-Policy`` with ``frame-ancestors 'none'``, scripts, styles and media
 only from this server), MIME sniffing and referrers. A name is only a label, so on a shared
 machine "private" means "not shown to other names", not secret.
@@ -52,7 +58,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from PIL import Image
 
 from adapters.delivery import INTERRUPTED, Tasks
@@ -61,7 +68,9 @@ from bot import cpu
 from bot.delivery import Steps
 from bot.domain import (
     CANCEL_HINT,
+    MANUAL_STAGE,
     NUMBER_REACTIONS,
+    UPLOAD_STAGE,
     AssetKind,
     CommandEvent,
     InboundFile,
@@ -69,13 +78,14 @@ from bot.domain import (
     Reaction,
     ReactionEvent,
     Reply,
+    Stage,
     normalize_emoji,
 )
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline import LineageNode
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
-from bot.uploads import MAX_FILES
+from bot.uploads import MAX_FILES, MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +98,20 @@ NAME = re.compile(r"^[\w][\w .@-]{0,39}$")
 EVENT_ID = re.compile(r"^[\w-]{1,64}$")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 ASSET_ID = re.compile(r"^[0-9a-f]{8}$")
+_ASSET_ID_IN_TEXT = re.compile(r"\b[0-9a-f]{8}\b")
 KEEPALIVE_S = 15.0
 #: Message ids are SQLite rowids: whole numbers from 1 to 2**63 - 1.
 MAX_ID = 2**63 - 1
 #: The request bodies are flat objects; anything nested deeper than this is refused.
 MAX_DEPTH = 8
+#: A text field of a multipart command (name, text, event id), in bytes of UTF-8.
+MAX_FIELD_BYTES = 4 * MAX_TEXT
+#: A command's multipart body: ``MAX_FILES`` images of ``MAX_UPLOAD_BYTES`` and room for the
+#: text fields and the parts' headers. The only request allowed past ``MAX_BODY``.
+MAX_COMMAND_BODY = MAX_FILES * MAX_UPLOAD_BYTES + 1024 * 1024
+#: The fields of a multipart command besides its ``file`` parts.
+FORM_FIELDS = ("name", "text", "event_id")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 STATIC_FILES = {
     "app.js": "text/javascript",
     "style.css": "text/css",
@@ -121,6 +140,7 @@ _RESULT_CHIPS = {
     normalize_emoji(Reaction.VIDEO): "make a video",
     normalize_emoji(Reaction.UPSCALE): "upscale",
     normalize_emoji(Reaction.APPROVE): "sign off",
+    normalize_emoji(Reaction.VARY): "make variations",
     normalize_emoji(Reaction.REROLL): "re-render",
     normalize_emoji(Reaction.DISCARD): "reject",
 }
@@ -131,6 +151,21 @@ FINISHED = ("done", "failed", "interrupted", "cancelled")
 
 class BadInput(Exception):
     """A request the channel refuses; the message is shown in the page."""
+
+
+class TooLarge(BadInput):
+    """A request over a size limit (answered 413); the message names the limit."""
+
+
+def file_size(size: int, *, over: bool = False) -> str:
+    """``size`` bytes as the page and the core say file sizes (decimal KB and MB);
+    ``over``: rounded up, so a file refused as too big never reads as the limit itself."""
+    if size < 1000:
+        return f"{size} B"
+    if size < 1_000_000:
+        return f"{-(-size // 1000) if over else size // 1000} KB"
+    tenths = -(-size // 100_000) if over else size // 100_000
+    return f"{tenths / 10:.1f}".removesuffix(".0") + " MB"
 
 
 def is_loopback(host: str) -> bool:
@@ -236,12 +271,18 @@ class WebSurface:
             return web.json_response({"error": "token required"}, status=401)
         try:
             return await handler(request)
+        except TooLarge as exc:
+            return web.json_response({"error": str(exc)}, status=413)
         except BadInput as exc:
             return web.json_response({"error": str(exc)}, status=400)
         except web.HTTPRequestEntityTooLarge:
-            return web.json_response(
-                {"error": f"request too large (limit {MAX_BODY // 1024} KiB)"}, status=413
-            )
+            error = f"request too large (limit {MAX_BODY // 1024} KiB)"
+            if request.path == "/api/commands":
+                error += (
+                    f"; send files as multipart/form-data (the page's 📎 does): up to "
+                    f"{MAX_FILES} of {file_size(MAX_UPLOAD_BYTES)} each"
+                )
+            return web.json_response({"error": error}, status=413)
 
     async def _secure(self, request: web.Request, response: web.StreamResponse) -> None:
         """Every response of the channel, errors and the event stream included."""
@@ -278,6 +319,9 @@ class WebSurface:
 
     def _static_file(self, name: str) -> web.Response:
         text = resources.files("adapters").joinpath("web_static", name).read_text("utf-8")
+        if name == "index.html":  # the 📎 input knows the limits, to say so before sending
+            text = text.replace("{{MAX_FILES}}", str(MAX_FILES))
+            text = text.replace("{{MAX_UPLOAD_BYTES}}", str(MAX_UPLOAD_BYTES))
         return web.Response(
             text=text,
             content_type=STATIC_FILES.get(name, "text/html"),
@@ -321,14 +365,19 @@ class WebSurface:
         return response
 
     async def _command(self, request: web.Request) -> web.StreamResponse:
-        body = await self._json(request)
+        if request.content_type == "multipart/form-data":
+            body, files = await self._form(request)
+        else:
+            body = await self._json(request)
+            files = None
         name = self._name(body.get("name"), required=True)
         text = body.get("text")
         if not isinstance(text, str) or not text.strip():
             raise BadInput("type a command, e.g. /draft a lighthouse at dawn --n 4")
         if len(text) > MAX_TEXT:
             raise BadInput(f"a command is at most {MAX_TEXT} characters; got {len(text)}")
-        files = self._files(body)
+        if files is None:
+            files = self._files(body)
         event_id = self._event_id(body.get("event_id"))
         origin = self._origin(name)
         # "/draft a fox" is the command draft; "a fox" (no slash) is no command at all. An
@@ -344,10 +393,15 @@ class WebSurface:
             delivery_id=f"{name}:{event_id}",
         )
         # Written before the answer: a command the page was told about survives a crash, and
-        # the page sending it again (same event id) after a lost answer runs it once.
+        # the page sending it again (same event id) after a lost answer runs it once. Its
+        # files' bytes are kept first, off the event loop.
+        event = await self.bot.keep(event)
         if not self.bot.receive(event):
             return web.json_response({"ok": True, "duplicate": True}, status=202)
-        echo = self._post_row({"author": name, "text": text.strip()}, by=name)
+        shown = text.strip()
+        if files:  # what was sent with it; the core checks the images and may refuse them
+            shown += "\n📎 " + ", ".join(f"{f.name} ({file_size(len(f.data))})" for f in files)
+        echo = self._post_row({"author": name, "text": shown}, by=name)
         replies = self.bot.handle_command(event, received=True)
         self._spawn(self._deliver(origin, replies))
         return web.json_response({"ok": True, "message_id": echo}, status=202)
@@ -433,7 +487,7 @@ class WebSurface:
             {
                 "author": BOT_NAME,
                 "text": reply.text,
-                "files": [reply.asset_id] if reply.files and reply.asset_id else [],
+                "files": self._shown(reply),
                 "reactions": reply.reactions,
                 "thread_root": thread_root,
                 "asset_id": reply.asset_id,
@@ -444,6 +498,22 @@ class WebSurface:
             by=origin.user,
         )
         return message_id
+
+    def _shown(self, reply: Reply) -> list[str]:
+        """The assets a reply's files are, shown in its message by id: the asset it presents,
+        or (a named reference saved: no one asset) the ids its text names whose files it
+        carries, so only the reply's own files are ever shown."""
+        if not reply.files:
+            return []
+        if reply.asset_id:
+            return [reply.asset_id]
+        paths = set(reply.files)
+        shown = []
+        for asset_id in dict.fromkeys(_ASSET_ID_IN_TEXT.findall(reply.text)):
+            asset = self.bot.asset(asset_id)
+            if asset is not None and self.bot.asset_path(asset) in paths:
+                shown.append(asset_id)
+        return shown
 
     async def post(self, origin: Origin, reply: Reply, steps: Steps) -> None:
         """Post a result: its message (the row and its asset link in one transaction with
@@ -586,20 +656,27 @@ class WebSurface:
             else f'<a href="/files/{e(asset["id"])}"><img src="/files/{e(asset["id"])}" '
             f'alt="{e(asset["prompt"] or "")}"></a>'
         )
-        facts = [
-            ("prompt", asset["prompt"] or ""),
-            ("stage", asset["stage"]),
-            ("model", asset["model_id"]),
-            ("seed", str(asset["seed"])),
+        sent = asset["kind"] == AssetKind.UPLOAD
+        # An upload and a manual version were made by a person, not a model: no model, no
+        # price; who sent or fixed it instead.
+        facts = [("file" if sent else "prompt", asset["prompt"] or ""), ("stage", asset["stage"])]
+        if asset.get("sent_by"):
+            facts.append(("sent by" if sent else "fixed by hand by", _person(asset["sent_by"])))
+        if asset["model_id"]:
+            facts.append(("model", asset["model_id"]))
+        if asset["seed"] is not None:
+            facts.append(("seed", str(asset["seed"])))
+        facts.append(
             (
                 "size",
                 f"{asset['width']}×{asset['height']}"
                 + (f", {asset['duration_s']:.0f} s" if asset["duration_s"] else ""),
-            ),
-            ("cost", credits(asset["cost"] or 0)),
-            ("created", asset["created_at"][:19].replace("T", " ") + " UTC"),
-        ]
-        if asset["stage"] != "draft":  # the one current QA state; the history is below
+            )
+        )
+        if asset["model_id"] or asset["cost"]:
+            facts.append(("cost", credits(asset["cost"] or 0)))
+        facts.append(("created", asset["created_at"][:19].replace("T", " ") + " UTC"))
+        if asset["stage"] not in (Stage.DRAFT, UPLOAD_STAGE):  # the one current QA state
             facts.append(
                 ("QA", f"{qa['decision']} by {qa['user']}" if qa else "not signed off yet")
             )
@@ -611,10 +688,21 @@ class WebSurface:
             )
             or "<li>none yet</li>"
         )
+        references = self._references(asset)
+        shaped = (
+            "<h2>Shaped by</h2><ul class='tree refs'>"
+            + "".join(f"<li>{self._node_html(r, _sent_line(r))}</li>" for r in references)
+            + "</ul>"
+            if references
+            else ""
+        )
+        title = {UPLOAD_STAGE: "📎 upload", MANUAL_STAGE: "🖌️ manual"}.get(
+            asset["stage"], asset["stage"]
+        )
         body = (
-            f"<h1>{e(asset['stage'])} {e(asset['id'])}</h1><div class='media'>{media}</div>"
+            f"<h1>{e(title)} {e(asset['id'])}</h1><div class='media'>{media}</div>"
             "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts) + "</dl>"
-            f"<h2>Decisions</h2><ul>{decisions}</ul>"
+            f"<h2>Decisions</h2><ul>{decisions}</ul>{shaped}"
             "<h2>Lineage</h2><ul class='tree'>"
             + "".join(self._tree_html(t, asset["id"]) for t in trees)
             + "</ul>"
@@ -629,22 +717,39 @@ class WebSurface:
         )
         return web.Response(text=page, content_type="text/html")
 
+    def _references(self, asset: dict[str, Any]) -> list[dict[str, Any]]:
+        """The images people sent that shaped ``asset`` (its upload parents; a grid's are its
+        drafts'), in the order given."""
+        store = self.bot.store
+        parents = store.parents(asset["id"])
+        if asset["kind"] == AssetKind.GRID:
+            parents = [p for draft in parents for p in store.parents(draft["id"])]
+        uploads = {p["id"]: p for p in parents if p["kind"] == AssetKind.UPLOAD}
+        return list(uploads.values())
+
     def _tree_html(self, node: LineageNode, focus: str) -> str:
-        e = html.escape
         asset = node.asset
+        here = " class='focus'" if asset["id"] == focus else ""
+        children = "".join(self._tree_html(c, focus) for c in node.children)
+        return (
+            f"<li{here}>{self._node_html(asset, node.describe())}"
+            + "".join(
+                f"<div class='shaped'>{self._node_html(r, _sent_line(r))}</div>"
+                for r in node.references
+            )
+            + (f"<ul>{children}</ul>" if children else "")
+            + "</li>"
+        )
+
+    @staticmethod
+    def _node_html(asset: dict[str, Any], text: str) -> str:
+        e = html.escape
         thumb = (
             f'<video muted preload="metadata" src="/files/{e(asset["id"])}"></video>'
             if asset["kind"] == "video"
             else f'<img loading="lazy" src="/files/{e(asset["id"])}?w=128" alt="">'
         )
-        here = " class='focus'" if asset["id"] == focus else ""
-        children = "".join(self._tree_html(c, focus) for c in node.children)
-        return (
-            f"<li{here}><a href='/assets/{e(asset['id'])}'>{thumb}</a>"
-            f"<span>{e(node.describe())}</span>"
-            + (f"<ul>{children}</ul>" if children else "")
-            + "</li>"
-        )
+        return f"<a href='/assets/{e(asset['id'])}'>{thumb}</a><span>{e(text)}</span>"
 
     # -- input -------------------------------------------------------------------------------
 
@@ -667,6 +772,62 @@ class WebSurface:
             raise BadInput("the request body must be a JSON object")
         _check_json(body)
         return body
+
+    async def _form(self, request: web.Request) -> tuple[dict[str, str], list[InboundFile]]:
+        """A multipart command: its text fields and its files, read part by part so a body
+        over the limits is refused as soon as it shows, never held whole.
+
+        Raises:
+            TooLarge: a file over ``MAX_UPLOAD_BYTES``, more than ``MAX_FILES`` files, or a
+                body over ``MAX_COMMAND_BODY`` (or of unknown length).
+            BadInput: a malformed body, an unknown or repeated field, a field not in UTF-8.
+        """
+        limits = f"up to {MAX_FILES} files of {file_size(MAX_UPLOAD_BYTES)} each"
+        length = request.content_length
+        if length is None or length > MAX_COMMAND_BODY:
+            # Known before a byte is read (browsers and HTTP clients always send it).
+            raise TooLarge(
+                f"request too large: a command takes {limits}"
+                if length
+                else "send the Content-Length of a multipart command"
+            )
+        fields: dict[str, str] = {}
+        files: list[InboundFile] = []
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    raise BadInput("a multipart command has no nested parts")
+                if part.name == "file":
+                    name = _file_name(part.filename)
+                    if len(files) == MAX_FILES:
+                        raise TooLarge(f"too many files: a command takes {limits}")
+                    data, size = await _read_part(part, MAX_UPLOAD_BYTES)
+                    if size > MAX_UPLOAD_BYTES:
+                        raise TooLarge(
+                            f"{name} is {file_size(size, over=True)}; files up to "
+                            f"{file_size(MAX_UPLOAD_BYTES)} are accepted. Nothing was done."
+                        )
+                    files.append(InboundFile(name=name, data=data))
+                elif part.name in FORM_FIELDS:
+                    if part.name in fields:
+                        raise BadInput(f"{part.name} is given twice; give it once")
+                    raw, size = await _read_part(part, MAX_FIELD_BYTES)
+                    if size > MAX_FIELD_BYTES:
+                        raise TooLarge(f"{part.name} is over {MAX_FIELD_BYTES // 1024} KiB")
+                    try:
+                        fields[part.name] = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise BadInput(f"{part.name} is not UTF-8 (byte {exc.start})") from None
+                else:
+                    raise BadInput(
+                        f"unexpected part {str(part.name)[:40]!r}: send name, text, event_id "
+                        "and one file part per file"
+                    )
+        except (ValueError, RuntimeError, HttpProcessingError) as exc:
+            # aiohttp's words for a broken body: a bad boundary, headers too long or too many
+            raise BadInput(f"the multipart body is malformed ({str(exc)[:80]})") from None
+        return fields, files
 
     @staticmethod
     def _name(value: Any, *, required: bool) -> str | None:
@@ -754,6 +915,21 @@ class _StatusLine:
             self.surface.update(self.message_id, **fields)
 
 
+def _person(sent_by: str) -> str:
+    """``"web:alice"`` (an asset's ``sent_by``) as ``"alice (web)"``."""
+    surface, _, user = sent_by.partition(":")
+    return f"{user} ({surface})" if user else surface
+
+
+def _sent_line(asset: dict[str, Any]) -> str:
+    """An upload in a list: who sent it, its name and size."""
+    who = _person(asset["sent_by"]) if asset.get("sent_by") else "someone"
+    return (
+        f"{asset['id']} 📎 sent by {who} · {asset['prompt'] or 'image'} · "
+        f"{asset['width']}×{asset['height']}"
+    )
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -779,6 +955,28 @@ def _check_json(body: dict[str, Any]) -> None:
             stack += [(v, depth + 1) for v in value]
         elif isinstance(value, str) and _SURROGATE.search(value):
             raise BadInput("the request body has a lone surrogate (\\ud800-\\udfff) in a string")
+
+
+async def _read_part(part: BodyPartReader, limit: int) -> tuple[bytes, int]:
+    """A part's bytes and its size; past ``limit`` the bytes are dropped but the part is read
+    to its end (bounded by the body's length), so the answer can say how big it was and the
+    sender, still sending, receives it."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await part.read_chunk(256 * 1024):
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        else:
+            chunks.clear()
+    return b"".join(chunks), size
+
+
+def _file_name(raw: str | None) -> str:
+    """A file's name as sent, fit to show: no folders, no control characters, not too long."""
+    name = re.split(r"[/\\]", raw or "")[-1]
+    name = _SURROGATE.sub("\ufffd", _CONTROL.sub("", name)).strip()
+    return name[:120] or "file"
 
 
 def make_thumbnail(path: Path, target: Path, width: int) -> Path:

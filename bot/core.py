@@ -24,6 +24,7 @@ from bot.domain import (
     UNFINISHED_JOB_STATES,
     AssetKind,
     CommandEvent,
+    InboundFile,
     Origin,
     Reaction,
     ReactionEvent,
@@ -88,12 +89,40 @@ class Tierbot:
         if key is None:
             return True
         kind = "reaction" if isinstance(event, ReactionEvent) else "command"
+        if isinstance(event, CommandEvent):
+            # The bytes are kept as received (checked later, when the command runs): a
+            # command re-run after a restart still has its images. ``keep`` does it off the
+            # event loop; this is the fallback for a surface that did not call it.
+            event = event.model_copy(update={"files": self._kept(event.files)})
         event_json = _inbox_json(event)
         if self.store.receive(key, event.origin.surface, kind, event_json):
             failpoint("event.received", kind)
             return True
         log.info("duplicate delivery %s ignored", key)
         return False
+
+    async def keep(self, event: CommandEvent) -> CommandEvent:
+        """``event`` with its files' bytes kept in the asset store (in a thread: they can be
+        large), so a command re-run after a restart still has them. A surface calls it
+        before :meth:`receive` when the bytes came with the request (the web channel), and
+        again once it downloaded them after the acknowledgement (Slack, Discord): then the
+        inbox learns where they are."""
+        if not any(f.data and not f.kept for f in event.files):
+            return event
+        files = await asyncio.to_thread(self._kept, event.files)
+        event = event.model_copy(update={"files": files})
+        if (key := inbox_key(event)) is not None:
+            self.store.update_received(key, _inbox_json(event))
+        return event
+
+    def _kept(self, files: list[InboundFile]) -> list[InboundFile]:
+        kept = []
+        for file in files:
+            if file.data and not file.kept:
+                _, where = self.pipeline.files.put(file.data, "application/octet-stream")
+                file = file.model_copy(update={"kept": where})
+            kept.append(file)
+        return kept
 
     def resolved(self, event: Received, origin: Origin) -> Received:
         """``event`` from ``origin``, which the surface resolved after the acknowledgement
@@ -277,10 +306,20 @@ class Tierbot:
                 "final, edit, video, vary, ref add and upload."
             )
         if files and spec.files == "images":
-            files = await self.pipeline.take_files(event.origin, files)
+            kept = [f.kept for f in files if f.kept]
+            try:
+                taken = await self.pipeline.take_files(event.origin, files)
+            except UserError:
+                await asyncio.to_thread(self.pipeline.forget_kept, kept)  # answered
+                raise
             # Stored: a re-run after a restart finds the images by their asset ids.
             if (key := inbox_key(event)) is not None:
-                self.store.update_received(key, _inbox_json(event, files=files))
+                self.store.update_received(key, _inbox_json(event, files=taken))
+            failpoint("files.stored")
+            await asyncio.to_thread(self.pipeline.forget_kept, kept)
+            files = taken
+        elif files:
+            files = await self.pipeline.restore_files(files)
         async for reply in spec.handler(self, event.origin, inv, files):
             yield reply
 

@@ -179,8 +179,10 @@ class InboundFile(BaseModel):
     #: The ``--ref``/``--sref`` value this file was fetched for (a Slack file link, a path
     #: given to the shell); None for a file attached to the command itself.
     source: str | None = None
-    #: Once checked and stored as an upload asset: its id (a command re-run after a restart
-    #: finds its images here).
+    #: Where the bytes were kept, as received, in the asset store (unchecked; a command
+    #: re-run after a restart reads them from there).
+    kept: str | None = None
+    #: Once checked and stored as an upload asset: its id.
     asset_id: str | None = None
 
 

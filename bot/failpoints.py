@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 #: The steps, in the order a flow passes them.
 POINTS = (
     "event.received",  # a command or reaction written, not yet acted on
+    "files.stored",  # a command's images checked and stored as uploads, nothing reserved
     "job.reserved",  # jobs and reservations written, nothing submitted
     "job.submitted",  # the provider's request id stored
     "job.completed",  # outputs, settlement and success committed; nothing posted

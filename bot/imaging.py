@@ -4,11 +4,14 @@ and uploads people send, all go through :func:`check_image_pixels` first."""
 from __future__ import annotations
 
 import io
+import logging
 import re
 
 from PIL import Image
 
 from bot.providers import PermanentError
+
+log = logging.getLogger(__name__)
 
 #: Pillow's format names of the image types accepted, and their MIME types.
 FORMAT_MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}

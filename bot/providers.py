@@ -53,8 +53,19 @@ class GenerationRequest(BaseModel):
     audio: bool | None = None
     #: Whether the model takes a seed (a catalog fact; some APIs reject the field).
     seed_accepted: bool = True
-    #: Input images: the draft for a final, the source for an upscale, edit or video.
+    #: Input images: the draft for a final, the source for an upscale, edit or video, then
+    #: the images people gave as references (``--ref``), then the style references.
     references: list[Path] = Field(default_factory=list)
+    #: How many of the last ``references`` are style references (``--sref``): their look is
+    #: to be followed, not their content (the prompt says so too).
+    style_references: int = 0
+
+    @property
+    def has_source(self) -> bool:
+        """Whether ``references[0]`` is the stage's own image (a final's draft; an edit's,
+        upscale's or video's source), whose shape the output keeps. A draft's references are
+        only references: the draft takes the ratio asked for."""
+        return bool(self.references) and self.stage is not Stage.DRAFT
 
 
 class GeneratedFile(BaseModel):

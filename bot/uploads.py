@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +34,23 @@ from bot.imaging import FORMAT_MIME, check_image_pixels
 from bot.providers import PermanentError
 from storage import AssetFiles, Store
 
+log = logging.getLogger(__name__)
+
 #: Largest image accepted, in bytes (Slack and Discord allow bigger files; a reference needs
 #: no more than this).
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_BYTES = 20_000_000
 #: Most images one command may bring.
 MAX_FILES = 9
 #: Types kept as sent (re-encoded without metadata); the rest are refused.
 KEPT_FORMATS = {"PNG", "JPEG", "WEBP"}
+
+
+def too_big(name: str) -> str:
+    """Why an image over :data:`MAX_UPLOAD_BYTES` is refused: said by the core, and by a
+    surface that knows the size before downloading (Discord declares it)."""
+    cap = f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB"
+    label = f"{name!r}" if name else "the image"
+    return f"{label} is over {cap}; images up to {cap} are accepted"
 
 
 @dataclass(frozen=True)
@@ -60,10 +71,8 @@ def clean_image(data: bytes, name: str) -> CleanImage:
     """
     label = f"{name!r}" if name else "the image"
     if len(data) > MAX_UPLOAD_BYTES:
-        raise PermanentError(
-            f"{label} is {len(data) / 1e6:.1f} MB; images up to "
-            f"{MAX_UPLOAD_BYTES / 1e6:.0f} MB are accepted"
-        )
+        # Surfaces stop reading one byte past the limit: the size past it is unknown.
+        raise PermanentError(too_big(name))
     kind, _, _ = check_image_pixels(data, subject=label)
     if kind not in KEPT_FORMATS:
         allowed = ", ".join(sorted(KEPT_FORMATS))
@@ -99,27 +108,46 @@ class Uploads:
 
     async def take(self, origin: Origin, inbound: list[InboundFile]) -> list[InboundFile]:
         """Check and store every image of ``inbound`` not stored yet; ``inbound`` with each
-        file's ``asset_id`` set and its bytes dropped.
+        file's ``asset_id`` set and its bytes dropped. Every file is checked before any is
+        stored: one refused file stores none.
 
         Raises:
-            UserError: too many files, or one is refused (nothing of the batch is kept
-                in use: the person sends them again).
+            UserError: too many files, a file lost in a restart, or one refused.
         """
         if len(inbound) > MAX_FILES:
             raise UserError(f"{len(inbound)} files sent; a command takes at most {MAX_FILES}")
+        cleaned: dict[int, CleanImage] = {}
+        for index, file in enumerate(inbound):
+            if file.asset_id is not None:
+                continue
+            data = file.data or await asyncio.to_thread(self.read_kept, file)
+            try:
+                cleaned[index] = await cpu.run(clean_image, data, file.name)
+            except PermanentError as exc:
+                raise UserError(f"Not used: {exc.message}. Nothing was spent.") from None
         taken = []
-        for file in inbound:
-            if file.asset_id is None:
-                if not file.data:
-                    raise UserError(f"{file.name or 'a file'} arrived empty; send it again")
-                try:
-                    image = await cpu.run(clean_image, file.data, file.name)
-                except PermanentError as exc:
-                    raise UserError(f"Not used: {exc.message}. Nothing was spent.") from None
-                asset_id = await asyncio.to_thread(self._save, origin, file.name, image)
+        for index, file in enumerate(inbound):
+            if index in cleaned:
+                asset_id = await asyncio.to_thread(self._save, origin, file.name, cleaned[index])
                 file = file.model_copy(update={"asset_id": asset_id, "data": b""})
             taken.append(file)
         return taken
+
+    def read_kept(self, file: InboundFile) -> bytes:
+        """The bytes kept when the command was received (see ``Tierbot.keep``).
+
+        Raises:
+            UserError: none were kept (the process stopped before it had them).
+        """
+        try:
+            if file.kept:
+                return self.files.path(file.kept).read_bytes()
+        except (OSError, ValueError):
+            pass
+        raise UserError(
+            f"{file.name or 'an image'} was lost when the bot restarted before reading it; "
+            "send the command with the image again. Nothing was spent."
+        )
 
     def _save(self, origin: Origin, name: str, image: CleanImage) -> str:
         digest, relative = self.files.put(image.data, image.mime)

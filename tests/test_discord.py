@@ -15,6 +15,8 @@ from discord import app_commands
 
 from adapters import wire
 from adapters.discord import (
+    DISCORD_FLAG_HELP,
+    IMAGE_OPTIONS,
     PERMISSION_HINT,
     DiscordSurface,
     app_commands_from_registry,
@@ -74,6 +76,7 @@ class Rig:
         self.surface = DiscordSurface(
             self.services.surface_context(), guild_ready_timeout=0.05, outbox_interval_s=3600
         )
+        self.services.scheduler.deliverers["discord"] = self.surface.deliver  # as `tierbot run`
         self.started = await self.surface.start()
         return self
 
@@ -141,11 +144,12 @@ async def test_full_flow_draft_select_video_with_rest_calls(rig: Rig) -> None:
         SEND,
         REACT,
         SEND,
-        *[REACT] * 5,
+        *[REACT] * 6,
     ]
     final = rig.message("✨ Final")
     assert final["channel_id"] == grid["id"]  # the thread started from the grid message
     assert "local-final" in final["content"]
+    assert list(final["reactions"]) == ["🎬", "⬆️", "✅", "🔀", "🔁", "❌"]
 
     mark = len(rig.fake.requests)
     await rig.react(final, "🎬")
@@ -436,7 +440,13 @@ async def test_a_reaction_delivered_while_the_bot_starts_acts_once(
 
 STRING, INTEGER, BOOLEAN, ATTACHMENT = 3, 4, 5, 11
 #: The Discord name of each positional placeholder and of each command's free text.
-POSITIONAL_NAMES = {"grid-id": "grid", "asset-id": "asset", "k": "k", "action": "action"}
+POSITIONAL_NAMES = {
+    "grid-id": "grid",
+    "asset-id": "asset",
+    "k": "k",
+    "action": "action",
+    "name": "name",
+}
 TEXT_NAMES = {
     "draft": "prompt",
     "edit": "instruction",
@@ -472,8 +482,12 @@ async def test_synced_commands_declare_every_option_of_the_registry(rig: Rig) ->
         if spec.takes_prompt:
             expected.append(TEXT_NAMES[spec.name])
         expected += list(spec.flags)
+        if spec.files == "images":  # image, image2...: reference images attached
+            expected += ["image", *(f"image{i}" for i in range(2, IMAGE_OPTIONS + 1))]
         if spec.name == "schedule":
             expected.append("calendar")
+        if spec.name == "upload":  # one image, the fixed version: required
+            expected = ["asset", "image"]
         assert [o["name"] for o in command.get("options", [])] == expected, spec.name
         assert 1 <= len(command["description"]) <= 100
 
@@ -490,7 +504,7 @@ async def test_synced_commands_declare_every_option_of_the_registry(rig: Rig) ->
         for name in spec.flags:
             flag, option = FLAGS[name], options[name]
             assert option["required"] is False
-            assert option["description"] == flag.help, (spec.name, name)
+            assert option["description"] == DISCORD_FLAG_HELP.get(name, flag.help), name
             if flag.metavar is None:
                 assert option["type"] == BOOLEAN
             elif name in WHOLE:
@@ -506,6 +520,11 @@ async def test_synced_commands_declare_every_option_of_the_registry(rig: Rig) ->
                 "res": list(RESOLUTIONS),
             }.get(name, [])
             assert option.get("autocomplete", False) is (name == "model")
+
+        for name, option in options.items():
+            if name.startswith("image"):
+                assert option["type"] == ATTACHMENT
+                assert option["required"] is (spec.name == "upload")
 
     schedule = {o["name"]: o for o in synced["tierbot schedule"]["options"]}
     assert schedule["calendar"]["type"] == ATTACHMENT
@@ -586,8 +605,8 @@ async def test_generated_commands_send_the_text_a_person_would_type(
 ) -> None:
     received: list[tuple[str, str, Any]] = []
 
-    async def record(interaction, command, text, attachment=None) -> None:
-        received.append((command, text, attachment))
+    async def record(interaction, command, text, attachments=(), files=None) -> None:
+        received.append((command, text, attachments))
 
     monkeypatch.setattr(rig.surface, "_command", record)
     await rig.fake.interaction(slash, options, subcommand=sub)
@@ -595,7 +614,7 @@ async def test_generated_commands_send_the_text_a_person_would_type(
         if received:
             break
         await asyncio.sleep(0.02)
-    assert received == [(slash, sent, None)]
+    assert received == [(slash, sent, [])]
 
 
 async def test_a_calendar_arrives_as_the_attachment_of_the_schedule_command(
@@ -603,8 +622,8 @@ async def test_a_calendar_arrives_as_the_attachment_of_the_schedule_command(
 ) -> None:
     received: list[tuple[str, str, Any]] = []
 
-    async def record(interaction, command, text, attachment=None) -> None:
-        received.append((command, text, attachment))
+    async def record(interaction, command, text, attachments=(), files=None) -> None:
+        received.append((command, text, attachments))
 
     monkeypatch.setattr(rig.surface, "_command", record)
     options = {"action": "calendar", "details": "morning", "calendar": ("nov.csv", b"date\n")}
@@ -613,7 +632,7 @@ async def test_a_calendar_arrives_as_the_attachment_of_the_schedule_command(
         if received:
             break
         await asyncio.sleep(0.02)
-    ((command, text, attachment),) = received
+    ((command, text, (attachment,)),) = received
     assert (command, text, attachment.filename) == (
         "tierbot",
         "schedule calendar morning",
@@ -651,12 +670,14 @@ async def test_a_flag_added_to_the_registry_is_a_discord_option(
         registry.register(spec)
     sent: list[tuple[str, str, Any]] = []
 
-    async def send(interaction, command, text, attachment) -> None:
-        sent.append((command, text, attachment))
+    async def send(interaction, command, text, attachments, files) -> None:
+        sent.append((command, text, attachments))
 
     video = _by_name(app_commands_from_registry(CATALOG, send, registry))["tierbot video"]
     params = {p.display_name: p for p in video.parameters}
-    assert list(params) == ["asset", "seconds", "model", "loop", "caption", "takes"]
+    images = ["image", *(f"image{i}" for i in range(2, IMAGE_OPTIONS + 1))]
+    flags = ["seconds", "model", "ref", "sref", "loop", "caption", "takes"]
+    assert list(params) == ["asset", *flags, *images]
     loop, caption, takes = params["loop"], params["caption"], params["takes"]
     assert (loop.type, loop.required, loop.description) == (
         discord.AppCommandOptionType.boolean,
@@ -674,11 +695,13 @@ async def test_a_flag_added_to_the_registry_is_a_discord_option(
     given = {"asset": "a1", "loop": True, "caption": "the end", "takes": 2}
     await video.callback(None, **{p.name: given.get(p.display_name) for p in params.values()})
     assert sent == [
-        ("tierbot", 'video "a1" --loop --caption "the end" --takes "2"', None)
+        ("tierbot", 'video "a1" --loop --caption "the end" --takes "2"', [])
     ]  # fmt: skip
     # the stock registry is untouched
     stock = _by_name(app_commands_from_registry(CATALOG, send))["tierbot video"]
-    assert [p.display_name for p in stock.parameters] == ["asset", "seconds", "model"]
+    assert [p.display_name for p in stock.parameters] == [
+        "asset", "seconds", "model", "ref", "sref", *images
+    ]  # fmt: skip
 
 
 async def test_catalog_values_are_choices_up_to_25_then_autocomplete() -> None:

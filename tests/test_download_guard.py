@@ -14,15 +14,14 @@ from PIL import Image, ImageFile
 
 from adapters.providers import _http
 from adapters.providers._http import (
-    MAX_IMAGE_PIXELS,
     DownloadPolicy,
-    check_image_pixels,
     check_url,
     download,
     image_info,
     is_public_address,
     read_reference,
 )
+from bot.imaging import MAX_IMAGE_PIXELS, NotAnImageError, check_image_pixels
 from bot.providers import PermanentError, TransientError
 from bot.settings import Settings, SettingsError, load_settings
 
@@ -96,7 +95,7 @@ def test_check_image_pixels_reads_the_header_and_refuses_over_the_limit(bomb: by
         "pixels: refused before decoding$",
     ):
         check_image_pixels(bomb, subject="an upload")
-    with pytest.raises(_http.NotAnImageError, match=r"^the image is not a readable image$"):
+    with pytest.raises(NotAnImageError, match=r"^the image is not a readable image$"):
         check_image_pixels(b"not an image")
 
 

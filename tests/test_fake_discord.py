@@ -65,6 +65,7 @@ class DraftBot(discord.Client):
         self.errors: list[BaseException] = []
         self.filesize_limits: list[int] = []
         self.callback_responses: list[discord.InteractionCallbackResponse[Any]] = []
+        self.looked: list[tuple[Any, ...]] = []  # what /look read of its attachments
         self._register()
 
     def _register(self) -> None:
@@ -97,6 +98,24 @@ class DraftBot(discord.Client):
             response = await interaction.response.send_message(f"noting {text}")
             self.callback_responses.append(response)
             await interaction.edit_original_response(content=f"noted {text}")
+
+        @tree.command(name="look", description="Read the images attached", guild=guild)
+        async def look(
+            interaction: discord.Interaction,
+            image: discord.Attachment,
+            second: discord.Attachment | None = None,
+        ) -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            for attachment in (image, second):
+                if attachment is None:
+                    continue
+                try:
+                    data = await attachment.read()
+                except discord.HTTPException as exc:
+                    self.looked.append((attachment.filename, exc.status))
+                    continue
+                kind, width = attachment.content_type, attachment.width
+                self.looked.append((attachment.filename, kind, width, data))
 
         @tree.error
         async def on_tree_error(
@@ -191,7 +210,7 @@ async def test_login_identify_guild_sync_and_cache(fake: FakeDiscord, bot: Draft
     assert fake.routes()[2] == "PUT /applications/1000/guilds/2000/commands"
     assert all(r.headers["Authorization"] == "Bot fake-bot-token" for r in fake.requests)
     assert fake.requests[2].headers["Content-Type"] == "application/json"
-    assert sorted(c["name"] for c in fake.commands["guild:2000"]) == ["draft", "note"]
+    assert sorted(c["name"] for c in fake.commands["guild:2000"]) == ["draft", "look", "note"]
 
     assert fake.identify is not None
     assert fake.identify["intents"] == discord.Intents(guilds=True, guild_reactions=True).value
@@ -484,3 +503,85 @@ async def test_reconnect_resume_replays_a_missed_reaction(fake: FakeDiscord, bot
     await handle.responded()
     await fake.wait_for("PATCH", "/messages/@original")
     assert bot.errors == []
+
+
+# ---------------------------------------------------------------------- attachments in
+
+
+async def test_attachments_arrive_resolved_and_come_from_a_signed_cdn_link(
+    fake: FakeDiscord, bot: DraftBot
+) -> None:
+    look = next(c for c in fake.commands["guild:2000"] if c["name"] == "look")
+    assert [(o["name"], o["type"], o["required"]) for o in look["options"]] == [
+        ("image", 11, True),
+        ("second", 11, False),
+    ]
+    handle = await fake.interaction(
+        "look", {"image": ("fox.png", PNG), "second": ("notes.txt", b"hello")}
+    )
+    data = handle.payload["data"]
+    options = {o["name"]: o for o in data["options"]}
+    resolved = data["resolved"]["attachments"]
+    assert options["image"]["type"] == 11 and set(resolved) == {
+        options["image"]["value"],
+        options["second"]["value"],
+    }
+    fox = resolved[options["image"]["value"]]
+    host = fake.api_base.removesuffix("/api/v10")
+    assert fox["url"].startswith(f"{host}/ephemeral-attachments/3000/{fox['id']}/fox.png?ex=")
+    assert "&is=" in fox["url"] and "&hm=" in fox["url"] and fox["proxy_url"] == fox["url"]
+    assert (fox["size"], fox["width"], fox["height"], fox["ephemeral"]) == (len(PNG), 2, 2, True)
+    await eventually(lambda: len(bot.looked) == 2)
+    # the type is what the name says (the client declares it); no size for text
+    assert bot.looked == [
+        ("fox.png", "image/png", 2, PNG),
+        ("notes.txt", "text/plain", None, b"hello"),
+    ]
+
+    with pytest.raises(discord.NotFound):  # a link whose signature does not match
+        await bot.http.get_from_cdn(fox["url"].replace("hm=", "hm=0"))
+    fake.fail_cdn(fox["id"], status=500)
+    with pytest.raises(discord.HTTPException) as caught:
+        await bot.http.get_from_cdn(fox["url"])
+    assert caught.value.status == 500
+    assert await bot.http.get_from_cdn(fox["url"]) == PNG  # failed once, as asked
+    assert [status for _, status in fake.cdn_requests] == [200, 200, 404, 500, 200]
+
+    fake.cdn_ttl_s = -1.0  # links expire: the CDN answers 404, discord.py raises NotFound
+    await fake.interaction("look", {"image": ("late.png", PNG)})
+    await eventually(lambda: len(bot.looked) == 3)
+    assert bot.looked[-1] == ("late.png", 404)
+
+
+async def test_command_registration_is_checked_as_discord_does(
+    fake: FakeDiscord, bot: DraftBot
+) -> None:
+    def option(name: str, kind: int = 3, required: bool = False, **extra: Any) -> dict[str, Any]:
+        return {"name": name, "description": "x", "type": kind, "required": required, **extra}
+
+    def command(*options: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"name": "c", "description": "d", "type": 1, "options": list(options)}]
+
+    refused = [
+        (
+            command(option("a"), option("b", required=True)),
+            "In 0.options.1: Required options must be placed before non-required options",
+        ),
+        (
+            command(option("s", 1, options=[option("a"), option("b", required=True)])),
+            "In 0.options.0.options.1: Required options must be placed before",
+        ),
+        (command(*(option(f"o{i}") for i in range(26))), "Must be 25 or fewer in length."),
+        (command(option("a"), option("a")), "Option names must be unique"),
+        (command(option("Image", 11)), "In 0.options.0.name: Invalid name"),
+        (command(option("image", 11, autocomplete=True)), "In 0.options.0: Not allowed"),
+        (command(option("image", 12)), "In 0.options.0.type"),
+    ]
+    for body, message in refused:
+        with pytest.raises(discord.HTTPException) as caught:
+            await bot.http.bulk_upsert_guild_commands(fake.app_id, fake.guild_id, body)
+        assert (caught.value.status, caught.value.code) == (400, 50035)
+        assert message in caught.value.text, body
+    accepted = command(option("asset", required=True), option("image", 11), option("image2", 11))
+    (echoed,) = await bot.http.bulk_upsert_guild_commands(fake.app_id, fake.guild_id, accepted)
+    assert [o["name"] for o in echoed["options"]] == ["asset", "image", "image2"]

@@ -43,6 +43,18 @@ capabilities = ["text-to-image"]
 price = 1000
 max_images = 4
 
+# Drafts with reference images: dearer, so only chosen when references are given.
+[models.t-fal-refs]
+stages = ["draft"]
+capabilities = ["text-to-image", "image-to-image"]
+max_references = 3
+price = 5000
+
+[[models.t-fal-refs.providers]]
+provider = "fal"
+model = "fal-ai/nano-banana"
+models = { "image-to-image" = "fal-ai/nano-banana/edit" }
+
 [models.t-fal-backup]
 provider = "fal"
 provider_model = "fal-ai/z-image/turbo"
@@ -171,6 +183,26 @@ async def test_draft_sends_prompt_ratio_and_seed_and_stores_the_images(fal, wire
     assert job["state"] == "succeeded" and job["attempts"] == 1
     assert json.loads(job["provider_request_id"])["request_id"] == generation.request_id
     assert ledger(services) == [("t-fal-draft", "settled", 2000)]
+
+
+async def test_a_draft_with_references_goes_to_the_edit_endpoint_at_the_asked_ratio(
+    fal, wire
+) -> None:
+    services = wire()
+    chat = Chat(services)
+    grid = grid_of(await chat.command("draft", "a mug --n 1 --ar 1:1"))
+    (mug,) = services.store.parents(grid.asset_id)
+    replies = await chat.command(
+        "draft", f"the mug on a desk --n 1 --ar 16:9 --ref {mug['id']} --model t-fal-refs"
+    )
+    generation = fal.submitted[-1]
+    assert generation.endpoint == "fal-ai/nano-banana/edit"
+    assert len(generation.input["image_urls"]) == 1
+    assert generation.input["image_urls"][0].startswith("data:image/png;base64,")
+    assert generation.input["aspect_ratio"] == "16:9"  # the draft's ratio, not the mug's
+    assert "Attached image 1: keep the same product" in generation.input["prompt"]
+    (draft,) = services.store.parents(grid_of(replies).asset_id)
+    assert draft["prompt"] == "the mug on a desk"
 
 
 @pytest.mark.parametrize("url_style", ["fal", "missing", "foreign"])

@@ -156,10 +156,11 @@ async def test_full_flow_draft_select_video_with_exact_calls(rig: Rig) -> None:
         "chat.postMessage",  # the final's anchor in the thread
         "files.getUploadURLExternal",
         "files.completeUploadExternal",
-        *["reactions.add"] * 5,  # 🎬 ⬆️ ✅ 🔁 ❌
+        *["reactions.add"] * 6,  # 🎬 ⬆️ ✅ 🔀 🔁 ❌
     ]
     (final,) = rig.anchors("✨ Final")
     assert final["thread_ts"] == anchor["ts"] and "local-final" in final["text"]
+    assert "twisted_rightwards_arrows" in final["reactions"]  # 🔀: subtle variations
     mark = len(rig.fake.calls)
     await rig.react(final["ts"], "movie_camera")
     assert rig.since(mark) == [

@@ -82,6 +82,7 @@ async def test_page_and_static_files(channel: Channel) -> None:
     page = await channel.client.get("/")
     assert page.status_code == 200 and 'id="command"' in page.text
     assert "/static/app.js" in page.text and "http" not in page.text.split("<body>")[1]
+    assert 'data-max-files="9"' in page.text and "{{" not in page.text  # 📎 knows the limits
     script = await channel.client.get("/static/app.js")
     assert script.headers["content-type"].startswith("text/javascript")
     assert (await channel.client.get("/static/secrets.txt")).status_code == 404
@@ -200,6 +201,12 @@ async def test_not_json_and_too_large(channel: Channel) -> None:
         "/api/commands", content=big, headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 413 and "400 KiB" in response.json()["error"]
+    assert "multipart/form-data" in response.json()["error"]  # where files go instead
+    response = await channel.client.post(
+        "/api/reactions", content=big, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 413  # the other endpoints keep the small limit
+    assert "400 KiB" in response.json()["error"] and "multipart" not in response.json()["error"]
 
 
 async def test_a_calendar_attached_with_the_paperclip_reaches_the_schedule(
@@ -504,6 +511,7 @@ async def test_chips_name_their_action_and_finished_status_lines_lose_theirs(
         "make a video",
         "upscale",
         "sign off",
+        "make variations",
         "re-render",
         "reject",
     ]

@@ -21,6 +21,7 @@ import pytest
 from adapters import wire
 from adapters.web import WebSurface
 from bot.settings import Settings
+from bot.uploads import MAX_UPLOAD_BYTES
 from tests.conftest import write_policy
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -119,6 +120,7 @@ async def test_draft_escalate_video_and_refusal_in_a_browser(make_settings, tmp_
             ["make a video", "🎬 make a video"],
             ["upscale", "⬆️ upscale"],
             ["sign off", "✅ sign off"],
+            ["make variations", "🔀 make variations"],
             ["re-render", "🔁 re-render"],
             ["reject", "❌ reject"],
         ]
@@ -178,7 +180,9 @@ async def test_a_calendar_is_attached_with_the_paperclip(make_settings, tmp_path
         await expect(page.locator(".msg", has_text="Schedule morning added")).to_be_visible()
 
         await page.set_input_files("#attachment", str(csv))
-        await expect(page.locator("#attached")).to_have_text("📎 november.csv ✕")
+        chip = page.locator("#attached .chip")
+        await expect(chip).to_have_attribute("aria-label", "remove november.csv (43 B)")
+        await expect(chip).to_contain_text("📎 november.csv")
         await page.fill("#command", "/tierbot schedule calendar morning")
         await page.press("#command", "Enter")
         reply = page.locator(".msg.private", has_text="Calendar for morning")
@@ -305,3 +309,57 @@ async def test_the_channel_cannot_be_framed(make_settings) -> None:
         (frame,) = page.main_frame.child_frames
         assert not frame.url.startswith(surface.url)  # Chromium shows its error page
         assert await frame.locator("#command").count() == 0
+
+
+async def test_images_attached_with_the_paperclip_shape_the_drafts(
+    make_settings, tmp_path: Path
+) -> None:
+    from PIL import Image
+    from playwright.async_api import expect
+
+    paths = []
+    for name, colour in (("mug-front.png", (200, 60, 40)), ("mug-side.png", (40, 60, 200))):
+        path = tmp_path / name
+        Image.new("RGB", (96, 64), colour).save(path)
+        paths.append(str(path))
+    stray = tmp_path / "stray.png"
+    Image.new("RGB", (8, 8)).save(stray)
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
+    async with served_in_chromium(make_settings()) as (surface, browser):
+        page = await browser.new_page()
+        await page.add_init_script(CSP_WATCH)
+        await page.goto(surface.url)
+        await page.fill("#name", "alice")
+        await page.press("#name", "Tab")
+
+        # Two pictures at once, a third picked after and removed with its ✕; one too big
+        # for the bot is not even attached.
+        await page.set_input_files("#attachment", paths)
+        await page.set_input_files("#attachment", [str(stray), str(huge)])
+        too_big = page.locator(".msg.private", has_text="huge.png is 20.1 MB")
+        await expect(too_big).to_contain_text("files up to 20 MB are accepted")
+        chips = page.locator("#attached .chip")
+        await expect(chips).to_have_count(3)
+        await page.locator("#attached .chip", has_text="stray.png").click()
+        await expect(chips).to_have_count(2)
+        await expect(chips.nth(0)).to_contain_text("📎 mug-front.png")
+        label = await chips.nth(1).get_attribute("aria-label")
+        assert label is not None and label.startswith("remove mug-side.png (")
+
+        await page.fill("#command", "/draft a mug on a desk --n 2")
+        await page.press("#command", "Enter")
+        await expect(page.locator("#attached")).to_be_hidden()  # sent once, then cleared
+        echo = page.locator("#messages > .msg", has_text="/draft a mug on a desk").first
+        await expect(echo).to_contain_text("📎 mug-front.png")
+        grid = page.locator("#messages > .msg", has=page.locator(".chip", has_text="1️⃣"))
+        await expect(grid.locator("img.media")).to_be_visible(timeout=30_000)
+        await page.wait_for_function(MEDIA_READY, arg=await grid.element_handle(), timeout=30_000)
+
+        store = surface.bot.store
+        sent = [a for a in store.db.query("select * from assets where kind = 'upload'")]
+        assert [a["prompt"] for a in sent] == ["mug-front.png", "mug-side.png"]
+        grid_id = await grid.get_attribute("data-asset")
+        for draft in store.parents(grid_id):
+            assert [p["id"] for p in store.parents(draft["id"])] == [a["id"] for a in sent]
+        assert await page.evaluate("window.__csp") == []

@@ -53,7 +53,7 @@ from tenacity import (
 )
 
 from bot import cpu
-from bot.imaging import (  # re-exported: the adapters' one import of them
+from bot.imaging import (
     FORMAT_MIME,
     NotAnImageError,
     check_image_pixels,

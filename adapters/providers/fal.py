@@ -573,8 +573,8 @@ def _images(request: GenerationRequest) -> int:
 
 
 def _shape(request: GenerationRequest, references: list[Reference]) -> tuple[int, int]:
-    """The output's aspect ratio: the reference's when there is one, else the request's."""
-    if references:
+    """The output's aspect ratio: its source image's when it has one, else the request's."""
+    if references and request.has_source:
         return references[0].width, references[0].height
     return aspect(request.aspect_ratio)
 
@@ -606,7 +606,8 @@ def _nano_banana_input(
         body["resolution"] = FAL_RESOLUTIONS[request.resolution]
     if references:
         body["image_urls"] = [r.data_uri for r in references]
-        body["aspect_ratio"] = "auto"  # keep the reference's shape
+    if request.has_source:
+        body["aspect_ratio"] = "auto"  # keep the source's shape
     elif request.aspect_ratio in NANO_BANANA_RATIOS:
         body["aspect_ratio"] = request.aspect_ratio
     return body
@@ -618,6 +619,7 @@ def _z_image_input(
     body = _image_body(request)
     if references:
         body["image_url"] = references[0].data_uri
+    if request.has_source:
         body["image_size"] = "auto"
         return body
     ratio = aspect(request.aspect_ratio)

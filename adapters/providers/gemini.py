@@ -654,7 +654,7 @@ def _nearest(ratio: float, choices: tuple[str, ...]) -> str:
 def _image_aspect_ratio(request: GenerationRequest, references: list[Reference]) -> str:
     """The request's ratio; with a reference, the reference's (a final keeps its draft's
     shape, and an edit or upscale must not be cropped to the core's default 1:1)."""
-    if references:
+    if references and request.has_source:
         return _nearest(references[0].width / references[0].height, IMAGE_ASPECT_RATIOS)
     if request.aspect_ratio in IMAGE_ASPECT_RATIOS:
         return request.aspect_ratio

@@ -122,8 +122,11 @@ class LocalProvider:
         log.debug(
             "local %s: %s for job %s", provider_request_id, request.capability, request.job_id
         )
+        drafting = request.capability is Capability.TEXT_TO_IMAGE or (
+            request.capability is Capability.IMAGE_TO_IMAGE and request.stage is Stage.DRAFT
+        )
         match request.capability:
-            case Capability.TEXT_TO_IMAGE:
+            case _ if drafting:
                 if request.n < 1:
                     raise PermanentError(f"the local provider cannot make {request.n} images")
                 size = draft_size(request.aspect_ratio, request.long_edge or DRAFT_LONG_EDGE)
@@ -538,8 +541,11 @@ def render_draft(prompt: str, model_id: str, seed: int, size: tuple[int, int]) -
 
 
 def _render_draft(request: GenerationRequest, seed: int, size: tuple[int, int]) -> GeneratedFile:
-    image = render_draft(request.prompt, request.model_id, seed, size)
     band = _band_layout(size, request.prompt, request.model_id, seed)
+    scene = _scene(request.prompt, seed, size, floor=size[1] - band.height)
+    if request.references:
+        scene = _show_references(scene, request, seed, floor=size[1] - band.height, lead=True)
+    image = _label_draft(scene, band)
     return GeneratedFile(
         data=_png(image, band.height), mime=_PNG, width=image.width, height=image.height, seed=seed
     )
@@ -578,6 +584,59 @@ def _open_reference(request: GenerationRequest) -> Image.Image:
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     return image.convert("RGB")
+
+
+def _open_image(path: Path) -> Image.Image:
+    """A reference as RGB (the asset store holds checked images only)."""
+    try:
+        with Image.open(path) as opened:
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, Image.DecompressionBombError):
+        raise PermanentError(f"reference image {path.name!r} could not be read") from None
+
+
+def _show_references(
+    image: Image.Image, request: GenerationRequest, seed: int, *, floor: int, lead: bool
+) -> Image.Image:
+    """Make the references visible, as a real model's use of them would be: a style
+    reference tints the picture with its mean colour; content references appear in it, the
+    first one large at a place the seed picks (``lead``: a draft shaped by it), the others as
+    framed insets along the top.
+
+    ``request.references`` are the stage's own source (not shown again: a final or an edit
+    already is its source), then content references, then ``style_references`` style ones.
+    """
+    paths = [Path(p) for p in request.references]
+    own = 0 if lead else 1
+    style = paths[len(paths) - request.style_references :] if request.style_references else []
+    content = paths[own : len(paths) - len(style)]
+    out = image.convert("RGB")
+    width, height = out.size
+    for path in style:
+        mean = _open_image(path).resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
+        out = Image.blend(out, Image.new("RGB", out.size, mean), 0.35)
+    rng = random.Random(seed)
+    insets = content
+    if lead and content:
+        first = _open_image(content[0])
+        box = max(16, round(min(width, floor) * 0.6))
+        first.thumbnail((box, box), Image.Resampling.LANCZOS)
+        framed = ImageOps.expand(first, border=max(2, box // 80), fill=(255, 255, 255))
+        x = rng.randint(0, max(0, width - framed.width))
+        y = rng.randint(0, max(0, floor - framed.height))
+        out.paste(framed, (x, y))
+        insets = content[1:]
+    side = max(16, round(min(width, height) * 0.16))
+    margin = max(4, side // 10)
+    for index, path in enumerate(insets):
+        thumb = _open_image(path)
+        thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
+        framed = ImageOps.expand(thumb, border=max(2, side // 40), fill=(255, 255, 255))
+        x = width - (index + 1) * (side + margin)
+        if x < 0:
+            break
+        out.paste(framed, (x, margin * 6))
+    return out
 
 
 def _scaled(size: tuple[int, int], long_edge: int) -> tuple[int, int]:
@@ -629,6 +688,8 @@ def _render_final(request: GenerationRequest) -> GeneratedFile:
         kind = "OFFLINE EDIT"
     else:
         kind = "OFFLINE FINAL"
+    if len(request.references) > 1:
+        image = _show_references(image, request, request.seed, floor=size[1], lead=False)
     if (drawn := _preview_band(Path(request.references[0]))) is not None:
         # The draft's band named the draft model: say which model made this instead.
         band = _band_layout(size, request.prompt, request.model_id, request.seed)
@@ -697,6 +758,8 @@ def _render_video(request: GenerationRequest) -> GeneratedFile:
     if not 1 <= seconds <= 60:
         raise PermanentError(f"the local provider cannot make a {seconds} s video")
     source = _open_reference(request)
+    if len(request.references) > 1:
+        source = _show_references(source, request, request.seed, floor=source.height, lead=False)
     out = video_size(source.size)
     count = seconds * VIDEO_FPS
     direction = _digest("pan", request.seed, request.prompt)[0] / 256 * math.tau

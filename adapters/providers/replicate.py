@@ -519,7 +519,7 @@ def build_input(
         edge = RESOLUTION_LONG_EDGE.get(request.resolution or "")
         pixels = edge * edge if edge else DEFAULT_PIXELS
         model_input.update(image_size(aspect(request.aspect_ratio), pixels))
-    elif references and family.match_input_image:
+    elif request.has_source and family.match_input_image:
         # The core sends the ratio nearest to the reference's (an approximation from its
         # list); the reference's own shape is what a final or an edit should keep exactly.
         model_input["aspect_ratio"] = "match_input_image"

@@ -129,7 +129,7 @@ function statusText(msg) {
 }
 
 function shortLabel(label) {
-  return label.replace(/^make an? /, "").replace(/ the grid$/, "");
+  return label.replace(/^make (an? )?/, "").replace(/ the grid$/, "");
 }
 
 function render(msg) {
@@ -267,12 +267,21 @@ function localNotice(text) {
             files: [], reactions: [], private: true, error: true, by: me() });
 }
 
+// POST a JSON object, or a FormData (a command with its files, as multipart/form-data).
+// Returns the response, or null if the bot could not be reached; a refusal is shown.
 async function api(path, body) {
-  const response = await fetch(path, {
-    method: "POST",
-    headers: { "Content-Type": "application/json" },
-    body: JSON.stringify(body),
-  });
+  const form = body instanceof FormData;
+  let response;
+  try {
+    response = await fetch(path, {
+      method: "POST",
+      headers: form ? {} : { "Content-Type": "application/json" },
+      body: form ? body : JSON.stringify(body),
+    });
+  } catch (error) {
+    localNotice(`the bot could not be reached (${error.message}); try again`);
+    return null;
+  }
   if (response.status === 401 && askToken()) return api(path, body);
   if (!response.ok) {
     const data = await response.json().catch(() => ({ error: response.statusText }));
@@ -304,40 +313,85 @@ async function react(messageId, emoji, chip) {
   }
 }
 
+// 📎: the files sent with the next command (reference images, a fixed version, a calendar's
+// CSV). Each pick adds to the list; each chip removes its file; sending clears the list.
+// The bot checks the images; the page only keeps to the limits the server set.
 const fileBox = $("attachment");
-const attachedChip = $("attached");
+const attachedList = $("attached");
+const maxFiles = Number(fileBox.dataset.maxFiles) || 9;
+const maxBytes = Number(fileBox.dataset.maxBytes) || 20e6;
+let attached = [];
 
-function showAttachment() {
-  const file = fileBox.files[0];
-  attachedChip.hidden = !file;
-  attachedChip.textContent = file ? `📎 ${file.name} ✕` : "";
+// Decimal KB and MB, as the bot's own messages say them; `over` rounds up, so a file
+// refused as too big never reads as the limit itself.
+function size(bytes, over = false) {
+  const round = over ? Math.ceil : Math.floor;
+  if (bytes < 1000) return `${bytes} B`;
+  if (bytes < 1e6) return `${round(bytes / 1000)} KB`;
+  return `${(round(bytes / 1e5) / 10).toFixed(1).replace(/\.0$/, "")} MB`;
 }
-fileBox.addEventListener("change", showAttachment);
-attachedChip.addEventListener("click", () => { fileBox.value = ""; showAttachment(); });
 
-// The file travels as base64, so the bot sees its exact bytes (and can say if it is not UTF-8).
-async function base64Of(file) {
-  const bytes = new Uint8Array(await file.arrayBuffer());
-  let binary = "";
-  for (let i = 0; i < bytes.length; i += 0x8000) {
-    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+function showAttached() {
+  attachedList.textContent = "";
+  attached.forEach((file, i) => {
+    const chip = document.createElement("button");
+    chip.type = "button";
+    chip.className = "chip file";
+    chip.title = `remove ${file.name}`;
+    chip.setAttribute("aria-label", `remove ${file.name} (${size(file.size)})`);
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = `📎 ${file.name}`;
+    const bytes = document.createElement("span");
+    bytes.className = "size";
+    bytes.textContent = `${size(file.size)} ✕`;
+    chip.append(name, bytes);
+    chip.addEventListener("click", () => {
+      attached.splice(i, 1);
+      showAttached();
+      commandBox.focus();
+    });
+    attachedList.append(chip);
+  });
+  attachedList.hidden = !attached.length;
+}
+
+fileBox.addEventListener("change", () => {
+  for (const file of fileBox.files) {
+    if (attached.length >= maxFiles) {
+      localNotice(`${file.name} was not attached: a command takes at most ${maxFiles} files`);
+    } else if (file.size > maxBytes) {
+      localNotice(`${file.name} is ${size(file.size, true)}; files up to ${size(maxBytes)} are accepted`);
+    } else {
+      attached.push(file);
+    }
   }
-  return btoa(binary);
-}
+  fileBox.value = ""; // the same file may be picked again
+  showAttached();
+});
 
 $("composer").addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = commandBox.value.trim();
   if (!text) return;
   if (!me()) { localNotice("set your name first (top right)"); nameBox.focus(); return; }
-  const body = { name: me(), text };
-  const file = fileBox.files[0];
-  if (file) body.attachment = await base64Of(file);
+  const files = attached;
+  const body = new FormData();
+  body.append("name", me());
+  body.append("text", text);
+  body.append("event_id", eventId());
+  for (const file of files) body.append("file", file, file.name);
   commandBox.value = "";
-  fileBox.value = "";
-  showAttachment();
+  attached = [];
+  showAttached();
   actedAt = performance.now();
-  await api("/api/commands", body);
+  const response = await api("/api/commands", body);
+  // Refused before the bot took it (a bad name, a file too big): give it back to fix.
+  if (response && !response.ok && !commandBox.value && !attached.length) {
+    commandBox.value = text;
+    attached = files;
+    showAttached();
+  }
 });
 
 async function history() {

@@ -140,6 +140,9 @@ class Draftspec:
     #: Reference images (asset ids) and style references: a reroll keeps them.
     refs: list[str] = field(default_factory=list)
     srefs: list[str] = field(default_factory=list)
+    #: What the model is told when it differs from ``prompt``, the words people see (a
+    #: variation: "a subtle variation of attached image 1 ...").
+    instruction: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -366,9 +369,11 @@ class UseCases:
         resolution: str | None = None,
         refs: References | None = None,
         own_images: int = 0,
+        subject: str | None = None,
     ) -> JobPlan:
         """One job's plan; ``refs`` are added to ``inputs`` (after the ``own_images``, a
-        final's draft or an edit's source) and named in the prompt sent."""
+        final's draft or an edit's source) and named in the prompt sent; ``subject`` is
+        what the result keeps as its prompt when the model is told more than that."""
         refs = refs or References()
         request = GenerationRequest(
             job_id="",
@@ -377,7 +382,8 @@ class UseCases:
             model_id=route.primary.model.id,
             provider_model="",  # the runner fills in each candidate's own id
             prompt=refs.prompt(prompt, own=own_images),
-            subject=prompt if refs else None,
+            subject=subject or (prompt if refs else None),
+            style_references=len(refs.style),
             negative_prompt=negative,
             n=n,
             seed=seed,

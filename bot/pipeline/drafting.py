@@ -80,22 +80,23 @@ class Drafting(UseCases):
         remix = inv.remix if inv else None
         subject = source["prompt"] if source["kind"] != AssetKind.UPLOAD else ""
         if remix:
-            prompt = f"Remix of attached image 1: {remix}. Keep what this does not change."
+            instruction = f"Remix of attached image 1: {remix}. Keep what this does not change."
             what = f"remix “{remix}”"
         elif strong:
-            prompt = (
+            instruction = (
                 "A loose variation of attached image 1: the same subject and idea, a new "
                 f"composition, pose and framing. {subject}"
             ).strip()
             what = "strong variations"
         else:
-            prompt = (
+            instruction = (
                 "A subtle variation of attached image 1: keep its subject, composition and "
                 f"colours; change only small details. {subject}"
             ).strip()
             what = "subtle variations"
         spec = Draftspec(
-            prompt=prompt,
+            prompt=remix or subject or f"variations of {source['id']}",
+            instruction=instruction,
             ar=_ratio_of(source) or DEFAULT_AR,
             n=(inv.n if inv and inv.n else DEFAULT_N),
             seed=self._seeds(),
@@ -105,22 +106,13 @@ class Drafting(UseCases):
             hero=False,
             refs=[source["id"]],
         )
-        route = self._route(
+        async for reply in self._new_grid(
             origin,
-            Stage.DRAFT,
-            spec.prompt,
-            model=spec.model,
-            images=spec.n,
-            aspect_ratio=spec.ar,
-            references=spec.references,
-        )
-        self._authorize(origin, route, f"making {what} of {source['id']}")
-        request_id = self.store.create_request(
-            origin=origin.model_dump(), command="vary", prompt=spec.prompt, options=spec.as_dict()
-        )
-        label = f"🔀 {what.capitalize()} of {source['id']}"
-        async for reply in self._draft_grid(
-            origin, request_id, spec, route, thread_of=target, label=label
+            "vary",
+            spec,
+            f"🔀 {what.capitalize()} of {source['id']}",
+            thread_of=target,
+            action=f"making {what} of {source['id']}",
         ):
             yield reply
 
@@ -158,10 +150,29 @@ class Drafting(UseCases):
         )
 
     async def _new_grid(
-        self, origin: Origin, command: str, spec: Draftspec, label: str = ""
+        self,
+        origin: Origin,
+        command: str,
+        spec: Draftspec,
+        label: str = "",
+        *,
+        thread_of: str | None = None,
+        action: str | None = None,
     ) -> AsyncIterator[Reply]:
-        """Route ``spec`` on the draft tier, record the request and post its grid."""
-        route = self._route(
+        """Route ``spec`` on the draft tier, authorise it (when ``action`` names what is
+        done: only approvers may spend on work that builds on an asset), record the request
+        and post its grid."""
+        route = self._draft_route(origin, spec)
+        if action is not None:
+            self._authorize(origin, route, action)
+        request_id = self.store.create_request(
+            origin=origin.model_dump(), command=command, prompt=spec.prompt, options=spec.as_dict()
+        )
+        async for reply in self._draft_grid(origin, request_id, spec, route, thread_of, label):
+            yield reply
+
+    def _draft_route(self, origin: Origin, spec: Draftspec, rejected_grids: int = 0) -> Route:
+        return self._route(
             origin,
             Stage.DRAFT,
             spec.prompt,
@@ -169,12 +180,8 @@ class Drafting(UseCases):
             images=spec.n,
             aspect_ratio=spec.ar,
             references=spec.references,
+            rejected_grids=rejected_grids,
         )
-        request_id = self.store.create_request(
-            origin=origin.model_dump(), command=command, prompt=spec.prompt, options=spec.as_dict()
-        )
-        async for reply in self._draft_grid(origin, request_id, spec, route, None, label):
-            yield reply
 
     def _budget_notice(self, origin: Origin, spec: Draftspec, refused: RouteRefused) -> str:
         headroom = self.ledger.headroom(origin.team, origin.channel)
@@ -209,16 +216,7 @@ class Drafting(UseCases):
         rejected = self.store.count_rejected_grids(request["id"])
         if not any(g["decision"] == Decision.REJECTED for g in self.store.gates(grid_id)):
             rejected += 1
-        route = self._route(
-            origin,
-            Stage.DRAFT,
-            spec.prompt,
-            model=spec.model,
-            images=spec.n,
-            aspect_ratio=spec.ar,
-            rejected_grids=rejected,
-            references=spec.references,
-        )
+        route = self._draft_route(origin, spec, rejected)
         self._authorize(origin, route, "rerolling the drafts")
         if not self.store.record_gate(
             grid_id, Decision.REJECTED, user=origin.user, surface=origin.surface
@@ -290,7 +288,8 @@ class Drafting(UseCases):
                 route,
                 Stage.DRAFT,
                 Capability.IMAGE_TO_IMAGE if refs else Capability.TEXT_TO_IMAGE,
-                prompt=prompt,
+                prompt=spec.instruction or prompt,
+                subject=prompt if spec.instruction else None,
                 negative=spec.negative,
                 n=size,
                 seed=chunk_seed,

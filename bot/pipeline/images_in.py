@@ -5,6 +5,8 @@ before any use case sees them; variations live with the other grids in ``draftin
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -38,6 +40,26 @@ class ImagesIn(UseCases):
     async def take_files(self, origin: Origin, files: Sequence[InboundFile]) -> list[InboundFile]:
         """Check and store the images sent with a command (see :mod:`bot.uploads`)."""
         return await Uploads(self.store, self.files).take(origin, list(files))
+
+    async def restore_files(self, files: Sequence[InboundFile]) -> list[InboundFile]:
+        """Files passed on as sent (a calendar's CSV), their bytes read back from where
+        they were kept when a restart came between receiving and running the command."""
+        uploads = Uploads(self.store, self.files)
+        return [
+            f
+            if f.data
+            else f.model_copy(update={"data": await asyncio.to_thread(uploads.read_kept, f)})
+            for f in files
+        ]
+
+    def forget_kept(self, kept: Sequence[str]) -> None:
+        """Delete the raw bytes kept with a command once its images were checked (stored as
+        uploads, or refused): only its inbox entry pointed at them. (Two commands sending the
+        very same bytes at the same moment share the file; the later one, were it re-run
+        after a crash, would ask for its image again.)"""
+        for relative in kept:
+            with contextlib.suppress(OSError, ValueError):
+                self.files.path(relative).unlink(missing_ok=True)
 
     async def ref(
         self, origin: Origin, inv: Invocation, files: Sequence[InboundFile] = ()

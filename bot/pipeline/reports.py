@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.catalog import Candidate
-from bot.domain import DEFAULT_VIDEO_SECONDS, AssetKind, Origin
+from bot.domain import DEFAULT_VIDEO_SECONDS, MANUAL_STAGE, AssetKind, Origin
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline.base import UseCases
@@ -23,17 +23,27 @@ class LineageNode:
     gates: list[dict[str, Any]]
     grids: list[str]
     children: list[LineageNode]
+    #: Images people sent that shaped this asset (uploads: references, a hand-fixed file).
+    references: list[dict[str, Any]] = field(default_factory=list)
 
     def describe(self) -> str:
         asset = self.asset
         size = f"{asset['width']}×{asset['height']}"
         if asset["duration_s"]:
             size += f", {asset['duration_s']:.0f} s"
-        where = f" in grid {self.grids[0]}" if self.grids else ""
-        text = (
-            f"{asset['id']} {asset['stage']}{where} · {asset['model_id']} · seed {asset['seed']} · "
-            f"{size} · {credits(asset['cost'] or 0)}"
-        )
+        sender = (asset.get("sent_by") or "").split(":", 1)[-1]
+        if asset["kind"] == AssetKind.UPLOAD:
+            text = f"{asset['id']} 📎 upload “{asset['prompt']}” · sent by {sender} · {size}"
+        elif asset["stage"] == MANUAL_STAGE:
+            text = f"{asset['id']} 🖌️ manual · fixed by hand by {sender} · {size}"
+        else:
+            where = f" in grid {self.grids[0]}" if self.grids else ""
+            text = (
+                f"{asset['id']} {asset['stage']}{where} · {asset['model_id']} · "
+                f"seed {asset['seed']} · {size} · {credits(asset['cost'] or 0)}"
+            )
+        if self.references:
+            text += " · shaped by " + ", ".join(f"📎 {r['id']}" for r in self.references)
         decisions = ", ".join(f"{g['decision']} by {g['user']}" for g in self.gates)
         return f"{text} · {decisions}" if decisions else text
 
@@ -45,7 +55,10 @@ class Reports(UseCases):
         """The lineage of an asset as trees: from its first draft(s) to every later result.
 
         A grid's lineage is its drafts; anything else walks its first parents up to the root.
-        Grids themselves are left out of the tree and named on their drafts instead.
+        Grids themselves are left out of the tree and named on their drafts instead. Images
+        people sent (uploads) are not walked through: they are listed on the nodes they
+        shaped, so a named reference used by many drafts does not join their lineages; an
+        upload's own lineage is what it shaped.
 
         Raises:
             UserError: no such asset.
@@ -57,18 +70,26 @@ class Reports(UseCases):
             roots = self.store.parents(asset_id)
         else:
             root = asset
-            while parents := self.store.parents(root["id"]):
+            while parents := self._made_from(root):
                 root = parents[0]
             roots = [root]
         return [self._node(root) for root in roots]
 
+    def _made_from(self, asset: dict[str, Any]) -> list[dict[str, Any]]:
+        """``asset``'s parents that were made here (not images people sent)."""
+        if asset["kind"] == AssetKind.UPLOAD:
+            return []
+        return [p for p in self.store.parents(asset["id"]) if p["kind"] != AssetKind.UPLOAD]
+
     def _node(self, asset: dict[str, Any]) -> LineageNode:
         children = self.store.children(asset["id"])
+        sent = [p for p in self.store.parents(asset["id"]) if p["kind"] == AssetKind.UPLOAD]
         return LineageNode(
             asset=asset,
             gates=self.store.gates(asset["id"]),
             grids=[c["id"] for c in children if c["kind"] == AssetKind.GRID],
             children=[self._node(c) for c in children if c["kind"] != AssetKind.GRID],
+            references=sent if asset["kind"] != AssetKind.UPLOAD else [],
         )
 
     def lineage(self, asset_id: str) -> str:

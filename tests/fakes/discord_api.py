@@ -27,6 +27,15 @@ What it reproduces (each checked against the discord.py sources):
   ``retry_after`` so the library retries it, multipart ``payload_json`` + ``files[n]`` uploads are
   checked against ``filesize_limit`` (413, code 40005), and the bot's permissions
   (``bot_permissions``) are enforced on sends, reactions and thread creation (403, code 50013).
+* Application command registration checked as Discord checks it (``50035`` Invalid Form Body):
+  names, descriptions, option types 1-11, at most 25 options, unique option names, required
+  options before optional ones, no choices or autocomplete on an attachment (type 11) option.
+* Files attached to a slash command: the option's value is the attachment id, the objects are
+  in ``data.resolved.attachments`` (id, filename, size, url, proxy_url, content_type from the
+  file name, width and height for images, ``ephemeral``), and the bytes are served at the
+  signed ``/ephemeral-attachments/{channel}/{id}/{filename}?ex=&is=&hm=`` link on the fake's
+  host, which stops working after ``cdn_ttl_s`` (404, as the real CDN does). ``fail_cdn`` makes
+  the CDN fail; ``cdn_requests`` records every CDN GET.
 * The interaction life cycle: the 3 s window for the first callback (10062), one callback only
   (40060), ``?with_response=1`` answers, the first followup after a defer replacing the "thinking"
   message, unknown webhook tokens (10015), expired ones (401, 50027).
@@ -44,13 +53,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
+import io
 import itertools
 import json
 import logging
 import math
+import mimetypes
+import re
 import secrets
 import time
 import unicodedata
+import urllib.parse
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +75,7 @@ import discord.gateway
 import discord.http
 import yarl
 from aiohttp import WSMsgType, web
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +177,13 @@ _REASONS = {
 _NO_AUTH_PREFIXES = ("/interactions/", "/webhooks/")
 _NOT_RATE_LIMITED = {"POST /interactions/{id}/{token}/callback"}
 _ARCHIVE_DURATIONS = {60, 1440, 4320, 10080}
+# Application command option types: SUB_COMMAND 1, SUB_COMMAND_GROUP 2, STRING 3 ... ATTACHMENT 11.
+SUB_COMMAND, SUB_COMMAND_GROUP, STRING, INTEGER, NUMBER, ATTACHMENT = 1, 2, 3, 4, 10, 11
+MAX_COMMAND_OPTIONS = 25
+# A CHAT_INPUT command or option name (Discord's rule, simplified to \w for the scripts).
+_OPTION_NAME = re.compile(r"[-_'\w]{1,32}")
+#: What the CDN answers for a link that expired or whose signature does not match.
+CDN_GONE = "This content is no longer available."
 _EMOJI_GLUE = {0x200D, 0xFE0E, 0xFE0F, 0x20E3}
 
 
@@ -321,6 +344,7 @@ class FakeDiscord:
         self.gateway_url = ""
         self.resume_url = ""
         self.uploaded: dict[int, dict[str, Any]] = {}  # files users sent with a command
+        self.cdn_ttl_s: float = 86_400.0  # how long a signed ephemeral-attachment link works
         # ---- knobs a test may change
         self.filesize_limit: int = 10 * 1024 * 1024  # attachment_size_limit; enforced (413)
         self.premium_tier = 0
@@ -352,6 +376,7 @@ class FakeDiscord:
             self.bot_role_id: {"name": self.bot_name, "permissions": None, "bot": True},
         }
         self.interactions: dict[int, Interaction] = {}
+        self.cdn_requests: list[tuple[str, int]] = []  # (path, status) of every CDN GET
         # ---- gateway record
         self.identify: dict[str, Any] | None = None
         self.identifies = 0
@@ -377,6 +402,9 @@ class FakeDiscord:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._cdn_base = ""
+        self._host = ""
+        self._cdn_failures: list[list[Any]] = []  # [path substring, status, times left]
+        self._cdn_key = secrets.token_bytes(16)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -386,6 +414,7 @@ class FakeDiscord:
         for path in ("/gateway", "/gateway/", "/resume", "/resume/"):
             r.add_get(path, self._gateway)
         r.add_get("/attachments/{channel}/{attachment}/{filename}", self._cdn)
+        r.add_get("/ephemeral-attachments/{channel}/{attachment}/{filename}", self._cdn)
         a = API_PREFIX
         routes: list[tuple[str, str, Callable[..., Any]]] = [
             ("GET", "/users/@me", self._get_me),
@@ -429,7 +458,8 @@ class FakeDiscord:
         self.api_base = f"http://127.0.0.1:{port}{API_PREFIX}"
         self.gateway_url = f"ws://127.0.0.1:{port}/gateway/"
         self.resume_url = f"ws://127.0.0.1:{port}/resume"
-        self._cdn_base = f"http://127.0.0.1:{port}/attachments"
+        self._host = f"http://127.0.0.1:{port}"
+        self._cdn_base = f"{self._host}/attachments"
 
     async def stop(self) -> None:
         self._gate.set()
@@ -520,6 +550,11 @@ class FakeDiscord:
             )
         )
 
+    def fail_cdn(self, path_contains: str = "", *, status: int, times: int = 1) -> None:
+        """Answer the next ``times`` CDN GETs whose path contains ``path_contains`` with
+        ``status`` (a plain-text body, as the CDN's errors are)."""
+        self._cdn_failures.append([path_contains, status, times])
+
     async def wait_ready(self, timeout: float = 10.0) -> None:
         """IDENTIFY received and READY + GUILD_CREATE sent (the client's on_ready comes later,
         after its ``guild_ready_timeout``)."""
@@ -554,22 +589,22 @@ class FakeDiscord:
         ``options`` is Discord's option list, or a ``{name: value}`` dict (types inferred: str 3,
         int 4, bool 5, float 10, and a ``(filename, bytes)`` pair an uploaded file, type 11: its
         value is the attachment id, described in ``data.resolved.attachments`` and served by the
-        CDN). ``data.guild_id`` is set when the command is a guild command (looked up in
-        ``commands``; unknown commands count as guild commands).
+        CDN at a signed ephemeral-attachment link). ``data.guild_id`` is set when the command is
+        a guild command (looked up in ``commands``; unknown commands count as guild commands).
         """
         self._require_session()
         channel_id = channel_id or self.channel_id
         opts = _options(options)
         resolved: dict[str, Any] = {}
         for opt in opts:
-            if opt["type"] == 11 and isinstance(opt["value"], tuple):
-                (att,) = self._attachments(channel_id, [opt["value"]])
+            if opt["type"] == ATTACHMENT and isinstance(opt["value"], tuple):
+                (att,) = self._attachments(channel_id, [opt["value"]], ephemeral=True)
                 self.uploaded[att["id"]] = att
                 opt["value"] = str(att["id"])
                 resolved[str(att["id"])] = {
                     **{k: v for k, v in att.items() if k != "data"},
                     "id": str(att["id"]),
-                    "proxy_url": att["url"],
+                    "proxy_url": att["url"],  # media.discordapp.net, same path and query
                     "ephemeral": True,
                 }
         if subcommand is not None:
@@ -988,6 +1023,8 @@ class FakeDiscord:
                     "BASE_TYPE_BAD_LENGTH",
                     "Must be between 1 and 100 in length.",
                 )
+            if ctype == 1:
+                _check_options(command.get("options") or [], f"{index}.options")
             out = {
                 "id": previous.get(name) or str(self._snowflake()),
                 "application_id": str(self.app_id),
@@ -1290,15 +1327,42 @@ class FakeDiscord:
         return _json(self._channel_json(cid))
 
     async def _cdn(self, request: web.Request) -> web.Response:
+        response = self._cdn_answer(request)
+        self.cdn_requests.append((request.path, response.status))
+        self._notify()
+        return response
+
+    def _cdn_answer(self, request: web.Request) -> web.Response:
+        for failure in self._cdn_failures:
+            if failure[2] > 0 and failure[0] in request.path:
+                failure[2] -= 1
+                return web.Response(status=failure[1], text=_REASONS.get(failure[1], "Error"))
         att_id = _int(request.match_info["attachment"])
-        if att_id in self.uploaded:
-            att = self.uploaded[att_id]
-            return web.Response(body=att["data"], content_type=att["content_type"])
+        if request.path.startswith("/ephemeral-attachments/"):
+            att = self.uploaded.get(att_id or 0)
+            if att is None or not self._signed(request):
+                return web.Response(status=404, text=CDN_GONE)
+            return web.Response(body=att["data"], headers={"Content-Type": att["content_type"]})
         for message in self.messages.values():
             for att in message["attachments"]:
                 if att["id"] == att_id:
                     return web.Response(body=att["data"], content_type=att["content_type"])
-        raise web.HTTPNotFound()
+        return web.Response(status=404, text="404: Not Found")
+
+    def _signature(self, path: str, expires: str, issued: str) -> str:
+        message = f"{path}|{expires}|{issued}".encode()
+        return hmac.new(self._cdn_key, message, hashlib.sha256).hexdigest()
+
+    def _signed(self, request: web.Request) -> bool:
+        """The link's ``hm`` signs its path, ``ex`` and ``is``, and ``ex`` is still ahead."""
+        expires, issued = request.query.get("ex", ""), request.query.get("is", "")
+        expected = self._signature(request.path, expires, issued)
+        if not hmac.compare_digest(request.query.get("hm", ""), expected):
+            return False
+        try:
+            return int(expires, 16) > time.time()
+        except ValueError:
+            return False
 
     # ------------------------------------------------------------------ gateway
 
@@ -1622,21 +1686,38 @@ class FakeDiscord:
         if edited:
             message["edited_timestamp"] = _iso()
 
-    def _attachments(self, channel_id: int, files: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    def _attachments(
+        self, channel_id: int, files: list[tuple[str, bytes]], *, ephemeral: bool = False
+    ) -> list[dict[str, Any]]:
+        """Attachment objects for uploaded files. A person's upload with a slash command is
+        ``ephemeral``: its type is what the name says (the client declares it), its link is
+        signed and expires; the bot's uploads are typed from their bytes."""
         out = []
         for filename, data in files:
             att_id = self._snowflake()
+            path = f"/{channel_id}/{att_id}/{filename}"
+            if ephemeral:
+                path = f"/ephemeral-attachments{path}"
+                issued = f"{int(time.time()):x}"
+                expires = f"{int(time.time() + self.cdn_ttl_s):x}"
+                signature = self._signature(path, expires, issued)
+                link = urllib.parse.quote(path)
+                url = f"{self._host}{link}?ex={expires}&is={issued}&hm={signature}&"
+                kind = mimetypes.guess_type(filename)[0] or _content_type(filename, data)
+            else:
+                url = f"{self._cdn_base}{path}"
+                kind = _content_type(filename, data)
             att: dict[str, Any] = {
                 "id": att_id,
                 "filename": filename,
                 "size": len(data),
-                "content_type": _content_type(filename, data),
+                "content_type": kind,
                 "data": data,
-                "url": f"{self._cdn_base}/{channel_id}/{att_id}/{filename}",
+                "url": url,
             }
-            if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
-                att["width"] = int.from_bytes(data[16:20], "big")
-                att["height"] = int.from_bytes(data[20:24], "big")
+            size = _image_size(data)
+            if size is not None:
+                att["width"], att["height"] = size
             out.append(att)
         return out
 
@@ -2054,9 +2135,71 @@ def _content_type(filename: str, data: bytes) -> str:
         return "image/png"
     if data[:3] == b"\xff\xd8\xff":
         return "image/jpeg"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
     if filename.endswith(".mp4"):
         return "video/mp4"
     return "application/octet-stream"
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """An image's width and height from its header (Discord probes images it stores)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except Exception:
+        return None
+
+
+def _check_options(options: list[dict[str, Any]], path: str) -> None:
+    """A command's (or subcommand's) options as Discord checks them on registration."""
+    if len(options) > MAX_COMMAND_OPTIONS:
+        raise _form_error(path, "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+    names: set[str] = set()
+    optional_seen = False
+    for index, option in enumerate(options):
+        where = f"{path}.{index}"
+        kind, name = option.get("type"), option.get("name", "")
+        if kind not in range(SUB_COMMAND, ATTACHMENT + 1):
+            raise _form_error(f"{where}.type", "BASE_TYPE_CHOICES", "Value must be one of 1-11.")
+        if not _OPTION_NAME.fullmatch(name) or name != name.lower():
+            raise _form_error(f"{where}.name", "APPLICATION_COMMAND_INVALID_NAME", "Invalid name")
+        if name in names:
+            raise _form_error(
+                where,
+                "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS",
+                "Option names must be unique",
+            )
+        names.add(name)
+        if not 1 <= len(option.get("description", "")) <= 100:
+            raise _form_error(
+                f"{where}.description",
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 100 in length.",
+            )
+        if kind in (SUB_COMMAND, SUB_COMMAND_GROUP):
+            _check_options(option.get("options") or [], f"{where}.options")
+            continue
+        required = bool(option.get("required"))
+        if required and optional_seen:
+            raise _form_error(
+                where,
+                "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                "Required options must be placed before non-required options",
+            )
+        optional_seen = optional_seen or not required
+        if option.get("choices") and kind not in (STRING, INTEGER, NUMBER):
+            raise _form_error(
+                f"{where}.choices", "APPLICATION_COMMAND_OPTION_CHOICES_INVALID", "Not allowed"
+            )
+        if kind == ATTACHMENT and (
+            option.get("autocomplete") or "min_value" in option or "max_value" in option
+        ):
+            raise _form_error(where, "APPLICATION_COMMAND_OPTION_TYPE_INVALID", "Not allowed")
 
 
 def _check_message(
@@ -2086,7 +2229,7 @@ def _options(options: list[dict[str, Any]] | dict[str, Any] | None) -> list[dict
     out = []
     for name, value in options.items():
         if isinstance(value, tuple):
-            kind = 11  # ATTACHMENT: (filename, bytes) the user uploaded with the command
+            kind = ATTACHMENT  # (filename, bytes) the user uploaded with the command
         elif isinstance(value, bool):
             kind = 5
         elif isinstance(value, int):

@@ -4,13 +4,18 @@ It plays both halves of Slack (spec: /work/shared/specs/chat_platforms.md, secti
 
 * The Web API at ``api_url``, for the real ``slack_sdk.web.async_client.AsyncWebClient``
   (``base_url=fake.api_url``): auth, chat, reactions, the three-step ``files_upload_v2`` flow,
-  usergroups, ``apps.connections.open``. Errors are HTTP 200 ``{"ok": false, "error": ...}``
-  as on Slack, and rate limits are HTTP 429 with ``Retry-After`` (spec 1.7).
+  ``files.info``, usergroups, ``apps.connections.open``. Errors are HTTP 200
+  ``{"ok": false, "error": ...}`` as on Slack, and rate limits are HTTP 429 with
+  ``Retry-After`` (spec 1.7).
+* The file host: ``url_private`` / ``url_private_download`` under ``/files-pri/<team>-<file>/``
+  answer the bytes only to ``Authorization: Bearer <bot token>``; without it, Slack's login
+  page (HTTP 200, HTML). Every request is kept in ``downloads`` with its headers.
 * Slack calling the app: signed HTTP requests to a Bolt ``web_app`` (spec 1.6, 2.2) and
   envelopes over a Socket Mode websocket (spec 2.3), plus the ``response_url`` endpoint (1.2).
 
 All state is plain attributes, so a test can seed it (``members``, ``usergroups``) and assert on
-it (``calls``, ``messages``, ``uploads``, ``files``, ``ephemerals``, ``response_url_posts``).
+it (``calls``, ``messages``, ``uploads``, ``files``, ``ephemerals``, ``response_url_posts``,
+``downloads``). People's files are seeded with ``seed_file`` and sent with ``app_mention``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ _TS = re.compile(r"\d{10}\.\d{6}")
 _REACTION = re.compile(r"[a-z0-9_+-]+(::skin-tone-[2-6])?")
 _SLACK_FILE_IMAGE_TYPES = {"png", "jpg", "jpeg", "gif"}
 _NO_AUTH_LOG = {"auth.test", "apps.connections.open"}
+#: What files.slack.com answers a request without a valid token: the sign-in page, HTTP 200.
+_LOGIN_PAGE = (
+    '<!DOCTYPE html><html lang="en-US"><head><title>Slack</title></head><body>'
+    "<h1>Sign in to your workspace</h1></body></html>"
+)
 
 
 @dataclass
@@ -124,6 +134,14 @@ class FakeSlack:
         self.response_url_posts: list[dict[str, Any]] = []
         self.socket_frames: list[dict[str, Any]] = []  # every frame the client sent us
         self.socket_connections = 0  # websockets accepted so far
+        #: Every request to the file host (``/files-pri/...``), headers included.
+        self.downloads: list[Call] = []
+        #: False: the bot token lacks ``files:read`` (files.info says ``missing_scope``, the
+        #: file host answers its sign-in page).
+        self.files_read_scope = True
+        #: When set, file downloads wait for it (a bot stopped in the middle of one).
+        self.hold_downloads: asyncio.Event | None = None
+        self._download_redirects: deque[str] = deque()
         self._announced: dict[str, dict[str, Any]] = {}  # file_id -> getUploadURLExternal args
         self._failures: dict[str, deque[_Failure]] = defaultdict(deque)
         self._answers: dict[str, deque[_Answer]] = defaultdict(deque)
@@ -145,6 +163,7 @@ class FakeSlack:
             "reactions.add": self._reactions_add,
             "files.getUploadURLExternal": self._files_get_upload_url,
             "files.completeUploadExternal": self._files_complete_upload,
+            "files.info": self._files_info,
             "usergroups.users.list": self._usergroups_users_list,
             "usergroups.list": self._usergroups_list,
         }
@@ -156,6 +175,7 @@ class FakeSlack:
         app = web.Application(client_max_size=max(self.max_file_bytes, 1 << 30) + (1 << 20))
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/upload/{file_id}", self._handle_upload)
+        app.router.add_get("/files-pri/{team_file}/{tail:.*}", self._handle_download)
         app.router.add_post("/commands/{tail:.*}", self._handle_response_url)
         app.router.add_get("/link/", self._handle_socket)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
@@ -242,6 +262,99 @@ class FakeSlack:
     ) -> str:
         """Store a message someone else posted (e.g. a user's) and return its ts."""
         return self._store(channel, {"user": user, "text": text, "thread_ts": thread_ts})["ts"]
+
+    def seed_file(
+        self,
+        name: str,
+        data: bytes,
+        *,
+        user: str = "UALICE",
+        channel: str | None = "C0GENERAL",
+        mimetype: str | None = None,
+    ) -> dict[str, Any]:
+        """A file someone uploaded (shared in ``channel``, or nowhere when None), as the full
+        file object Slack returns for it; its bytes are served on the file host."""
+        file_id = f"F0{next(self._ids):08d}"
+        self.uploads[file_id] = data
+        self.files[file_id] = {
+            "filename": name,
+            "length": len(data),
+            "title": name,
+            "user": user,
+            "mimetype": mimetype,
+            "channel": channel,
+            "channels": [channel] if channel else [],
+            "thread_ts": None,
+            "initial_comment": None,
+            "shares": {},
+        }
+        return self._file_object(file_id, shared=True)
+
+    def delete_file(self, file_id: str) -> None:
+        """The file was deleted: files.info says ``file_deleted``, the file host 404s."""
+        self.files[file_id]["deleted"] = True
+
+    def redirect_next_download(self, location: str) -> None:
+        """Make the next file-host request answer ``302 Location: location``."""
+        self._download_redirects.append(location)
+
+    def app_mention(
+        self,
+        *,
+        user: str = "UALICE",
+        text: str,
+        channel: str = "C0GENERAL",
+        files: list[dict[str, Any]] | None = None,
+        check_file_info: bool = False,
+        thread_ts: str | None = None,
+    ) -> dict[str, Any]:
+        """The ``app_mention`` event of a message ``user`` posts (stored like any message):
+        ``text`` holds the mention as Slack writes it (``<@UBOT> draft ...``); ``files``
+        (``seed_file`` results) come as full file objects, or with ``check_file_info`` as
+        the bare stubs Slack sends from Slack Connect channels (then ``files.info`` tells
+        the rest)."""
+        file_ids = [f["id"] for f in files or []]
+        msg = self._store(
+            channel, {"user": user, "text": text, "thread_ts": thread_ts, "files": file_ids}
+        )
+        event: dict[str, Any] = {
+            "type": "app_mention",
+            "user": user,
+            "text": text,
+            "ts": msg["ts"],
+            "client_msg_id": str(uuid.uuid4()),
+            "team": self.team_id,
+            "channel": channel,
+            "event_ts": msg["ts"],
+            "blocks": [
+                {
+                    "type": "rich_text",
+                    "block_id": secrets.token_hex(3),
+                    "elements": [
+                        {"type": "rich_text_section", "elements": [{"type": "text", "text": text}]}
+                    ],
+                }
+            ],
+        }
+        if thread_ts:
+            event["thread_ts"] = thread_ts
+        if file_ids:
+            event["upload"] = False
+            event["display_as_bot"] = False
+            event["files"] = [
+                {
+                    "id": file_id,
+                    "mode": "file_access",
+                    "file_access": "check_file_info",
+                    "created": 0,
+                    "timestamp": 0,
+                    "user": "",
+                }
+                if check_file_info
+                else self._file_object(file_id, shared=True)
+                for file_id in file_ids
+            ]
+        return event
 
     # ------------------------------------------------------------------ Web API (spec 1.3, 1.7)
 
@@ -500,23 +613,92 @@ class FakeSlack:
             out.append(self._file_object(file_id))
         return {"ok": True, "files": out}
 
-    def _file_object(self, file_id: str) -> dict[str, Any]:
+    def _files_info(self, p: dict[str, Any]) -> dict[str, Any]:
+        """``files.info`` (GET, query): the file object, comments and paging. A bot sees only
+        files shared in a channel it is in (or its own); others are ``file_not_found``."""
+        if not self.files_read_scope:
+            raise SlackError("missing_scope")
+        file_id = str(p.get("file") or "")
+        f = self.files.get(file_id)
+        if f is None:
+            raise SlackError("file_not_found")
+        if f.get("deleted"):
+            raise SlackError("file_deleted")
+        visible = f.get("user", self.bot_user_id) == self.bot_user_id or any(
+            self.bot_user_id in self.members.get(channel, ()) for channel in f["channels"]
+        )
+        if not visible:
+            raise SlackError("file_not_found")
+        return {
+            "ok": True,
+            "file": self._file_object(file_id, shared=True),
+            "comments": [],
+            "response_metadata": {"next_cursor": ""},
+        }
+
+    async def _handle_download(self, request: web.Request) -> web.StreamResponse:
+        """The file host: the bytes for the bot token, Slack's sign-in page (HTTP 200, HTML)
+        for a missing or wrong one, 404 for a file that is not there."""
+        self.downloads.append(
+            Call(request.path, dict(request.query), dict(request.headers), time.monotonic(), "GET")
+        )
+        if self._download_redirects:
+            raise web.HTTPFound(self._download_redirects.popleft())
+        if self.hold_downloads is not None:
+            await self.hold_downloads.wait()
+        failures = self._failures.get("download")
+        if failures:
+            failure = failures.popleft()
+            return web.Response(status=failure.status, text=failure.error)
+        header = request.headers.get("Authorization", "")
+        if header != f"Bearer {self.bot_token}" or not self.files_read_scope:
+            return web.Response(text=_LOGIN_PAGE, content_type="text/html")
+        team, _, file_id = request.match_info["team_file"].partition("-")
+        f = self.files.get(file_id)
+        if team != self.team_id or f is None or f.get("deleted") or file_id not in self.uploads:
+            return web.Response(status=404, text="file not found", content_type="text/html")
+        mime = self._file_object(file_id)["mimetype"]
+        return web.Response(body=self.uploads[file_id], content_type=mime)
+
+    def _file_object(self, file_id: str, *, shared: bool = False) -> dict[str, Any]:
+        """The file object; ``shared`` (files.info, events) lists where it is shared, which a
+        fresh upload's answer does not yet (python-slack-sdk#1277)."""
         f = self.files[file_id]
         ext = f["filename"].rsplit(".", 1)[-1].lower() if "." in f["filename"] else "binary"
+        channels = f["channels"] if shared else []
+        user = f.get("user", self.bot_user_id)
+        url_private = f"{self.base_url}/files-pri/{self.team_id}-{file_id}/{f['filename']}"
+        mime = f.get("mimetype") or mimetypes.guess_type(f["filename"])[0]
         return {
             "id": file_id,
             "created": int(time.time()),
+            "timestamp": int(time.time()),
             "name": f["filename"],
             "title": f["title"],
-            "mimetype": mimetypes.guess_type(f["filename"])[0] or "application/octet-stream",
+            "mimetype": mime or "application/octet-stream",
             "filetype": ext,
-            "user": self.bot_user_id,
+            "user": user,
+            "user_team": self.team_id,
+            "editable": False,
             "size": f["length"],
-            "is_public": False,
-            "url_private": f"{self.base_url}/files-pri/{self.team_id}-{file_id}/{f['filename']}",
-            "permalink": f"{self.base_url}/files/{self.bot_user_id}/{file_id}/{f['filename']}",
-            "channels": [],  # shares appear later on real Slack (python-slack-sdk#1277)
+            "mode": "hosted",
+            "is_external": False,
+            "external_type": "",
+            "is_public": any(c.startswith("C") for c in channels),
+            "public_url_shared": False,
+            "display_as_bot": False,
+            "username": "",
+            "url_private": url_private,
+            "url_private_download": (
+                f"{self.base_url}/files-pri/{self.team_id}-{file_id}/download/{f['filename']}"
+            ),
+            "permalink": f"{self.base_url}/files/{user}/{file_id}/{f['filename']}",
+            "channels": [c for c in channels if c.startswith("C")],
+            "groups": [c for c in channels if not c.startswith("C")],
+            "ims": [],
             "shares": {},
+            "has_rich_preview": False,
+            "file_access": "visible",
         }
 
     def _usergroups_users_list(self, p: dict[str, Any]) -> dict[str, Any]:
