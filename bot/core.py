@@ -305,7 +305,7 @@ class Tierbot:
                 f"{spec.invoke} takes no files; nothing was done. Images go with /draft, "
                 "final, edit, video, vary, ref add and upload."
             )
-        if files and spec.files == "images":
+        if spec.files == "images" and any(f.asset_id is None for f in files):
             kept = [f.kept for f in files if f.kept]
             try:
                 taken = await self.pipeline.take_files(event.origin, files)
@@ -318,7 +318,7 @@ class Tierbot:
             failpoint("files.stored")
             await asyncio.to_thread(self.pipeline.forget_kept, kept)
             files = taken
-        elif files:
+        elif files and spec.files == "csv":
             files = await self.pipeline.restore_files(files)
         async for reply in spec.handler(self, event.origin, inv, files):
             yield reply

@@ -5,46 +5,19 @@ Discord's attachments reach them, and what a person sees when they do not."""
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from bot.providers import PermanentError
 from bot.uploads import MAX_UPLOAD_BYTES, clean_image
 from tests.fakes.discord_api import EPHEMERAL, FakeDiscord
+from tests.images import animated_gif, bomb, jpeg, png
 from tests.test_discord import ALICE, Rig
 
 ATTACHMENT = 11
-
-
-def png(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def jpeg(colour: tuple[int, int, int] = (20, 40, 220)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 48), colour).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def animated_gif() -> bytes:
-    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
-    return buffer.getvalue()
-
-
-def bomb() -> bytes:
-    """400 megapixels of one bit in a few dozen KB."""
-    buffer = io.BytesIO()
-    Image.new("1", (20_000, 20_000)).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture

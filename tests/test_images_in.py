@@ -18,14 +18,9 @@ from bot.app import Services
 from bot.domain import CommandEvent, InboundFile, Reply
 from bot.uploads import MAX_UPLOAD_BYTES, clean_image
 from tests.conftest import Chat
+from tests.images import BOMB_PIXELS, animated_gif, bomb, png
 from tests.test_exactly_once import killed
 from tests.test_resume import Posted, with_local
-
-
-def png(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def image_file(name: str = "mug.png", **kwargs: Any) -> InboundFile:
@@ -155,26 +150,13 @@ async def test_a_model_that_takes_no_reference_is_skipped_and_the_refusal_names_
 # --------------------------------------------------------------------- hostile input
 
 
-def _animated_gif() -> bytes:
-    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
-    return buffer.getvalue()
-
-
-def _bomb() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("1", (20_000, 20_000)).save(buffer, "PNG")  # 400 Mpx, a few dozen KB
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         (lambda: b"\x89PNG" + b"\0" * (MAX_UPLOAD_BYTES + 1), "MB; images up to 20 MB"),
         (lambda: b"name,date\nmug,monday\n", "'bad.png' is not a readable image"),
-        (_bomb, "is 400,000,000 pixels, over the limit of 40,000,000 pixels"),
-        (_animated_gif, "'bad.png' is a GIF file; send a JPEG, PNG, WEBP image"),
+        (bomb, f"is {BOMB_PIXELS}, over the limit of 40,000,000 pixels"),
+        (animated_gif, "'bad.png' is a GIF file; send a JPEG, PNG, WEBP image"),
     ],
     ids=["too-big", "not-an-image", "bomb", "animated-gif"],
 )

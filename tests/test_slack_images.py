@@ -10,10 +10,7 @@ core's own rules for images are tested in test_images_in.py.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import struct
-import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +18,6 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from PIL import Image
 from yarl import URL
 
 from adapters import wire
@@ -29,42 +25,13 @@ from adapters.slack import REACTION_NAMES, SlackFiles, SlackSurface, mention_com
 from bot.app import Services
 from bot.uploads import MAX_UPLOAD_BYTES
 from tests.fakes.slack import FakeSlack
+from tests.images import animated_gif, bomb, png
 from tests.test_slack import CHANNEL, Rig, grid_anchor
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- images --------------------------------------------------------------------------------
-
-
-def png(colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (64, 48)) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", size, colour).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def animated_gif() -> bytes:
-    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0))]
-    buffer = io.BytesIO()
-    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100)
-    return buffer.getvalue()
-
-
-def bomb() -> bytes:
-    """A 100-byte PNG whose header claims 50000x50000 pixels (2.5 Gpx, 7.5 GB decoded)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    header = struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + chunk(b"IEND", b"")
-    )
 
 
 # -- rigs ----------------------------------------------------------------------------------
@@ -270,7 +237,11 @@ async def test_files_on_a_command_that_takes_none_are_not_downloaded(rig: Rig) -
     ("name", "data", "message"),
     [
         # 40 MB on Slack, read up to the cap and one byte more: never buffered whole.
-        ("huge.png", lambda: b"\x89PNG" + b"\0" * (2 * MAX_UPLOAD_BYTES), "is over 20 MB; images up to 20 MB"),
+        (
+            "huge.png",
+            lambda: b"\x89PNG" + b"\0" * (2 * MAX_UPLOAD_BYTES),
+            "is over 20 MB; images up to 20 MB",
+        ),
         ("notes.png", lambda: b"date,prompt\n2026-11-23,a mug\n", "is not a readable image"),
         ("bomb.png", bomb, "over the limit of 40,000,000 pixels"),
         ("spin.gif", animated_gif, "is a GIF file; send a JPEG, PNG, WEBP image"),

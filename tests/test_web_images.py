@@ -6,7 +6,6 @@ spent; a restart between receiving a command and running it."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,40 +22,10 @@ from bot.core import Tierbot
 from bot.pipeline import Pipeline
 from bot.uploads import MAX_FILES, MAX_UPLOAD_BYTES, Uploads
 from tests.conftest import write_policy
+from tests.images import animated, bomb, jpeg_with_location, png
 from tests.test_web import Channel, _open, is_grid
 
 File = tuple[str, bytes]
-
-
-def png(color: tuple[int, int, int] = (200, 60, 40), size: tuple[int, int] = (96, 64)) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", size, color).save(out, "PNG")
-    return out.getvalue()
-
-
-def jpeg_with_location() -> bytes:
-    """A photo as a phone takes it: EXIF with a GPS position."""
-    image = Image.new("RGB", (80, 60), (30, 120, 200))
-    exif = Image.Exif()
-    exif[0x010F] = "PhoneMaker"  # Make
-    exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 18.0)}  # GPS
-    out = io.BytesIO()
-    image.save(out, "JPEG", exif=exif)
-    return out.getvalue()
-
-
-def bomb() -> bytes:
-    """A 12 KB PNG that would decode to 100 million pixels."""
-    out = io.BytesIO()
-    Image.new("1", (10_000, 10_000)).save(out, "PNG")
-    return out.getvalue()
-
-
-def animated(kind: str) -> bytes:
-    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
-    out = io.BytesIO()
-    frames[0].save(out, kind, save_all=True, append_images=frames[1:], duration=100, loop=0)
-    return out.getvalue()
 
 
 async def send(
@@ -282,7 +251,7 @@ async def test_a_version_fixed_by_hand_comes_back_and_goes_on(channel: Channel) 
             b"just some text, not a picture\n" * 10,
             "'notes.png' is not a readable image",
         ),
-        ("bomb.png", bomb(), "'bomb.png' is 10,000x10,000 = 100,000,000 pixels"),
+        ("bomb.png", bomb(), "'bomb.png' is 2,500,000,000 pixels"),
         ("spin.gif", animated("GIF"), "'spin.gif' is a GIF file"),
         ("spin.png", animated("PNG"), "'spin.png' is animated; send a still image"),
     ],
