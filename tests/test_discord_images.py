@@ -14,7 +14,7 @@ import pytest
 from bot.providers import PermanentError
 from bot.uploads import MAX_UPLOAD_BYTES, clean_image
 from tests.fakes.discord_api import EPHEMERAL, FakeDiscord
-from tests.images import animated_gif, bomb, jpeg, png
+from tests.images import BOMB_PIXELS, animated_gif, bomb, jpeg, png
 from tests.test_discord import ALICE, Rig
 
 ATTACHMENT = 11
@@ -186,7 +186,7 @@ def core_refusal(name: str, data: bytes) -> str:
         (lambda: b"\x89PNG\r\n\x1a\n" + b"\0" * MAX_UPLOAD_BYTES, "MB; images up to"),
         (lambda: b"date,prompt\n2026-11-23,a mug\n", "is not a readable image"),
         (animated_gif, "is a GIF file; send a JPEG, PNG, WEBP image"),
-        (bomb, "is 400,000,000 pixels, over the limit of 40,000,000 pixels"),
+        (bomb, f"is {BOMB_PIXELS}, over the limit of 40,000,000 pixels"),
     ],
     ids=["too-big", "not-an-image", "animated-gif", "bomb"],
 )

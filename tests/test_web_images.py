@@ -114,7 +114,7 @@ async def test_a_draft_with_two_images_uses_them_and_shows_where_they_came_from(
     # that heads it; an upload's page says who sent it (no model, seed or price).
     page = (await channel.client.get(f"/assets/{drafts[0]['id']}")).text
     assert "<h2>Shaped by</h2>" in page
-    assert f"{ids[0]} 📎 sent by alice (web) · mug-front.png · 96×64" in page
+    assert f"{ids[0]} 📎 sent by alice (web) · mug-front.png · 64×48" in page
     assert f"{ids[1]} 📎 sent by alice (web) · mug-side.jpg · 80×60" in page
     assert f"/files/{ids[1]}?w=128" in page and "None" not in page
     grid_page = (await channel.client.get(f"/assets/{grid['asset_id']}")).text
