@@ -47,6 +47,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from bot.domain import ASPECT_RATIOS, DEFAULT_N, DEFAULT_VIDEO_SECONDS, MAX_SEED, RESOLUTIONS
+from bot.regions import NAMED_REGIONS, parse_region
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,10 @@ class Invocation(BaseModel):
     strong: bool = False
     #: ``vary --prompt "..."``: remix the image with new text.
     remix: str | None = None
+    #: ``edit --region``: the box to change (``x,y,w,h`` in percent); ``--mask``: the
+    #: attached image marks it instead.
+    region: str | None = None
+    mask: bool = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -237,6 +242,15 @@ def _shown(value: str, limit: int = MAX_ECHO_CHARS) -> str:
 def _nfkc(value: str) -> str:
     """Fold full-width and other compatibility forms (``１６：９``) for numbers and ratios."""
     return unicodedata.normalize("NFKC", value).strip()
+
+
+def _region(name: str, raw: str) -> str:
+    """A --region value, checked (zero area, outside the image, not numbers) and kept as
+    typed; ``bot.regions.parse_region`` reads it again where it is used."""
+    try:
+        return str(parse_region(raw))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _reference(raw: str) -> str:
@@ -397,6 +411,14 @@ FLAGS: dict[str, FlagSpec] = {
             repeatable=True,
         ),
         FlagSpec("strong", "strong", "vary: a loose variation rather than a subtle one"),
+        FlagSpec(
+            "region",
+            "region",
+            "edit only this box: x,y,w,h in percent, or " + ", ".join(NAMED_REGIONS),
+            "BOX",
+            _region,
+        ),
+        FlagSpec("mask", "mask", "edit only where the attached mask image is white"),
         FlagSpec(
             "prompt",
             "remix",
@@ -636,8 +658,8 @@ register(
         takes_prompt=True,
         prompt_metavar="<instruction>",
         prompt_label="an instruction",
-        flags=("model", "seed", "res", "ref", "sref"),
-        example=f"/tierbot edit {_EXAMPLE_ID} make the sky stormy",
+        flags=("model", "seed", "res", "ref", "sref", "region", "mask"),
+        example=f"/tierbot edit {_EXAMPLE_ID} make the sky stormy --region top",
         handler=lambda bot, origin, inv, files: bot.pipeline.edit(
             origin, inv.args[0], inv, _refs(bot, origin, inv, files)
         ),

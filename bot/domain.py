@@ -79,6 +79,8 @@ class AssetKind(StrEnum):
     #: An image someone sent (a reference, a named reference's picture): stored as sent,
     #: checked and stripped of its location, never generated.
     UPLOAD = "upload"
+    #: A region edit's mask (white: may change), kept in the lineage of what it shaped.
+    MASK = "mask"
 
 
 #: The ``stage`` of assets nobody generated: an image sent in (a reference), and a version

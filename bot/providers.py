@@ -59,6 +59,11 @@ class GenerationRequest(BaseModel):
     #: How many of the last ``references`` are style references (``--sref``): their look is
     #: to be followed, not their content (the prompt says so too).
     style_references: int = 0
+    #: A region edit's mask: a greyscale PNG the size of ``references[0]``, white where the
+    #: image may change, black where it must not. A model with native inpainting
+    #: (capability ``inpaint``) gets it; an instruction-only editor gets the region in words.
+    #: Either way the core keeps every pixel outside it (``bot.canvas.composite``).
+    mask: Path | None = None
 
     @property
     def has_source(self) -> bool:
