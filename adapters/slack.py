@@ -85,6 +85,8 @@ REACTION_NAMES = {
     "arrow_up": "⬆️",
     "white_check_mark": "✅",
     "twisted_rightwards_arrows": "🔀",
+    "art": "🎨",
+    "magic_wand": "🪄",
 }
 EMOJI_NAMES = {emoji: name for name, emoji in REACTION_NAMES.items()}
 _USERGROUP_ID = re.compile(r"^S[A-Z0-9]{2,}$")

@@ -65,6 +65,7 @@ from PIL import Image
 from adapters.delivery import INTERRUPTED, Tasks
 from adapters.http_server import MAX_BODY, http_server
 from bot import cpu
+from bot.commands import MAX_PROMPT_CHARS
 from bot.delivery import Steps
 from bot.domain import (
     CANCEL_HINT,
@@ -114,6 +115,7 @@ FORM_FIELDS = ("name", "text", "event_id")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 STATIC_FILES = {
     "app.js": "text/javascript",
+    "canvas.js": "text/javascript",
     "style.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }
@@ -650,12 +652,16 @@ class WebSurface:
             raise web.HTTPNotFound(text=exc.message) from None
         gates, qa = self.bot.decisions(asset["id"])
         e = html.escape
-        media = (
-            f'<video controls preload="metadata" src="/files/{e(asset["id"])}"></video>'
-            if asset["kind"] == "video"
-            else f'<a href="/files/{e(asset["id"])}"><img src="/files/{e(asset["id"])}" '
-            f'alt="{e(asset["prompt"] or "")}"></a>'
-        )
+        paintable = asset["kind"] == AssetKind.IMAGE
+        if asset["kind"] == "video":
+            media = f'<video controls preload="metadata" src="/files/{e(asset["id"])}"></video>'
+        elif paintable:  # the canvas: paint the region an edit may change
+            media = _canvas_html(asset)
+        else:
+            media = (
+                f'<a href="/files/{e(asset["id"])}"><img src="/files/{e(asset["id"])}" '
+                f'alt="{e(asset["prompt"] or "")}"></a>'
+            )
         sent = asset["kind"] == AssetKind.UPLOAD
         # An upload and a manual version were made by a person, not a model: no model, no
         # price; who sent or fixed it instead.
@@ -713,7 +719,9 @@ class WebSurface:
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             "<link rel='icon' href='/static/favicon.svg' type='image/svg+xml'>"
             "<link rel='stylesheet' href='/static/style.css'></head>"
-            f"<body class='asset-page'><p><a href='/'>← channel</a></p>{body}</body></html>"
+            f"<body class='asset-page'><p><a href='/'>← channel</a></p>{body}"
+            + ("<script src='/static/canvas.js'></script>" if paintable else "")
+            + "</body></html>"
         )
         return web.Response(text=page, content_type="text/html")
 
@@ -927,6 +935,45 @@ def _sent_line(asset: dict[str, Any]) -> str:
     return (
         f"{asset['id']} 📎 sent by {who} · {asset['prompt'] or 'image'} · "
         f"{asset['width']}×{asset['height']}"
+    )
+
+
+def _canvas_html(asset: dict[str, Any]) -> str:
+    """An image with the canvas over it (``web_static/canvas.js`` draws on it): paint the
+    region an edit may change, say what to change, Send. The page sends
+    ``/tierbot edit <id> <instruction> --mask`` with ``mask.png`` (white: may change, black:
+    keep) at the image's natural size, ``data-width`` × ``data-height``."""
+    e = html.escape
+    asset_id = e(asset["id"])
+    tools = "".join(
+        f"<label class='tool'><input type='radio' name='tool' value='{value}'"
+        f"{' checked' if value == 'brush' else ''}> {e(label)}</label>"
+        for value, label in (("brush", "🖌️ brush"), ("eraser", "🧽 eraser"), ("rect", "▭ box"))
+    )
+    return (
+        f"<div id='canvas' class='canvas' data-asset='{asset_id}' "
+        f"data-width='{int(asset['width'])}' data-height='{int(asset['height'])}' "
+        f"data-command='/tierbot edit {asset_id}'>"
+        f"<div class='stage'><img id='canvas-image' src='/files/{asset_id}' "
+        f"alt='{e(asset['prompt'] or '')}'>"
+        "<canvas id='paint' aria-label='paint the area the edit may change'></canvas></div>"
+        "<form id='region-edit' class='region-edit' autocomplete='off'>"
+        "<p class='hint'>Paint over what may change; everything else is kept exactly. "
+        "Then say what to change and send: the edit shows in the channel.</p>"
+        f"<div class='tools' role='group' aria-label='paint tools'>{tools}"
+        "<label class='tool'>size <input id='brush-size' type='range' min='4' max='160' "
+        "value='40' aria-label='brush size'></label>"
+        "<button type='button' id='undo' title='undo (Ctrl+Z)' disabled>↶ undo</button>"
+        "<button type='button' id='clear' disabled>clear</button></div>"
+        "<div class='ask'>"
+        "<input id='canvas-name' maxlength='40' placeholder='your name' "
+        "autocomplete='nickname' aria-label='your name'>"
+        f"<input id='instruction' maxlength='{MAX_PROMPT_CHARS}' "
+        "placeholder='what to change there, e.g. make the sky stormy' "
+        "aria-label='what to change in the painted area'>"
+        "<button type='submit' id='send-edit'>Send</button></div>"
+        "<p id='canvas-note' class='canvas-note' role='status' aria-live='polite'></p>"
+        f"</form></div><p><a href='/files/{asset_id}'>open the file</a></p>"
     )
 
 

@@ -659,10 +659,8 @@ register(
         prompt_metavar="<instruction>",
         prompt_label="an instruction",
         flags=("model", "seed", "res", "ref", "sref", "region", "mask"),
-        example=f"/tierbot edit {_EXAMPLE_ID} make the sky stormy --region top",
-        handler=lambda bot, origin, inv, files: bot.pipeline.edit(
-            origin, inv.args[0], inv, _refs(bot, origin, inv, files)
-        ),
+        example=f"/tierbot edit {_EXAMPLE_ID} make the sky stormy",
+        handler=lambda bot, origin, inv, files: bot.pipeline.edit(origin, inv.args[0], inv, files),
         files="images",
     )
 )

@@ -386,6 +386,8 @@ _FURTHER: dict[str, ReactionHandler] = {
     # On an upscale the use case refuses, saying why: it is not upscaled twice.
     _key(Reaction.UPSCALE): lambda bot, origin, asset: bot.pipeline.upscale(origin, asset),
     _key(Reaction.VARY): lambda bot, origin, asset: bot.pipeline.vary(origin, asset),
+    _key(Reaction.MATCH): lambda bot, origin, asset: bot.pipeline.match_colours(origin, asset),
+    _key(Reaction.UNIFY): lambda bot, origin, asset: bot.pipeline.unify(origin, asset),
 }
 
 #: The reaction vocabulary: (what the message presents, the reaction) → the use case, given
@@ -407,8 +409,8 @@ REACTIONS: dict[tuple[str, str], ReactionHandler] = {
 MEANINGS = {
     "grid": "a draft grid: react with a number to take that draft to the final tier, 🔁 to "
     "reroll or ❌ to discard",
-    "final": "this result: react 🎬, ⬆️, ✅, 🔀, 🔁 or ❌",
-    "upscale": "this upscale: react 🎬, ✅, 🔀 or ❌",
+    "final": "this result: react 🎬, ⬆️, ✅, 🔀, 🔁 or ❌ (🎨 and 🪄 where offered)",
+    "upscale": "this upscale: react 🎬, ✅, 🔀 or ❌ (🎨 where offered)",
     "video": "this video: react ✅ or ❌",
     "status": "a status line: react ❌ to cancel the job",
 }

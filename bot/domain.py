@@ -118,6 +118,10 @@ class Reaction(StrEnum):
     #: Subtle variations of a final: 🔀 is :twisted_rightwards_arrows: on Slack and a
     #: standard emoji on Discord.
     VARY = "🔀"
+    #: A result whose colours drifted from its source: move them back (free, local).
+    MATCH = "🎨"
+    #: A region edit whose seam shows: a soft pass over the whole image to unify it.
+    UNIFY = "🪄"
 
 
 NUMBER_REACTIONS: tuple[Reaction, ...] = (

@@ -8,6 +8,8 @@ milli-credits. Example::
     [default]
     reroute_after_rejections = 2   # rejected grids before drafts route up a tier
     daily_credits = 500            # per-team cap unless the team sets its own
+    drift_alert = 10               # palette CIEDE2000 from a result's source that offers 🎨
+    seam_alert = 3                 # seam CIEDE2000 after matching that offers 🪄
 
     [teams.T0123ABCD]              # Slack team id, Discord guild id, or "local"
     approvers = ["U024BE7LH", "S0614TZR7"]   # user ids, "surface:user", or group/role ids
@@ -52,6 +54,10 @@ class Rules(BaseModel):
     reroute_after_rejections: int | None = Field(default=None, ge=1)
     daily_credits: int | None = Field(default=None, ge=0)
     monthly_credits: int | None = Field(default=None, ge=0)
+    #: CIEDE2000 between a result's palette and its source's above which 🎨 is offered.
+    drift_alert: float | None = Field(default=None, gt=0)
+    #: CIEDE2000 of a region edit's seam (after matching) above which 🪄 is offered.
+    seam_alert: float | None = Field(default=None, gt=0)
 
 
 class TeamRules(Rules):
@@ -89,6 +95,8 @@ class EffectiveRules:
     approvers: tuple[str, ...]
     open_spend: int  # milli-credits
     reroute_after_rejections: int
+    drift_alert: float = 10.0
+    seam_alert: float = 3.0
 
 
 class PolicyError(Exception):
@@ -127,6 +135,8 @@ class Policy(BaseModel):
             approvers=tuple(first("approvers", [])),  # type: ignore[arg-type]
             open_spend=int(first("open_spend_credits", 0)) * MILLI,  # type: ignore[call-overload]
             reroute_after_rejections=int(first("reroute_after_rejections", 2)),  # type: ignore[call-overload]
+            drift_alert=float(first("drift_alert", 10.0)),  # type: ignore[arg-type]
+            seam_alert=float(first("seam_alert", 3.0)),  # type: ignore[arg-type]
         )
 
     def is_approver(self, origin: Origin) -> bool:

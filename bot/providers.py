@@ -64,6 +64,12 @@ class GenerationRequest(BaseModel):
     #: (capability ``inpaint``) gets it; an instruction-only editor gets the region in words.
     #: Either way the core keeps every pixel outside it (``bot.canvas.composite``).
     mask: Path | None = None
+    #: The box around ``mask`` (``x,y,w,h`` in percent, ``bot.regions``): an editor without
+    #: inpainting is told it in words.
+    region: str | None = None
+    #: How much an image-to-image pass may change, 0 to 1 (🪄's soft pass: 0.2); None: the
+    #: model's own. Sent where a model takes it; the prompt says so for the others.
+    strength: float | None = Field(default=None, ge=0, le=1)
 
     @property
     def has_source(self) -> bool:

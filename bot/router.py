@@ -59,6 +59,15 @@ _INTERACT = re.compile(rf"\b({_INTERACTIONS})\b", re.IGNORECASE)
 _JOINED = re.compile(r"\b(a|an|the|one)\s+[\w-]+(\s+[\w-]+)?\s+and\s+(a|an|the|one)\s+", re.I)
 
 
+def _region_way(ctx: RouteContext, candidate: Candidate) -> str:
+    """How a region edit goes on ``candidate``, for the reason people read."""
+    if not ctx.region:
+        return ""
+    if Capability.INPAINT in candidate.model.capabilities:
+        return "; region: native mask inpainting, the rest kept exactly"
+    return "; region: told in words, then only the region is kept from its image"
+
+
 def _images(count: int) -> str:
     return f"{count} image" if count == 1 else f"{count} images"
 
@@ -122,6 +131,8 @@ class RouteContext:
     #: own source image, and those given as a style to follow (``--sref``).
     references: int = 0
     style_references: int = 0
+    #: A region edit: a model with native inpainting fits as well as an image-to-image one.
+    region: bool = False
 
     @property
     def need(self) -> Capability:
@@ -227,7 +238,8 @@ class Router:
     def _misfit(candidate: Candidate, ctx: RouteContext, need: Capability) -> str | None:
         """Why ``candidate``'s facts forbid ``ctx`` (the request is never sent), or None."""
         model = candidate.model
-        if need not in model.capabilities:
+        inpaints = ctx.region and Capability.INPAINT in model.capabilities
+        if need not in model.capabilities and not inpaints:
             return f"{model.id} cannot do {need.value} ({ctx.stage.value} needs {need.value})"
         if ctx.aspect_ratio and ctx.aspect_ratio not in candidate.aspect_ratios:
             allowed = ", ".join(candidate.aspect_ratios)
@@ -363,7 +375,7 @@ class Router:
         reason = f"{ctx.stage.value} on {candidates[0].label}: {why}; fallback {fallbacks}"
         if skipped:
             reason += "; skipped " + ", ".join(skipped)
-        return Route(ctx.stage, tier, candidates, reason, prices)
+        return Route(ctx.stage, tier, candidates, reason + _region_way(ctx, candidates[0]), prices)
 
     def _route_explicit(self, ctx: RouteContext, need: Capability) -> Route:
         """``--model ID`` (any provider of it, in order) or ``--model ID@PROVIDER`` (pinned)."""
@@ -411,7 +423,7 @@ class Router:
             ctx.stage,
             healthy,
             f"{ctx.stage.value} on {healthy[0].label}: asked for with --model; "
-            f"fallback {fallbacks}",
+            f"fallback {fallbacks}" + _region_way(ctx, healthy[0]),
             prices,
         )
 

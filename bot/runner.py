@@ -20,17 +20,22 @@ charge is settled only in step 3 a resumed job is charged exactly once.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
+from bot import cpu
 from bot.catalog import Candidate, Catalog, ModelSpec
-from bot.domain import AssetKind, JobState
+from bot.domain import AssetKind, Capability, JobState
 from bot.failpoints import failpoint
 from bot.ledger import BudgetExceeded, Ledger, credits
 from bot.progress import report
@@ -43,6 +48,7 @@ from bot.providers import (
     ProviderUnavailable,
     TransientError,
 )
+from bot.regions import parse_region
 from bot.router import Health
 from storage import AssetFiles, Store
 
@@ -56,11 +62,21 @@ CAUSE: ContextVar[str | None] = ContextVar("tierbot_cause", default=None)
 def for_candidate(request: GenerationRequest, candidate: Candidate) -> GenerationRequest:
     """``request`` as ``candidate`` is sent it: its own model id, the resolution it offers
     nearest the one asked for, its sound setting and whether it takes a seed."""
+    capability, prompt, subject = request.capability, request.prompt, request.subject
+    if request.mask is not None and Capability.INPAINT in candidate.model.capabilities:
+        capability = Capability.INPAINT  # it gets the mask: the words need not say where
+    elif request.region:
+        where = parse_region(request.region).words()
+        prompt = f"{prompt}. Change only {where}; keep everything else exactly as it is."
+        subject = subject or request.prompt  # the result keeps the person's words
     return request.model_copy(
         update={
             "job_id": "",
+            "capability": capability,
+            "prompt": prompt,
+            "subject": subject,
             "model_id": candidate.model.id,
-            "provider_model": candidate.serving.model_for(request.capability),
+            "provider_model": candidate.serving.model_for(capability),
             "resolution": candidate.resolution_for(request.resolution),
             "audio": candidate.audio,
             "seed_accepted": candidate.seed,
@@ -431,10 +447,35 @@ class JobRunner:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _keep_outside(
+        self, job: dict[str, Any], outputs: list[GeneratedFile]
+    ) -> tuple[list[GeneratedFile], list[dict[str, Any]]]:
+        """A region edit's outputs made the source with only the region replaced (whatever
+        the model returned), and each one's seam measured (see ``bot.canvas``)."""
+        from bot import canvas  # numpy and scikit-image: loaded by the first region edit
+
+        source = await _read(self._request_for(job).references[0])
+        mask = await _read(Path(job["params"]["mask"]))
+        kept, facts = [], []
+        for out in outputs:
+            data, seam = await cpu.run(canvas.keep_outside, source, out.data, mask, out.seed or 0)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+            kept.append(
+                GeneratedFile(
+                    data=data, mime="image/png", width=width, height=height, seed=out.seed
+                )
+            )
+            facts.append({"seam_before": seam.before, "seam_after": seam.after})
+        return kept, facts
+
     async def _complete(
         self, job: dict[str, Any], candidate: Candidate, outputs: list[GeneratedFile]
     ) -> CompletedJob:
         model = candidate.model
+        facts: list[dict[str, Any]] = [{} for _ in outputs]
+        if job["params"].get("mask"):
+            outputs, facts = await self._keep_outside(job, outputs)
         stored = await asyncio.to_thread(
             lambda: [self.files.put(out.data, out.mime) for out in outputs]
         )
@@ -464,14 +505,19 @@ class JobRunner:
                 "model_id": model.id,
                 "seed": out.seed if out.seed is not None else params.get("seed"),
                 "cost": amount // max(1, len(outputs)),
+                "facts": json.dumps(fact) if fact else None,
             }
-            for out, (digest, relative) in zip(outputs, stored, strict=True)
+            for out, (digest, relative), fact in zip(outputs, stored, facts, strict=True)
         ]
         asset_ids = self.store.complete_job(job["id"], rows, job["inputs"], amount)
         failpoint("job.completed", job["stage"])
         return CompletedJob(
             job["id"], job["request_id"], model, asset_ids, amount, job["reason"], candidate.label
         )
+
+
+async def _read(path: Path) -> bytes:
+    return await asyncio.to_thread(path.read_bytes)
 
 
 class _FallBack(Exception):

@@ -289,3 +289,9 @@ def m009_images_in(db: Database) -> None:
         },
         pk=("team", "name"),
     )
+
+
+@migrations()
+def m010_asset_facts(db: Database) -> None:
+    """What the core measured on an asset (a region edit's seam, drift from its source)."""
+    db["assets"].add_column("facts", str)  # JSON object

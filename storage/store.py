@@ -393,7 +393,29 @@ class Store:
         return asset_id
 
     def get_asset(self, asset_id: str) -> dict[str, Any] | None:
-        return self._get("assets", asset_id)
+        asset = self._get("assets", asset_id)
+        if asset is not None:
+            asset["facts"] = json.loads(asset["facts"]) if asset.get("facts") else {}
+        return asset
+
+    def add_facts(self, asset_id: str, **facts: Any) -> None:
+        """Record measurements on an asset (merged into what it has)."""
+        with self._immediate():
+            row = self._one("select facts from assets where id = ?", [asset_id])
+            known = json.loads(row["facts"]) if row and row["facts"] else {}
+            self.db.execute(
+                "update assets set facts = ? where id = ?",
+                [json.dumps({**known, **facts}), asset_id],
+            )
+
+    def add_parent(self, asset_id: str, parent_id: str) -> None:
+        """Link one more parent to an asset, after the ones it has (a region edit's mask)."""
+        with self._immediate():
+            self.db.execute(
+                "insert into asset_parents (asset_id, parent_id, position) select ?, ?, "
+                "coalesce(max(position), 0) + 1 from asset_parents where asset_id = ?",
+                [asset_id, parent_id, asset_id],
+            )
 
     def parents(self, asset_id: str) -> list[dict[str, Any]]:
         return list(

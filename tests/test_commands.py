@@ -431,7 +431,7 @@ ERRORS = [
         "edit",
         "/tierbot edit needs an asset id; "
         "usage: /tierbot edit <asset-id> <instruction> [--model ID] [--seed N] [--res 1k|2k|4k] "
-        "[--ref REF] [--sref REF]",
+        "[--ref REF] [--sref REF] [--region BOX] [--mask]",
     ),
     ("tierbot", "reroll", "/tierbot reroll needs a grid id; usage: /tierbot reroll <grid-id>"),
     (
@@ -627,6 +627,8 @@ def test_expected_commands_are_registered() -> None:
         "sref",
         "strong",
         "prompt",
+        "region",
+        "mask",
     }
 
 

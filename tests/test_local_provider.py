@@ -350,7 +350,7 @@ def test_video_size_keeps_aspect_with_even_dims() -> None:
 
 @pytest.mark.parametrize(
     ("capability", "words"),
-    [(Capability.INPAINT, "inpaint"), (Capability.TEXT_TO_VIDEO, "text to video")],
+    [(Capability.TEXT_TO_VIDEO, "text to video")],
 )
 async def test_unsupported_capability(
     provider: LocalProvider, capability: Capability, words: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import logging
 import uuid
@@ -19,18 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image, ImageChops, ImageDraw
 
 import adapters
 from adapters.providers.comfyui import (
     SHIPPED_WORKFLOWS,
+    ComfyUIProvider,
     fill_workflow,
     load_workflow,
     output_size,
     workflow_name,
 )
 from bot.app import Services
-from bot.domain import Capability, Reply
-from bot.providers import PermanentError
+from bot.domain import Capability, Reply, Stage
+from bot.providers import GenerationRequest, PermanentError, TransientError
 from bot.settings import Settings
 from tests.conftest import Chat
 from tests.fakes.comfyui_fake import FakeComfyUI
@@ -523,9 +526,14 @@ async def test_without_a_url_the_provider_says_how_to_configure_it(make_settings
 def test_workflow_names_and_the_user_folder_first(tmp_path: Path) -> None:
     assert workflow_name("z-image-turbo", Capability.IMAGE_TO_IMAGE) == "z-image-turbo-i2i.json"
     assert workflow_name("mine.json", Capability.IMAGE_TO_VIDEO) == "mine.json"
+    assert workflow_name("z-image-turbo", Capability.INPAINT) == "z-image-turbo-inpaint.json"
     shipped = load_workflow("z-image-turbo-t2i.json", tmp_path)
     assert shipped.path.parent == SHIPPED_WORKFLOWS and shipped.images == 0
-    assert load_workflow("z-image-turbo-i2i.json", tmp_path).images == 1
+    assert not shipped.mask
+    i2i = load_workflow("z-image-turbo-i2i.json", tmp_path)
+    assert (i2i.images, i2i.mask) == (1, False)
+    inpaint = load_workflow("z-image-turbo-inpaint.json", tmp_path)
+    assert (inpaint.images, inpaint.mask) == (1, True)
     override = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "{{prompt}}"}}}
     (tmp_path / "z-image-turbo-t2i.json").write_text(json.dumps(override), encoding="utf-8")
     assert load_workflow("z-image-turbo-t2i.json", tmp_path).graph == override
@@ -539,6 +547,7 @@ def test_workflow_names_and_the_user_folder_first(tmp_path: Path) -> None:
         ("ui.json", {"nodes": [], "links": []}, "Export (API)"),
         ("bad.json", {"1": {"inputs": {}}}, "API format"),
         ("odd.json", {"1": {"class_type": "X", "inputs": {"v": "{{colour}}"}}}, "{{colour}}"),
+        ("odd.json", {"1": {"class_type": "X", "inputs": {"v": "{{masks}}"}}}, "{{mask}}"),
     ],
 )
 def test_unusable_workflow_files_are_refused(tmp_path, name, content, reason) -> None:
@@ -561,3 +570,223 @@ def test_placeholders_keep_their_types() -> None:
     assert graph["1"]["inputs"]["seed"] == "{{seed}}"  # the template is left untouched
     assert output_size(1.0, None) == (1024, 1024)
     assert output_size(4 / 5, 2048) == (1632, 2048)
+
+
+# --------------------------------------------------------------------------- region edits
+#
+# The adapter is driven directly with the GenerationRequest the core sends for a region edit
+# (``capability`` inpaint, ``references[0]`` the source, ``mask`` a greyscale PNG of its size).
+
+SOURCE_SIZE = (256, 192)
+#: The white box of the test mask: (left, top, right, bottom), right and bottom excluded.
+MASK_BOX = (64, 48, 128, 96)
+
+
+def write_png(path: Path, image: Image.Image) -> Path:
+    image.save(path, "PNG")
+    return path
+
+
+def source_image(size: tuple[int, int] = SOURCE_SIZE) -> Image.Image:
+    """A picture whose every pixel differs from its neighbours' (so a shift or a rescale
+    shows): red runs across, green down."""
+    across = Image.linear_gradient("L").rotate(90).resize(size)
+    down = Image.linear_gradient("L").resize(size)
+    return Image.merge("RGB", (across, down, Image.new("L", size, 128)))
+
+
+def mask_image(size: tuple[int, int] = SOURCE_SIZE, box: tuple[int, ...] = MASK_BOX) -> Image.Image:
+    mask = Image.new("L", size, 0)
+    ImageDraw.Draw(mask).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), fill=255)
+    return mask
+
+
+def region_edit(
+    folder: Path,
+    *,
+    provider_model: str = "z-image-turbo",
+    capability: Capability = Capability.INPAINT,
+    mask: bool = True,
+    size: tuple[int, int] = SOURCE_SIZE,
+    mask_size: tuple[int, int] | None = None,
+    long_edge: int | None = None,
+) -> GenerationRequest:
+    """The request the core sends for ``/tierbot edit <id> <instruction> --region <box>``."""
+    source = write_png(folder / "source.png", source_image(size))
+    mask_path = write_png(folder / "mask.png", mask_image(mask_size or size))
+    return GenerationRequest(
+        job_id="job-edit-1",
+        stage=Stage.EDIT,
+        capability=capability,
+        model_id="z-image-turbo",
+        provider_model=provider_model,
+        prompt="a brass door knocker",
+        seed=7,
+        long_edge=long_edge,
+        references=[source],
+        mask=mask_path if mask else None,
+    )
+
+
+@pytest.fixture
+async def comfyui(
+    comfy: FakeComfyUI, make_settings: Callable[..., Settings]
+) -> AsyncIterator[ComfyUIProvider]:
+    """The real adapter, on its own, pointed at the fake."""
+    settings = make_settings(
+        comfyui_url=comfy.url,
+        allow_http_hosts=["127.0.0.1"],
+        poll_interval_s=0.01,
+        max_generation_s=10,
+    )
+    provider = ComfyUIProvider(settings)
+    yield provider
+    await provider.aclose()
+
+
+def user_workflow(make_settings: Callable[..., Settings], name: str, graph: Any) -> None:
+    folder = make_settings().data_dir / "comfyui_workflows"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(graph), encoding="utf-8")
+
+
+def shipped_graph(name: str) -> dict[str, Any]:
+    return json.loads((SHIPPED_WORKFLOWS / name).read_text(encoding="utf-8"))
+
+
+async def test_an_inpaint_request_uploads_the_image_and_the_mask(comfy, comfyui, tmp_path) -> None:
+    request = region_edit(tmp_path)
+    prompt_id = await comfyui.submit(request)
+    files = await comfyui.result(prompt_id, request)
+
+    image_upload, mask_upload = comfy.calls("POST", "/upload/image")
+    image_name, image_bytes = image_upload.files["image"]
+    mask_name, mask_bytes = mask_upload.files["image"]
+    assert image_bytes == request.references[0].read_bytes()
+    assert mask_bytes == Path(request.mask).read_bytes()  # sent as it is, no alpha trick
+    assert image_name.startswith("tierbot-") and mask_name.startswith("tierbot-mask-")
+    assert (
+        image_upload.form
+        == mask_upload.form
+        == {
+            "type": "input",
+            "subfolder": "tierbot",
+            "overwrite": "true",
+        }
+    )
+    (body,) = comfy.submissions  # z-image-turbo + inpaint → the shipped -inpaint file
+    graph = body["prompt"]
+    assert graph["11"]["inputs"]["image"] == f"tierbot/{image_name}"
+    assert graph["15"]["inputs"]["image"] == f"tierbot/{mask_name}"
+    assert graph["17"]["inputs"]["channel"] == "red"
+    for scale in ("12", "16"):  # the source's own size, image and mask alike, never cropped
+        inputs = graph[scale]["inputs"]
+        assert (inputs["width"], inputs["height"], inputs["crop"]) == (256, 192, "disabled")
+    assert graph["8"]["inputs"]["seed"] == 7 and graph["8"]["inputs"]["denoise"] == 1
+    assert graph["8"]["inputs"]["latent_image"] == ["19", 0]  # SetLatentNoiseMask
+
+    (output,) = files  # the fake's inpainting: one colour inside the mask, the rest as sent
+    assert (output.mime, output.width, output.height, output.seed) == ("image/png", 256, 192, 7)
+    result = Image.open(io.BytesIO(output.data)).convert("RGB")
+    source = Image.open(request.references[0]).convert("RGB")
+    assert ImageChops.difference(result, source).getbbox() == MASK_BOX
+    assert len(result.crop(MASK_BOX).getcolors()) == 1  # the region, all of it, redrawn
+
+
+async def test_a_retry_reuses_the_uploaded_mask(comfy, comfyui, tmp_path) -> None:
+    request = region_edit(tmp_path)
+    comfy.fail_next("POST", "/prompt", 500)
+    with pytest.raises(TransientError):
+        await comfyui.submit(request)
+    await comfyui.submit(request)  # what the runner does on the next attempt
+
+    uploads = comfy.calls("POST", "/upload/image")
+    names = [upload.files["image"][0] for upload in uploads]
+    assert names[:2] == names[2:]  # the same content names both times: overwritten, not added
+    assert len(comfy.uploads) == 2
+    first, second = comfy.submissions
+    assert first["prompt"]["15"]["inputs"] == second["prompt"]["15"]["inputs"]
+    assert second["prompt"]["15"]["inputs"]["image"] == f"tierbot/{names[1]}"
+
+
+@pytest.mark.parametrize(
+    ("size", "long_edge", "expected"),
+    [
+        ((1000, 750), None, (992, 752)),  # its own size, in multiples of 16
+        ((4096, 3072), None, (2048, 1536)),  # a 4K upscale: its aspect at a 2048 long edge
+        ((1000, 750), 1600, (1600, 1200)),  # a long edge asked for is honoured
+    ],
+)
+async def test_a_region_edit_is_made_at_the_source_size(
+    comfy, comfyui, tmp_path, size, long_edge, expected
+) -> None:
+    await comfyui.submit(region_edit(tmp_path, size=size, long_edge=long_edge))
+    graph = comfy.submissions[0]["prompt"]
+    assert (graph["12"]["inputs"]["width"], graph["12"]["inputs"]["height"]) == expected
+    assert (graph["16"]["inputs"]["width"], graph["16"]["inputs"]["height"]) == expected
+
+
+I2I_WITH_MASK = {
+    **shipped_graph("z-image-turbo-inpaint.json"),
+    "10": {"class_type": "SaveImage", "inputs": {"filename_prefix": "m", "images": ["9", 0]}},
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("no mask", "z-image-turbo-inpaint.json was asked to inpaint without a mask"),
+        ("no {{mask}}", "mine-inpaint.json loads no {{mask}}, so it cannot inpaint"),
+        ("i2i loads {{mask}}", "masked-i2i.json loads a {{mask}}, but this image-to-image"),
+        ("wrong size", "the mask 'mask.png' is 128x96 but its source image is 256x192"),
+        ("mask gone", "the mask 'mask.png' does not exist"),
+    ],
+)
+async def test_a_region_edit_that_cannot_work_fails_before_anything_is_sent(
+    comfy, comfyui, tmp_path, make_settings, case, reason
+) -> None:
+    user_workflow(make_settings, "mine-inpaint.json", shipped_graph("z-image-turbo-i2i.json"))
+    user_workflow(make_settings, "masked-i2i.json", I2I_WITH_MASK)
+    request = {
+        "no mask": lambda: region_edit(tmp_path, mask=False),
+        "no {{mask}}": lambda: region_edit(tmp_path, provider_model="mine"),
+        "i2i loads {{mask}}": lambda: region_edit(
+            tmp_path,
+            provider_model="masked-i2i.json",
+            capability=Capability.IMAGE_TO_IMAGE,
+            mask=False,
+        ),
+        "wrong size": lambda: region_edit(tmp_path, mask_size=(128, 96)),
+        "mask gone": lambda: region_edit(tmp_path),
+    }[case]()
+    if case == "mask gone":
+        Path(request.mask).unlink()
+    with pytest.raises(PermanentError) as refused:
+        await comfyui.submit(request)
+    assert reason in refused.value.message
+    assert comfy.requests == []  # nothing uploaded, nothing queued
+
+
+async def test_an_instruction_only_edit_leaves_the_mask_alone(comfy, comfyui, tmp_path) -> None:
+    """An image-to-image workflow gets no mask even when the request has one: the region
+    is in the prompt's words, and the core composites."""
+    request = region_edit(tmp_path, capability=Capability.IMAGE_TO_IMAGE)
+    await comfyui.submit(request)
+    (upload,) = comfy.calls("POST", "/upload/image")
+    assert upload.files["image"][1] == request.references[0].read_bytes()
+    assert comfy.submissions[0]["prompt"]["11"]["inputs"]["image"].startswith("tierbot/tierbot-")
+
+
+async def test_loadimage_mask_output_of_a_mask_without_alpha_is_empty(
+    comfy, comfyui, tmp_path, make_settings
+) -> None:
+    """Why the template reads the mask with ImageToMask: LoadImage's own MASK output is the
+    alpha channel, and a greyscale mask has none, so nothing would be redrawn (the fake
+    behaves as ComfyUI does here)."""
+    graph = shipped_graph("z-image-turbo-inpaint.json")
+    graph["19"]["inputs"]["mask"] = ["15", 1]
+    user_workflow(make_settings, "alpha-inpaint.json", graph)
+    request = region_edit(tmp_path, provider_model="alpha")
+    (output,) = await comfyui.result(await comfyui.submit(request), request)
+    result = Image.open(io.BytesIO(output.data)).convert("RGB")
+    assert ImageChops.difference(result, source_image()).getbbox() is None

@@ -363,3 +363,136 @@ async def test_images_attached_with_the_paperclip_shape_the_drafts(
         for draft in store.parents(grid_id):
             assert [p["id"] for p in store.parents(draft["id"])] == [a["id"] for a in sent]
         assert await page.evaluate("window.__csp") == []
+
+
+#: The alpha of the canvas's pixel at (x, y), in fractions of its size (0 where unpainted).
+PAINTED_AT = """([x, y]) => {
+  const c = document.getElementById("paint");
+  return c.getContext("2d").getImageData(Math.floor(x * c.width), Math.floor(y * c.height), 1, 1)
+    .data[3];
+}"""
+
+
+async def test_a_region_painted_on_the_canvas_is_edited(make_settings, tmp_path: Path) -> None:
+    """A final's page: paint a box with the mouse, say what to change, send; the edit lands
+    in the channel's thread and the core got the mask, at the image's size, white in the box."""
+    from PIL import Image
+    from playwright.async_api import expect
+
+    policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
+    async with served_in_chromium(make_settings(policy=policy)) as (surface, browser):
+        page = await browser.new_page(viewport={"width": 900, "height": 1000})
+        await page.add_init_script(CSP_WATCH)
+        await page.goto(surface.url)
+        await page.fill("#name", "alice")
+        await page.press("#name", "Tab")
+        grid, _ = await _grid_of(page, "a lighthouse at dawn")
+        await grid.locator(".chip", has_text="1️⃣").click()
+        final = grid.locator(".thread .msg", has_text="✨ Final").first
+        await expect(final.locator("img.media")).to_be_visible(timeout=30_000)
+        final_id = await final.get_attribute("data-asset")
+        await final.locator("a:has(img.media)").click()  # the picture opens its page
+
+        await page.wait_for_url(f"**/assets/{final_id}")
+        paint = page.locator("#paint")
+        await page.wait_for_function(
+            "() => document.getElementById('paint').width > 0", timeout=10_000
+        )
+        await expect(page.locator("#canvas-name")).to_have_value("alice")  # the channel's name
+        send = page.locator("#send-edit")
+        note = page.locator("#canvas-note")
+        await page.fill("#instruction", "make the sky stormy")
+        await send.click()  # nothing painted yet: refused on the page
+        await expect(note).to_have_text(
+            "paint the area to change first: brush or box over the image"
+        )
+
+        await paint.scroll_into_view_if_needed()
+        box = await paint.bounding_box()
+        assert box is not None
+        x, y, w, h = box["x"], box["y"], box["width"], box["height"]
+        # A brush stroke, taken back with Ctrl+Z.
+        await page.mouse.move(x + w * 0.1, y + h * 0.85)
+        await page.mouse.down()
+        await page.mouse.move(x + w * 0.2, y + h * 0.9, steps=4)
+        await page.mouse.up()
+        assert await page.evaluate(PAINTED_AT, [0.15, 0.875]) > 0
+        await page.keyboard.press("Control+z")
+        assert await page.evaluate(PAINTED_AT, [0.15, 0.875]) == 0
+        await expect(page.locator("#undo")).to_be_disabled()
+        # A box, dragged from 25 %, 20 % to 75 %, 60 % of the image.
+        await page.check("input[name=tool][value=rect]")
+        assert await paint.bounding_box() == box  # the page did not move
+        await page.mouse.move(x + w * 0.25, y + h * 0.2)
+        await page.mouse.down()
+        await page.mouse.move(x + w * 0.75, y + h * 0.6, steps=6)
+        await page.mouse.up()
+        assert await page.evaluate(PAINTED_AT, [0.5, 0.4]) > 0
+        assert await page.evaluate(PAINTED_AT, [0.1, 0.1]) == 0
+        await page.fill("#instruction", "")
+        await send.click()  # painted, but no instruction: refused on the page
+        await expect(note).to_have_text("say what to change in the painted area")
+        await expect(page.locator("#instruction")).to_be_focused()
+        await page.fill("#instruction", "make the sky stormy")
+        await send.click()
+
+        # Sent: the channel opens and shows the edit in the final's thread.
+        await page.wait_for_url(f"{surface.url}/")
+        edit = grid_thread = page.locator(
+            ".thread .msg", has=page.locator(":scope > .text", has_text="✏️ Edit")
+        )
+        await expect(edit.locator("img.media")).to_be_visible(timeout=30_000)
+        assert (await edit.locator(":scope > .text").inner_text()).startswith("✏️ Edit")
+        handle = await edit.element_handle()
+        await page.wait_for_function(MEDIA_READY, arg=handle, timeout=30_000)
+        await page.wait_for_function(IN_VIEW, arg=handle, timeout=5_000)  # brought to you
+        root = await grid_thread.evaluate("el => el.closest('#messages > .msg').dataset.asset")
+        assert root == await _grids(page).first.get_attribute("data-asset")
+        echo = page.locator("#messages > .msg", has_text=f"/tierbot edit {final_id}")
+        await expect(echo).to_contain_text("make the sky stormy --mask")
+        await expect(echo).to_contain_text("📎 mask.png")
+        assert await page.evaluate("window.__csp") == []
+
+        # Back on the image's page, the painting and the words are there to send again.
+        await page.go_back()
+        await page.wait_for_url(f"**/assets/{final_id}")
+        await expect(page.locator("#instruction")).to_have_value("make the sky stormy")
+        await expect(page.locator("#send-edit")).to_be_enabled()
+        await page.wait_for_function(PAINTED_AT, arg=[0.5, 0.4], timeout=5_000)
+        assert await page.evaluate(PAINTED_AT, [0.1, 0.1]) == 0
+        assert await page.evaluate("window.__csp") == []
+
+        # The core got the mask: the image's natural size, white in the box, black outside.
+        store = surface.bot.store
+        edit_id = await edit.get_attribute("data-asset")
+        parents = store.parents(edit_id)
+        assert [p["kind"] for p in parents] == ["image", "mask"]
+        assert parents[0]["id"] == final_id
+        source = surface.bot.asset(final_id)
+        with Image.open(surface.bot.asset_path(parents[1])) as mask:
+            assert mask.size == (source["width"], source["height"])
+            grey = mask.convert("L")
+            at = lambda fx, fy: grey.getpixel((int(fx * mask.width), int(fy * mask.height)))  # noqa: E731
+            assert [at(0.5, 0.4), at(0.3, 0.25), at(0.7, 0.55)] == [255, 255, 255]
+            assert [at(0.1, 0.1), at(0.9, 0.5), at(0.5, 0.7), at(0.15, 0.875)] == [0, 0, 0, 0]
+
+        # On a phone a finger paints (pointer events) and does not scroll the page.
+        phone = await browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True)
+        touch = await phone.new_page()
+        await touch.goto(f"{surface.url}/assets/{final_id}")
+        await touch.wait_for_function("() => document.getElementById('paint').width > 0")
+        box = await touch.locator("#paint").bounding_box()
+        assert box is not None
+        cdp = await phone.new_cdp_session(touch)
+        path = [(0.2 + 0.1 * i, 0.5) for i in range(7)]
+        for i, (fx, fy) in enumerate(path):
+            kind = "touchStart" if i == 0 else "touchMove"
+            point = {"x": box["x"] + fx * box["width"], "y": box["y"] + fy * box["height"]}
+            await cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [point]})
+        await cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        assert await touch.evaluate("window.scrollY") == 0
+        for fx in (0.2, 0.5, 0.8):
+            assert await touch.evaluate(PAINTED_AT, [fx, 0.5]) > 0
+        assert await touch.evaluate(PAINTED_AT, [0.5, 0.2]) == 0
+        await expect(touch.locator("#undo")).to_be_enabled()
+        await phone.close()

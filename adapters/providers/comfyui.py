@@ -1,12 +1,13 @@
 """The ``comfyui`` provider: generations on a self-hosted ComfyUI server (``COMFYUI_URL``).
 
 ComfyUI runs *workflows*: graphs of nodes in its "API format" (``{node_id: {"class_type",
-"inputs"}}``). tierbot ships two, and anybody can add their own without touching code.
+"inputs"}}``). tierbot ships three, and anybody can add their own without touching code.
 
 How a generation runs (ComfyUI's own HTTP API, no websocket needed):
 
-1. each reference image the workflow uses is sent with ``POST /upload/image`` (multipart,
-   subfolder ``tierbot``, named by its content hash so a retry re-uses the same file);
+1. each reference image the workflow uses, and a region edit's mask, is sent with
+   ``POST /upload/image`` (multipart, subfolder ``tierbot``, named by its content hash so a
+   retry re-uses the same file);
 2. the filled-in workflow is queued with ``POST /prompt {"prompt", "client_id",
    "prompt_id"}``; ComfyUI's ``prompt_id`` is the request id :meth:`ComfyUIProvider.submit`
    returns at once (a plain string: the runner stores it, and after a restart polling resumes
@@ -48,16 +49,25 @@ inside a longer string is replaced as text)::
     {{seed}}              the seed
     {{width}} {{height}}  the output size: the aspect ratio (a reference image's own, when
                           there is one) at the requested long edge, else about 1 megapixel;
-                          multiples of 16
+                          for a region edit (inpaint) the source's own size instead (long
+                          edge at most 2048); multiples of 16
     {{long_edge}}         the longer of the two
     {{batch_size}}        how many images to make in this call
     {{image}}             the uploaded first reference image, for LoadImage's "image" input
     {{image_2}} ...       further reference images ({{image_1}} is {{image}})
+    {{mask}}              the uploaded mask of a region edit, for a LoadImage node: a greyscale
+                          image the source's size, white where the image may change, black
+                          where it must not (take it with ImageToMask, channel "red": the
+                          MASK output of LoadImage is the alpha channel, and the mask has none)
     {{duration_s}}        video length in seconds
     {{frames}}            frames for that length at 16 fps plus one (Wan's 4n+1 rule: 81 for 5 s)
 
 An unknown placeholder, a missing reference, or a workflow that takes no ``{{image}}`` for an
-image-to-image, upscale or video request fails at once with a message naming the file.
+image-to-image, inpaint, upscale or video request fails at once with a message naming the
+file; so does an inpaint request without a mask, an inpaint workflow that takes no
+``{{mask}}``, and a workflow that takes a ``{{mask}}`` when the request has none. The mask is
+a plain upload rather than ``POST /upload/mask`` (which writes it into the alpha channel of a
+copy of the source, for the mask editor), so it stays one content-named file a retry re-uses.
 Wrapped exports (``{"prompt": {...}}``) are accepted; the UI format (``nodes``/``links``) is
 refused with a hint to export the API format.
 
@@ -66,6 +76,21 @@ The shipped templates run **Z-Image Turbo** (8 steps, cfg 1, ``res_multistep``/`
 ``qwen_3_4b.safetensors``, ``ae.safetensors`` from Hugging Face ``Comfy-Org/z_image_turbo``).
 Their negative is ``ConditioningZeroOut``: at cfg 1 ComfyUI never evaluates a negative prompt.
 The image-to-image template re-noises the reference at denoise 0.6.
+
+The inpaint template (``z-image-turbo-inpaint.json``) encodes the source with ``VAEEncode``
+and marks the region with ``SetLatentNoiseMask``: at every one of the 8 steps the sampler puts
+the (re-noised) source back outside the mask, so only the region is drawn anew (denoise 1),
+in keeping with what surrounds it. That needs no inpainting training and works at any step
+count, and Z-Image Turbo has none: ``VAEEncodeForInpaint`` greys the region out for models
+trained to fill grey (below denoise 1 the grey shows through), and
+``InpaintModelConditioning`` only adds inputs that inpainting models (SD inpaint, Flux Fill)
+read. As the source stays under the mask, a copy of the template at a lower denoise (0.6, as
+in the image-to-image template) keeps the region's layout and colours and redraws its detail.
+``GrowMask`` widens the region by 16 pixels: the mask is shrunk to the latent grid (one cell
+per 8 pixels), and its soft edge should fall outside the region, where tierbot puts the
+original pixels back anyway (the core composites every region edit over its source, whatever
+a workflow returns). The mask and the source are scaled without cropping, so the core's
+plain resize back to the source's size lines every pixel up again.
 
 A batch of images shares one seed (ComfyUI draws the noise of a whole batch from it), so every
 image of a call is recorded with the request's seed.
@@ -118,6 +143,7 @@ from adapters.providers._http import (
     read_reference,
 )
 from bot.domain import DEFAULT_VIDEO_SECONDS, Capability
+from bot.imaging import FORMAT_MIME, check_image_pixels
 from bot.providers import (
     ContentPolicyError,
     GeneratedFile,
@@ -165,6 +191,10 @@ SIZE_MULTIPLE = 16
 MIN_EDGE = 64
 #: Frame rate behind ``{{frames}}`` (Wan 2.x renders 16 fps, 4n+1 frames).
 FRAMES_PER_SECOND = 16
+#: A region edit keeps the source's own size up to this long edge. Past it (a 4K upscale),
+#: the source's aspect at this edge: image models lose coherence far above their training
+#: sizes (about 1-4 MP), and the core scales the result back to the source's size anyway.
+MAX_INPAINT_EDGE = 2048
 
 #: While the history is empty, ``GET /queue`` is checked on the first poll and every n-th.
 QUEUE_CHECK_EVERY = 5
@@ -177,6 +207,7 @@ MEDIA_KEYS = frozenset({"images", "gifs", "videos", "video"})
 
 _PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _IMAGE_PLACEHOLDER = re.compile(r"image(?:_([1-9]))?")
+_MASK_PLACEHOLDER = "mask"
 _SCALAR_PLACEHOLDERS = frozenset(
     {
         "prompt",
@@ -212,12 +243,14 @@ class Workflow:
         path: where it was found (user folder or shipped folder).
         graph: the API-format graph, placeholders unfilled.
         images: how many reference images it loads (``{{image}}`` … ``{{image_N}}``).
+        mask: whether it loads a region edit's mask (``{{mask}}``).
     """
 
     name: str
     path: Path
     graph: dict[str, Any]
     images: int
+    mask: bool = False
 
 
 def workflow_name(provider_model: str, capability: Capability) -> str:
@@ -290,7 +323,8 @@ def load_workflow(name: str, user_dir: Path) -> Workflow:
             '({"<node id>": {"class_type": ..., "inputs": {...}}})'
         )
     images = 0
-    for placeholder in sorted(_placeholders(graph)):
+    placeholders = _placeholders(graph)
+    for placeholder in sorted(placeholders - {_MASK_PLACEHOLDER}):
         image = _IMAGE_PLACEHOLDER.fullmatch(placeholder)
         if image:
             images = max(images, int(image.group(1) or 1))
@@ -298,9 +332,15 @@ def load_workflow(name: str, user_dir: Path) -> Workflow:
             known = ", ".join("{{" + p + "}}" for p in sorted(_SCALAR_PLACEHOLDERS))
             raise PermanentError(
                 f"ComfyUI workflow {name} uses an unknown placeholder {{{{{placeholder}}}}}; "
-                f"known: {known}, {{{{image}}}}, {{{{image_2}}}}…"
+                f"known: {known}, {{{{image}}}}, {{{{image_2}}}}…, {{{{mask}}}}"
             )
-    return Workflow(name=name, path=path, graph=graph, images=images)
+    return Workflow(
+        name=name,
+        path=path,
+        graph=graph,
+        images=images,
+        mask=_MASK_PLACEHOLDER in placeholders,
+    )
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -381,6 +421,39 @@ def output_size(ratio: float, long_edge: int | None) -> tuple[int, int]:
     return _multiple(width), _multiple(width / ratio)
 
 
+def _check_mask(name: str, workflow: Workflow, request: GenerationRequest) -> None:
+    """A region edit and its workflow must agree on the mask, before anything is uploaded.
+
+    A mask the workflow does not load is left alone (an instruction-only image-to-image
+    workflow gets the region in the prompt's words; the core composites either way).
+
+    Raises:
+        PermanentError: an inpaint request without a mask, an inpaint workflow without
+            ``{{mask}}``, or a workflow that loads ``{{mask}}`` for a request without one or
+            with no ``{{image}}`` to apply it to.
+    """
+    inpaint = request.capability is Capability.INPAINT
+    if inpaint and request.mask is None:
+        raise PermanentError(
+            f"ComfyUI workflow {name} was asked to inpaint without a mask (the request has "
+            "none: a region edit needs --region or --mask)"
+        )
+    if inpaint and not workflow.mask:
+        raise PermanentError(
+            f"ComfyUI workflow {name} loads no {{{{mask}}}}, so it cannot inpaint: add a "
+            'LoadImage node whose image is "{{mask}}" and feed it through ImageToMask'
+        )
+    if workflow.mask and request.mask is None:
+        raise PermanentError(
+            f"ComfyUI workflow {name} loads a {{{{mask}}}}, but this "
+            f"{request.capability.value} request has no mask"
+        )
+    if workflow.mask and workflow.images == 0:
+        raise PermanentError(
+            f"ComfyUI workflow {name} loads a {{{{mask}}}} but no {{{{image}}}} it could mask"
+        )
+
+
 # --------------------------------------------------------------------------- references
 
 
@@ -403,6 +476,42 @@ def _read_reference(path: Path) -> _Reference:
         data=image.data,
         mime=image.mime,
         size=(image.width, image.height),
+    )
+
+
+def _read_mask(path: Path, source: tuple[int, int]) -> _Reference:
+    """Read a region edit's mask and check it fits its source.
+
+    A mask of another size would be stretched over the source by the workflow's scaling and
+    mark the wrong pixels; the core makes masks the source's size, so a mismatch is a bug to
+    stop at, not to paper over.
+
+    Args:
+        path: the mask file (a greyscale PNG from the asset store).
+        source: (width, height) of the source image it belongs to.
+
+    Raises:
+        PermanentError: the mask is missing, unreadable, not an image, or not the source's size.
+    """
+    subject = f"the mask {path.name!r}"
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PermanentError(f"{subject} does not exist") from None
+    except OSError as exc:
+        raise PermanentError(f"{subject} could not be read: {exc.strerror or exc}") from None
+    kind, width, height = check_image_pixels(data, subject=subject)
+    if (width, height) != source:
+        raise PermanentError(
+            f"{subject} is {width}x{height} but its source image is {source[0]}x{source[1]}; "
+            "a mask must be the size of the image it edits"
+        )
+    digest = hashlib.sha256(data).hexdigest()[:24]
+    return _Reference(
+        name=f"tierbot-mask-{digest}.{_FORMAT_SUFFIX.get(kind, 'png')}",
+        data=data,
+        mime=FORMAT_MIME.get(kind, "application/octet-stream"),
+        size=(width, height),
     )
 
 
@@ -613,8 +722,9 @@ class ComfyUIProvider:
             ComfyUI's ``prompt_id``.
 
         Raises:
-            PermanentError: workflow missing or unfit, reference unreadable, ComfyUI rejected
-                the workflow, bad credentials, or a malformed reply.
+            PermanentError: workflow missing or unfit (an inpaint workflow without
+                ``{{mask}}``), reference or mask unreadable, an inpaint request without a
+                mask, ComfyUI rejected the workflow, bad credentials, or a malformed reply.
             TransientError: ComfyUI unreachable, overloaded or failing (5xx).
         """
         name = workflow_name(request.provider_model, request.capability)
@@ -629,14 +739,20 @@ class ComfyUIProvider:
                 f"ComfyUI workflow {name} needs {workflow.images} reference image(s); "
                 f"the request has {len(request.references)}"
             )
+        _check_mask(name, workflow, request)
         # Only the images the workflow loads are read and uploaded; the first one also gives
         # the output its aspect ratio.
         references = [
             await asyncio.to_thread(_read_reference, Path(path))
             for path in request.references[: workflow.images]
         ]
+        mask = None
+        if workflow.mask and request.mask is not None:  # both, by _check_mask
+            mask = await asyncio.to_thread(_read_mask, Path(request.mask), references[0].size)
         uploaded = [await self._upload(reference) for reference in references]
         values = self._values(request, references, uploaded)
+        if mask is not None:
+            values[_MASK_PLACEHOLDER] = await self._upload(mask)
         body = {
             "prompt": fill_workflow(workflow.graph, values),
             "client_id": self._client_id,
@@ -780,7 +896,8 @@ class ComfyUIProvider:
         return prompt_id in _queued_ids(await self._get_json("/queue", deadline))
 
     async def _upload(self, reference: _Reference) -> str:
-        """Upload one reference; returns the name LoadImage takes (``subfolder/name``)."""
+        """Upload one reference or mask; returns the name LoadImage takes
+        (``subfolder/name``)."""
         response = await self._send(
             "POST",
             "/upload/image",
@@ -798,12 +915,17 @@ class ComfyUIProvider:
         self, request: GenerationRequest, references: list[_Reference], uploaded: list[str]
     ) -> dict[str, Any]:
         """What the placeholders stand for in this request."""
+        long_edge = request.long_edge
         if references:
             width, height = references[0].size
             ratio = width / height
+            if request.capability is Capability.INPAINT and not long_edge:
+                # A region edit is composited back over its source: made at the source's
+                # own size, it is neither squeezed to 1 MP nor rescaled to fit there.
+                long_edge = min(max(width, height), MAX_INPAINT_EDGE)
         else:
             ratio = _ratio(request.aspect_ratio)
-        width, height = output_size(ratio, request.long_edge)
+        width, height = output_size(ratio, long_edge)
         seconds = request.duration_s or DEFAULT_VIDEO_SECONDS
         values: dict[str, Any] = {
             "prompt": request.prompt,

@@ -20,6 +20,11 @@ let handAt = 0;      // when the person last scrolled by hand (performance.now()
 let actedAt = 0;     // when the person last sent a command or clicked a chip
 let focus = null;    // {el, at}: a message being shown, kept in view while its media load
 let unseen = null;   // the newest message that landed out of view (the jump button's target)
+// A command sent from an asset page's canvas (canvas.js) just before this page opened: its
+// echo's id. Its replies are brought into view as if it had been typed here.
+let sentFrom = Number(sessionStorage.getItem("tierbot.sent")) || 0;
+sessionStorage.removeItem("tierbot.sent");
+if (sentFrom) actedAt = performance.now();
 
 nameBox.value = localStorage.getItem("tierbot.name") || "";
 nameBox.addEventListener("change", () => {
@@ -410,6 +415,10 @@ async function reload() {
   for (const msg of messages) place(msg);
   follow = true;
   toBottom();
+  // Sent from the canvas: the bot's newest answer to it, if one came before this page did.
+  const answers = messages.filter((m) => sentFrom && m.id > sentFrom && m.author === "tierbot");
+  if (answers.length) show(nodes.get(answers[answers.length - 1].id));
+  sentFrom = 0;
   connect();
 }
 

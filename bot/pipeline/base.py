@@ -240,6 +240,7 @@ class UseCases:
         resolution: str | None = None,
         rejected_grids: int = 0,
         references: References | None = None,
+        region: bool = False,
     ) -> Route:
         rules = self.policy.rules_for(origin)
         references = references or References()
@@ -258,6 +259,7 @@ class UseCases:
                 budget_left=self.ledger.headroom(origin.team, origin.channel).left,
                 references=len(references.content),
                 style_references=len(references.style),
+                region=region,
             )
         )
 
@@ -370,6 +372,9 @@ class UseCases:
         refs: References | None = None,
         own_images: int = 0,
         subject: str | None = None,
+        mask: Path | None = None,
+        region: str | None = None,
+        strength: float | None = None,
     ) -> JobPlan:
         """One job's plan; ``refs`` are added to ``inputs`` (after the ``own_images``, a
         final's draft or an edit's source) and named in the prompt sent; ``subject`` is
@@ -384,6 +389,9 @@ class UseCases:
             prompt=refs.prompt(prompt, own=own_images),
             subject=subject or (prompt if refs else None),
             style_references=len(refs.style),
+            mask=mask,
+            region=region,
+            strength=strength,
             negative_prompt=negative,
             n=n,
             seed=seed,
@@ -447,15 +455,22 @@ class UseCases:
         *,
         thread_of: str,
         extra: str,
+        notes: Sequence[str] = (),
+        offers: Sequence[str] = (),
     ) -> Reply:
+        """The message presenting a job's result; ``notes`` are lines after the reason (a
+        seam, the drift), ``offers`` reactions added to the stage's own (🎨, 🪄)."""
         asset_id = job.asset_ids[0]
         asset = self.store.get_asset(asset_id)
         assert asset is not None
         path: Path = self.files.path(asset["path"])
+        lines = "".join(f"\n{note}" for note in notes)
+        reactions = reactions_for(Stage(asset["stage"]))
         return Reply(
-            text=f"{label} {asset_id} {extra} · {job.label} · {credits(job.cost)}\n{job.reason}",
+            text=f"{label} {asset_id} {extra} · {job.label} · {credits(job.cost)}\n{job.reason}"
+            + lines,
             files=[path],
-            reactions=reactions_for(Stage(asset["stage"])),
+            reactions=[*reactions[:-2], *offers, *reactions[-2:]] if offers else reactions,
             asset_id=asset_id,
             thread_of=thread_of,
             job_ids=[job.job_id],

@@ -9,11 +9,17 @@ them all. A new kind is one function and one row.
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
+from bot import canvas, cpu
 from bot.commands import Invocation
 from bot.domain import (
     DEFAULT_VIDEO_SECONDS,
@@ -21,7 +27,9 @@ from bot.domain import (
     AssetKind,
     Capability,
     Decision,
+    InboundFile,
     Origin,
+    Reaction,
     Reply,
     Stage,
 )
@@ -33,10 +41,15 @@ from bot.pipeline.base import (
     References,
     UseCases,
     _ratio_of,
+    reactions_for,
 )
+from bot.regions import parse_region
 from bot.runner import JobFailed
 
 log = logging.getLogger(__name__)
+
+#: Assets that are pictures of something (what a colour match can take its colours from).
+_PICTURES = (AssetKind.IMAGE, AssetKind.UPLOAD)
 
 
 @dataclass
@@ -70,6 +83,12 @@ class Escalation:
     #: Images besides the source that shape the result (``--ref``/``--sref``, or those the
     #: draft was made with: a final keeps the product its draft kept).
     refs: References = field(default_factory=References)
+    #: A region edit's mask (mode L, the source's size; white may change), stored as a
+    #: ``mask`` asset once the step is authorised, and the upload it was painted on.
+    mask: Any = None
+    painted: str | None = None
+    #: Cheaper than a full re-render: a soft pass (🪄) asks the model for little change.
+    strength: float | None = None
 
 
 class Escalating(UseCases):
@@ -96,6 +115,7 @@ class Escalating(UseCases):
             aspect_ratio=None,
             resolution=step.resolution,
             references=step.refs,
+            region=step.mask is not None,
         )
         self._authorize(origin, route, step.action)
         if step.gate is not None:
@@ -107,6 +127,9 @@ class Escalating(UseCases):
         if step.qa is not None:
             self.store.record_qa(step.qa[0], step.qa[1], user=origin.user, surface=origin.surface)
         yield self._status(step.status, route, thread_of=step.thread_of, request_id=step.request_id)
+        mask_id, mask_path = (None, None)
+        if step.mask is not None:
+            mask_id, mask_path = await self._store_mask(origin, step)
         plan = self._plan(
             origin,
             step.request_id,
@@ -121,6 +144,9 @@ class Escalating(UseCases):
             inputs=[step.source],
             refs=step.refs,
             own_images=1,
+            mask=mask_path,
+            region=str(canvas.mask_box(step.mask)) if step.mask is not None else None,
+            strength=step.strength,
             long_edge=step.long_edge,
             duration_s=step.seconds,
             resolution=step.resolution,
@@ -132,7 +158,76 @@ class Escalating(UseCases):
                 self.store.remove_gate(step.gate[0], step.gate[1])
             raise
         label = step.label or RESULT_LABELS[step.stage]
-        yield self._result(label, job, thread_of=step.thread_of, extra=step.extra)
+        notes, offers = await self._measure(origin, job.asset_ids[0], step.source, mask_id)
+        yield self._result(
+            label, job, thread_of=step.thread_of, extra=step.extra, notes=notes, offers=offers
+        )
+
+    async def _store_mask(self, origin: Origin, step: Escalation) -> tuple[str, Path]:
+        """Keep a region edit's mask as an asset (it shapes the result: the lineage shows it)."""
+        buffer = io.BytesIO()
+        step.mask.save(buffer, "PNG")
+        data = buffer.getvalue()
+        digest, relative = await asyncio.to_thread(self.files.put, data, "image/png")
+        parents = [step.source, *([step.painted] if step.painted else [])]
+        mask_id = self.store.save_asset(
+            {
+                "kind": AssetKind.MASK.value,
+                "stage": "mask",
+                "sha256": digest,
+                "path": relative,
+                "mime": "image/png",
+                "width": step.mask.width,
+                "height": step.mask.height,
+                "bytes": len(data),
+                "prompt": str(canvas.mask_box(step.mask)),
+                "sent_by": f"{origin.surface}:{origin.user}",
+                "cost": 0,
+            },
+            parents=parents,
+        )
+        return mask_id, self.files.path(relative)
+
+    async def _measure(
+        self, origin: Origin, result_id: str, source_id: str, mask_id: str | None
+    ) -> tuple[list[str], list[str]]:
+        """What the result message says of the result besides itself: a region edit's seam,
+        and how far it drifted from its source; and the reactions that fix what shows (🪄 a
+        visible seam, 🎨 drifted colours)."""
+        result = self.store.get_asset(result_id)
+        source = self.store.get_asset(source_id)
+        assert result is not None and source is not None
+        rules = self.policy.rules_for(origin)
+        notes: list[str] = []
+        offers: list[str] = []
+        if mask_id is not None:
+            self.store.add_parent(result_id, mask_id)
+            facts = result["facts"]
+            seam = canvas.Seam(facts.get("seam_before", 0.0), facts.get("seam_after", 0.0))
+            visible = seam.after > rules.seam_alert
+            hint = "; react 🪄 for a soft pass that unifies it" if visible else ""
+            notes.append(seam.line() + hint)
+            if visible:
+                offers.append(Reaction.UNIFY.value)
+        made = (AssetKind.IMAGE, AssetKind.VIDEO)
+        if source["kind"] in (AssetKind.IMAGE, AssetKind.UPLOAD) and result["kind"] in made:
+            try:
+                moved = await cpu.run(
+                    canvas.drift_of,
+                    self.files.path(source["path"]),
+                    self.files.path(result["path"]),
+                    result["kind"] == AssetKind.VIDEO,
+                )
+            except Exception:  # a measurement never loses the result it is about
+                log.warning("drift check of %s failed", result_id, exc_info=True)
+                return notes, offers
+            self.store.add_facts(
+                result_id, drift_palette=moved.palette, drift_layout=moved.structure
+            )
+            notes.append(moved.line(rules.drift_alert, f"{source['stage']} {source_id}"))
+            if moved.palette > rules.drift_alert and result["kind"] == AssetKind.IMAGE:
+                offers.append(Reaction.MATCH.value)
+        return notes, offers
 
     # The named use cases, as the command registry and the reaction table call them.
 
@@ -153,10 +248,78 @@ class Escalating(UseCases):
         return self.escalate(origin, "rerender", final_id)
 
     def edit(
-        self, origin: Origin, asset_id: str, inv: Invocation, refs: References | None = None
+        self,
+        origin: Origin,
+        asset_id: str,
+        inv: Invocation,
+        files: Sequence[InboundFile] = (),
     ) -> AsyncIterator[Reply]:
-        """``/tierbot edit``: image-to-image on an asset with an instruction prompt."""
-        return self.escalate(origin, "edit", asset_id, inv, refs=refs)
+        """``/tierbot edit``: image-to-image on an asset with an instruction prompt; with
+        ``--region`` or ``--mask`` (the first attached image marks the region) only that
+        region changes. Other attached images are references."""
+        painted: str | None = None
+        if inv.mask:
+            if inv.region:
+                raise UserError("give --region or --mask, not both; nothing was spent")
+            attached = [f for f in files if not f.source and f.asset_id]
+            if not attached:
+                raise UserError(
+                    "--mask needs the mask image attached: white (or paint) where the image "
+                    "may change; nothing was spent"
+                )
+            painted = attached[0].asset_id
+            files = [f for f in files if f is not attached[0]]
+        refs = self.references(origin, inv, files)
+        return self.escalate(origin, "edit", asset_id, inv, painted, refs=refs)
+
+    def unify(self, origin: Origin, asset_id: str) -> AsyncIterator[Reply]:
+        """🪄 on a region edit whose seam shows: a soft, low-strength pass over the whole
+        image that evens out light, colour and grain (spends, like an edit)."""
+        return self.escalate(origin, "unify", asset_id)
+
+    async def match_colours(self, origin: Origin, asset_id: str) -> AsyncIterator[Reply]:
+        """🎨 on a result whose colours drifted from its source: the result with its colours
+        moved onto the source's, done here (free), as a new child of both."""
+        result = self._image(asset_id)
+        parents = [p for p in self.store.parents(asset_id) if p["kind"] in _PICTURES]
+        if not parents:
+            raise UserError(f"{asset_id} has no source image to match")
+        source = parents[0]
+        data = await asyncio.to_thread(self.files.path(result["path"]).read_bytes)
+        matched = await cpu.run(canvas.match_colours, data, self.files.path(source["path"]))
+        digest, relative = await asyncio.to_thread(self.files.put, matched, "image/png")
+        matched_id = self.store.save_asset(
+            {
+                "request_id": result["request_id"],
+                "kind": AssetKind.IMAGE.value,
+                "stage": Stage.EDIT.value,
+                "sha256": digest,
+                "path": relative,
+                "mime": "image/png",
+                "width": result["width"],
+                "height": result["height"],
+                "bytes": len(matched),
+                "prompt": f"{result['prompt'] or ''} (colours matched to {source['id']})".strip(),
+                "model_id": "colour-match",
+                "seed": result["seed"],
+                "cost": 0,
+            },
+            parents=[asset_id, source["id"]],
+        )
+        moved = await cpu.run(
+            canvas.drift_of, self.files.path(source["path"]), self.files.path(relative)
+        )
+        yield Reply(
+            text=f"🎨 Colours of {asset_id} matched to {source['stage']} {source['id']}: "
+            f"{matched_id} · local colour transfer · free\n"
+            + moved.line(
+                self.policy.rules_for(origin).drift_alert, f"{source['stage']} {source['id']}"
+            ),
+            files=[self.files.path(relative)],
+            reactions=reactions_for(Stage.EDIT),
+            asset_id=matched_id,
+            thread_of=asset_id,
+        )
 
     def upscale(
         self, origin: Origin, asset_id: str, model: str | None = None
@@ -277,13 +440,29 @@ def _on_image(
     )
 
 
-def _edit(uc: Escalating, asset_id: str, inv: Invocation) -> Escalation:
+def _edit(uc: Escalating, asset_id: str, inv: Invocation, painted: str | None = None) -> Escalation:
     source = uc._image(asset_id)
+    prompt = inv.prompt or ""
+    mask = None
+    if inv.region or painted:
+        size = (source["width"], source["height"])
+        if painted is not None:
+            upload = uc.store.get_asset(painted)
+            assert upload is not None
+            try:
+                with Image.open(uc.files.path(upload["path"])) as image:
+                    mask = canvas.painted_mask(image, size)
+            except ValueError as exc:
+                raise UserError(f"{exc}; nothing was spent") from None
+        else:
+            mask = canvas.box_mask(size, parse_region(inv.region or ""))
     return _on_image(
         source,
         Stage.EDIT,
         Capability.IMAGE_TO_IMAGE,
-        prompt=inv.prompt or "",
+        mask=mask,
+        painted=painted,
+        prompt=prompt,
         seed=inv.seed if inv.seed is not None else source["seed"] or 0,
         action=f"editing {asset_id}",
         status=f"Editing {asset_id}",
@@ -325,11 +504,35 @@ def _video(
     )
 
 
+#: What a soft pass asks: the seeds' unifying step after a patch, at low strength.
+UNIFY_PROMPT = (
+    "Unify this image: even out lighting, colour temperature and film grain across the whole "
+    "picture so no patch or seam shows; change nothing else."
+)
+UNIFY_STRENGTH = 0.2
+
+
+def _unify(uc: Escalating, asset_id: str) -> Escalation:
+    source = uc._image(asset_id)
+    return _on_image(
+        source,
+        Stage.EDIT,
+        Capability.IMAGE_TO_IMAGE,
+        prompt=UNIFY_PROMPT,
+        action=f"unifying {asset_id}",
+        status=f"Unifying {asset_id} (a soft pass)",
+        extra=f"of {asset_id}, a soft pass over the whole image",
+        label="🪄 Unified",
+        strength=UNIFY_STRENGTH,
+    )
+
+
 #: Every escalation, by kind: how it prepares its one job (see :class:`Escalation`).
 ESCALATIONS: dict[str, Callable[..., Escalation]] = {
     "final": _final,
     "rerender": _rerender,
     "edit": _edit,
+    "unify": _unify,
     "upscale": _upscale,
     "video": _video,
 }

@@ -14,6 +14,9 @@ from bot.pipeline.base import UseCases
 
 log = logging.getLogger(__name__)
 
+#: Assets that shape what is made without being made from: images people sent, masks.
+_SHAPING = (AssetKind.UPLOAD, AssetKind.MASK)
+
 
 @dataclass
 class LineageNode:
@@ -34,6 +37,8 @@ class LineageNode:
         sender = (asset.get("sent_by") or "").split(":", 1)[-1]
         if asset["kind"] == AssetKind.UPLOAD:
             text = f"{asset['id']} 📎 upload “{asset['prompt']}” · sent by {sender} · {size}"
+        elif asset["kind"] == AssetKind.MASK:
+            text = f"{asset['id']} ✂️ mask of region {asset['prompt']} · by {sender} · {size}"
         elif asset["stage"] == MANUAL_STAGE:
             text = f"{asset['id']} 🖌️ manual · fixed by hand by {sender} · {size}"
         else:
@@ -76,20 +81,26 @@ class Reports(UseCases):
         return [self._node(root) for root in roots]
 
     def _made_from(self, asset: dict[str, Any]) -> list[dict[str, Any]]:
-        """``asset``'s parents that were made here (not images people sent)."""
-        if asset["kind"] == AssetKind.UPLOAD:
+        """``asset``'s parents that were made here (not images people sent or masks)."""
+        if asset["kind"] in _SHAPING:
             return []
-        return [p for p in self.store.parents(asset["id"]) if p["kind"] != AssetKind.UPLOAD]
+        return [p for p in self.store.parents(asset["id"]) if p["kind"] not in _SHAPING]
 
     def _node(self, asset: dict[str, Any]) -> LineageNode:
         children = self.store.children(asset["id"])
-        sent = [p for p in self.store.parents(asset["id"]) if p["kind"] == AssetKind.UPLOAD]
+        shaping = asset["kind"] in _SHAPING
+        # A result is a child of the asset it was made from, not of what only shaped it.
+        made = [c for c in children if c["kind"] not in (AssetKind.GRID, *_SHAPING)]
+        if not shaping:
+            made = [c for c in made if [p["id"] for p in self._made_from(c)[:1]] == [asset["id"]]]
         return LineageNode(
             asset=asset,
             gates=self.store.gates(asset["id"]),
             grids=[c["id"] for c in children if c["kind"] == AssetKind.GRID],
-            children=[self._node(c) for c in children if c["kind"] != AssetKind.GRID],
-            references=sent if asset["kind"] != AssetKind.UPLOAD else [],
+            children=[self._node(c) for c in made],
+            references=[]
+            if shaping
+            else [p for p in self.store.parents(asset["id"]) if p["kind"] in _SHAPING],
         )
 
     def lineage(self, asset_id: str) -> str:

@@ -13,6 +13,13 @@ What it does, as ``server.py`` / ``execution.py`` of Comfy-Org/ComfyUI do (spec:
   with ``execution_error`` / ``execution_interrupted`` messages) and ``outputs`` whose files
   are real PNG/JPEG images (Pillow, at the graph's width × height × batch size) or a real
   small MP4 (ffmpeg via ``imageio_ffmpeg``).
+* An inpainting graph (a ``SetLatentNoiseMask``, ``VAEEncodeForInpaint`` or
+  ``InpaintModelConditioning`` node) is "run" for real on the uploaded files: its links are
+  followed back to the LoadImage of the source and that of the mask (through ``ImageToMask``
+  and its channel, or LoadImage's own MASK output, which is ``1 - alpha`` and empty for an
+  image without alpha, as in ComfyUI); the output is the source at the output size with the
+  masked pixels (≥ 50 %) painted one flat colour per seed and batch index, the rest kept as
+  uploaded. Mask growth (``GrowMask``, ``grow_mask_by``) is not simulated.
 * ``GET /queue``, ``POST /queue {"delete" | "clear"}``, ``POST /interrupt {"prompt_id"?}``,
   ``POST /upload/image`` (multipart), ``GET /view`` (real Content-Type from the file name),
   ``GET /prompt``; every route also under ``/api``.
@@ -59,8 +66,11 @@ KNOWN_NODES = frozenset(
         "ConditioningZeroOut",
         "EmptyLatentImage",
         "EmptySD3LatentImage",
+        "GrowMask",
         "ImageScale",
         "ImageScaleToTotalPixels",
+        "ImageToMask",
+        "InpaintModelConditioning",
         "KSampler",
         "LoadImage",
         "ModelSamplingAuraFlow",
@@ -68,10 +78,12 @@ KNOWN_NODES = frozenset(
         "RepeatLatentBatch",
         "SaveImage",
         "SaveVideo",
+        "SetLatentNoiseMask",
         "CreateVideo",
         "UNETLoader",
         "VAEDecode",
         "VAEEncode",
+        "VAEEncodeForInpaint",
         "VAELoader",
         "VHS_VideoCombine",
         "WanImageToVideo",
@@ -90,7 +102,25 @@ DEFAULT_MODELS = frozenset(
         "wan2.2_ti2v_5B_fp16.safetensors",
     }
 )
-INT_INPUTS = frozenset({"seed", "width", "height", "batch_size", "amount", "steps", "length"})
+INT_INPUTS = frozenset(
+    {"seed", "width", "height", "batch_size", "amount", "steps", "length", "expand"}
+)
+#: Combo inputs ComfyUI checks against their lists: (node type, input) -> allowed values.
+COMBO_INPUTS: dict[tuple[str, str], frozenset[str]] = {
+    ("ImageToMask", "channel"): frozenset({"red", "green", "blue", "alpha"}),
+    ("ImageScale", "crop"): frozenset({"disabled", "center"}),
+    ("ImageScale", "upscale_method"): frozenset(
+        {"nearest-exact", "bilinear", "area", "bicubic", "lanczos"}
+    ),
+}
+#: Nodes that make a latent redrawn only under a mask, and their mask and image inputs.
+INPAINT_NODES: dict[str, tuple[str, str]] = {
+    "SetLatentNoiseMask": ("mask", "samples"),
+    "VAEEncodeForInpaint": ("mask", "pixels"),
+    "InpaintModelConditioning": ("mask", "pixels"),
+}
+#: Inputs followed upstream from a mask or a latent to the LoadImage it came from.
+_UPSTREAM_INPUTS = ("mask", "image", "images", "pixels", "samples")
 
 _UNAUTHORIZED_HTML = (
     "<html>\r\n<head><title>401 Authorization Required</title></head>\r\n<body>\r\n"
@@ -186,8 +216,80 @@ def _image_bytes(size: tuple[int, int], seed: int, index: int, image_format: str
     return buffer.getvalue()
 
 
+def _inpainted(
+    source: Image.Image,
+    mask: Image.Image,
+    size: tuple[int, int],
+    seed: int,
+    index: int,
+    image_format: str,
+) -> bytes:
+    """What the fake "inpaints": ``source`` at ``size``, one flat colour (by seed and batch
+    index) wherever ``mask`` is at least half white, the rest untouched."""
+    colour = ((seed * 37 + index * 91) % 256, (seed * 11 + 80) % 256, (index * 53 + 40) % 256)
+    picture = source if source.size == size else source.resize(size, Image.Resampling.LANCZOS)
+    inside = mask.resize(size, Image.Resampling.BILINEAR).point(lambda v: 255 if v >= 128 else 0)
+    result = Image.composite(Image.new("RGB", size, colour), picture, inside)
+    buffer = io.BytesIO()
+    if image_format == "JPEG":
+        result.save(buffer, "JPEG", quality=85)
+    else:
+        result.save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def _placeholder_left(value: Any) -> bool:
     return isinstance(value, str) and bool(re.search(r"\{\{.*\}\}", value))
+
+
+def _is_link(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+    )
+
+
+def _trace(graph: dict[str, Any], link: Any) -> tuple[str, str] | None:
+    """Follow a link back to the LoadImage it starts from.
+
+    Returns:
+        The LoadImage's ``image`` (the uploaded name) and how its pixels became a mask:
+        ``"red"``/``"green"``/``"blue"``/``"alpha"`` (the ``ImageToMask`` nearest the link),
+        ``"mask-output"`` (LoadImage's second output) or ``"image"`` (no mask made); None when
+        no LoadImage is upstream.
+    """
+    channel: str | None = None
+    for _ in range(len(graph) + 1):  # a cycle cannot loop forever
+        if not _is_link(link) or link[0] not in graph:
+            return None
+        node = graph[link[0]]
+        inputs = node.get("inputs") or {}
+        if node["class_type"] == "LoadImage":
+            how = channel or ("mask-output" if link[1] == 1 else "image")
+            return str(inputs.get("image")), how
+        if node["class_type"] == "ImageToMask" and channel is None:
+            channel = str(inputs.get("channel"))
+        link = next((inputs[k] for k in _UPSTREAM_INPUTS if _is_link(inputs.get(k))), None)
+    return None
+
+
+def _mask_of(data: bytes, how: str, size: tuple[int, int]) -> Image.Image:
+    """The mask ComfyUI would make of an uploaded file, as an "L" image of ``size``."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if how == "mask-output":  # LoadImage: 1 - alpha; no alpha: an empty (64x64) mask
+            if "A" not in image.getbands():
+                return Image.new("L", size, 0)
+            mask = image.getchannel("A").point(lambda v: 255 - v)
+        elif how == "alpha":  # LoadImage's IMAGE output has no alpha left
+            raise ValueError("ImageToMask: the image has no alpha channel")
+        elif how == "image":  # ComfyUI refuses the link (IMAGE into MASK); close enough
+            raise ValueError("a MASK input is linked to an IMAGE output")
+        else:
+            mask = image.convert("RGB").getchannel({"red": 0, "green": 1, "blue": 2}[how])
+    return mask.resize(size, Image.Resampling.BILINEAR)
 
 
 class FakeComfyUI:
@@ -509,7 +611,17 @@ class FakeComfyUI:
         for node_id, node in graph.items():
             reasons = []
             for name, value in (node.get("inputs") or {}).items():
-                if name in INT_INPUTS and _placeholder_left(value):
+                allowed = COMBO_INPUTS.get((node["class_type"], name))
+                if allowed is not None and value not in allowed:
+                    reasons.append(
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": f"{name}: {value!r} not in {sorted(allowed)}",
+                            "extra_info": {"input_name": name, "received_value": value},
+                        }
+                    )
+                elif name in INT_INPUTS and _placeholder_left(value):
                     reasons.append(
                         {
                             "type": "invalid_input_type",
@@ -651,9 +763,13 @@ class FakeComfyUI:
         ]
         outputs: dict[str, Any] = {}
         last_node = list(prompt.graph)[-1]
+        if outcome[0] == "success":
+            try:
+                outputs = self._make_outputs(prompt)
+            except (ValueError, OSError) as exc:  # a graph failing as it runs, as ComfyUI says
+                outcome = ("error", type(exc).__name__, str(exc))
         kind = outcome[0]
         if kind == "success":
-            outputs = self._make_outputs(prompt)
             messages.append(
                 ["execution_success", {"prompt_id": prompt.prompt_id, "timestamp": now}]
             )
@@ -713,7 +829,7 @@ class FakeComfyUI:
 
     def _make_outputs(self, prompt: FakePrompt) -> dict[str, Any]:
         graph = prompt.graph
-        batch, size, seed = 1, (512, 512), 0
+        batch, size, seed = 1, None, 0
         for node in graph.values():
             inputs = node.get("inputs") or {}
             if isinstance(inputs.get("batch_size"), int):
@@ -724,6 +840,10 @@ class FakeComfyUI:
                 size = (inputs["width"], inputs["height"])
             if isinstance(inputs.get("seed"), int):
                 seed = inputs["seed"]
+        inpaint = self._inpaint_inputs(graph)
+        if size is None:  # no scaling node: the source's size, cropped to 8s as VAEEncode does
+            source = inpaint[0] if inpaint else None
+            size = (source.width // 8 * 8, source.height // 8 * 8) if source else (512, 512)
         outputs: dict[str, Any] = {}
         for node_id, node in graph.items():
             class_type = node["class_type"]
@@ -734,7 +854,10 @@ class FakeComfyUI:
                 suffix = "jpg" if self.image_format == "JPEG" else "png"
                 items = []
                 for index in range(batch):
-                    data = _image_bytes(size, seed, index, self.image_format)
+                    if inpaint:
+                        data = _inpainted(*inpaint, size, seed, index, self.image_format)
+                    else:
+                        data = _image_bytes(size, seed, index, self.image_format)
                     items.append(self._store(subfolder, stem, suffix, file_type, data))
                 outputs[node_id] = {"images": items}
             elif class_type in VIDEO_SAVERS:
@@ -745,6 +868,24 @@ class FakeComfyUI:
                 else:
                     outputs[node_id] = {"images": [item], "animated": [True]}
         return outputs
+
+    def _inpaint_inputs(self, graph: dict[str, Any]) -> tuple[Image.Image, Image.Image] | None:
+        """The source image and the mask ("L", the source's size) of an inpainting graph,
+        read from the uploads its LoadImage nodes name; None for any other graph."""
+        for node in graph.values():
+            wanted = INPAINT_NODES.get(node["class_type"])
+            if wanted is None:
+                continue
+            inputs = node.get("inputs") or {}
+            mask_from = _trace(graph, inputs.get(wanted[0]))
+            image_from = _trace(graph, inputs.get(wanted[1]))
+            if mask_from is None or image_from is None:
+                raise ValueError(f"{node['class_type']}: no LoadImage upstream of its inputs")
+            with Image.open(io.BytesIO(self.uploads[image_from[0]])) as image:
+                source = image.convert("RGB")
+            mask = _mask_of(self.uploads[mask_from[0]], mask_from[1], source.size)
+            return source, mask
+        return None
 
     def _store(
         self, subfolder: str, stem: str, suffix: str, file_type: str, data: bytes
