@@ -453,6 +453,8 @@ async def test_a_region_painted_on_the_canvas_is_edited(make_settings, tmp_path:
         await expect(echo).to_contain_text("📎 mask.png")
         assert await page.evaluate("window.__csp") == []
 
+        edit_id = await edit.get_attribute("data-asset")
+
         # Back on the image's page, the painting and the words are there to send again.
         await page.go_back()
         await page.wait_for_url(f"**/assets/{final_id}")
@@ -464,7 +466,6 @@ async def test_a_region_painted_on_the_canvas_is_edited(make_settings, tmp_path:
 
         # The core got the mask: the image's natural size, white in the box, black outside.
         store = surface.bot.store
-        edit_id = await edit.get_attribute("data-asset")
         parents = store.parents(edit_id)
         assert [p["kind"] for p in parents] == ["image", "mask"]
         assert parents[0]["id"] == final_id
