@@ -23,6 +23,9 @@ Endpoints (all JSON unless noted):
 - ``POST /api/reactions`` ``{"name", "message_id", "emoji", "event_id"}`` → 202.
 - ``GET /assets/<id>`` the asset page (HTML): the file, its facts, gate decisions and the
   lineage as a tree of thumbnails. ``GET /files/<id>[?w=256]`` the file or a thumbnail.
+  An image's page is also a canvas (``web_static/canvas.js``): paint the region to change,
+  and the page sends ``/tierbot edit <id> <instruction> --mask`` with ``mask.png`` (white:
+  may change, at the image's natural size) to ``/api/commands``, as the channel's name.
 
 Safety: binds 127.0.0.1 by default; any other address needs ``TIERBOT_WEB_TOKEN``, checked on
 every request but the page itself (header ``Authorization: Bearer`` or the ``tierbot_token``
@@ -143,6 +146,8 @@ _RESULT_CHIPS = {
     normalize_emoji(Reaction.UPSCALE): "upscale",
     normalize_emoji(Reaction.APPROVE): "sign off",
     normalize_emoji(Reaction.VARY): "make variations",
+    normalize_emoji(Reaction.MATCH): "match the source's colours",
+    normalize_emoji(Reaction.UNIFY): "smooth the seam",
     normalize_emoji(Reaction.REROLL): "re-render",
     normalize_emoji(Reaction.DISCARD): "reject",
 }

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from adapters import wire
-from adapters.web import SECURITY_HEADERS
+from adapters.web import SECURITY_HEADERS, WebSurface
 from tests.conftest import write_policy
 from tests.images import png
 from tests.test_web import Channel, _open, is_grid
@@ -184,3 +184,12 @@ def assert_mask_reached_the_core(channel: Channel, edit_id: str, mask: bytes) ->
     assert [p["kind"] for p in sent] == ["mask"], [(p["id"], p["kind"]) for p in parents]
     assert pixels(bot.asset_path(sent[0])) == pixels(mask)
     return sent[0]["id"]
+
+
+def test_the_chips_a_region_edit_may_offer_say_what_they_do() -> None:
+    row = {"reactions": ["🎨", "🪄", "✅"], "state": None}
+    assert WebSurface._chips(row, "image") == [
+        {"emoji": "🎨", "label": "match the source's colours"},
+        {"emoji": "🪄", "label": "smooth the seam"},
+        {"emoji": "✅", "label": "sign off"},
+    ]
