@@ -246,6 +246,8 @@ class Catalog(BaseModel):
     models: dict[str, ModelSpec]
     styles: dict[str, StylePreset]
     providers: dict[str, ProviderConfig]
+    #: Camera and subject motion presets of videos (``--motion``): the words a shot adds.
+    motions: dict[str, StylePreset] = Field(default_factory=dict)
 
     def get(self, model_id: str) -> ModelSpec | None:
         return self.models.get(model_id)
@@ -316,8 +318,11 @@ def load_catalog(override: Path | None = None) -> Catalog:
         raw = _merge(raw, _read_toml(override))
     models = {k: {"id": k, **v} for k, v in raw.get("models", {}).items()}
     styles = {k: {"name": k, **v} for k, v in raw.get("styles", {}).items()}
+    motions = {k: {"name": k, **v} for k, v in raw.get("motion", {}).items()}
     try:
-        return Catalog(models=models, styles=styles, providers=raw.get("providers", {}))
+        return Catalog(
+            models=models, styles=styles, providers=raw.get("providers", {}), motions=motions
+        )
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"

@@ -143,6 +143,8 @@ ARG_DESCRIPTIONS: dict[str, str] = {
     "command": "a command name",
     "action": "add, list or remove",
     "name": "a reference name",
+    "sequence-id": "a sequence id",
+    "shot-order": "the shots in their new order, e.g. 3,1,2",
 }
 
 HELP_HEADER = "tierbot commands (/tierbot help <command> for details):"
@@ -208,6 +210,9 @@ class Invocation(BaseModel):
     #: attached image marks it instead.
     region: str | None = None
     mask: bool = False
+    #: Videos and shots: ``--motion subtle|dynamic`` (a catalog preset); ``shots --finals``.
+    motion: str | None = None
+    finals: bool = False
 
 
 # --------------------------------------------------------------------------- helpers
@@ -419,6 +424,14 @@ FLAGS: dict[str, FlagSpec] = {
             _region,
         ),
         FlagSpec("mask", "mask", "edit only where the attached mask image is white"),
+        FlagSpec(
+            "motion",
+            "motion",
+            "how the shot moves: subtle (a stable camera, the default) or dynamic",
+            "subtle|dynamic",
+            _choice(("subtle", "dynamic")),
+        ),
+        FlagSpec("finals", "finals", "shots: render each beat on the final tier first"),
         FlagSpec(
             "prompt",
             "remix",
@@ -715,14 +728,51 @@ register(
 register(
     CommandSpec(
         "video",
-        "Animate an image into a short clip.",
+        "Animate an image into a short clip; say how it moves (a slow dolly-in, pan left...).",
         args=("asset-id",),
-        flags=("seconds", "model", "ref", "sref"),
-        example=f"/tierbot video {_EXAMPLE_ID} --seconds 6",
+        takes_prompt=True,
+        prompt_optional=True,
+        prompt_metavar="[motion text]",
+        flags=("seconds", "motion", "model", "ref", "sref"),
+        example=f"/tierbot video {_EXAMPLE_ID} slow dolly-in --seconds 6",
         handler=lambda bot, origin, inv, files: bot.pipeline.video(
-            origin, inv.args[0], inv.seconds, inv.model, _refs(bot, origin, inv, files)
+            origin, inv.args[0], inv.seconds, inv.model, _refs(bot, origin, inv, files), inv
         ),
         files="images",
+    )
+)
+register(
+    CommandSpec(
+        "shots",
+        "Animate a storyboard grid: each beat a short shot, stitched into one video (🎬 on the "
+        "grid does the same).",
+        args=("grid-id",),
+        flags=("seconds", "finals", "motion", "model"),
+        example=f"/tierbot shots {_EXAMPLE_ID} --seconds 3 --finals",
+        handler=lambda bot, origin, inv, _: bot.pipeline.shots(origin, inv.args[0], inv),
+    )
+)
+register(
+    CommandSpec(
+        "reshoot",
+        "Render shot k of a sequence again (new motion words optional) and re-stitch.",
+        args=("sequence-id", "k"),
+        takes_prompt=True,
+        prompt_optional=True,
+        prompt_metavar="[motion text]",
+        example=f"/tierbot reshoot {_EXAMPLE_ID} 2 slow pan left",
+        handler=lambda bot, origin, inv, _: bot.pipeline.reshoot(
+            origin, inv.args[0], inv.index or 0, inv.prompt
+        ),
+    )
+)
+register(
+    CommandSpec(
+        "order",
+        "Re-stitch a sequence's shots in a new order (free).",
+        args=("sequence-id", "shot-order"),
+        example=f"/tierbot order {_EXAMPLE_ID} 3,1,2",
+        handler=lambda bot, origin, inv, _: bot.pipeline.order(origin, inv.args[0], inv.args[1]),
     )
 )
 # Commands that take one id and run the use case of the same name on it.

@@ -396,21 +396,25 @@ REACTIONS: dict[tuple[str, str], ReactionHandler] = {
     **{("grid", _key(r)): _select(i) for i, r in enumerate(NUMBER_REACTIONS, start=1)},
     ("grid", _key(Reaction.REROLL)): lambda bot, origin, grid: bot.pipeline.reroll(origin, grid),
     ("grid", _key(Reaction.DISCARD)): lambda bot, origin, grid: bot.pipeline.discard(origin, grid),
+    ("grid", _key(Reaction.VIDEO)): lambda bot, origin, grid: bot.pipeline.shots(origin, grid),
     **{("final", k): handler for k, handler in {**_FURTHER, **_RESULT_DECISIONS}.items()},
     ("final", _key(Reaction.REROLL)): lambda bot, origin, asset: bot.pipeline.rerender(
         origin, asset
     ),
     **{("upscale", k): handler for k, handler in {**_FURTHER, **_RESULT_DECISIONS}.items()},
     **{("video", k): handler for k, handler in _RESULT_DECISIONS.items()},
+    ("video", _key(Reaction.REROLL)): lambda bot, origin, video: bot.pipeline.revideo(
+        origin, video
+    ),
     ("status", _key(Reaction.DISCARD)): lambda bot, origin, request: bot.cancel(origin, request),
 }
 
 #: What each kind of message means, for a reaction the table does not have.
 MEANINGS = {
     "grid": "a draft grid: react with a number to take that draft to the final tier, 🔁 to "
-    "reroll or ❌ to discard",
+    "reroll, ❌ to discard (🎬 on a storyboard shoots its beats)",
     "final": "this result: react 🎬, ⬆️, ✅, 🔀, 🔁 or ❌ (🎨 and 🪄 where offered)",
     "upscale": "this upscale: react 🎬, ✅, 🔀 or ❌ (🎨 where offered)",
-    "video": "this video: react ✅ or ❌",
+    "video": "this video: react 🔁, ✅ or ❌",
     "status": "a status line: react ❌ to cancel the job",
 }

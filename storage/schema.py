@@ -295,3 +295,25 @@ def m009_images_in(db: Database) -> None:
 def m010_asset_facts(db: Database) -> None:
     """What the core measured on an asset (a region edit's seam, drift from its source)."""
     db["assets"].add_column("facts", str)  # JSON object
+
+
+@migrations()
+def m011_sequences(db: Database) -> None:
+    """Shot sequences: a storyboard's beats, each beat's shot, the order they are stitched in."""
+    db["sequences"].create(
+        {
+            "id": str,
+            "request_id": str,
+            "grid_id": str,
+            "beats": str,  # JSON list of the beats' words
+            "sources": str,  # JSON list: each beat's image (its draft, or its final)
+            "shots": str,  # JSON list: each beat's shot (asset id) or null
+            "failures": str,  # JSON object: beat index → why its shot failed
+            "shot_order": str,  # JSON list of beat indices, or null for beat order
+            "spec": str,  # JSON: seconds, motion, finals, seed
+            "asset_id": str,  # the latest stitch
+            "created_at": str,
+        },
+        pk="id",
+    )
+    db["sequences"].create_index(["request_id"])

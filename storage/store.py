@@ -721,6 +721,53 @@ class Store:
             self.db.execute("delete from schedule_runs where schedule_id = ?", [schedule_id])
             self.db.execute("delete from schedules where id = ?", [schedule_id])
 
+    # -- sequences -----------------------------------------------------------------------------
+
+    def create_sequence(
+        self,
+        *,
+        request_id: str,
+        grid_id: str,
+        beats: Sequence[str],
+        sources: Sequence[str],
+        spec: dict[str, Any],
+    ) -> str:
+        """A new shot sequence of ``beats`` (no shots yet); its id."""
+        row = {
+            "request_id": request_id,
+            "grid_id": grid_id,
+            "beats": json.dumps(list(beats)),
+            "sources": json.dumps(list(sources)),
+            "shots": json.dumps([None] * len(beats)),
+            "failures": "{}",
+            "shot_order": None,
+            "spec": json.dumps(spec),
+            "asset_id": None,
+            "created_at": utcnow(),
+        }
+        for attempt in range(5):  # 8-hex ids: retry the rare collision
+            sequence_id = new_id()
+            try:
+                insert_row(self.db, "sequences", {"id": sequence_id, **row})
+                return sequence_id
+            except sqlite3.IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def get_sequence(self, sequence_id: str) -> dict[str, Any] | None:
+        return _sequence(self._one("select * from sequences where id = ?", [sequence_id]))
+
+    def sequence_for_request(self, request_id: str) -> dict[str, Any] | None:
+        return _sequence(self._one("select * from sequences where request_id = ?", [request_id]))
+
+    def update_sequence(self, sequence_id: str, **fields: Any) -> None:
+        """Set fields of a sequence (``order`` is stored as ``shot_order``)."""
+        if "order" in fields:
+            fields["shot_order"] = fields.pop("order")
+        encoded = {k: v if k == "asset_id" else json.dumps(v) for k, v in fields.items()}
+        update_row(self.db, "sequences", sequence_id, encoded)
+
     # -- named references --------------------------------------------------------------------
 
     def save_ref(self, team: str, name: str, asset_ids: Sequence[str], created_by: str) -> bool:
@@ -792,6 +839,16 @@ class Store:
 
     def _update(self, table: str, pk: str, fields: dict[str, Any]) -> None:
         update_row(self.db, table, pk, fields)
+
+
+def _sequence(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A sequence row with its JSON read (``shot_order`` as ``order``)."""
+    if row is None:
+        return None
+    for key in ("beats", "sources", "shots", "failures", "spec"):
+        row[key] = json.loads(row[key])
+    row["order"] = json.loads(row.pop("shot_order")) if row.get("shot_order") else None
+    return row
 
 
 def insert_row(db: Database, table: str, row: dict[str, Any]) -> int:

@@ -24,6 +24,7 @@ import io
 import logging
 import math
 import random
+import re
 import subprocess
 import tempfile
 import unicodedata
@@ -761,22 +762,59 @@ def video_size(size: tuple[int, int], long_edge: int = VIDEO_LONG_EDGE) -> tuple
     return _even(long_edge * width / height), _even(long_edge)
 
 
+#: Motion words and where they move the camera (radians, as ``_frames`` takes them: 0 pans
+#: right, pi/2 down); a pull-back zooms out instead of in.
+_PAN_WORDS = {"right": 0.0, "down": math.pi / 2, "left": math.pi, "up": -math.pi / 2}
+_PULL_BACK = ("pull back", "pull-back", "zoom out", "dolly out", "dolly-out", "pulls back")
+
+
+@dataclass(frozen=True)
+class Move:
+    """How the offline camera moves through a still."""
+
+    direction: float  # of the pan
+    pan: float = VIDEO_PAN  # fraction of the free margin crossed
+    zoom: float = VIDEO_MAX_ZOOM  # deepest zoom
+    out: bool = False  # start zoomed in and pull back
+
+
+def move_for(prompt: str, seed: int) -> Move:
+    """The camera move the motion words ask for ("pan left", "slow dolly-in", "pull back",
+    the ``dynamic`` preset's "dynamic"), else one the seed picks; the same words always
+    move the same way."""
+    words = prompt.lower()
+    direction = _digest("pan", seed, prompt)[0] / 256 * math.tau
+    for word, angle in _PAN_WORDS.items():
+        if re.search(rf"\b{word}(ward)?s?\b", words):
+            direction = angle
+            break
+    dynamic = "dynamic" in words
+    return Move(
+        direction=direction,
+        pan=VIDEO_PAN if dynamic else VIDEO_PAN / 2,
+        zoom=1.0 + (VIDEO_MAX_ZOOM - 1.0) * (2.0 if dynamic else 1.0),
+        out=any(phrase in words for phrase in _PULL_BACK),
+    )
+
+
 def _frames(
-    source: Image.Image, out: tuple[int, int], count: int, direction: float
+    source: Image.Image, out: tuple[int, int], count: int, move: Move
 ) -> Iterator[Image.Image]:
-    """Yield ``count`` RGB frames: an eased zoom from 1.0 to VIDEO_MAX_ZOOM with a small pan."""
+    """Yield ``count`` RGB frames: an eased zoom (in from the whole still, or out to it) with
+    a pan, as ``move`` says. A zoom in starts on the whole still: the first frame is the
+    image the video was made from."""
     # Work from a copy with just enough resolution for the deepest zoom.
-    work_size = _scaled(source.size, round(max(out) * VIDEO_MAX_ZOOM))
+    work_size = _scaled(source.size, round(max(out) * move.zoom))
     work = source.resize(work_size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     ww, wh = work.size
-    dx, dy = math.cos(direction), math.sin(direction)
+    dx, dy = math.cos(move.direction), math.sin(move.direction)
     for i in range(count):
         t = i / (count - 1) if count > 1 else 0.0
         ease = 0.5 - 0.5 * math.cos(math.pi * t)
-        zoom = 1.0 + (VIDEO_MAX_ZOOM - 1.0) * ease
+        zoom = 1.0 + (move.zoom - 1.0) * ((1 - ease) if move.out else ease)
         bw, bh = ww / zoom, wh / zoom
-        cx = ww / 2 + dx * (ww - bw) / 2 * VIDEO_PAN
-        cy = wh / 2 + dy * (wh - bh) / 2 * VIDEO_PAN
+        cx = ww / 2 + dx * (ww - bw) / 2 * move.pan
+        cy = wh / 2 + dy * (wh - bh) / 2 * move.pan
         box = (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2)
         yield work.resize(out, Image.Resampling.BILINEAR, box=box)
 
@@ -790,7 +828,7 @@ def _render_video(request: GenerationRequest) -> GeneratedFile:
         source = _show_references(source, request, request.seed, floor=source.height, lead=False)
     out = video_size(source.size)
     count = seconds * VIDEO_FPS
-    direction = _digest("pan", request.seed, request.prompt)[0] / 256 * math.tau
+    move = move_for(request.prompt, request.seed)
 
     with tempfile.TemporaryDirectory(prefix="tierbot-local-") as tmp:
         target = Path(tmp) / "video.mp4"
@@ -838,7 +876,7 @@ def _render_video(request: GenerationRequest) -> GeneratedFile:
             )
             assert process.stdin is not None
             try:
-                for frame in _frames(source, out, count, direction):
+                for frame in _frames(source, out, count, move):
                     process.stdin.write(frame.tobytes())
                 process.stdin.close()
             except BrokenPipeError:

@@ -3,6 +3,7 @@
 - ``drafting``: ``/draft``, storyboards, scheduled batches, reroll, discard;
 - ``escalating``: final, edit, upscale, video and re-render, one table driving one function;
 - ``images_in``: named references and hand-fixed versions (images people send in);
+- ``sequences``: storyboard beats animated as shots and stitched; reshoot, order;
 - ``decisions``: QA sign-off and rejection;
 - ``restart``: posting what jobs finished after a restart made;
 - ``reports``: lineage, budget, models;
@@ -33,6 +34,7 @@ from bot.pipeline.escalating import ESCALATIONS, Escalating, Escalation
 from bot.pipeline.images_in import ImagesIn
 from bot.pipeline.reports import LineageNode, Reports
 from bot.pipeline.restart import Restart
+from bot.pipeline.sequences import Sequences
 
 log = logging.getLogger(__name__)
 
@@ -51,5 +53,5 @@ __all__ = [
 ]
 
 
-class Pipeline(Drafting, Escalating, ImagesIn, Decisions, Restart, Reports):
+class Pipeline(Drafting, Escalating, ImagesIn, Sequences, Decisions, Restart, Reports):
     """Every use case, over the router, the runner, the ledger and the store."""

@@ -56,8 +56,8 @@ RESULT_LABELS = {
     Stage.UPSCALE: "⬆️ Upscale",
     Stage.VIDEO: "🎬 Video",
 }
-#: Reactions pre-added to a video: sign it off or discard it (nothing escalates further).
-VIDEO_REACTIONS = [Reaction.APPROVE.value, Reaction.DISCARD.value]
+#: Reactions pre-added to a video: render it again, sign it off or discard it.
+VIDEO_REACTIONS = [Reaction.REROLL.value, Reaction.APPROVE.value, Reaction.DISCARD.value]
 #: Reactions pre-added to an upscale: it is not upscaled again.
 UPSCALE_REACTIONS = [r.value for r in FINAL_REACTIONS if r != Reaction.UPSCALE]
 
@@ -322,6 +322,13 @@ class UseCases:
         if style is not None and style not in self.catalog.styles:
             allowed = ", ".join(sorted(self.catalog.styles))
             raise UserError(f"--style must be one of {allowed}; got {style}")
+
+    def motion_prompt(self, words: str, motion: str | None) -> str:
+        """What a video's model is told: the motion words (or the picture's own prompt) and
+        the motion preset's wording from the catalog (``subtle``, the default: a stable
+        camera; the seeds warn that complex motion hallucinates)."""
+        preset = self.catalog.motions.get(motion or "subtle")
+        return f"{words}. {preset.adds}" if preset else words
 
     def _enrich(self, prompt: str, style: str | None) -> str:
         if style is None:

@@ -89,6 +89,9 @@ class Escalation:
     painted: str | None = None
     #: Cheaper than a full re-render: a soft pass (🪄) asks the model for little change.
     strength: float | None = None
+    #: What the result keeps as its prompt when the model is told more (a video's motion
+    #: preset words).
+    subject: str | None = None
 
 
 class Escalating(UseCases):
@@ -146,6 +149,7 @@ class Escalating(UseCases):
             own_images=1,
             mask=mask_path,
             region=str(canvas.mask_box(step.mask)) if step.mask is not None else None,
+            subject=step.subject,
             strength=step.strength,
             long_edge=step.long_edge,
             duration_s=step.seconds,
@@ -334,9 +338,15 @@ class Escalating(UseCases):
         seconds: int | None = None,
         model: str | None = None,
         refs: References | None = None,
+        inv: Invocation | None = None,
     ) -> AsyncIterator[Reply]:
-        """🎬: image-to-video with the image as the first frame."""
-        return self.escalate(origin, "video", asset_id, seconds, model, refs=refs)
+        """🎬 and ``/tierbot video <asset-id> [motion text] [--motion subtle|dynamic]``:
+        image-to-video with the image as the first frame, moving as the words say."""
+        return self.escalate(origin, "video", asset_id, seconds, model, inv, refs=refs)
+
+    def revideo(self, origin: Origin, video_id: str) -> AsyncIterator[Reply]:
+        """🔁 on a video: the same clip rendered again with a new seed (spends)."""
+        return self.escalate(origin, "revideo", video_id)
 
     def _refuse_rejected_grid(self, grid_id: str) -> None:
         """A rerolled or discarded grid is closed: nothing more is spent on it."""
@@ -489,18 +499,53 @@ def _upscale(uc: Escalating, asset_id: str, model: str | None = None) -> Escalat
 
 
 def _video(
-    uc: Escalating, asset_id: str, seconds: int | None = None, model: str | None = None
+    uc: Escalating,
+    asset_id: str,
+    seconds: int | None = None,
+    model: str | None = None,
+    inv: Invocation | None = None,
 ) -> Escalation:
     seconds = seconds or DEFAULT_VIDEO_SECONDS
+    source = uc._image(asset_id)
+    words = (inv.prompt if inv else None) or source["prompt"] or ""
+    motion = (inv.motion if inv else None) or "subtle"
     return _on_image(
-        uc._image(asset_id),
+        source,
         Stage.VIDEO,
         Capability.IMAGE_TO_VIDEO,
+        prompt=uc.motion_prompt(words, motion),
+        subject=words,
         action=f"making a {seconds}-second video of {asset_id}",
-        status=f"Animating {asset_id} ({seconds} s)",
+        status=f"Animating {asset_id} ({seconds} s, {motion} motion)",
         extra=f"of {asset_id}",
         model=model,
         seconds=seconds,
+    )
+
+
+def _revideo(uc: Escalating, video_id: str) -> Escalation:
+    video = uc._existing(video_id)
+    parents = [p for p in uc.store.parents(video_id) if p["kind"] == AssetKind.IMAGE]
+    if video["kind"] != AssetKind.VIDEO or video["stage"] != Stage.VIDEO or not parents:
+        raise UserError(f"{video_id} is not a video made from an image; 🔁 re-renders videos")
+    source = parents[0]
+    job = uc.store.get_job(video["job_id"]) if video["job_id"] else None
+    prompt = job["params"]["prompt"] if job else uc.motion_prompt(video["prompt"] or "", None)
+    seconds = job["params"].get("duration_s") if job else None
+    return _on_image(
+        source,
+        Stage.VIDEO,
+        Capability.IMAGE_TO_VIDEO,
+        prompt=prompt,
+        subject=video["prompt"],
+        seed=((video["seed"] or 0) + 1) % MAX_SEED,
+        thread_of=video_id,
+        action=f"re-rendering video {video_id}",
+        status=f"Re-rendering video {video_id} with a new seed",
+        extra=f"replaces {video_id}",
+        label="🎬 Re-rendered video",
+        seconds=seconds or round(video["duration_s"] or DEFAULT_VIDEO_SECONDS),
+        qa=(video_id, Decision.REJECTED),
     )
 
 
@@ -535,4 +580,5 @@ ESCALATIONS: dict[str, Callable[..., Escalation]] = {
     "unify": _unify,
     "upscale": _upscale,
     "video": _video,
+    "revideo": _revideo,
 }

@@ -28,6 +28,7 @@ class Restart(UseCases):
         """
         flows: list[tuple[Origin, AsyncIterator[Reply]]] = []
         drafts: dict[str, list[CompletedJob | JobFailed]] = {}  # request id -> its batch
+        sequences: dict[str, list[CompletedJob | JobFailed]] = {}  # the same, for shots
         for outcome in outcomes:
             job = self.store.get_job(outcome.job_id) if outcome.job_id else None
             request = self.store.get_request(job["request_id"]) if job else None
@@ -39,7 +40,14 @@ class Restart(UseCases):
                 channel=job["channel"],
                 user=request["user"],
             )
-            if job["stage"] == Stage.DRAFT:
+            if request["command"] == "shots":
+                if request["id"] not in sequences:
+                    sequences[request["id"]] = []
+                    flows.append(
+                        (origin, self.sequence_after_restart(request, sequences[request["id"]]))
+                    )
+                sequences[request["id"]].append(outcome)
+            elif job["stage"] == Stage.DRAFT:
                 if request["id"] not in drafts:
                     drafts[request["id"]] = []
                     flows.append((origin, self._grid_after_restart(request, drafts[request["id"]])))
