@@ -155,6 +155,7 @@ DOWNLOAD_TIMEOUT_S = 60.0
 DISCORD_FLAG_HELP: dict[str, str] = {
     "ref": "reference images: asset ids or named references (/tierbot ref list), comma-separated",
     "sref": "style references: images whose palette, light and texture to follow (as ref)",
+    "region": "edit only this box: x,y,w,h in percent, or left, top-right, center...",
 }
 
 
@@ -198,6 +199,9 @@ DISCORD_SHAPES: dict[str, DiscordShape] = {
     # The beats are one option; quoted whole they would be one beat (Slack sends them raw).
     "storyboard": DiscordShape(verbatim=True),
     "ref": DiscordShape(image_help="for add: a picture of the reference (PNG, JPEG or WebP)"),
+    # How a clip moves: the words go to the model with the motion preset's.
+    "video": DiscordShape(text="movement", text_help="how it moves: slow dolly-in, pan left..."),
+    "reshoot": DiscordShape(text="movement", text_help="new motion words for the shot (optional)"),
     # Exactly one image: the version fixed by hand (the core refuses two).
     "upload": DiscordShape(
         images=1,
@@ -479,6 +483,7 @@ class DiscordSurface:
         if settings.discord_bot_token is None:
             raise SurfaceUnavailable("set DISCORD_BOT_TOKEN")
         self.bot = context.bot
+        self._ops = context.ops
         self.catalog = context.catalog
         self.token = settings.discord_bot_token.get_secret_value()
         self.guild_ids = list(settings.discord_guild_ids)
@@ -599,6 +604,9 @@ class DiscordSurface:
         if not self.bot.receive(event):
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
+        if self._ops is not None:  # from the interaction's creation (its snowflake) to now
+            waited = (discord.utils.utcnow() - interaction.created_at).total_seconds()
+            self._ops.ack_seconds.labels(SURFACE).observe(max(0.0, waited))
         if interaction.guild_id is not None:
             self._upload_limits[interaction.guild_id] = interaction.filesize_limit
         self._spawn(self._run_command(interaction, event, list(attachments), files == "images"))

@@ -40,6 +40,11 @@ class HttpServer:
         self.app.router.add_post(path, handler)
         self._external.append(path)
 
+    def add_external_get(self, path: str, handler: Any) -> None:
+        """Serve GET ``path`` with ``handler``, open to anyone (health and metrics)."""
+        self.app.router.add_get(path, handler)
+        self._external.append(path)
+
     def is_external(self, path: str) -> bool:
         return path in self._external
 

@@ -27,6 +27,8 @@ from itertools import pairwise
 from pathlib import Path
 
 from adapters import load_surfaces, surface_cli, wire
+from adapters.http_server import http_server
+from adapters.ops import add_ops_routes
 from bot import cpu
 from bot.app import Services, freeze_startup_objects
 from bot.catalog import CatalogError
@@ -265,13 +267,22 @@ async def serve(services: Services) -> int:
     except SurfaceUnavailable as exc:
         print(exc, file=sys.stderr)
         return 2
+    ops = services.ops
+    ops.expect("queue")
+    for surface in surfaces:
+        ops.expect(surface.name)
+    # /healthz and /metrics on this process's listener (created here if no surface uses it).
+    server = http_server(services.surface_context())
+    add_ops_routes(server, ops)
     started = []
     for surface in surfaces:
         try:
             print(await surface.start())
             started.append(surface)
+            ops.up(surface.name)
         except SurfaceUnavailable as exc:
-            off[surface.name] = str(exc)
+            off[surface.name] = str(exc)  # configured but not up: /healthz says so
+    await server.start()
     for name, reason in sorted(off.items()):
         print(f"{name.capitalize()}: off ({reason})")
     if not started:
@@ -284,6 +295,7 @@ async def serve(services: Services) -> int:
     # In the background, now and every lease: a resumed video may take minutes and the bot
     # serves meanwhile, and work a killed process held is taken over once its lease lapses.
     recovering = asyncio.create_task(services.bot.recover_forever(services.store.lease_s))
+    ops.up("queue")
     checking = asyncio.create_task(_check_providers(services))
     cpu.warm_up()
     missed = await services.scheduler.start()

@@ -404,6 +404,7 @@ class SlackSurface:
                 "set SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode)"
             )
         self.bot = context.bot
+        self._ops = context.ops
         self.public_url = settings.public_url
         base_url = (api_url or settings.slack_api_url or DEFAULT_API_URL).rstrip("/") + "/"
         token = settings.slack_bot_token.get_secret_value()
@@ -513,6 +514,7 @@ class SlackSurface:
         return await to_aiohttp_response(response)
 
     async def _on_command(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
+        arrived = time.monotonic()
         name = command["command"].lstrip("/")
         text = _unescape(command.get("text", ""))
         origin = Origin(
@@ -535,6 +537,8 @@ class SlackSurface:
             await ack()
             return
         await ack(response_type="ephemeral", text=f"⏳ On it: /{name} {text}".strip())
+        if self._ops is not None:
+            self._ops.ack_seconds.labels(SURFACE).observe(time.monotonic() - arrived)
         self._spawn(self._run_command(event, [], respond))
 
     async def _on_mention(self, event: dict[str, Any], body: dict[str, Any], context: Any) -> None:

@@ -88,6 +88,7 @@ from bot.domain import (
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline import LineageNode
+from bot.pipeline.sequences import SEQUENCE_STAGE
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
 from bot.uploads import MAX_FILES, MAX_UPLOAD_BYTES
 
@@ -138,6 +139,7 @@ SECURITY_HEADERS = {
 _NUMBERS = {normalize_emoji(r.value): i for i, r in enumerate(NUMBER_REACTIONS, start=1)}
 #: What each chip does, by what it sits on (shown as its tooltip and read by screen readers).
 _GRID_CHIPS = {
+    normalize_emoji(Reaction.VIDEO): "make a sequence",  # a storyboard's beats, shot
     normalize_emoji(Reaction.REROLL): "reroll the grid",
     normalize_emoji(Reaction.DISCARD): "discard the grid",
 }
@@ -507,19 +509,29 @@ class WebSurface:
         return message_id
 
     def _shown(self, reply: Reply) -> list[str]:
-        """The assets a reply's files are, shown in its message by id: the asset it presents,
-        or (a named reference saved: no one asset) the ids its text names whose files it
-        carries, so only the reply's own files are ever shown."""
+        """The assets a reply's files are, shown in its message by id, in the reply's order:
+        the asset it presents first, then (a sequence's shots; a named reference's images,
+        which no one asset presents) the ids its text names whose files it carries, so only
+        the reply's own files are ever shown."""
         if not reply.files:
             return []
+        shown: list[str] = []
+        own: set[Path] = set()
         if reply.asset_id:
-            return [reply.asset_id]
-        paths = set(reply.files)
-        shown = []
+            shown.append(reply.asset_id)
+            if (presented := self.bot.asset(reply.asset_id)) is not None:
+                own.add(self.bot.asset_path(presented))
+        rest = [path for path in reply.files if path not in own]
+        if not rest:
+            return shown
+        named: dict[Path, list[str]] = {}  # a file's path -> the named assets it is
         for asset_id in dict.fromkeys(_ASSET_ID_IN_TEXT.findall(reply.text)):
-            asset = self.bot.asset(asset_id)
-            if asset is not None and self.bot.asset_path(asset) in paths:
-                shown.append(asset_id)
+            asset = self.bot.asset(asset_id) if asset_id not in shown else None
+            if asset is not None:
+                named.setdefault(self.bot.asset_path(asset), []).append(asset_id)
+        for path in rest:
+            if named.get(path):
+                shown.append(named[path].pop(0))
         return shown
 
     async def post(self, origin: Origin, reply: Reply, steps: Steps) -> None:
@@ -566,18 +578,29 @@ class WebSurface:
 
     def _view(self, row: dict[str, Any]) -> dict[str, Any]:
         files = []
+        labels: dict[str, str] = {}  # a sequence's shots: "shot 2" (its beat's number)
         for asset_id in row["files"]:
             asset = self.bot.asset(asset_id)
-            if asset is not None:
-                files.append(
-                    {
-                        "asset_id": asset_id,
-                        "url": f"/files/{asset_id}",
-                        "page": f"/assets/{asset_id}",
-                        "mime": asset["mime"],
-                        "kind": asset["kind"],
-                    }
-                )
+            if asset is None:
+                continue
+            if not files and asset["stage"] == SEQUENCE_STAGE:
+                labels = {
+                    slot.shot["id"]: f"shot {slot.number}"
+                    for slot in self._sequence_slots(asset)
+                    if slot.shot is not None
+                }
+            files.append(
+                {
+                    "asset_id": asset_id,
+                    "url": f"/files/{asset_id}",
+                    "page": f"/assets/{asset_id}",
+                    "mime": asset["mime"],
+                    "kind": asset["kind"],
+                    "stage": asset["stage"],
+                    "label": labels.get(asset_id, ""),
+                    "title": asset["prompt"] or "",
+                }
+            )
         asset = self.bot.asset(row["asset_id"]) if row["asset_id"] else None
         kind = asset["kind"] if asset is not None else None
         chips = self._chips(row, kind)
@@ -707,13 +730,27 @@ class WebSurface:
             if references
             else ""
         )
-        title = {UPLOAD_STAGE: "📎 upload", MANUAL_STAGE: "🖌️ manual"}.get(
-            asset["stage"], asset["stage"]
-        )
+        title = {
+            UPLOAD_STAGE: "📎 upload",
+            MANUAL_STAGE: "🖌️ manual",
+            SEQUENCE_STAGE: "🎞️ sequence",
+        }.get(asset["stage"], asset["stage"])
+        sequence = self._sequence_of(asset)
+        if sequence is not None:  # a stitch: what it is, its shots, how to change it
+            slots = self._sequence_slots(asset, sequence)
+            made = sum(1 for slot in slots if slot.shot is not None)
+            count = len(sequence["beats"])
+            shots = f"{made} of {count} shots" if made < count else f"{count} shots"
+            facts.insert(
+                0, ("sequence", f"{sequence['id']} · {shots} · {asset['duration_s'] or 0:.1f} s")
+            )
+            parts = _sequence_html(asset, sequence, slots)
+        else:
+            parts = self._part_of_html(asset)
         body = (
             f"<h1>{e(title)} {e(asset['id'])}</h1><div class='media'>{media}</div>"
             "<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts) + "</dl>"
-            f"<h2>Decisions</h2><ul>{decisions}</ul>{shaped}"
+            f"{parts}<h2>Decisions</h2><ul>{decisions}</ul>{shaped}"
             "<h2>Lineage</h2><ul class='tree'>"
             + "".join(self._tree_html(t, asset["id"]) for t in trees)
             + "</ul>"
@@ -729,6 +766,84 @@ class WebSurface:
             + "</body></html>"
         )
         return web.Response(text=page, content_type="text/html")
+
+    def _sequence_of(self, asset: dict[str, Any]) -> dict[str, Any] | None:
+        """The sequence row of a stitch (a video of stage ``sequence``), or None."""
+        if asset["stage"] != SEQUENCE_STAGE:
+            return None
+        facts = asset.get("facts") or {}
+        if isinstance(facts, str):  # a row read raw (a child or parent), not through get_asset
+            with contextlib.suppress(ValueError):
+                facts = json.loads(facts)
+        sequence_id = facts.get("sequence") if isinstance(facts, dict) else None
+        return self.bot.store.get_sequence(sequence_id) if isinstance(sequence_id, str) else None
+
+    def _sequence_slots(
+        self, stitch: dict[str, Any], sequence: dict[str, Any] | None = None
+    ) -> list[_Slot]:
+        """The beats of a stitch as it plays: its shots in stitch order (its parents), each
+        with its beat's number, and each beat missing from it (a failed shot) where the
+        sequence's order puts it."""
+        sequence = sequence or self._sequence_of(stitch)
+        if sequence is None:
+            return []
+        store = self.bot.store
+        beats: list[str] = sequence["beats"]
+        current: list[str | None] = sequence["shots"]
+        sources: list[str] = sequence["sources"]
+
+        slots = []
+        for shot in store.parents(stitch["id"]):
+            if shot["kind"] != AssetKind.VIDEO:
+                continue
+            made_from = [p["id"] for p in store.parents(shot["id"]) if p["kind"] == AssetKind.IMAGE]
+            poster = made_from[0] if made_from else None
+            if shot["id"] in current:
+                k: int | None = current.index(shot["id"])
+            else:  # reshot since: its beat is the draft (or final) it was made from
+                k = next((sources.index(p) for p in made_from if p in sources), None)
+            if k is None:
+                slot = _Slot(number=None, beat=shot["prompt"] or "", shot=shot, poster=poster)
+            else:
+                slot = _Slot(number=k + 1, beat=beats[k], shot=shot, poster=poster)
+            slots.append(slot)
+        present = {slot.number for slot in slots}
+        order: list[int] = sequence["order"] or list(range(len(beats)))
+        for position, k in enumerate(order):
+            if k + 1 in present or not 0 <= k < len(beats):
+                continue
+            failed = current[k] is None
+            slot = _Slot(
+                number=k + 1,
+                beat=beats[k],
+                shot=None,
+                failure=sequence["failures"].get(str(k), "not made") if failed else None,
+            )
+            slots.insert(min(position, len(slots)), slot)
+        return slots
+
+    def _part_of_html(self, asset: dict[str, Any]) -> str:
+        """A shot's page: the sequences it is stitched into (its children of stage
+        ``sequence``), each with the shot's place in it."""
+        if asset["kind"] != AssetKind.VIDEO:
+            return ""
+        items = []
+        for stitch in self.bot.store.children(asset["id"]):
+            sequence = self._sequence_of(stitch)
+            if sequence is None:
+                continue
+            slots = self._sequence_slots(stitch, sequence)
+            shot = next((s for s in slots if s.shot and s.shot["id"] == asset["id"]), None)
+            where = f"shot {shot.number}" if shot and shot.number else "a shot"
+            latest = " · the latest stitch" if sequence["asset_id"] == stitch["id"] else ""
+            text = (
+                f"sequence {sequence['id']} · {where} of {len(slots)} · "
+                f"{stitch['duration_s'] or 0:.1f} s{latest}"
+            )
+            items.append(f"<li>{self._node_html(stitch, text)}</li>")
+        if not items:
+            return ""
+        return "<h2>Part of</h2><ul class='tree part-of' id='part-of'>" + "".join(items) + "</ul>"
 
     def _references(self, asset: dict[str, Any]) -> list[dict[str, Any]]:
         """The images people sent that shaped ``asset`` (its upload parents; a grid's are its
@@ -940,6 +1055,91 @@ def _sent_line(asset: dict[str, Any]) -> str:
     return (
         f"{asset['id']} 📎 sent by {who} · {asset['prompt'] or 'image'} · "
         f"{asset['width']}×{asset['height']}"
+    )
+
+
+@dataclass
+class _Slot:
+    """One beat of a stitched sequence: its number, its words, its shot (None: not in the
+    stitch) and, if its shot failed, why."""
+
+    number: int | None
+    beat: str
+    shot: dict[str, Any] | None
+    failure: str | None = None
+    #: The image the shot was made from (its first frame, near enough): its thumbnail.
+    poster: str | None = None
+
+
+def _command_html(text: str) -> str:
+    """A command to type, shown whole and selected whole with one click (to copy)."""
+    return f"<code class='command'>{html.escape(text)}</code>"
+
+
+def _sequence_html(asset: dict[str, Any], sequence: dict[str, Any], slots: list[_Slot]) -> str:
+    """A stitch's shots as it plays them, each playable and linked to its own page; a
+    failed shot's reason and the reshoot that completes it; the commands that change it."""
+    e = html.escape
+    sequence_id = sequence["id"]
+    items = []
+    for slot in slots:
+        number = slot.number or "?"
+        reshoot = _command_html(f"/tierbot reshoot {sequence_id} {number}")
+        if slot.shot is not None:
+            shot_id = e(slot.shot["id"])
+            words = slot.shot["prompt"] or slot.beat
+            beat = f" · beat “{e(slot.beat)}”" if words != slot.beat else ""
+            length = f" · {slot.shot['duration_s']:.1f} s" if slot.shot["duration_s"] else ""
+            poster = f" poster='/files/{e(slot.poster)}?w=256'" if slot.poster else ""
+            items.append(
+                f"<li class='shot' data-shot='{number}' data-asset='{shot_id}'>"
+                f"<video muted controls preload='metadata'{poster} src='/files/{shot_id}'>"
+                "</video>"
+                f"<div><span class='number'>shot {number}</span> "
+                f"<q class='beat'>{e(words)}</q>{beat}<br>"
+                f"<a href='/assets/{shot_id}'>{shot_id}</a>{length}"
+                f"<br><span class='muted'>again:</span> {reshoot}</div></li>"
+            )
+        elif slot.failure is not None:
+            items.append(
+                f"<li class='shot failed' data-shot='{number}'>"
+                "<div class='missing' aria-hidden='true'>✖</div>"
+                f"<div><span class='number'>shot {number}</span> "
+                f"<q class='beat'>{e(slot.beat)}</q><br>"
+                f"<span class='failure'>failed: {e(slot.failure)}</span><br>"
+                f"<span class='muted'>make it:</span> {reshoot}</div></li>"
+            )
+        else:  # made since this stitch (a reshoot): the latest stitch has it
+            latest = sequence["asset_id"] or ""
+            items.append(
+                f"<li class='shot missing-here' data-shot='{number}'>"
+                "<div class='missing' aria-hidden='true'>…</div>"
+                f"<div><span class='number'>shot {number}</span> "
+                f"<q class='beat'>{e(slot.beat)}</q><br>not in this stitch; made since: "
+                f"<a href='/assets/{e(latest)}'>the latest stitch</a></div></li>"
+            )
+    numbers = [slot.number for slot in slots if slot.number]
+    if sorted(numbers) != list(range(1, len(sequence["beats"]) + 1)):
+        numbers = list(range(1, len(sequence["beats"]) + 1))
+    example = ",".join(map(str, reversed(numbers)))
+    newer = (
+        f" A newer stitch of this sequence: <a href='/assets/{e(sequence['asset_id'])}'>"
+        f"{e(sequence['asset_id'])}</a>."
+        if sequence["asset_id"] and sequence["asset_id"] != asset["id"]
+        else ""
+    )
+    return (
+        f"<section id='sequence' class='sequence' data-sequence='{e(sequence_id)}'>"
+        f"<h2>Shots, as stitched</h2><p>Sequence {e(sequence_id)}, from storyboard "
+        f"<a href='/assets/{e(sequence['grid_id'])}'>{e(sequence['grid_id'])}</a>: "
+        f"order {','.join(map(str, numbers))}.{newer}</p>"
+        f"<ul class='shots'>{''.join(items)}</ul>"
+        "<h2>Change it</h2><p>Type these in the channel (click one to select it):</p>"
+        "<dl class='commands'>"
+        "<dt>reshoot shot k (a new take; words after k are its new motion)</dt>"
+        f"<dd>{_command_html(f'/tierbot reshoot {sequence_id} <k> [motion words]')}</dd>"
+        "<dt>re-order (free; every shot once, in the new order)</dt>"
+        f"<dd>{_command_html(f'/tierbot order {sequence_id} {example}')}</dd></dl></section>"
     )
 
 

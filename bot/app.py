@@ -17,6 +17,7 @@ from typing import Any
 from bot.catalog import Catalog, ProviderConfig, load_catalog
 from bot.core import Tierbot
 from bot.ledger import Ledger
+from bot.metrics import Ops
 from bot.pipeline import Pipeline
 from bot.policy import Policy, load_policy
 from bot.providers import ProviderRegistry
@@ -46,6 +47,8 @@ class Services:
     pipeline: Pipeline
     bot: Tierbot
     scheduler: Scheduler
+    #: This process's metrics and readiness (``/metrics``, ``/healthz``).
+    ops: Ops
     #: Resources adapters share within one process (e.g. the one HTTP server), by name.
     shared: dict[str, Any] = field(default_factory=dict)
     _heartbeat: asyncio.Task[None] | None = None
@@ -53,7 +56,13 @@ class Services:
     def surface_context(self) -> SurfaceContext:
         """What a chat surface is given (see :class:`~bot.surfaces.SurfaceContext`)."""
         return SurfaceContext(
-            self.bot, self.settings, self.catalog, WebHistory(self.store), self.store, self.shared
+            self.bot,
+            self.settings,
+            self.catalog,
+            WebHistory(self.store),
+            self.store,
+            self.shared,
+            self.ops,
         )
 
     def start(self) -> None:
@@ -109,6 +118,7 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
     health = Health(policy.health)
     router = Router(catalog, registry.why_unavailable, health)
     ledger = Ledger(store, policy)
+    ops = Ops(store)
     runner = JobRunner(
         store=store,
         files=files,
@@ -118,6 +128,7 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
         health=health,
         retries=settings.retries,
         max_backoff_s=settings.max_backoff_s,
+        on_error=lambda provider, kind: ops.provider_errors.labels(provider, kind).inc(),
     )
     pipeline = Pipeline(
         store=store,
@@ -150,4 +161,5 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
         pipeline,
         bot,
         scheduler,
+        ops,
     )

@@ -147,6 +147,7 @@ class JobRunner:
         retries: int = 2,
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -157,6 +158,8 @@ class JobRunner:
         self.retries = retries
         self.max_backoff_s = max_backoff_s
         self.sleep = sleep
+        #: Told of every provider error: (provider, "transient" | "permanent" | "policy").
+        self.on_error = on_error or (lambda provider, kind: None)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._running: dict[str, asyncio.Task[Any]] = {}
 
@@ -373,6 +376,8 @@ class JobRunner:
             wait = min(max(error.retry_after, 0.0), self.max_backoff_s)
         if isinstance(error, ProviderError):
             report(job_id, "retrying", f"{error.message}; retrying in {wait:.0f} s")
+            job = self.store.get_job(job_id)
+            self.on_error(job["provider"] if job else "?", "transient")
         return wait
 
     async def _execute(self, job_id: str) -> CompletedJob:
@@ -395,15 +400,18 @@ class JobRunner:
                 f"{candidate.label} is unavailable: {exc}", "permanent", job_id
             ) from None
         except ContentPolicyError as exc:
+            self.on_error(candidate.provider, "policy")
             self._fail(job_id, "policy", exc.message)
             raise JobFailed(
                 f"{candidate.label} refused the content: {exc.message}", "policy", job_id
             ) from None
         except TransientError as exc:
+            self.on_error(candidate.provider, "transient")
             self._fail(job_id, "transient", exc.message)
             self.health.record_failure(candidate.key)
             raise _FallBack(f"{candidate.label} failed: {exc.message}") from None
         except ProviderError as exc:
+            self.on_error(candidate.provider, "permanent")
             self._fail(job_id, "permanent", exc.message)
             raise JobFailed(
                 f"{candidate.label} failed: {exc.message}", "permanent", job_id

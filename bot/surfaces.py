@@ -25,6 +25,7 @@ from storage import Store, WebHistory
 
 if TYPE_CHECKING:
     from bot.core import Tierbot
+    from bot.metrics import Ops
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class SurfaceContext:
     _store: Store
     #: Resources surfaces share within one process (the one HTTP server), by name.
     shared: dict[str, Any] = field(default_factory=dict)
+    #: Where a surface reports its acknowledgement latency and whether it is up.
+    ops: Ops | None = None
 
     def outbox(
         self,

@@ -153,7 +153,7 @@ async def test_full_flow_draft_select_video_with_rest_calls(rig: Rig) -> None:
 
     mark = len(rig.fake.requests)
     await rig.react(final, "🎬")
-    assert rig.since(mark) == [SEND, REACT, SEND, REACT, REACT]
+    assert rig.since(mark) == [SEND, REACT, SEND, REACT, REACT, REACT]  # 🔁 ✅ ❌ on the video
     video = rig.message("🎬 Video")
     assert video["channel_id"] == grid["id"]
     assert video["attachments"][0]["filename"].endswith(".mp4")
@@ -446,12 +446,16 @@ POSITIONAL_NAMES = {
     "k": "k",
     "action": "action",
     "name": "name",
+    "sequence-id": "sequence",
+    "shot-order": "shot-order",
 }
 TEXT_NAMES = {
     "draft": "prompt",
     "edit": "instruction",
     "storyboard": "beats",
     "schedule": "details",
+    "video": "movement",
+    "reshoot": "movement",
 }
 #: The whole-number flags and positionals, with their bounds.
 WHOLE = {"n": (1, MAX_N), "seed": (0, MAX_SEED), "seconds": VIDEO_SECONDS, "k": (1, MAX_N)}
@@ -676,8 +680,8 @@ async def test_a_flag_added_to_the_registry_is_a_discord_option(
     video = _by_name(app_commands_from_registry(CATALOG, send, registry))["tierbot video"]
     params = {p.display_name: p for p in video.parameters}
     images = ["image", *(f"image{i}" for i in range(2, IMAGE_OPTIONS + 1))]
-    flags = ["seconds", "model", "ref", "sref", "loop", "caption", "takes"]
-    assert list(params) == ["asset", *flags, *images]
+    flags = ["seconds", "motion", "model", "ref", "sref", "loop", "caption", "takes"]
+    assert list(params) == ["asset", "movement", *flags, *images]
     loop, caption, takes = params["loop"], params["caption"], params["takes"]
     assert (loop.type, loop.required, loop.description) == (
         discord.AppCommandOptionType.boolean,
@@ -700,7 +704,7 @@ async def test_a_flag_added_to_the_registry_is_a_discord_option(
     # the stock registry is untouched
     stock = _by_name(app_commands_from_registry(CATALOG, send))["tierbot video"]
     assert [p.display_name for p in stock.parameters] == [
-        "asset", "seconds", "model", "ref", "sref", *images
+        "asset", "movement", "seconds", "motion", "model", "ref", "sref", *images
     ]  # fmt: skip
 
 

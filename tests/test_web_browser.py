@@ -9,6 +9,7 @@ fails the run, since `.ci/run` installs it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -501,3 +502,87 @@ async def test_a_region_painted_on_the_canvas_is_edited(make_settings, tmp_path:
         assert await touch.evaluate(PAINTED_AT, [0.5, 0.2]) == 0
         await expect(touch.locator("#undo")).to_be_enabled()
         await phone.close()
+
+
+async def test_a_sequence_plays_on_its_page(make_settings, tmp_path: Path) -> None:
+    """A storyboard shot as a sequence: the stitch and its shots play in the channel; its
+    page plays the stitch to its full length and lists the shots as stitched, each playable
+    and linked to its own page. WEB_SCREENSHOT_SEQUENCE=path keeps a picture of the page."""
+    from playwright.async_api import expect
+
+    policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
+    async with served_in_chromium(make_settings(policy=policy)) as (surface, browser):
+        page = await browser.new_page(viewport={"width": 1100, "height": 1200})
+        await page.add_init_script(CSP_WATCH)
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        failed: list[str] = []
+        page.on(
+            "response",
+            lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+        )
+        await page.goto(surface.url)
+        await page.fill("#name", "alice")
+        await page.press("#name", "Tab")
+        await page.fill(
+            "#command", "/tierbot storyboard a fox wakes | it sees snow | it leaps --seed 3"
+        )
+        await page.press("#command", "Enter")
+        storyboard = _grids(page).first
+        await expect(storyboard.locator("img.media")).to_be_visible(timeout=30_000)
+        grid_id = await storyboard.get_attribute("data-asset")
+        await page.fill("#command", f"/tierbot shots {grid_id} --seconds 2")
+        await page.press("#command", "Enter")
+
+        # In the channel: the stitch plays inline, its three shots follow, numbered.
+        message = storyboard.locator(".thread .msg", has_text="🎞️ Sequence")
+        stitch = message.locator(":scope > video.media")
+        await expect(stitch).to_be_visible(timeout=90_000)
+        shots = message.locator(".shots figure")
+        await expect(shots).to_have_count(3)
+        await expect(shots.locator("figcaption")).to_have_text(
+            [re.compile(rf"^shot {k} · [0-9a-f]{{8}}$") for k in (1, 2, 3)]
+        )
+        await page.wait_for_function(MEDIA_READY, arg=await message.element_handle())
+        stitch_id = await message.get_attribute("data-asset")
+        assert stitch_id
+        length = surface.bot.asset(stitch_id)["duration_s"]
+        await message.locator(":scope > a", has_text=f"asset {stitch_id}").click()
+
+        # Its page: the stitch plays, to its full length; the shots as stitched, each playable.
+        await page.wait_for_url(f"**/assets/{stitch_id}")
+        video = page.locator(".media video")
+        handle = await video.element_handle()
+        await page.wait_for_function(
+            "v => v.readyState >= 1 && v.duration > 0", arg=handle, timeout=30_000
+        )
+        assert abs(await video.evaluate("v => v.duration") - length) < 0.1
+        await video.evaluate("v => { v.muted = true; return v.play(); }")
+        await page.wait_for_function(
+            "v => v.readyState >= 2 && v.currentTime > 0", arg=handle, timeout=30_000
+        )
+        parents = [p["id"] for p in surface.bot.store.parents(stitch_id)]
+        listed = page.locator("#sequence .shot")
+        assert await listed.evaluate_all("l => l.map(s => s.dataset.asset)") == parents
+        await expect(listed.locator(".number")).to_have_text(["shot 1", "shot 2", "shot 3"])
+        await expect(listed.locator(".beat")).to_have_text(
+            ["a fox wakes", "it sees snow", "it leaps"]
+        )
+        for k in range(3):
+            small = listed.nth(k).locator("video")
+            await page.wait_for_function(
+                "v => v.readyState >= 1 && Math.abs(v.duration - 2) < 0.2",
+                arg=await small.element_handle(),
+                timeout=30_000,
+            )
+        order = page.locator("#sequence code.command", has_text="/tierbot order")
+        assert await order.evaluate("c => getComputedStyle(c).userSelect") == "all"
+        if os.environ.get("WEB_SCREENSHOT_SEQUENCE"):
+            await page.screenshot(path=os.environ["WEB_SCREENSHOT_SEQUENCE"], full_page=True)
+        # A shot's page leads back to the sequence.
+        await listed.nth(1).locator(f"a[href='/assets/{parents[1]}']").click()
+        await page.wait_for_url(f"**/assets/{parents[1]}")
+        await page.locator("#part-of a").first.click()
+        await page.wait_for_url(f"**/assets/{stitch_id}")
+        assert await page.evaluate("window.__csp") == []
+        assert errors == [] and failed == []

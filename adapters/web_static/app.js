@@ -162,7 +162,19 @@ function render(msg) {
   text.className = "text";
   text.textContent = msg.text;
   el.append(text);
-  for (const file of msg.files) {
+  // A stitched sequence: the stitch plays first, its shots follow small, in stitch order.
+  const sequence = msg.files.length > 1 && msg.files[0].stage === "sequence";
+  let strip = null;
+  for (const [i, file] of msg.files.entries()) {
+    if (sequence && i > 0) {
+      if (!strip) {
+        strip = document.createElement("div");
+        strip.className = "shots";
+        el.append(strip);
+      }
+      strip.append(shot(file));
+      continue;
+    }
     const link = document.createElement("a");
     link.href = file.page;
     link.title = "asset page";
@@ -227,6 +239,28 @@ function render(msg) {
   el.append(thread);
   el._msg = msg;
   return el;
+}
+
+// One shot of a sequence in its message: a small playable video, and its number linking
+// to its page (its words as the tooltip).
+function shot(file) {
+  const figure = document.createElement("figure");
+  figure.className = "shot";
+  const video = document.createElement("video");
+  video.className = "media shot";
+  video.controls = true;
+  video.muted = true;
+  video.preload = "metadata";
+  video.addEventListener("loadedmetadata", settle, { once: true });
+  video.src = file.url;
+  const caption = document.createElement("figcaption");
+  const link = document.createElement("a");
+  link.href = file.page;
+  link.textContent = `${file.label || "shot"} · ${file.asset_id}`;
+  if (file.title) link.title = file.title;
+  caption.append(link);
+  figure.append(video, caption);
+  return figure;
 }
 
 // The message as shown, without what only the live event carries.
