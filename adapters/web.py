@@ -26,6 +26,11 @@ Endpoints (all JSON unless noted):
   An image's page is also a canvas (``web_static/canvas.js``): paint the region to change,
   and the page sends ``/tierbot edit <id> <instruction> --mask`` with ``mask.png`` (white:
   may change, at the image's natural size) to ``/api/commands``, as the channel's name.
+  A stitched sequence's page (stage ``sequence``) plays the stitch and lists its shots as
+  stitched (each playable, its beat's words, a link to its page; a failed one with the
+  ``reshoot`` to type) and the ``reshoot`` and ``order`` commands; a shot's page lists the
+  stitches it is part of. In the channel a sequence's message plays the stitch, its shots
+  small under it.
 
 Safety: binds 127.0.0.1 by default; any other address needs ``TIERBOT_WEB_TOKEN``, checked on
 every request but the page itself (header ``Authorization: Bearer`` or the ``tierbot_token``

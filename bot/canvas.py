@@ -33,16 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
+import lazy_loader
 import numpy as np
 from PIL import Image, ImageOps
-from scipy import ndimage
-from scipy.optimize import linear_sum_assignment
-from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
-from skimage.metrics import structural_similarity
 
 from bot.regions import Box
 
 log = logging.getLogger(__name__)
+
+# Loaded on first use (scikit-image's own lazy loader): the bot's process only builds masks;
+# the colour maths runs in the CPU workers, which import these when they first need them.
+scipy = lazy_loader.load("scipy")
+skimage = lazy_loader.load("skimage")
 
 #: Width of the ring around a region where the patch is compared with the original, in pixels
 #: at 1024 px on the long edge (scaled with the image).
@@ -145,7 +147,7 @@ def _scale(size: tuple[int, int], pixels: int) -> int:
 
 
 def _ring(mask: np.ndarray, width: int) -> np.ndarray:
-    return ndimage.binary_dilation(mask, iterations=width) & ~mask
+    return scipy.ndimage.binary_dilation(mask, iterations=width) & ~mask
 
 
 def _match(patch_lab: np.ndarray, ring_patch: np.ndarray, ring_source: np.ndarray) -> np.ndarray:
@@ -161,7 +163,7 @@ def _match(patch_lab: np.ndarray, ring_patch: np.ndarray, ring_source: np.ndarra
 def _grain(image: np.ndarray, mask: np.ndarray) -> float:
     """The grain (high-frequency spread) of ``image`` (H×W×3, 0..1) where ``mask``."""
     grey = image.mean(axis=2)
-    detail = grey - ndimage.gaussian_filter(grey, 1.0)
+    detail = grey - scipy.ndimage.gaussian_filter(grey, 1.0)
     return float(detail[mask].std()) if mask.any() else 0.0
 
 
@@ -193,18 +195,22 @@ def keep_outside(
     if not ring.any():  # the region is the whole picture: nothing around it to match
         ring = ~mask if (~mask).any() else mask
 
-    source_lab, patch_lab = rgb2lab(source), rgb2lab(patch)
-    before = float(deltaE_ciede2000(source_lab[ring], patch_lab[ring]).mean())
+    source_lab, patch_lab = skimage.color.rgb2lab(source), skimage.color.rgb2lab(patch)
+    before = float(skimage.color.deltaE_ciede2000(source_lab[ring], patch_lab[ring]).mean())
     matched_lab = _match(patch_lab, patch_lab[ring], source_lab[ring])
-    matched = np.clip(lab2rgb(matched_lab), 0.0, 1.0)
-    after = float(deltaE_ciede2000(source_lab[ring], rgb2lab(matched)[ring]).mean())
+    matched = np.clip(skimage.color.lab2rgb(matched_lab), 0.0, 1.0)
+    after = float(
+        skimage.color.deltaE_ciede2000(
+            source_lab[ring], skimage.color.rgb2lab(matched)[ring]
+        ).mean()
+    )
     missing = _grain(source, ring) ** 2 - _grain(matched, ring) ** 2
     if missing > 0:
         noise = np.random.default_rng(seed).normal(0.0, math.sqrt(missing), mask.shape)
         matched = np.clip(matched + noise[..., None], 0.0, 1.0)
 
     # The blend runs from 0 at the region's edge to 1 FEATHER_PX inside it; outside it is 0.
-    inside = ndimage.distance_transform_edt(mask)
+    inside = scipy.ndimage.distance_transform_edt(mask)
     alpha = np.clip(inside / _scale(source_image.size, FEATHER_PX), 0.0, 1.0)[..., None]
     blended = np.rint((source * (1 - alpha) + matched * alpha) * 255).astype(np.uint8)
     original = np.asarray(source_image)
@@ -246,7 +252,7 @@ _HUES = (
 
 def colour_name(rgb: tuple[float, float, float]) -> str:
     """A plain name for a colour (0..1 RGB): "blue", "teal", "dark green", "grey"."""
-    lab = rgb2lab(np.array([[rgb]], dtype=np.float64))[0, 0]
+    lab = skimage.color.rgb2lab(np.array([[rgb]], dtype=np.float64))[0, 0]
     lightness, a, b = (float(v) for v in lab)
     chroma = math.hypot(a, b)
     if chroma < 10:
@@ -275,24 +281,26 @@ def _palette(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     palette = quantised.getpalette() or []
     rgb = np.array([[palette[3 * i : 3 * i + 3] for _, i in counts]], dtype=np.float64) / 255.0
     shares = np.array([c for c, _ in counts], dtype=np.float64)
-    return rgb2lab(rgb)[0], shares / shares.sum()
+    return skimage.color.rgb2lab(rgb)[0], shares / shares.sum()
 
 
 def drift(source: Image.Image, result: Image.Image) -> Drift:
     """How far ``result`` moved from ``source`` (see the module docstring)."""
     source_lab, source_share = _palette(source)
     result_lab, _ = _palette(result)
-    cost = deltaE_ciede2000(source_lab[:, None, :], result_lab[None, :, :])
-    rows, cols = linear_sum_assignment(cost)
+    cost = skimage.color.deltaE_ciede2000(source_lab[:, None, :], result_lab[None, :, :])
+    rows, cols = scipy.optimize.linear_sum_assignment(cost)
     weights = source_share[rows]
     palette = float((cost[rows, cols] * weights).sum() / weights.sum())
     worst = int(np.argmax(cost[rows, cols] * weights))
-    before = colour_name(tuple(lab2rgb(source_lab[rows[worst]][None, None, :])[0, 0]))
-    after = colour_name(tuple(lab2rgb(result_lab[cols[worst]][None, None, :])[0, 0]))
+    before = colour_name(tuple(skimage.color.lab2rgb(source_lab[rows[worst]][None, None, :])[0, 0]))
+    after = colour_name(tuple(skimage.color.lab2rgb(result_lab[cols[worst]][None, None, :])[0, 0]))
     size = (SSIM_SIDE, SSIM_SIDE)
     grey_source = np.asarray(source.convert("L").resize(size), dtype=np.float64)
     grey_result = np.asarray(result.convert("L").resize(size), dtype=np.float64)
-    structure = float(structural_similarity(grey_source, grey_result, data_range=255.0))
+    structure = float(
+        skimage.metrics.structural_similarity(grey_source, grey_result, data_range=255.0)
+    )
     return Drift(round(palette, 1), round(structure, 2), before, after)
 
 
@@ -332,10 +340,10 @@ def match_colours(image_data: bytes, reference: Path) -> bytes:
         image = _rgb(opened)
     with Image.open(reference) as opened:
         target = _rgb(opened)
-    image_lab, target_lab = rgb2lab(image), rgb2lab(target)
+    image_lab, target_lab = skimage.color.rgb2lab(image), skimage.color.rgb2lab(target)
     flat_image = image_lab.reshape(-1, 3)
     matched = _match(image_lab, flat_image, target_lab.reshape(-1, 3))
     out = io.BytesIO()
-    pixels = np.rint(np.clip(lab2rgb(matched), 0.0, 1.0) * 255).astype(np.uint8)
+    pixels = np.rint(np.clip(skimage.color.lab2rgb(matched), 0.0, 1.0) * 255).astype(np.uint8)
     Image.fromarray(pixels, "RGB").save(out, "PNG")
     return out.getvalue()

@@ -521,12 +521,15 @@ class UseCases:
         )
         cost = sum(job.cost for job in jobs)
         numbers = [r.value for r in NUMBER_REACTIONS[: len(draft_ids)]]
+        # A storyboard's beats can be shot as a sequence straight from its grid.
+        shoot = [Reaction.VIDEO.value] if spec.beats else []
         return Reply(
             text=f"{heading}🖼️ Drafts for “{spec.prompt}” · grid {grid_id} · {jobs[0].label} · "
             f"{credits(cost)}\n{jobs[0].reason}\nReact {numbers[0]}–{numbers[-1]} to take a "
-            f"draft to the final tier, 🔁 to reroll, ❌ to discard.",
+            f"draft to the final tier, {'🎬 to shoot the beats as a sequence, ' if shoot else ''}"
+            f"🔁 to reroll, ❌ to discard.",
             files=[self.files.path(relative)],
-            reactions=[*numbers, Reaction.REROLL.value, Reaction.DISCARD.value],
+            reactions=[*numbers, *shoot, Reaction.REROLL.value, Reaction.DISCARD.value],
             asset_id=grid_id,
             thread_of=thread_of,
             job_ids=job_ids,

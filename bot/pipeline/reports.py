@@ -39,6 +39,11 @@ class LineageNode:
             text = f"{asset['id']} 📎 upload “{asset['prompt']}” · sent by {sender} · {size}"
         elif asset["kind"] == AssetKind.MASK:
             text = f"{asset['id']} ✂️ mask of region {asset['prompt']} · by {sender} · {size}"
+        elif asset["stage"] == "sequence":
+            text = (
+                f"{asset['id']} 🎞️ sequence · stitched from its shots · {size} · "
+                f"{credits(asset['cost'] or 0)}"
+            )
         elif asset["stage"] == MANUAL_STAGE:
             text = f"{asset['id']} 🖌️ manual · fixed by hand by {sender} · {size}"
         else:
