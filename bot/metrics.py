@@ -37,13 +37,10 @@ class StoreCollector:
         self.store = store
 
     def collect(self) -> Iterator[Any]:
-        db = self.store.db
         jobs = GaugeMetricFamily(
             "tierbot_jobs", "Jobs by state and stage", labels=["state", "stage"]
         )
-        for state, stage, count in db.execute(
-            "select state, stage, count(*) from jobs group by state, stage"
-        ).fetchall():
+        for state, stage, count in self.store.job_counts():
             jobs.add_metric([state, stage], count)
         yield jobs
         spent = CounterMetricFamily(
@@ -51,10 +48,7 @@ class StoreCollector:
             "Credits charged (settled), by stage and team",
             labels=["stage", "team"],
         )
-        for stage, team, amount in db.execute(
-            "select stage, team, coalesce(sum(amount), 0) from ledger where state = 'settled' "
-            "group by stage, team"
-        ).fetchall():
+        for stage, team, amount in self.store.settled_spend():
             spent.add_metric([stage, team], amount / 1000)
         yield spent
         depth = GaugeMetricFamily(
@@ -63,12 +57,8 @@ class StoreCollector:
             "posted",
             labels=["queue"],
         )
-        for queue, sql in (
-            ("jobs", "select count(*) from jobs where state in ('queued', 'running')"),
-            ("inbox", "select count(*) from inbox where state != 'done'"),
-            ("outbox", "select count(*) from outbox"),
-        ):
-            depth.add_metric([queue], db.execute(sql).fetchone()[0])
+        for queue, count in self.store.queue_depths().items():
+            depth.add_metric([queue], count)
         yield depth
 
 
@@ -111,8 +101,7 @@ class Ops:
         """Whether the process is ready, and each part's state."""
         checks: dict[str, str] = {}
         try:
-            self.store.db.execute("select 1").fetchone()
-            checks["store"] = "up"
+            checks["store"] = "up" if self.store.answers() else "down"
         except Exception as exc:  # any failure of the store is "not ready", said plainly
             checks["store"] = f"down: {type(exc).__name__}"
         for part, ready in sorted(self._parts.items()):

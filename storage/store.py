@@ -721,6 +721,34 @@ class Store:
             self.db.execute("delete from schedule_runs where schedule_id = ?", [schedule_id])
             self.db.execute("delete from schedules where id = ?", [schedule_id])
 
+    # -- what operators watch (bot.metrics) ------------------------------------------------
+
+    def job_counts(self) -> list[tuple[str, str, int]]:
+        """``(state, stage, count)`` of every job."""
+        rows = self.db.execute("select state, stage, count(*) from jobs group by state, stage")
+        return [tuple(row) for row in rows.fetchall()]  # type: ignore[misc]
+
+    def settled_spend(self) -> list[tuple[str, str, int]]:
+        """``(stage, team, milli-credits)`` charged."""
+        rows = self.db.execute(
+            "select stage, team, coalesce(sum(amount), 0) from ledger where state = 'settled' "
+            "group by stage, team"
+        )
+        return [tuple(row) for row in rows.fetchall()]  # type: ignore[misc]
+
+    def queue_depths(self) -> dict[str, int]:
+        """Work waiting: unfinished jobs, inbound events not acted on, replies not posted."""
+        queries = {
+            "jobs": "select count(*) from jobs where state in ('queued', 'running')",
+            "inbox": "select count(*) from inbox where state != 'done'",
+            "outbox": "select count(*) from outbox",
+        }
+        return {name: self.db.execute(sql).fetchone()[0] for name, sql in queries.items()}
+
+    def answers(self) -> bool:
+        """Whether the database answers."""
+        return self.db.execute("select 1").fetchone() is not None
+
     # -- sequences -----------------------------------------------------------------------------
 
     def create_sequence(

@@ -119,6 +119,18 @@ def chat(services: Services) -> Chat:
     return Chat(services)
 
 
+@pytest.fixture
+async def channel(make_settings: Callable[..., Settings], tmp_path: Path) -> AsyncIterator[Any]:
+    """The web channel on a fresh bot, "alice" its approver (tests/test_web.py's ``Channel``)."""
+    from tests.test_web import _open  # the web channel's rig lives with its tests
+
+    policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
+    services = wire(make_settings(policy=policy))
+    async for opened in _open(services):
+        yield opened
+    await services.aclose()
+
+
 class ScriptedProvider:
     """A provider double for runner tests: each call pops the next scripted outcome.
 

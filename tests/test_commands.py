@@ -423,8 +423,8 @@ ERRORS = [
         "tierbot",
         "video",
         "/tierbot video needs an asset id; "
-        "usage: /tierbot video <asset-id> [--seconds 1..10] [--model ID] "
-        "[--ref REF] [--sref REF]",
+        "usage: /tierbot video <asset-id> [motion text] [--seconds 1..10] "
+        "[--motion subtle|dynamic] [--model ID] [--ref REF] [--sref REF]",
     ),
     (
         "tierbot",
@@ -608,6 +608,9 @@ def test_expected_commands_are_registered() -> None:
         "vary",
         "ref",
         "upload",
+        "shots",
+        "reshoot",
+        "order",
     }
     assert COMMANDS.get("select") is COMMANDS.get("final")
     assert set(FLAGS) == {
@@ -629,6 +632,8 @@ def test_expected_commands_are_registered() -> None:
         "prompt",
         "region",
         "mask",
+        "motion",
+        "finals",
     }
 
 

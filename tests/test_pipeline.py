@@ -51,7 +51,7 @@ async def test_draft_select_upscale_video_lineage(chat: Chat) -> None:
     video = result_of(await chat.react(final.asset_id, "🎬"))
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(video.files[0]))
     assert round(seconds) == 4 and frames == 96
-    assert video.reactions == ["✅", "❌"]
+    assert video.reactions == ["🔁", "✅", "❌"]
 
     (lineage,) = await chat.command("tierbot", f"lineage {video.asset_id}")
     lines = lineage.text.splitlines()
@@ -166,7 +166,7 @@ async def test_discard_records_rejection_and_spends_nothing(chat: Chat) -> None:
 
 async def test_meaningless_reaction_is_explained_privately(chat: Chat) -> None:
     grid = grid_of(await chat.command("draft", "a cat --n 2"))
-    (reply,) = await chat.react(grid.asset_id, "🎬")
+    (reply,) = await chat.react(grid.asset_id, "⬆️")
     assert reply.private and "means nothing on a draft grid" in reply.text
     (reply,) = await chat.react(grid.asset_id, "5️⃣")
     assert reply.private and "has drafts 1 to 2; got 5" in reply.text

@@ -246,7 +246,7 @@ async def test_final_upscale_and_video_send_the_reference_image(fal, wire, url_s
     generation = fal.submitted[3]
     assert generation.endpoint == "fal-ai/veo3.1/image-to-video"
     assert generation.input == {
-        "prompt": "a red fox",
+        "prompt": f"a red fox. {chat.services.catalog.motions['subtle'].adds}",
         "duration": "4s",
         "seed": 7,
         "image_url": data_uri(files.path(final_row["path"]), "image/jpeg"),

@@ -169,8 +169,7 @@ async def test_full_flow_draft_select_video_with_exact_calls(rig: Rig) -> None:
         "chat.postMessage",
         "files.getUploadURLExternal",
         "files.completeUploadExternal",
-        "reactions.add",
-        "reactions.add",
+        *["reactions.add"] * 3,  # 🔁 ✅ ❌
     ]
     (video,) = rig.anchors("🎬 Video")
     assert video["thread_ts"] == anchor["ts"]  # results stay in the grid's thread

@@ -17,7 +17,7 @@ from adapters.web import WebSurface
 from bot.commands import CommandError, parse
 from bot.surfaces import SurfaceUnavailable
 from storage import WebHistory
-from tests.conftest import ScriptedProvider, registry_with, write_policy
+from tests.conftest import ScriptedProvider, registry_with
 
 
 class Channel:
@@ -57,15 +57,6 @@ async def _open(services, **kwargs) -> AsyncIterator[Channel]:
     async with httpx.AsyncClient(base_url=surface.url, timeout=30) as client:
         yield Channel(surface, client)
     await surface.stop()
-
-
-@pytest.fixture
-async def channel(make_settings, tmp_path: Path) -> AsyncIterator[Channel]:
-    policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
-    services = wire(make_settings(policy=policy))
-    async for opened in _open(services):
-        yield opened
-    await services.aclose()
 
 
 def error_of(command: str, text: str) -> str:

@@ -8,19 +8,15 @@ sent carry none. What the script sends (``edit <id> <instruction> --mask`` with
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import pytest
 from PIL import Image, ImageDraw
 
-from adapters import wire
 from adapters.web import SECURITY_HEADERS, WebSurface
-from tests.conftest import write_policy
 from tests.images import png
-from tests.test_web import Channel, _open, is_grid
+from tests.test_web import Channel, is_grid
 from tests.test_web_images import send
 
 Element = tuple[str, dict[str, str]]
@@ -53,15 +49,6 @@ def mask_png(size: tuple[int, int], box: tuple[int, int, int, int]) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
-
-
-@pytest.fixture
-async def channel(make_settings, tmp_path: Path) -> AsyncIterator[Channel]:
-    policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
-    services = wire(make_settings(policy=policy))
-    async for opened in _open(services):
-        yield opened
-    await services.aclose()
 
 
 async def a_final(channel: Channel) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,6 @@ from bot.app import Services
 from bot.core import Tierbot
 from bot.pipeline import Pipeline
 from bot.uploads import MAX_FILES, MAX_UPLOAD_BYTES, Uploads
-from tests.conftest import write_policy
 from tests.images import animated, bomb, jpeg_with_location, png
 from tests.test_web import Channel, _open, is_grid
 
@@ -66,15 +64,6 @@ def shaped_by(channel: Channel, asset_id: str) -> list[str]:
     """The upload assets among ``asset_id``'s parents."""
     parents = bot_of(channel).store.parents(asset_id)
     return [p["id"] for p in parents if p["kind"] == "upload"]
-
-
-@pytest.fixture
-async def channel(make_settings, tmp_path: Path) -> AsyncIterator[Channel]:
-    policy = write_policy(tmp_path, '[teams.local.channels.web]\napprovers = ["alice"]\n')
-    services = wire(make_settings(policy=policy))
-    async for opened in _open(services):
-        yield opened
-    await services.aclose()
 
 
 async def test_a_draft_with_two_images_uses_them_and_shows_where_they_came_from(

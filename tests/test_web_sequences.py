@@ -6,11 +6,8 @@ makes a page that lists them reordered."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from adapters import load_providers, wire
 from tests.conftest import registry_with, write_policy
@@ -35,14 +32,6 @@ def sequence_id(message: dict[str, Any]) -> str:
 def shots_on(page: str) -> list[tuple[int, str]]:
     """The shots a sequence's page lists, in its order: (beat number, asset id or "")."""
     return [(int(number), asset) for number, asset in SHOT.findall(page)]
-
-
-@pytest.fixture
-async def channel(make_settings, tmp_path: Path) -> AsyncIterator[Channel]:
-    services = wire(make_settings(policy=write_policy(tmp_path, POLICY)))
-    async for opened in _open(services):
-        yield opened
-    await services.aclose()
 
 
 async def test_a_sequence_plays_in_the_channel_and_on_its_page(channel: Channel) -> None:
