@@ -662,7 +662,10 @@ class WebSurface:
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         asset = self._asset(request)
-        path = self.bot.asset_path(asset)
+        try:  # in a thread: with an object store, a file new to this machine is fetched
+            path = await asyncio.to_thread(self.bot.asset_path, asset)
+        except FileNotFoundError:
+            raise web.HTTPNotFound(text=f"the file of asset {asset['id']} is gone") from None
         width = request.query.get("w")
         if width is None or asset["kind"] == "video":
             return web.FileResponse(

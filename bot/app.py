@@ -26,7 +26,7 @@ from bot.runner import JobRunner
 from bot.schedules import Scheduler
 from bot.settings import Settings
 from bot.surfaces import SurfaceContext
-from storage import AssetFiles, Store, WebHistory
+from storage import AssetFiles, S3Bucket, Store, WebHistory
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,15 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
         catalog.providers[provider] = ProviderConfig(concurrency=limit)
     policy = load_policy(settings.policy)
     store = Store(settings.db_path, lease_s=settings.lease_s)
-    files = AssetFiles(settings.asset_dir)
+    # With TIERBOT_ASSET_URL the bucket is the source of truth and the asset dir its cache.
+    remote = (
+        S3Bucket(
+            settings.asset_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+        )
+        if settings.asset_url
+        else None
+    )
+    files = AssetFiles(settings.asset_dir, remote=remote)
     registry = (
         providers
         if isinstance(providers, ProviderRegistry)

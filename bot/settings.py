@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from storage.files import parse_asset_url
+
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +37,15 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default=Path("data"), description="SQLite file and asset store")
+    #: Where asset files are kept for every machine: ``s3://bucket[/prefix]`` on AWS S3, or on
+    #: any S3-compatible store at ``s3_endpoint_url``; the asset dir is then a local cache.
+    #: Unset: the asset dir alone (one machine).
+    asset_url: str | None = None
+    #: Endpoint of an S3-compatible store (MinIO, Cloudflare R2, ...); unset: AWS S3.
+    s3_endpoint_url: str | None = None
+    #: The bucket's region; unset: boto3's own (``AWS_REGION``, ``AWS_DEFAULT_REGION``,
+    #: ``~/.aws/config``). Credentials are never a tierbot setting: boto3 reads its own chain.
+    s3_region: str | None = None
     catalog: Path | None = Field(
         default=None, description="catalog TOML merged over the shipped one"
     )
@@ -116,6 +127,22 @@ class Settings(BaseSettings):
     provider_rates: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     #: Per-provider concurrent jobs, overriding the catalog: "fal=8,comfyui=1".
     provider_concurrency: Annotated[dict[str, PositiveInt], NoDecode] = Field(default_factory=dict)
+
+    @field_validator("asset_url", "s3_endpoint_url", "s3_region", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        """``TIERBOT_ASSET_URL=`` (as left in a copied ``.env.example``) means "not set"."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("asset_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        """Checked here so a typo stops the start, not the first upload; kept as
+        ``s3://bucket/prefix`` without stray slashes."""
+        if value is None:
+            return None
+        bucket, prefix = parse_asset_url(value)
+        return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
 
     @field_validator("log_level")
     @classmethod
@@ -204,6 +231,7 @@ class Settings(BaseSettings):
         "gemini_api_url",
         "replicate_api_url",
         "comfyui_url",
+        "s3_endpoint_url",
     )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:

@@ -1,7 +1,8 @@
-"""Storage: SQLite through sqlite-utils (the only place SQL lives) and the asset file store."""
+"""Storage: SQLite through sqlite-utils (the only place SQL lives) and the asset file store
+(local, or an S3 bucket with a local cache)."""
 
-from storage.files import AssetFiles
+from storage.files import AssetFiles, AssetStoreError, S3Bucket
 from storage.store import LimitReached, Store
 from storage.web_history import WebHistory
 
-__all__ = ["AssetFiles", "LimitReached", "Store", "WebHistory"]
+__all__ = ["AssetFiles", "AssetStoreError", "LimitReached", "S3Bucket", "Store", "WebHistory"]
