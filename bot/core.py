@@ -396,7 +396,9 @@ REACTIONS: dict[tuple[str, str], ReactionHandler] = {
     **{("grid", _key(r)): _select(i) for i, r in enumerate(NUMBER_REACTIONS, start=1)},
     ("grid", _key(Reaction.REROLL)): lambda bot, origin, grid: bot.pipeline.reroll(origin, grid),
     ("grid", _key(Reaction.DISCARD)): lambda bot, origin, grid: bot.pipeline.discard(origin, grid),
-    ("grid", _key(Reaction.VIDEO)): lambda bot, origin, grid: bot.pipeline.shots(origin, grid),
+    ("grid", _key(Reaction.VIDEO)): lambda bot, origin, grid: bot.pipeline.shots(
+        origin, grid, once=True
+    ),
     **{("final", k): handler for k, handler in {**_FURTHER, **_RESULT_DECISIONS}.items()},
     ("final", _key(Reaction.REROLL)): lambda bot, origin, asset: bot.pipeline.rerender(
         origin, asset

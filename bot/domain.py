@@ -96,6 +96,7 @@ class Decision(StrEnum):
     SELECTED = "selected"  # a draft chosen from its grid for the final tier
     APPROVED = "approved"  # QA sign-off on a final
     REJECTED = "rejected"  # a grid rerolled or discarded, a final rejected
+    SHOT = "shot"  # a storyboard grid's beats shot as a sequence (🎬 acts once per grid)
 
 
 class Reaction(StrEnum):

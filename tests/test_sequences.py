@@ -115,6 +115,17 @@ async def test_reshoot_replaces_exactly_one_shot_and_order_is_free(
     assert signed[-1].state_of == reordered.asset_id
 
 
+async def test_a_second_clapperboard_on_a_grid_spends_nothing(
+    chat: Chat, services: Services
+) -> None:
+    grid = await storyboard(chat)
+    sequence_of(await chat.react(grid.asset_id, "🎬"))
+    spent = len(ledger(services))
+    (again,) = await chat.as_user("bob").react(grid.asset_id, "🎬")
+    assert again.private and "already being shot as a sequence" in again.text
+    assert len(ledger(services)) == spent
+
+
 async def test_only_storyboards_make_sequences_of_short_shots(chat: Chat) -> None:
     plain = grid_of(await chat.command("draft", "a fox --n 2"))
     (refusal,) = await chat.react(plain.asset_id, "🎬")

@@ -23,7 +23,7 @@ from typing import Any
 
 from bot import cpu, footage
 from bot.commands import Invocation
-from bot.domain import AssetKind, Capability, Origin, Reaction, Reply, Stage
+from bot.domain import AssetKind, Capability, Decision, Origin, Reaction, Reply, Stage
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline.base import Draftspec, UseCases
@@ -44,10 +44,11 @@ class Sequences(UseCases):
     """Shots from a storyboard, stitched; reshoots and new orders."""
 
     async def shots(
-        self, origin: Origin, grid_id: str, inv: Invocation | None = None
+        self, origin: Origin, grid_id: str, inv: Invocation | None = None, once: bool = False
     ) -> AsyncIterator[Reply]:
         """``/tierbot shots <grid-id> [--seconds 2..3] [--finals] [--motion subtle|dynamic]``
-        and 🎬 on a storyboard grid."""
+        and 🎬 on a storyboard grid. ``once`` (the reaction): a grid is shot once however many
+        people press 🎬; the command asks for another sequence on purpose."""
         grid = self._asset(grid_id, AssetKind.GRID, "a storyboard grid")
         request = self.store.get_request(grid["request_id"])
         assert request is not None
@@ -81,6 +82,13 @@ class Sequences(UseCases):
         total = each * len(beats)
         action = f"shooting {len(beats)} shots of {seconds} s ({credits(total)})"
         self._authorize(origin, video, action)
+        if once and not self.store.record_gate(
+            grid_id, Decision.SHOT, user=origin.user, surface=origin.surface
+        ):
+            raise UserError(
+                f"grid {grid_id} is already being shot as a sequence; /tierbot shots "
+                f"{grid_id} makes another on purpose. Nothing was spent."
+            )
         new_request = self.store.create_request(
             origin=origin.model_dump(),
             command="shots",
@@ -146,7 +154,12 @@ class Sequences(UseCases):
         ]
         # The whole sequence is reserved before anything starts: a sequence the budget
         # cannot pay for is refused whole, never left half-shot.
-        job_ids = self.runner.reserve_all([*final_plans, *video_plans])
+        try:
+            job_ids = self.runner.reserve_all([*final_plans, *video_plans])
+        except JobFailed:
+            if once:  # nothing was shot: 🎬 may be pressed again
+                self.store.remove_gate(grid_id, Decision.SHOT)
+            raise
         final_ids, video_ids = job_ids[: len(final_plans)], job_ids[len(final_plans) :]
         failures: dict[int, str] = {}
         if final_ids:
