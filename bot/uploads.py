@@ -128,7 +128,11 @@ class Uploads:
         taken = []
         for index, file in enumerate(inbound):
             if index in cleaned:
-                asset_id = await asyncio.to_thread(self._save, origin, file.name, cleaned[index])
+                image = cleaned[index]
+                # The file in a thread; the row here: the store's one connection is the
+                # event loop's (a transaction of another thread would interleave with ours).
+                stored = await asyncio.to_thread(self.files.put, image.data, image.mime)
+                asset_id = self._save(origin, file.name, image, stored)
                 file = file.model_copy(update={"asset_id": asset_id, "data": b""})
             taken.append(file)
         return taken
@@ -149,8 +153,10 @@ class Uploads:
             "send the command with the image again. Nothing was spent."
         )
 
-    def _save(self, origin: Origin, name: str, image: CleanImage) -> str:
-        digest, relative = self.files.put(image.data, image.mime)
+    def _save(
+        self, origin: Origin, name: str, image: CleanImage, stored: tuple[str, str]
+    ) -> str:
+        digest, relative = stored
         row: dict[str, Any] = {
             "kind": AssetKind.UPLOAD.value,
             "stage": UPLOAD_STAGE,
