@@ -15,8 +15,9 @@ the mean CIEDE2000 colour difference between the model's picture and the origina
 before and after the correction: above about 3 a seam shows.
 
 **Drift.** :func:`drift` compares a result with the image it came from: the dominant palettes
-(five colours each, matched one to one so the total CIEDE2000 is least, weighted by how much of
-the source each covers) and the composition (structural similarity of small greyscale copies).
+(the source's five colours matched one to one among the result's eight so the total CIEDE2000
+is least, weighted by how much of the source each covers: a colour the result only added is
+left over) and the composition (structural similarity of small greyscale copies).
 A final whose blue turned teal drifts; a re-seeded one of the same palette does not, however
 different its layout. :func:`match_colours` is the free fix: the result's colours moved onto
 the source's (CIELAB mean and spread), nothing else changed.
@@ -53,6 +54,7 @@ RING_PX = 24
 FEATHER_PX = 12
 #: Palette size of the drift check, and the side of the copies it compares.
 PALETTE_COLOURS = 5
+RESULT_COLOURS = 8
 DRIFT_SIDE = 128
 SSIM_SIDE = 64
 #: A region must cover at least this many pixels of the image.
@@ -272,11 +274,11 @@ def colour_name(rgb: tuple[float, float, float]) -> str:
     return f"dark {name}" if lightness < 30 else name
 
 
-def _palette(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+def _palette(image: Image.Image, colours: int) -> tuple[np.ndarray, np.ndarray]:
     """The dominant colours (Lab) of ``image`` and the share of the picture each covers."""
     small = image.convert("RGB")
     small.thumbnail((DRIFT_SIDE, DRIFT_SIDE))
-    quantised = small.quantize(PALETTE_COLOURS, method=Image.Quantize.MEDIANCUT)
+    quantised = small.quantize(colours, method=Image.Quantize.MEDIANCUT)
     counts = sorted(quantised.getcolors() or [], reverse=True)
     palette = quantised.getpalette() or []
     rgb = np.array([[palette[3 * i : 3 * i + 3] for _, i in counts]], dtype=np.float64) / 255.0
@@ -286,13 +288,16 @@ def _palette(image: Image.Image) -> tuple[np.ndarray, np.ndarray]:
 
 def drift(source: Image.Image, result: Image.Image) -> Drift:
     """How far ``result`` moved from ``source`` (see the module docstring)."""
-    source_lab, source_share = _palette(source)
-    result_lab, _ = _palette(result)
+    source_lab, source_share = _palette(source, PALETTE_COLOURS)
+    result_lab, _ = _palette(result, RESULT_COLOURS)
     cost = skimage.color.deltaE_ciede2000(source_lab[:, None, :], result_lab[None, :, :])
+    # One to one, with more colours on the result's side than the source's: a colour the
+    # result only added (a caption band, a new prop) is left over, not counted as drift.
     rows, cols = scipy.optimize.linear_sum_assignment(cost)
     weights = source_share[rows]
-    palette = float((cost[rows, cols] * weights).sum() / weights.sum())
-    worst = int(np.argmax(cost[rows, cols] * weights))
+    distances = cost[rows, cols]
+    palette = float((distances * weights).sum() / weights.sum())
+    worst = int(np.argmax(distances * weights))
     before = colour_name(tuple(skimage.color.lab2rgb(source_lab[rows[worst]][None, None, :])[0, 0]))
     after = colour_name(tuple(skimage.color.lab2rgb(result_lab[cols[worst]][None, None, :])[0, 0]))
     size = (SSIM_SIDE, SSIM_SIDE)

@@ -153,9 +153,7 @@ class Uploads:
             "send the command with the image again. Nothing was spent."
         )
 
-    def _save(
-        self, origin: Origin, name: str, image: CleanImage, stored: tuple[str, str]
-    ) -> str:
+    def _save(self, origin: Origin, name: str, image: CleanImage, stored: tuple[str, str]) -> str:
         digest, relative = stored
         row: dict[str, Any] = {
             "kind": AssetKind.UPLOAD.value,
