@@ -28,16 +28,14 @@ from __future__ import annotations
 import io
 import logging
 import math
-import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio_ffmpeg
 import lazy_loader
 import numpy as np
 from PIL import Image, ImageOps
 
+from bot import footage
 from bot.regions import Box
 
 log = logging.getLogger(__name__)
@@ -309,29 +307,12 @@ def drift(source: Image.Image, result: Image.Image) -> Drift:
     return Drift(round(palette, 1), round(structure, 2), before, after)
 
 
-def first_frame(video: Path) -> Image.Image:
-    """The first frame of a video (a video's drift is its first frame's)."""
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / "frame.png"
-        subprocess.run(
-            [
-                *(imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(video)),
-                *("-frames:v", "1", str(target)),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        with Image.open(target) as frame:
-            return frame.convert("RGB")
-
-
 def drift_of(source: Path, result: Path, video: bool = False) -> Drift:
     """:func:`drift` of two stored files (the result may be a video: its first frame)."""
     with Image.open(source) as opened:
         source_image = ImageOps.exif_transpose(opened).convert("RGB")
     if video:
-        result_image = first_frame(result)
+        result_image = footage.first_frame(result)
     else:
         with Image.open(result) as opened:
             result_image = opened.convert("RGB")

@@ -776,11 +776,24 @@ register(
     )
 )
 # Commands that take one id and run the use case of the same name on it.
-for _name, _summary, _arg in (
-    ("reroll", "Draft a grid again with the same prompt.", "grid-id"),
-    ("discard", "Discard a grid.", "grid-id"),
-    ("approve", "Approve an asset (sign-off).", "asset-id"),
-    ("reject", "Reject an asset.", "asset-id"),
+# (Reactions have these too, for surfaces without reactions, the shell, and scripts.)
+for _name, _summary, _arg, _use_case in (
+    ("reroll", "Draft a grid again with the same prompt.", "grid-id", "reroll"),
+    ("discard", "Discard a grid.", "grid-id", "discard"),
+    ("approve", "Approve an asset (sign-off).", "asset-id", "approve"),
+    ("reject", "Reject an asset.", "asset-id", "reject"),
+    (
+        "match",
+        "Move a result's colours back onto its source's (free; 🎨).",
+        "asset-id",
+        "match_colours",
+    ),
+    (
+        "unify",
+        "A soft pass over a region edit's whole image, for a seam that shows (🪄).",
+        "asset-id",
+        "unify",
+    ),
 ):
     register(
         CommandSpec(
@@ -788,7 +801,7 @@ for _name, _summary, _arg in (
             _summary,
             args=(_arg,),
             example=f"/tierbot {_name} {_EXAMPLE_ID}",
-            handler=lambda bot, origin, inv, _, use_case=_name: getattr(bot.pipeline, use_case)(
+            handler=lambda bot, origin, inv, _, use_case=_use_case: getattr(bot.pipeline, use_case)(
                 origin, inv.args[0]
             ),
         )

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import imageio_ffmpeg
+from PIL import Image
 
 from bot.providers import PermanentError
 
@@ -51,6 +52,21 @@ def probe(path: Path) -> tuple[int, int, float]:
     hours, minutes, seconds = duration.groups()
     total = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
     return int(stream.group(2)), int(stream.group(3)), total
+
+
+def first_frame(video: Path) -> Image.Image:
+    """The first frame of a video, RGB (a video's drift is its first frame's).
+
+    Raises:
+        PermanentError: not a readable video.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "frame.png"
+        done = _ffmpeg("-v", "error", "-i", str(video), "-frames:v", "1", str(target), timeout=60)
+        if done.returncode != 0 or not target.exists():
+            raise PermanentError("not a readable video")
+        with Image.open(target) as frame:
+            return frame.convert("RGB")
 
 
 def video_info(data: bytes) -> tuple[int, int, float]:

@@ -340,7 +340,8 @@ class JobRunner:
                 candidates = [c for c in map(self.catalog.candidate, job["fallbacks"]) if c]
                 if not candidates:
                     raise JobFailed(fallback.message, "transient", job_id) from None
-                request = self._request_for(job)
+                # Its parameters only: a reservation keeps the inputs, not their files.
+                request = GenerationRequest(job_id=job["id"], **job["params"])
                 log.info("job %s falls back to %s", job_id, candidates[0].key)
                 job_id = self._reserve(
                     job["request_id"],
@@ -355,12 +356,14 @@ class JobRunner:
                     cause=job.get("cause"),
                 )
 
-    def _request_for(self, job: dict[str, Any]) -> GenerationRequest:
-        references = []
-        for asset_id in job["inputs"]:
-            asset = self.store.get_asset(asset_id)
-            if asset is not None:
-                references.append(self.files.path(asset["path"]))
+    async def _paths(self, asset_ids: Sequence[str]) -> list[Path]:
+        """Where input assets' files are. In a thread: with an object store, a file this
+        machine has not got yet is downloaded first."""
+        relatives = [asset["path"] for i in asset_ids if (asset := self.store.get_asset(i))]
+        return await asyncio.to_thread(lambda: [self.files.path(r) for r in relatives])
+
+    async def _request_for(self, job: dict[str, Any]) -> GenerationRequest:
+        references = await self._paths(job["inputs"])
         return GenerationRequest(job_id=job["id"], references=references, **job["params"])
 
     def _slot(self, provider: str) -> asyncio.Semaphore:
@@ -387,7 +390,7 @@ class JobRunner:
         if candidate is None:
             self._fail(job_id, "permanent", "model left the catalog")
             raise JobFailed(f"{job['model_id']} is no longer in the catalog", "permanent", job_id)
-        request = self._request_for(job)
+        request = await self._request_for(job)
         self._running[job_id] = asyncio.current_task()  # type: ignore[assignment]
         try:
             provider = self.providers.get(candidate.provider)
@@ -462,7 +465,8 @@ class JobRunner:
         the model returned), and each one's seam measured (see ``bot.canvas``)."""
         from bot import canvas  # numpy and scikit-image: loaded by the first region edit
 
-        source = await _read(self._request_for(job).references[0])
+        (source_path,) = await self._paths(job["inputs"][:1])
+        source = await _read(source_path)
         mask = await _read(Path(job["params"]["mask"]))
         kept, facts = [], []
         for out in outputs:

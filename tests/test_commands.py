@@ -611,6 +611,8 @@ def test_expected_commands_are_registered() -> None:
         "shots",
         "reshoot",
         "order",
+        "match",
+        "unify",
     }
     assert COMMANDS.get("select") is COMMANDS.get("final")
     assert set(FLAGS) == {

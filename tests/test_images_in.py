@@ -253,8 +253,17 @@ async def test_a_hand_fixed_version_goes_on_like_a_final(chat: Chat, services: S
     assert services.store.parents(version.asset_id)[0]["id"] == final.asset_id
     upscaled = result_of(await chat.react(version.asset_id, "⬆️"))
     assert services.store.parents(upscaled.asset_id)[0]["id"] == version.asset_id
-    tree = chat.services.bot.lineage_tree(upscaled.asset_id)
-    assert tree  # the lineage reaches the hand step and the draft
+    (tree,) = chat.services.bot.lineage_tree(upscaled.asset_id)
+    assert tree.asset["stage"] == "draft"  # the lineage runs from the draft ...
+    lines = []
+
+    def walk(node: Any) -> None:
+        lines.append(node.describe())
+        for child in node.children:
+            walk(child)
+
+    walk(tree)
+    assert any("🖌️ manual · fixed by hand by alice" in line for line in lines)  # ... by hand
     twice = await chat.command("tierbot", f"upload {final.asset_id}", files=[fixed, fixed])
     assert twice[-1].private and "attach exactly one image" in twice[-1].text
 

@@ -32,8 +32,6 @@ import logging
 import math
 import re
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -42,7 +40,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-import imageio_ffmpeg
 from aiolimiter import AsyncLimiter
 from PIL import Image
 from tenacity import (
@@ -52,7 +49,7 @@ from tenacity import (
     retry_if_not_exception_type,
 )
 
-from bot import cpu
+from bot import cpu, footage
 from bot.imaging import (
     FORMAT_MIME,
     NotAnImageError,
@@ -799,7 +796,10 @@ def decode(
         "binary/octet-stream",
     }:
         raise PermanentError(f"expected a video, the provider sent {content_type}")
-    width, height, seconds = video_info(data)
+    try:
+        width, height, seconds = footage.video_info(data)
+    except PermanentError:
+        raise PermanentError("the provider sent something that is not a readable video") from None
     return GeneratedFile(
         data=data, mime="video/mp4", width=width, height=height, duration_s=seconds, seed=seed
     )
@@ -875,33 +875,6 @@ def read_reference(path: Path, accept: Collection[str] | None = IMAGE_TYPES) -> 
     return ReferenceImage(data=data, format=kind, mime=mime, width=width, height=height)
 
 
-_STREAM = re.compile(r"Video: (\w+).*?, (\d{2,5})x(\d{2,5})")
-_DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
-
-
-def video_info(data: bytes) -> tuple[int, int, float]:
-    """``(width, height, seconds)`` of a video, probed with the bundled ffmpeg.
-
-    Raises:
-        PermanentError: not a decodable video.
-    """
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "probe"
-        path.write_bytes(data)
-        probe = subprocess.run(
-            [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-    stream = _STREAM.search(probe.stderr)
-    duration = _DURATION.search(probe.stderr)
-    if stream is None or duration is None:
-        raise PermanentError("the provider sent something that is not a readable video")
-    hours, minutes, seconds = duration.groups()
-    total = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    return int(stream.group(2)), int(stream.group(3)), total
 
 
 async def decode_in_worker(
