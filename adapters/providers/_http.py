@@ -875,8 +875,6 @@ def read_reference(path: Path, accept: Collection[str] | None = IMAGE_TYPES) -> 
     return ReferenceImage(data=data, format=kind, mime=mime, width=width, height=height)
 
 
-
-
 async def decode_in_worker(
     data: bytes, content_type: str, *, expect: str, seed: int | None = None
 ) -> GeneratedFile:
