@@ -58,6 +58,8 @@ Only here:
   tierbot doctor    ask each configured provider whether its key works and each catalog
                     model exists there (spends nothing); one line per model
   tierbot run       serve the web channel (http://127.0.0.1:8765) and configured surfaces
+  tierbot worker [--concurrency N]   run model calls that `tierbot run` processes queue
+                    (TIERBOT_RUN_JOBS=workers, on TIERBOT_DATABASE_URL); /healthz, /metrics
   tierbot discord sync   publish the Discord commands globally (rate-limited; guilds in
                     DISCORD_GUILD_IDS are synced at every start)
 
@@ -295,6 +297,8 @@ async def serve(services: Services) -> int:
     # In the background, now and every lease: a resumed video may take minutes and the bot
     # serves meanwhile, and work a killed process held is taken over once its lease lapses.
     recovering = asyncio.create_task(services.bot.recover_forever(services.store.lease_s))
+    if services.queue is not None:
+        await services.queue.open()
     ops.up("queue")
     checking = asyncio.create_task(_check_providers(services))
     cpu.warm_up()
@@ -316,6 +320,55 @@ async def serve(services: Services) -> int:
     return 0
 
 
+#: Jobs one worker process drives at once (each mostly waits on its provider).
+DEFAULT_WORKER_CONCURRENCY = 16
+
+
+async def work(services: Services, argv: Sequence[str]) -> int:
+    """``tierbot worker``: drive the jobs ``tierbot run`` processes queue, until interrupted.
+    Several workers share the queue; a job is driven by one at a time."""
+    queue = services.queue
+    if queue is None:
+        print(
+            "tierbot worker runs jobs from the Postgres job queue: set TIERBOT_DATABASE_URL "
+            "and TIERBOT_RUN_JOBS=workers (on every bot and worker process).",
+            file=sys.stderr,
+        )
+        return 2
+    concurrency = DEFAULT_WORKER_CONCURRENCY
+    if len(argv) == 2 and argv[0] == "--concurrency" and argv[1].isdigit() and int(argv[1]) > 0:
+        concurrency = int(argv[1])
+    elif argv:
+        print("usage: tierbot worker [--concurrency N]", file=sys.stderr)
+        return 2
+    ops = services.ops
+    ops.expect("queue")
+    server = http_server(services.surface_context())
+    add_ops_routes(server, ops)
+    await server.start()
+    await queue.open()
+    ops.up("queue")
+    cpu.warm_up()
+    print(
+        f"Worker {services.store.worker_id}: running queued jobs, {concurrency} at a time. "
+        "Press Ctrl+C to stop.",
+        flush=True,
+    )
+    working = asyncio.create_task(queue.work(services.runner.work, concurrency=concurrency))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({working, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    # Jobs still running are put back by procrastinate (or by another worker, if this one is
+    # killed instead); their stored provider request ids are polled, not submitted again.
+    for task in (working, stopping):
+        task.cancel()
+    await asyncio.gather(working, stopping, return_exceptions=True)
+    return 0
+
+
 async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
     services = wire(settings)
     services.start()
@@ -324,6 +377,8 @@ async def _main_async(settings: Settings, argv: Sequence[str]) -> int:
             return await demo(services)
         if argv[0] == "run":
             return await serve(services)
+        if argv[0] == "worker":
+            return await work(services, argv[1:])
         if argv[0] == "doctor":
             return await doctor(services)
         if argv[0] in ("discord", "slack", "web") and (command := surface_cli(argv[0])):

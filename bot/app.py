@@ -27,6 +27,7 @@ from bot.schedules import Scheduler
 from bot.settings import Settings
 from bot.surfaces import SurfaceContext
 from storage import AssetFiles, S3Bucket, Store, WebHistory
+from storage.queue import JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Services:
     scheduler: Scheduler
     #: This process's metrics and readiness (``/metrics``, ``/healthz``).
     ops: Ops
+    #: The job queue to ``tierbot worker`` processes (``TIERBOT_RUN_JOBS=workers``), or None.
+    queue: JobQueue | None = None
     #: Resources adapters share within one process (e.g. the one HTTP server), by name.
     shared: dict[str, Any] = field(default_factory=dict)
     _heartbeat: asyncio.Task[None] | None = None
@@ -82,6 +85,8 @@ class Services:
                 await self._heartbeat
         self.scheduler.stop()
         await self.providers.aclose()
+        if self.queue is not None:
+            await self.queue.aclose()
         self.store.close()  # retires this worker: its claims are free at once
 
 
@@ -108,7 +113,7 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
     for provider, limit in settings.provider_concurrency.items():  # the setting wins
         catalog.providers[provider] = ProviderConfig(concurrency=limit)
     policy = load_policy(settings.policy)
-    store = Store(settings.db_path, lease_s=settings.lease_s)
+    store = Store(settings.store_location, lease_s=settings.lease_s)
     # With TIERBOT_ASSET_URL the bucket is the source of truth and the asset dir its cache.
     remote = (
         S3Bucket(
@@ -127,6 +132,15 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
     router = Router(catalog, registry.why_unavailable, health)
     ledger = Ledger(store, policy)
     ops = Ops(store)
+    queue = (
+        JobQueue(
+            settings.store_location,
+            heartbeat_s=max(0.5, settings.lease_s / 4),
+            stalled_s=settings.lease_s,
+        )
+        if settings.run_jobs == "workers"
+        else None
+    )
     runner = JobRunner(
         store=store,
         files=files,
@@ -137,6 +151,7 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
         retries=settings.retries,
         max_backoff_s=settings.max_backoff_s,
         on_error=lambda provider, kind: ops.provider_errors.labels(provider, kind).inc(),
+        queue=queue,
     )
     pipeline = Pipeline(
         store=store,
@@ -170,4 +185,5 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
         bot,
         scheduler,
         ops,
+        queue=queue,
     )

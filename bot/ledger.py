@@ -85,9 +85,15 @@ class Ledger:
                 tightest = Headroom(left, cap)
         return tightest
 
-    def reserve_job(self, job: dict[str, Any], amount: int, replaces: str | None = None) -> str:
+    def reserve_job(
+        self,
+        job: dict[str, Any],
+        amount: int,
+        replaces: str | None = None,
+        replaced_because: str = "",
+    ) -> str:
         """Insert ``job`` with ``amount`` reserved against every cap that applies, at once.
-        ``replaces`` is the failed job this one falls back from.
+        ``replaces`` is the job this one falls back from, failed for ``replaced_because``.
 
         Raises:
             BudgetExceeded: a cap would be overspent; nothing is written.
@@ -99,6 +105,7 @@ class Ledger:
                 amount=amount,
                 limits=[(cap.team, cap.channel, since, cap.limit) for cap, since in caps],
                 replaces=replaces,
+                replaced_because=replaced_because,
             )
         except LimitReached as reached:
             raise BudgetExceeded(caps[reached.index][0], reached.used, amount) from None

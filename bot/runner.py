@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -132,6 +132,17 @@ class JobFailed(Exception):
         self.job_ids = list(siblings) or ([job_id] if job_id else [])
 
 
+#: How often a process waiting on jobs that workers run looks at them (one statement).
+WAIT_POLL_S = 0.1
+
+
+class WorkQueue(Protocol):
+    """Hands jobs to worker processes (``storage.queue.JobQueue``)."""
+
+    async def hand(self, job_id: str) -> None:
+        """Make sure a worker will drive ``job_id`` (once, however often it is handed)."""
+
+
 class JobRunner:
     """Runs jobs on providers with a concurrency limit per provider."""
 
@@ -148,6 +159,7 @@ class JobRunner:
         max_backoff_s: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_error: Callable[[str, str], None] | None = None,
+        queue: WorkQueue | None = None,
     ) -> None:
         self.store = store
         self.files = files
@@ -162,6 +174,10 @@ class JobRunner:
         self.on_error = on_error or (lambda provider, kind: None)
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._running: dict[str, asyncio.Task[Any]] = {}
+        #: Where jobs run when not here: ``tierbot worker`` processes (``storage.queue``).
+        self.queue = queue
+        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -287,6 +303,7 @@ class JobRunner:
         prices: dict[str, int],
         replaces: str | None = None,
         cause: str | None = None,
+        replaced_because: str = "",
     ) -> str:
         """Write a job for the first affordable candidate, with its reservation."""
         last: BudgetExceeded | None = None
@@ -315,6 +332,7 @@ class JobRunner:
                     },
                     price,
                     replaces=replaces,
+                    replaced_because=replaced_because,
                 )
                 report(job_id, "queued", candidate.label)
                 return job_id
@@ -329,32 +347,116 @@ class JobRunner:
         )
 
     async def drive(self, job_id: str) -> CompletedJob:
-        """Run a reserved job to the end; on exhausted transient errors continue with its
-        fallbacks."""
+        """Run a reserved job to the end (here, or by a worker process when jobs run in
+        workers); on exhausted transient errors it continues with its fallbacks.
+
+        Raises:
+            JobFailed: the job (and its fallbacks) failed; nothing was charged for them.
+        """
+        if self.queue is None:
+            return await self.drive_here(job_id)
+        await self.queue.hand(job_id)
+        return await self._outcome_of(job_id)
+
+    async def work(self, job_id: str) -> None:
+        """What a worker process does with a job handed to it: drive it here. How it ended is
+        on its row, where the process waiting for it looks; so is an error of the worker's
+        own (it fails the job rather than leave its requester waiting)."""
+        try:
+            await self.drive_here(job_id)
+        except JobFailed:
+            pass
+        except Exception as exc:
+            log.exception("worker failed on job %s", job_id)
+            job = self.store.get_job(job_id)
+            if job is not None and job["state"] in (JobState.QUEUED, JobState.RUNNING):
+                self._fail(job_id, "permanent", f"the worker failed ({type(exc).__name__})")
+
+    async def drive_here(self, job_id: str) -> CompletedJob:
+        """Run a reserved job in this process (see :meth:`drive`). A job already finished
+        (run again after its worker was taken for dead) reports how it ended."""
         while True:
+            job = self.store.get_job(job_id)
+            if job is None:
+                raise JobFailed(f"job {job_id} does not exist", "permanent", job_id)
+            if job.get("replaced_by"):
+                job_id = job["replaced_by"]
+                continue
+            if job["state"] not in (JobState.QUEUED, JobState.RUNNING):
+                outcome = self._finished(job)
+                if isinstance(outcome, JobFailed):
+                    raise outcome
+                return outcome
             try:
                 return await self._execute(job_id)
             except _FallBack as fallback:
-                job = self.store.get_job(job_id)
-                assert job is not None
-                candidates = [c for c in map(self.catalog.candidate, job["fallbacks"]) if c]
-                if not candidates:
-                    raise JobFailed(fallback.message, "transient", job_id) from None
-                # Its parameters only: a reservation keeps the inputs, not their files.
-                request = GenerationRequest(job_id=job["id"], **job["params"])
-                log.info("job %s falls back to %s", job_id, candidates[0].key)
-                job_id = self._reserve(
-                    job["request_id"],
-                    job["team"],
-                    job["channel"],
-                    request,
-                    job["inputs"],
-                    candidates,
-                    job["reason"],
-                    {},
-                    replaces=job_id,
-                    cause=job.get("cause"),
-                )
+                job_id = self._fall_back(job_id, fallback.message)
+
+    def _fall_back(self, job_id: str, why: str) -> str:
+        """The job that carries on after ``job_id`` failed for ``why``; its id."""
+        job = self.store.get_job(job_id)
+        assert job is not None
+        candidates = [c for c in map(self.catalog.candidate, job["fallbacks"]) if c]
+        if not candidates:
+            self._fail(job_id, "transient", why)
+            raise JobFailed(why, "transient", job_id) from None
+        # Its parameters only: a reservation keeps the inputs, not their files.
+        request = GenerationRequest(job_id=job["id"], **job["params"])
+        log.info("job %s falls back to %s", job_id, candidates[0].key)
+        try:
+            return self._reserve(
+                job["request_id"],
+                job["team"],
+                job["channel"],
+                request,
+                job["inputs"],
+                candidates,
+                job["reason"],
+                {},
+                replaces=job_id,
+                cause=job.get("cause"),
+                replaced_because=why,
+            )
+        except JobFailed:
+            self._fail(job_id, "transient", why)
+            raise
+
+    def _finished(self, job: dict[str, Any]) -> CompletedJob | JobFailed:
+        """How a finished job ended, as :meth:`drive` reports it."""
+        if job["state"] == JobState.CANCELLED:
+            return JobFailed("cancelled", "cancelled", job["id"])
+        outcome = self.outcome(job)
+        if outcome is None:  # succeeded, but its model left the catalog since
+            return JobFailed(f"{job['model_id']} is no longer in the catalog", "permanent")
+        return outcome
+
+    async def _outcome_of(self, job_id: str) -> CompletedJob:
+        """Wait for a job a worker runs to finish, following its fallbacks; every waiting
+        job of this process is looked up with one statement per :data:`WAIT_POLL_S`."""
+        while True:
+            future = self._waiting.setdefault(job_id, asyncio.get_running_loop().create_future())
+            if self._watcher is None or self._watcher.done():
+                self._watcher = asyncio.create_task(self._watch())
+            job = await asyncio.shield(future)
+            if job.get("replaced_by"):
+                job_id = job["replaced_by"]
+                continue
+            outcome = self._finished(job)
+            if isinstance(outcome, JobFailed):
+                raise outcome
+            return outcome
+
+    async def _watch(self) -> None:
+        while self._waiting:
+            await asyncio.sleep(WAIT_POLL_S)
+            waiting = list(self._waiting)
+            for start in range(0, len(waiting), 500):
+                for job in self.store.job_states(waiting[start : start + 500]):
+                    if job["state"] in (JobState.QUEUED, JobState.RUNNING):
+                        continue
+                    future = self._waiting.pop(job["id"], None)
+                    if future is not None and not future.done():
+                        future.set_result(job)
 
     async def _paths(self, asset_ids: Sequence[str]) -> list[Path]:
         """Where input assets' files are. In a thread: with an object store, a file this
@@ -404,21 +506,18 @@ class JobRunner:
             ) from None
         except ContentPolicyError as exc:
             self.on_error(candidate.provider, "policy")
-            self._fail(job_id, "policy", exc.message)
-            raise JobFailed(
-                f"{candidate.label} refused the content: {exc.message}", "policy", job_id
-            ) from None
+            message = f"{candidate.label} refused the content: {exc.message}"
+            self._fail(job_id, "policy", exc.message, message)
+            raise JobFailed(message, "policy", job_id) from None
         except TransientError as exc:
             self.on_error(candidate.provider, "transient")
-            self._fail(job_id, "transient", exc.message)
             self.health.record_failure(candidate.key)
             raise _FallBack(f"{candidate.label} failed: {exc.message}") from None
         except ProviderError as exc:
             self.on_error(candidate.provider, "permanent")
-            self._fail(job_id, "permanent", exc.message)
-            raise JobFailed(
-                f"{candidate.label} failed: {exc.message}", "permanent", job_id
-            ) from None
+            message = f"{candidate.label} failed: {exc.message}"
+            self._fail(job_id, "permanent", exc.message, message)
+            raise JobFailed(message, "permanent", job_id) from None
         finally:
             self._running.pop(job_id, None)
         self.health.record_success(candidate.key)
@@ -426,8 +525,10 @@ class JobRunner:
         report(job_id, "succeeded", candidate.label)
         return completed
 
-    def _fail(self, job_id: str, kind: str, error: str) -> None:
-        self.store.fail_job(job_id, state=JobState.FAILED, error=error, kind=kind)
+    def _fail(self, job_id: str, kind: str, error: str, message: str | None = None) -> None:
+        """Fail the job: its status line shows ``error``; its row keeps ``message`` (the
+        sentence people are told, which a process waiting on the job reports)."""
+        self.store.fail_job(job_id, state=JobState.FAILED, error=message or error, kind=kind)
         report(job_id, "failed", error)
 
     async def _call_with_retries(

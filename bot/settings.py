@@ -10,13 +10,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.shards import Shards, parse_shards
 from storage.files import parse_asset_url
+from storage.postgres import is_postgres_url
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +47,13 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default=Path("data"), description="SQLite file and asset store")
+    #: ``postgresql://user:password@host/db``: every table in Postgres, shared by any number
+    #: of ``tierbot run`` and ``tierbot worker`` processes. Unset: SQLite in the data dir.
+    database_url: SecretStr | None = None
+    #: Where jobs (model calls) run: ``here``, in this process (one machine, the default), or
+    #: ``workers``: handed to ``tierbot worker`` processes through the Postgres job queue
+    #: (needs ``database_url``).
+    run_jobs: Literal["here", "workers"] = "here"
     #: Where asset files are kept for every machine: ``s3://bucket[/prefix]`` on AWS S3, or on
     #: any S3-compatible store at ``s3_endpoint_url``; the asset dir is then a local cache.
     #: Unset: the asset dir alone (one machine).
@@ -81,6 +98,11 @@ class Settings(BaseSettings):
     #: Guilds whose commands are synced at start (instant); others need `tierbot discord sync`.
     discord_guild_ids: Annotated[list[int], NoDecode] = Field(
         default_factory=list, validation_alias=AliasChoices("DISCORD_GUILD_IDS")
+    )
+    #: This process's share of the bot's gateway shards, "IDS/COUNT" ("0,1/4", "2-3/4"), so
+    #: replicas split one bot's guilds; unset: one connection for every guild.
+    discord_shards: Annotated[Shards | None, NoDecode] = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_SHARDS")
     )
     discord_api_url: str | None = Field(
         default=None, validation_alias=AliasChoices("DISCORD_API_URL")
@@ -128,7 +150,7 @@ class Settings(BaseSettings):
     #: Per-provider concurrent jobs, overriding the catalog: "fal=8,comfyui=1".
     provider_concurrency: Annotated[dict[str, PositiveInt], NoDecode] = Field(default_factory=dict)
 
-    @field_validator("asset_url", "s3_endpoint_url", "s3_region", mode="before")
+    @field_validator("database_url", "asset_url", "s3_endpoint_url", "s3_region", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         """``TIERBOT_ASSET_URL=`` (as left in a copied ``.env.example``) means "not set"."""
@@ -143,6 +165,21 @@ class Settings(BaseSettings):
             return None
         bucket, prefix = parse_asset_url(value)
         return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not is_postgres_url(value.get_secret_value()):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _workers_need_postgres(self) -> Settings:
+        if self.run_jobs == "workers" and self.database_url is None:
+            raise ValueError(
+                "TIERBOT_RUN_JOBS=workers needs TIERBOT_DATABASE_URL (the job queue is in Postgres)"
+            )
+        return self
 
     @field_validator("log_level")
     @classmethod
@@ -222,6 +259,12 @@ class Settings(BaseSettings):
                 raise ValueError("must be guild ids separated by commas") from None
         return value
 
+    @field_validator("discord_shards", mode="before")
+    @classmethod
+    def _shard_spec(cls, value: Any) -> Any:
+        """``IDS/COUNT``: ``0,1/4`` runs shards 0 and 1 of 4; blank: unsharded."""
+        return parse_shards(value) if isinstance(value, str) else value
+
     @field_validator(
         "public_url",
         "slack_api_url",
@@ -242,6 +285,13 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "tierbot.db"
+
+    @property
+    def store_location(self) -> str:
+        """What the store opens: the Postgres URL, or the SQLite file."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return str(self.db_path)
 
     @property
     def asset_dir(self) -> Path:

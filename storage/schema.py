@@ -1,4 +1,5 @@
-"""Schema migrations, applied in order at start-up and recorded in ``_sqlite_migrations``.
+"""Schema migrations, applied in order at start-up and recorded in ``_sqlite_migrations``
+(on Postgres in ``_tierbot_migrations``: the same steps, see ``storage.postgres``).
 
 Add a migration by appending a new decorated function; never edit one that has shipped.
 """
@@ -6,15 +7,25 @@ Add a migration by appending a new decorated function; never edit one that has s
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlite_utils import Database, Migrations
 
 log = logging.getLogger(__name__)
 
 migrations = Migrations("tierbot")
+#: Every migration in order, as ``(name, function)``: Postgres applies the same ones
+#: (``storage.postgres``) with its own record of them.
+STEPS: list[tuple[str, Callable[[Database], None]]] = []
 
 
-@migrations()
+def migration(step: Callable[[Database], None]) -> Callable[[Database], None]:
+    """Register ``step`` as the next migration (for SQLite and for Postgres)."""
+    STEPS.append((step.__name__, step))
+    return migrations()(step)
+
+
+@migration
 def m001_initial(db: Database) -> None:
     db["requests"].create(
         {
@@ -115,7 +126,7 @@ def m001_initial(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m002_web_messages(db: Database) -> None:
     # The local web channel's history: it has no platform to keep messages for it.
     db["web_messages"].create(
@@ -139,7 +150,7 @@ def m002_web_messages(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m003_threads_and_outbox(db: Database) -> None:
     # The thread a posted message lives in, so later results thread under the same root.
     db["messages"].add_column("thread_id", str)
@@ -159,13 +170,13 @@ def m003_threads_and_outbox(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m004_status_messages(db: Database) -> None:
     # A status message belongs to a request: ❌ on it cancels the request's running jobs.
     db["messages"].add_column("request_id", str)
 
 
-@migrations()
+@migration
 def m005_schedules(db: Database) -> None:
     db["schedules"].create(
         {
@@ -205,7 +216,7 @@ def m005_schedules(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m006_lookup_indexes(db: Database) -> None:
     """Lookups that scanned whole tables, so every command got slower as history grew."""
     # Which message shows an asset (every threaded reply asks): newest first.
@@ -216,7 +227,7 @@ def m006_lookup_indexes(db: Database) -> None:
     db.execute("drop index if exists idx_ledger_team_created_at")
 
 
-@migrations()
+@migration
 def m007_decision_indexes(db: Database) -> None:
     """🔁 counts a request's rejected grids and /tierbot budget counts approvals since a date;
     both scanned every decision ever recorded."""
@@ -224,7 +235,7 @@ def m007_decision_indexes(db: Database) -> None:
     db["gates"].create_index(["decision", "at"])
 
 
-@migrations()
+@migration
 def m008_exactly_once(db: Database) -> None:
     """Claims, durable inbound events and durable posting (see ``Store`` "exactly once")."""
     # Each process that drives jobs or posts results is a worker with a heartbeat; a claim
@@ -275,7 +286,7 @@ def m008_exactly_once(db: Database) -> None:
     db["gates"].create_index(["asset_id", "decision"])
 
 
-@migrations()
+@migration
 def m009_images_in(db: Database) -> None:
     """Images people send in: who sent an upload, and a team's named references."""
     db["assets"].add_column("sent_by", str)  # "surface:user" of an upload or a manual version
@@ -291,13 +302,13 @@ def m009_images_in(db: Database) -> None:
     )
 
 
-@migrations()
+@migration
 def m010_asset_facts(db: Database) -> None:
     """What the core measured on an asset (a region edit's seam, drift from its source)."""
     db["assets"].add_column("facts", str)  # JSON object
 
 
-@migrations()
+@migration
 def m011_sequences(db: Database) -> None:
     """Shot sequences: a storyboard's beats, each beat's shot, the order they are stitched in."""
     db["sequences"].create(
@@ -317,3 +328,10 @@ def m011_sequences(db: Database) -> None:
         pk="id",
     )
     db["sequences"].create_index(["request_id"])
+
+
+@migration
+def m012_fallback_links(db: Database) -> None:
+    """A failed job's fallback, written with it: whoever waits on the job (another process,
+    when workers run jobs) follows it to the job that carries on."""
+    db["jobs"].add_column("replaced_by", str)

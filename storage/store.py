@@ -1,10 +1,12 @@
 """The store: every table and every SQL statement of tierbot.
 
-SQLite in WAL mode through sqlite-utils; the schema comes from ``storage.schema``'s
-migrations, recorded in ``_sqlite_migrations``. Writes that must be all-or-nothing (a job and
-its credit reservation, a settlement) run inside ``BEGIN IMMEDIATE``, which takes SQLite's
-write lock before reading, so two processes or threads reserving at once are serialised and
-can never both see the same remaining budget.
+SQLite in WAL mode through sqlite-utils by default; Postgres when opened with a
+``postgresql://`` URL (``TIERBOT_DATABASE_URL``), through ``storage.postgres``, which runs these
+same statements and the same migrations (``storage.schema``) and keeps every difference
+between the two in one place. Writes that must be all-or-nothing (a job and its credit
+reservation, a settlement) run inside ``BEGIN IMMEDIATE``, which takes the database's write
+lock before reading (SQLite's own; on Postgres an advisory lock), so two processes or threads
+reserving at once are serialised and can never both see the same remaining budget.
 
 Calls are synchronous and short (sub-millisecond in WAL with ``synchronous=NORMAL``); the
 asyncio core calls them directly rather than paying a thread hop per row.
@@ -13,7 +15,6 @@ asyncio core calls them directly rather than paying a thread hop per row.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -25,10 +26,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from sqlite_utils import Database
-from sqlite_utils.db import Column, Table
 
-from storage.schema import migrations
+from storage.postgres import PostgresDatabase, is_postgres_url
+from storage.schema import STEPS, migrations
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +58,12 @@ class LimitReached(Exception):
 DEFAULT_LEASE_S = 20.0
 
 
+#: A row that would repeat a unique key, on either database.
+_DUPLICATE = (sqlite3.IntegrityError, psycopg.IntegrityError)
+
+
 class Store:
-    """Repositories over one SQLite connection.
+    """Repositories over one database connection (a SQLite file, or Postgres by URL).
 
     **Exactly once.** Every process that opens the store is a *worker* with a heartbeat
     (:meth:`heartbeat`, every third of ``lease_s``). Work is claimed by a worker: a job
@@ -68,28 +74,39 @@ class Store:
     worker that stops cleanly retires (:meth:`retire`) and its claims free at once.
     """
 
-    def __init__(self, path: Path | str, *, lease_s: float = DEFAULT_LEASE_S) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
-        self.db = Database(conn)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        migrations.apply(self.db)
-        self._tables: dict[str, Table] = {}
+    def __init__(self, location: Path | str, *, lease_s: float = DEFAULT_LEASE_S) -> None:
+        """Open (and migrate) the database at ``location``: a SQLite file path, ``:memory:``,
+        or a ``postgresql://`` URL."""
+        self.db: Any
+        if is_postgres_url(location):
+            self.db = PostgresDatabase(str(location))
+            self.db.migrate(STEPS)
+        else:
+            if str(location) != ":memory:":
+                Path(location).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(location), timeout=30.0, check_same_thread=False)
+            self.db = Database(conn)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            migrations.apply(self.db)
         self.lease_s = lease_s
         self.worker_id = new_id(8)
         now = utcnow()
-        self._table("workers").insert(
+        self._insert(
+            "workers",
             {
                 "id": self.worker_id,
                 "pid": os.getpid(),
                 "host": socket.gethostname(),
                 "started_at": now,
                 "heartbeat_at": now,
-            }
+            },
         )
+
+    @property
+    def postgres(self) -> bool:
+        return isinstance(self.db, PostgresDatabase)
 
     def close(self) -> None:
         self.retire()
@@ -106,7 +123,7 @@ class Store:
     def retire(self) -> None:
         """This worker stops: its claims are free for others at once (and old rows go)."""
         stale = _ago(max(3600.0, self.lease_s * 10))
-        with contextlib.suppress(sqlite3.ProgrammingError):  # already closed
+        with contextlib.suppress(sqlite3.ProgrammingError, psycopg.OperationalError):  # closed
             self.db.execute(
                 "delete from workers where id = ? or heartbeat_at < ?", [self.worker_id, stale]
             )
@@ -145,6 +162,8 @@ class Store:
         return self._immediate()
 
     def schema_version(self) -> list[str]:
+        if isinstance(self.db, PostgresDatabase):
+            return self.db.applied_migrations()
         return [m.name for m in migrations.applied(self.db)]
 
     # -- requests ---------------------------------------------------------------------------
@@ -177,7 +196,7 @@ class Store:
         return row
 
     def update_request_options(self, request_id: str, options: dict[str, Any]) -> None:
-        self._table("requests").update(request_id, {"options": json.dumps(options)})
+        self._update("requests", request_id, {"options": json.dumps(options)})
 
     # -- jobs and the credit ledger ----------------------------------------------------------
 
@@ -188,6 +207,7 @@ class Store:
         amount: int,
         limits: Sequence[tuple[str, str | None, str, int]],
         replaces: str | None = None,
+        replaced_because: str = "",
     ) -> str:
         """Insert a queued job claimed by this worker and reserve ``amount`` milli-credits
         for it, atomically.
@@ -197,8 +217,9 @@ class Store:
             amount: the price to reserve.
             limits: ``(team, channel or None, window_start_iso, limit)`` the reservation
                 counts against (the ledger's caps).
-            replaces: a failed job this one falls back from; its outcome is now this job's
-                to report, so it is marked delivered in the same transaction.
+            replaces: a job this one falls back from (``replaced_because`` says why): in the
+                same transaction it is failed, its reservation released, and it points to
+                this job, whose outcome is now the one to report.
 
         Raises:
             LimitReached: nothing is written.
@@ -206,6 +227,8 @@ class Store:
         job = {"id": new_id(8), "claimed_by": self.worker_id, **job}
         now = utcnow()
         with self._immediate():
+            if replaces is not None:
+                self._release(replaces)  # before the caps are read: its credits are free
             for index, (team, channel, since, limit) in enumerate(limits):
                 used = self.used(team, channel, since)
                 if used + amount > limit:
@@ -235,7 +258,11 @@ class Store:
                 },
             )
             if replaces is not None:
-                self.db.execute("update jobs set delivered = 1 where id = ?", [replaces])
+                self.db.execute(
+                    "update jobs set delivered = 1, state = 'failed', error_kind = 'transient', "
+                    "last_error = ?, replaced_by = ?, updated_at = ? where id = ?",
+                    [replaced_because, job["id"], now, replaces],
+                )
         return job["id"]
 
     def used(self, team: str, channel: str | None, since: str) -> int:
@@ -290,6 +317,11 @@ class Store:
         """
         ids: list[str] = []
         with self._immediate():
+            state = self._one("select state from jobs where id = ?", [job_id])
+            if state is None or state["state"] not in ("queued", "running"):
+                # Finished elsewhere (a second run of a job whose worker was thought dead,
+                # or a cancellation): nothing is recorded or charged twice.
+                return [a["id"] for a in self.assets_for_job(job_id)]
             for asset in assets:
                 ids.append(self.save_asset(asset, parents))
             self._settle(job_id, amount)
@@ -323,6 +355,17 @@ class Store:
         )
         return [_decode_job(r) for r in rows]
 
+    def job_states(self, job_ids: Sequence[str]) -> list[dict[str, Any]]:
+        """The rows of ``job_ids`` (one statement: a process waiting on many jobs asks
+        about all of them at once)."""
+        if not job_ids:
+            return []
+        marks = ", ".join("?" * len(job_ids))
+        return [
+            _decode_job(r)
+            for r in self.db.query(f"select * from jobs where id in ({marks})", list(job_ids))
+        ]
+
     def jobs_caused_by(self, key: str) -> int:
         row = self.db.execute("select count(*) from jobs where cause = ?", [key]).fetchone()
         return int(row[0])
@@ -333,10 +376,11 @@ class Store:
         """Make a reply durable before it is posted: an outbox entry claimed by this worker,
         and its jobs marked delivered, in one transaction. Returns the entry's id."""
         with self._immediate():
-            self.db.execute(
-                f"update jobs set delivered = 1 where id in ({', '.join('?' * len(job_ids))})",
-                list(job_ids),
-            )
+            if job_ids:
+                marks = ", ".join("?" * len(job_ids))
+                self.db.execute(
+                    f"update jobs set delivered = 1 where id in ({marks})", list(job_ids)
+                )
             return self.add_to_outbox(surface, origin, reply)
 
     def update_job(self, job_id: str, **fields: Any) -> None:
@@ -348,19 +392,15 @@ class Store:
         return _decode_job(row) if row else None
 
     def unfinished_jobs_for_request(self, request_id: str) -> list[dict[str, Any]]:
-        rows = self._table("jobs").rows_where(
-            "request_id = ? and state in ('queued', 'running')", [request_id]
-        )
+        rows = self._rows("jobs", "request_id = ? and state in ('queued', 'running')", [request_id])
         return [_decode_job(r) for r in rows]
 
     def unfinished_jobs(self) -> list[dict[str, Any]]:
-        rows = self._table("jobs").rows_where(
-            "state in ('queued', 'running')", order_by="created_at"
-        )
+        rows = self._rows("jobs", "state in ('queued', 'running')", [], order_by="created_at")
         return [_decode_job(r) for r in rows]
 
     def jobs_for_request(self, request_id: str) -> list[dict[str, Any]]:
-        rows = self._table("jobs").rows_where("request_id = ?", [request_id], order_by="created_at")
+        rows = self._rows("jobs", "request_id = ?", [request_id], order_by="created_at")
         return [_decode_job(r) for r in rows]
 
     # -- assets and lineage ------------------------------------------------------------------
@@ -382,7 +422,7 @@ class Store:
                         [asset_id, *asset.values()],
                     )
                     break
-                except sqlite3.IntegrityError:
+                except _DUPLICATE:
                     if "id" in asset or attempt == 4:
                         raise
             if parents:
@@ -436,7 +476,7 @@ class Store:
         )
 
     def assets_for_job(self, job_id: str) -> list[dict[str, Any]]:
-        return list(self._table("assets").rows_where("job_id = ?", [job_id], order_by="rowid"))
+        return self._rows("assets", "job_id = ?", [job_id], order_by="rowid")
 
     # -- gates -------------------------------------------------------------------------------
 
@@ -487,7 +527,7 @@ class Store:
         )
 
     def gates(self, asset_id: str) -> list[dict[str, Any]]:
-        return list(self._table("gates").rows_where("asset_id = ?", [asset_id], order_by="at"))
+        return self._rows("gates", "asset_id = ?", [asset_id], order_by="at")
 
     def count_rejected_grids(self, request_id: str) -> int:
         row = self.db.execute(
@@ -684,15 +724,16 @@ class Store:
         """Insert a schedule; None if its name is taken in its channel."""
         schedule_id = new_id()
         try:
-            self._table("schedules").insert(
+            self._insert(
+                "schedules",
                 {
                     "id": schedule_id,
                     "paused": 0,
                     "created_at": utcnow(),
                     **{k: _json(v) for k, v in row.items()},
-                }
+                },
             )
-        except sqlite3.IntegrityError:
+        except _DUPLICATE:
             return None
         return schedule_id
 
@@ -704,9 +745,7 @@ class Store:
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        rows = self._table("schedules").rows_where(
-            " and ".join(where) or None, params, order_by="name"
-        )
+        rows = self._rows("schedules", " and ".join(where) or "1 = 1", params, order_by="name")
         return [{**r, "origin": json.loads(r["origin"])} for r in rows]
 
     def get_schedule(self, schedule_id: str) -> dict[str, Any] | None:
@@ -714,10 +753,10 @@ class Store:
         return {**row, "origin": json.loads(row["origin"])} if row else None
 
     def update_schedule(self, schedule_id: str, **fields: Any) -> None:
-        self._table("schedules").update(schedule_id, fields)
+        self._update("schedules", schedule_id, fields)
 
     def remove_schedule(self, schedule_id: str) -> None:
-        with self.db.atomic():
+        with self._immediate():
             self.db.execute("delete from schedule_runs where schedule_id = ?", [schedule_id])
             self.db.execute("delete from schedules where id = ?", [schedule_id])
 
@@ -778,7 +817,7 @@ class Store:
             try:
                 insert_row(self.db, "sequences", {"id": sequence_id, **row})
                 return sequence_id
-            except sqlite3.IntegrityError:
+            except _DUPLICATE:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
@@ -833,25 +872,27 @@ class Store:
         return cursor.rowcount == 1
 
     def update_schedule_run(self, schedule_id: str, run_date: str, **fields: Any) -> None:
-        self._table("schedule_runs").update((schedule_id, run_date), fields)
+        assignments = ", ".join(f"{column} = ?" for column in fields)
+        self.db.execute(
+            f"update schedule_runs set {assignments} where schedule_id = ? and run_date = ?",
+            [*fields.values(), schedule_id, run_date],
+        )
 
     def schedule_run(self, schedule_id: str, run_date: str) -> dict[str, Any] | None:
-        rows = list(
-            self._table("schedule_runs").rows_where(
-                "schedule_id = ? and run_date = ?", [schedule_id, run_date]
-            )
+        return self._one(
+            "select * from schedule_runs where schedule_id = ? and run_date = ?",
+            [schedule_id, run_date],
         )
-        return rows[0] if rows else None
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _table(self, name: str) -> Table:
-        """The table ``name``, made once (``db[name]`` asks SQLite whether it is a view on
-        every access)."""
-        table = self._tables.get(name)
-        if table is None:
-            table = self._tables[name] = _MigratedTable(self.db, name)
-        return table
+    def _rows(
+        self, table: str, where: str, params: Sequence[Any], *, order_by: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Rows of ``table`` matching ``where`` as dicts. Plain SQL: sqlite-utils' table
+        methods look the table and its columns up before almost every statement."""
+        order = f" order by {order_by}" if order_by else ""
+        return list(self.db.query(f"select * from {table} where {where}{order}", params))
 
     def _get(self, table: str, pk: str) -> dict[str, Any] | None:
         return self._one(f"select * from {table} where id = ?", [pk])
@@ -893,22 +934,6 @@ def update_row(db: Database, table: str, pk: Any, fields: dict[str, Any]) -> Non
     """Set ``fields`` of the row whose ``id`` is ``pk``, as one plain statement."""
     assignments = ", ".join(f"{column} = ?" for column in fields)
     db.execute(f"update {table} set {assignments} where id = ?", [*fields.values(), pk])
-
-
-class _MigratedTable(Table):
-    """A table of the migrated schema: it exists and its columns stay put while we run.
-
-    sqlite-utils looks both up before almost every statement (the table list before each
-    insert and select, ``PRAGMA table_info`` before each update); for us that was two thirds
-    of a command's statements.
-    """
-
-    def exists(self) -> bool:
-        return True
-
-    @functools.cached_property
-    def columns(self) -> list[Column]:  # type: ignore[override]
-        return super().columns
 
 
 def _ago(seconds: float) -> str:

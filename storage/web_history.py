@@ -49,7 +49,7 @@ class WebHistory:
         """The newest ``limit`` messages ``viewer`` may see, oldest first."""
         rows = self.db.query(
             "select * from (select * from web_messages where private_to is null "
-            "or private_to = ? order by id desc limit ?) order by id",
+            "or private_to = ? order by id desc limit ?) as newest order by id",
             [viewer or "", limit],
         )
         return [_decoded(r) for r in rows]

@@ -186,3 +186,25 @@ def registry_with(settings: Settings, **extra: Any) -> ProviderRegistry:
     real = load_providers({"local"}, settings)
     providers = {"local": real.get("local"), **extra}
     return ProviderRegistry(providers, {})
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One PostgreSQL server for the session (see tests/postgres.py)."""
+    from tests.postgres import session_server
+
+    with session_server() as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a store lives, once per database: a SQLite file, then a fresh Postgres
+    database. The store suite runs against both."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "tierbot.db")
+        return
+    from tests.postgres import fresh_database
+
+    with fresh_database(request.getfixturevalue("postgres_server")) as url:
+        yield url

@@ -20,6 +20,14 @@ from tests.conftest import Chat, ScriptedProvider, collect, write_policy
 from tests.test_resume import Posted, stalled, with_local
 
 
+@pytest.fixture
+def make_settings(make_settings, db_location):
+    """Every test here runs on SQLite and on Postgres (a fresh database each)."""
+    if not db_location.startswith("postgresql://"):
+        return make_settings
+    return lambda **overrides: make_settings(database_url=db_location, **overrides)
+
+
 def killed(services: Services) -> None:
     """What SIGKILL leaves behind: no clean stop, and a heartbeat that never comes again
     (here: one older than any lease), so the process's claims lapse."""

@@ -39,9 +39,9 @@ def _job(store: Store, channel: str = "C1") -> dict:
     }
 
 
-def test_fifty_concurrent_reservations_never_overspend(tmp_path: Path) -> None:
+def test_fifty_concurrent_reservations_never_overspend(db_location: str) -> None:
     """50 threads, each with its own connection, race for a cap that fits 10."""
-    db = tmp_path / "ledger.db"
+    db = db_location
     Store(db).close()  # migrate once
     policy = _policy(daily_credits=10)
     start = threading.Barrier(50)
@@ -74,8 +74,8 @@ def test_fifty_concurrent_reservations_never_overspend(tmp_path: Path) -> None:
     assert store.db.execute("select count(*) from jobs").fetchone()[0] == 10  # no half rows
 
 
-async def test_concurrent_asyncio_reservations_and_release_returns_credit(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+async def test_concurrent_asyncio_reservations_and_release_returns_credit(db_location: str) -> None:
+    store = Store(db_location)
     ledger = Ledger(store, _policy(daily_credits=10))
 
     async def reserve() -> str | None:
@@ -96,8 +96,8 @@ async def test_concurrent_asyncio_reservations_and_release_returns_credit(tmp_pa
     assert refused.value.left == 0
 
 
-def test_completing_a_job_charges_the_actual_amount_once(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+def test_completing_a_job_charges_the_actual_amount_once(db_location: str) -> None:
+    store = Store(db_location)
     ledger = Ledger(store, Policy())
     job_id = ledger.reserve_job(_job(store), 4000)
     store.complete_job(job_id, [], [], 3000)
@@ -107,8 +107,8 @@ def test_completing_a_job_charges_the_actual_amount_once(tmp_path: Path) -> None
     assert (entry["state"], entry["amount"]) == ("settled", 3000)
 
 
-def test_channel_cap_and_monthly_cap_apply_alongside_the_team_cap(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+def test_channel_cap_and_monthly_cap_apply_alongside_the_team_cap(db_location: str) -> None:
+    store = Store(db_location)
     policy = _policy(monthly_credits=5, channels={"C1": {"daily_credits": 2}})
     ledger = Ledger(store, policy)
     ledger.reserve_job(_job(store, "C1"), 2000)
@@ -121,8 +121,8 @@ def test_channel_cap_and_monthly_cap_apply_alongside_the_team_cap(tmp_path: Path
     assert refused.value.cap.scope == "team" and refused.value.cap.window.value == "month"
 
 
-def test_daily_window_starts_at_utc_midnight(tmp_path: Path) -> None:
-    store = Store(tmp_path / "l.db")
+def test_daily_window_starts_at_utc_midnight(db_location: str) -> None:
+    store = Store(db_location)
     now = [datetime(2026, 11, 20, 23, 0, tzinfo=UTC)]
     ledger = Ledger(store, _policy(daily_credits=1), clock=lambda: now[0])
     store_job = _job(store)

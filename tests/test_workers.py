@@ -1,0 +1,111 @@
+"""Jobs run by worker processes (``TIERBOT_RUN_JOBS=workers``): the bot reserves and waits,
+a worker takes the job from the Postgres job queue (procrastinate) and drives it. Here the
+bot and the worker are two wired cores in one test, each with its own store connection, on
+one fresh database; tests/test_cluster.py runs real processes and kills one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+
+from adapters import wire
+from bot.app import Services
+from bot.domain import AssetKind
+from bot.settings import Settings
+from tests.conftest import Chat, ScriptedProvider, registry_with
+
+
+@pytest.fixture
+def database_url(postgres_server: Any) -> Iterator[str]:
+    from tests.postgres import fresh_database
+
+    with fresh_database(postgres_server) as url:
+        yield url
+
+
+@pytest.fixture
+def settings_for(
+    make_settings: Callable[..., Settings], database_url: str
+) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return make_settings(database_url=database_url, run_jobs="workers", **overrides)
+
+    return make
+
+
+@pytest.fixture
+async def worker(settings_for: Callable[..., Settings]) -> AsyncIterator[Services]:
+    """A worker process's core, working the queue (the real local model)."""
+    services = wire(settings_for())
+    services.start()
+    assert services.queue is not None
+    working = asyncio.create_task(services.queue.work(services.runner.work, concurrency=4))
+    yield services
+    working.cancel()
+    await asyncio.gather(working, return_exceptions=True)
+    await services.aclose()
+
+
+def refusing() -> ScriptedProvider:
+    """The bot's own model: any call to it would fail the test's checks."""
+    return ScriptedProvider("local", [AssertionError("the bot ran a job itself")] * 10)
+
+
+async def test_a_draft_runs_on_a_worker_and_the_bot_posts_its_grid(
+    settings_for: Callable[..., Settings], worker: Services
+) -> None:
+    settings = settings_for()
+    bot = wire(settings, providers=registry_with(settings, local=refusing()))
+    bot.start()
+    try:
+        replies = await Chat(bot).command("draft", "a lighthouse at dusk --n 4")
+        grids = [r for r in replies if r.asset_id and bot.store.get_asset(r.asset_id)]
+        grid = bot.store.get_asset(grids[-1].asset_id)
+        assert grid["kind"] == AssetKind.GRID
+        assert bot.runner.providers.get("local").submits == []  # the worker made them
+        jobs = bot.store.jobs_for_request(grid["request_id"])
+        assert jobs and all(j["state"] == "succeeded" for j in jobs)
+        charges = [bot.store.ledger_entry(j["id"]) for j in jobs]
+        assert all(c["state"] == "settled" for c in charges)
+    finally:
+        await bot.aclose()
+
+
+async def test_a_job_handed_twice_runs_once(
+    settings_for: Callable[..., Settings], worker: Services
+) -> None:
+    """A bot that restarts hands its unfinished jobs again; the queue keeps one run waiting,
+    and a run of a finished job only reports how it ended."""
+    settings = settings_for()
+    bot = wire(settings, providers=registry_with(settings, local=refusing()))
+    bot.start()
+    try:
+        first = await Chat(bot).command("draft", "a harbour --n 1")
+        assert any(r.asset_id for r in first)
+        (job,) = [j for j in bot.store.unfinished_jobs()] or [None]
+        assert job is None
+        request_id = bot.store.get_asset(next(r.asset_id for r in first if r.asset_id))[
+            "request_id"
+        ]
+        (done,) = bot.store.jobs_for_request(request_id)
+        assets = len(bot.store.assets_for_job(done["id"]))
+        for _ in range(3):
+            await bot.queue.hand(done["id"])
+        outcome = await bot.runner.drive(done["id"])
+        assert outcome.job_id == done["id"]
+        assert len(bot.store.assets_for_job(done["id"])) == assets  # nothing made twice
+        assert bot.store.ledger_entry(done["id"])["state"] == "settled"
+    finally:
+        await bot.aclose()
+
+
+def test_workers_need_postgres(make_settings: Callable[..., Settings]) -> None:
+    from bot.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError, match="TIERBOT_DATABASE_URL"):
+        load_settings(data_dir=".", run_jobs="workers", _env_file=None)
+    with pytest.raises(SettingsError, match="postgresql://"):
+        load_settings(database_url="mysql://x", _env_file=None)
