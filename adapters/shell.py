@@ -262,6 +262,16 @@ async def _check_providers(services: Services) -> None:
             print(f"Live check: {finding.line()}", flush=True)
 
 
+async def _sync_schedules(services: Services) -> None:
+    """Pick up schedules other processes added, changed or removed, every lease."""
+    while True:
+        await asyncio.sleep(services.store.lease_s)
+        try:
+            services.scheduler.sync()
+        except Exception:
+            log.exception("reading the schedules failed")
+
+
 async def serve(services: Services) -> int:
     """Serve the chat surfaces in one event loop until interrupted; resume unfinished jobs."""
     try:
@@ -297,6 +307,7 @@ async def serve(services: Services) -> int:
     # In the background, now and every lease: a resumed video may take minutes and the bot
     # serves meanwhile, and work a killed process held is taken over once its lease lapses.
     recovering = asyncio.create_task(services.bot.recover_forever(services.store.lease_s))
+    syncing = asyncio.create_task(_sync_schedules(services))
     if services.queue is not None:
         await services.queue.open()
     ops.up("queue")
@@ -314,7 +325,8 @@ async def serve(services: Services) -> int:
     await stop.wait()
     recovering.cancel()  # unfinished jobs stay in the store; the next start resumes them
     checking.cancel()
-    await asyncio.gather(recovering, checking, return_exceptions=True)
+    syncing.cancel()
+    await asyncio.gather(recovering, checking, syncing, return_exceptions=True)
     for surface in started:
         await surface.stop()
     return 0

@@ -209,6 +209,11 @@ def trigger(schedule: dict[str, Any], at_time: str | None = None) -> CronTrigger
     )
 
 
+def _timing(schedule: dict[str, Any]) -> tuple[Any, ...]:
+    """What a schedule's timers depend on: when one of these changes, it is armed again."""
+    return tuple(schedule[k] for k in ("at_time", "tz", "days", "summary_time", "paused"))
+
+
 def next_run(schedule: dict[str, Any], now: datetime) -> datetime:
     """The next local run time after ``now``."""
     fire = trigger(schedule).get_next_fire_time(None, now)
@@ -239,6 +244,8 @@ class Scheduler:
         self.deliverers: dict[str, Deliver] = {}
         self._timer: AsyncIOScheduler | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: What each armed schedule was armed with (see :meth:`sync`).
+        self._armed: dict[str, tuple[Any, ...]] = {}
 
     # -- the timer ---------------------------------------------------------------------------
 
@@ -258,10 +265,27 @@ class Scheduler:
         if self._timer is not None and self._timer.running:
             self._timer.shutdown(wait=False)
 
+    def sync(self) -> None:
+        """Arm what other processes added or changed since, and disarm what they removed.
+
+        Every ``tierbot run`` arms every schedule, so a batch fires while any of them is up;
+        the batch (and its summary) is recorded in the store before it runs, so whichever
+        process records it first is the only one that runs it.
+        """
+        if self._timer is None:
+            return
+        current = {schedule["id"]: schedule for schedule in self.store.schedules()}
+        for schedule_id in set(self._armed) - set(current):
+            self._disarm(schedule_id)
+        for schedule in current.values():
+            if self._armed.get(schedule["id"]) != _timing(schedule):
+                self._arm(schedule)
+
     def _arm(self, schedule: dict[str, Any]) -> None:
         if self._timer is None:
             return
         self._disarm(schedule["id"])
+        self._armed[schedule["id"]] = _timing(schedule)
         if schedule["paused"]:
             return
         self._timer.add_job(
@@ -286,6 +310,7 @@ class Scheduler:
     def _disarm(self, schedule_id: str) -> None:
         if self._timer is None:
             return
+        self._armed.pop(schedule_id, None)
         for job_id in (f"batch:{schedule_id}", f"summary:{schedule_id}"):
             if self._timer.get_job(job_id) is not None:
                 self._timer.remove_job(job_id)
@@ -388,11 +413,10 @@ class Scheduler:
     async def summarize(self, schedule: dict[str, Any], day: date) -> None:
         """Post the "ready to publish" summary of a day's batch in its thread (once)."""
         run = self.store.schedule_run(schedule["id"], day.isoformat())
-        if run is None or not run["grid_id"] or run["summary_at"]:
+        if run is None or not run["grid_id"]:
             return
-        self.store.update_schedule_run(
-            schedule["id"], day.isoformat(), summary_at=self.clock().isoformat()
-        )
+        if not self.store.claim_summary(schedule["id"], day.isoformat(), self.clock().isoformat()):
+            return  # posted already (by this process or another)
         origin = Origin(**schedule["origin"])
 
         summary = Reply(

@@ -878,6 +878,15 @@ class Store:
             [*fields.values(), schedule_id, run_date],
         )
 
+    def claim_summary(self, schedule_id: str, run_date: str, at: str) -> bool:
+        """Record that a day's summary is being posted; False if it already was."""
+        cursor = self.db.execute(
+            "update schedule_runs set summary_at = ? where schedule_id = ? and run_date = ? "
+            "and summary_at is null",
+            [at, schedule_id, run_date],
+        )
+        return cursor.rowcount == 1
+
     def schedule_run(self, schedule_id: str, run_date: str) -> dict[str, Any] | None:
         return self._one(
             "select * from schedule_runs where schedule_id = ? and run_date = ?",
