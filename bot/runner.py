@@ -134,6 +134,8 @@ class JobFailed(Exception):
 
 #: How often a process waiting on jobs that workers run looks at them (one statement).
 WAIT_POLL_S = 0.1
+#: How often a worker looks whether the job it drives was cancelled.
+CANCEL_POLL_S = 1.0
 
 
 class WorkQueue(Protocol):
@@ -176,7 +178,8 @@ class JobRunner:
         self._running: dict[str, asyncio.Task[Any]] = {}
         #: Where jobs run when not here: ``tierbot worker`` processes (``storage.queue``).
         self.queue = queue
-        self._waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        #: Jobs workers run that this process waits on: who waits, and what state it saw.
+        self._waiting: dict[str, list[tuple[tuple[str, int], asyncio.Future[Any]]]] = {}
         self._watcher: asyncio.Task[None] | None = None
 
     # -- public ------------------------------------------------------------------------------
@@ -362,15 +365,27 @@ class JobRunner:
         """What a worker process does with a job handed to it: drive it here. How it ended is
         on its row, where the process waiting for it looks; so is an error of the worker's
         own (it fails the job rather than leave its requester waiting)."""
+        driving = asyncio.create_task(self.drive_here(job_id))
+        while not driving.done():
+            await asyncio.wait({driving}, timeout=CANCEL_POLL_S)
+            if not driving.done() and self._cancelled(job_id):
+                driving.cancel()  # whoever cancelled it told the provider and the person
         try:
-            await self.drive_here(job_id)
-        except JobFailed:
+            await driving
+        except (JobFailed, asyncio.CancelledError):
             pass
         except Exception as exc:
             log.exception("worker failed on job %s", job_id)
             job = self.store.get_job(job_id)
             if job is not None and job["state"] in (JobState.QUEUED, JobState.RUNNING):
                 self._fail(job_id, "permanent", f"the worker failed ({type(exc).__name__})")
+
+    def _cancelled(self, job_id: str) -> bool:
+        """Whether the job (or the fallback it led to) was cancelled."""
+        job = self.store.get_job(job_id)
+        while job is not None and job.get("replaced_by"):
+            job = self.store.get_job(job["replaced_by"])
+        return job is not None and job["state"] == JobState.CANCELLED
 
     async def drive_here(self, job_id: str) -> CompletedJob:
         """Run a reserved job in this process (see :meth:`drive`). A job already finished
@@ -431,32 +446,57 @@ class JobRunner:
         return outcome
 
     async def _outcome_of(self, job_id: str) -> CompletedJob:
-        """Wait for a job a worker runs to finish, following its fallbacks; every waiting
-        job of this process is looked up with one statement per :data:`WAIT_POLL_S`."""
+        """Wait for a job a worker runs to finish, following its fallbacks, and report its
+        progress here as its row changes (the worker's own reports reach nobody). Every job
+        this process waits on is looked up with one statement per :data:`WAIT_POLL_S`."""
+        seen: tuple[str, int] = (JobState.QUEUED, 0)
         while True:
-            future = self._waiting.setdefault(job_id, asyncio.get_running_loop().create_future())
+            future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(job_id, []).append((seen, future))
             if self._watcher is None or self._watcher.done():
                 self._watcher = asyncio.create_task(self._watch())
-            job = await asyncio.shield(future)
+            job = await future
             if job.get("replaced_by"):
-                job_id = job["replaced_by"]
+                job_id, seen = job["replaced_by"], (JobState.QUEUED, 0)
+                continue
+            label = self._label(job)
+            if job["state"] in (JobState.QUEUED, JobState.RUNNING):
+                seen = (job["state"], job["attempts"] or 0)
+                if job["state"] == JobState.RUNNING:
+                    retried = seen[1] > 1
+                    report(job_id, "retrying" if retried else "running", label)
                 continue
             outcome = self._finished(job)
             if isinstance(outcome, JobFailed):
+                report(job_id, "failed", outcome.message)
                 raise outcome
+            report(job_id, "succeeded", label)
             return outcome
 
+    def _label(self, job: dict[str, Any]) -> str:
+        candidate = self.catalog.candidate(f"{job['model_id']}@{job['provider']}")
+        return candidate.label if candidate else job["model_id"]
+
     async def _watch(self) -> None:
+        """Wake each waiter whose job's row moved on from what it last saw."""
         while self._waiting:
             await asyncio.sleep(WAIT_POLL_S)
             waiting = list(self._waiting)
             for start in range(0, len(waiting), 500):
                 for job in self.store.job_states(waiting[start : start + 500]):
-                    if job["state"] in (JobState.QUEUED, JobState.RUNNING):
-                        continue
-                    future = self._waiting.pop(job["id"], None)
-                    if future is not None and not future.done():
-                        future.set_result(job)
+                    now = (job["state"], job["attempts"] or 0)
+                    still = []
+                    for seen, future in self._waiting.get(job["id"], []):
+                        if future.done():  # its waiter was cancelled
+                            continue
+                        if seen != now:
+                            future.set_result(job)
+                        else:
+                            still.append((seen, future))
+                    if still:
+                        self._waiting[job["id"]] = still
+                    else:
+                        self._waiting.pop(job["id"], None)
 
     async def _paths(self, asset_ids: Sequence[str]) -> list[Path]:
         """Where input assets' files are. In a thread: with an object store, a file this

@@ -336,8 +336,14 @@ class Store:
         fields = {"state": state, "last_error": error, "error_kind": kind, "updated_at": utcnow()}
         if state == "cancelled":
             fields["delivered"] = 1
+        assignments = ", ".join(f"{column} = ?" for column in fields)
         with self._immediate():
-            self._update("jobs", job_id, fields)
+            # Only an unfinished job: a cancelled job stays cancelled when the worker that
+            # was driving it notices too late.
+            self.db.execute(
+                f"update jobs set {assignments} where id = ? and state in ('queued', 'running')",
+                [*fields.values(), job_id],
+            )
             self._release(job_id)
 
     def claim_job(self, job_id: str) -> bool:

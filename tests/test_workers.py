@@ -6,6 +6,7 @@ one fresh database; tests/test_cluster.py runs real processes and kills one."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -14,8 +15,10 @@ import pytest
 from adapters import wire
 from bot.app import Services
 from bot.domain import AssetKind
+from bot.progress import listen
 from bot.settings import Settings
 from tests.conftest import Chat, ScriptedProvider, registry_with
+from tests.test_resume import stalled
 
 
 @pytest.fixture
@@ -36,17 +39,26 @@ def settings_for(
     return make
 
 
-@pytest.fixture
-async def worker(settings_for: Callable[..., Settings]) -> AsyncIterator[Services]:
-    """A worker process's core, working the queue (the real local model)."""
-    services = wire(settings_for())
+@contextlib.asynccontextmanager
+async def working(settings: Settings, model: Any | None = None) -> AsyncIterator[Services]:
+    """A worker process's core, working the queue (``model`` stands in for the local one)."""
+    providers = registry_with(settings, local=model) if model is not None else None
+    services = wire(settings, providers=providers)
     services.start()
     assert services.queue is not None
-    working = asyncio.create_task(services.queue.work(services.runner.work, concurrency=4))
-    yield services
-    working.cancel()
-    await asyncio.gather(working, return_exceptions=True)
-    await services.aclose()
+    task = asyncio.create_task(services.queue.work(services.runner.work, concurrency=4))
+    try:
+        yield services
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await services.aclose()
+
+
+@pytest.fixture
+async def worker(settings_for: Callable[..., Settings]) -> AsyncIterator[Services]:
+    async with working(settings_for()) as services:
+        yield services
 
 
 def refusing() -> ScriptedProvider:
@@ -100,6 +112,47 @@ async def test_a_job_handed_twice_runs_once(
         assert bot.store.ledger_entry(done["id"])["state"] == "settled"
     finally:
         await bot.aclose()
+
+
+async def test_the_bot_shows_a_workers_progress_and_its_cancel_stops_the_worker(
+    settings_for: Callable[..., Settings],
+) -> None:
+    settings = settings_for()
+    model = stalled()  # the worker's model never answers
+    async with working(settings, model) as worker:
+        bot = wire(settings, providers=registry_with(settings, local=refusing()))
+        bot.start()
+        seen: list[str] = []
+        chat = Chat(bot)
+
+        async def draft() -> list[Any]:
+            listen(lambda job_id, state, detail: seen.append(state))
+            return await chat.command("draft", "a slow comet --n 1")
+
+        asking = asyncio.create_task(draft())
+        try:
+            await asyncio.wait_for(model.entered.wait(), 20)
+            for _ in range(100):  # the bot sees the worker's job start running
+                if "running" in seen:
+                    break
+                await asyncio.sleep(0.05)
+            assert seen[-1] == "running"
+            (job,) = bot.store.unfinished_jobs()
+            (cancelled,) = [r async for r in bot.bot.cancel(chat.origin, job["request_id"])]
+            assert "1 job(s) stopped" in cancelled.text
+            replies = await asyncio.wait_for(asking, 10)
+            assert any("cancelled" in r.text.lower() for r in replies)
+            for _ in range(60):  # the worker notices within a second and stops driving it
+                if not worker.runner._running:
+                    break
+                await asyncio.sleep(0.05)
+            assert worker.runner._running == {}
+            row = bot.store.get_job(job["id"])
+            assert row["state"] == "cancelled"
+            assert bot.store.ledger_entry(job["id"])["state"] == "released"
+        finally:
+            asking.cancel()
+            await bot.aclose()
 
 
 def test_workers_need_postgres(make_settings: Callable[..., Settings]) -> None:
