@@ -27,6 +27,7 @@ What differs, and how it is bridged:
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
@@ -34,6 +35,8 @@ from typing import Any
 
 import psycopg
 from psycopg import pq
+
+log = logging.getLogger(__name__)
 
 #: The advisory lock every write transaction takes (any constant; "tierbot" in ASCII).
 WRITE_LOCK = 0x74696572626F74
@@ -105,16 +108,36 @@ class Connection:
     a statement outside ``BEGIN ... COMMIT`` commits on its own, as sqlite-utils' do."""
 
     def __init__(self, url: str) -> None:
+        self.url = url
         self.pg = psycopg.connect(url, autocommit=True)
         self.identity_tables: set[str] = set()
+        self._began = False  # inside BEGIN ... COMMIT (a lost connection cannot be retried)
+
+    def _run(self, statement: str, parameters: Sequence[Any] | None) -> psycopg.Cursor[Any]:
+        """Execute, connecting again once if the connection was lost between transactions
+        (a restarted or failed-over server): nothing was half done, so the statement is
+        simply sent again. Inside a transaction the loss is the caller's error."""
+        try:
+            return self.pg.execute(statement, parameters)  # type: ignore[arg-type]
+        except psycopg.OperationalError:
+            if not self.pg.broken or self._began:
+                raise
+            log.warning("the database connection was lost; connecting again")
+            self.pg = psycopg.connect(self.url, autocommit=True)
+            return self.pg.execute(statement, parameters)  # type: ignore[arg-type]
 
     @property
     def in_transaction(self) -> bool:
-        return self.pg.info.transaction_status != pq.TransactionStatus.IDLE
+        status = self.pg.info.transaction_status
+        return self._began or status not in (
+            pq.TransactionStatus.IDLE,
+            pq.TransactionStatus.UNKNOWN,
+        )
 
     def execute(self, sql: str, parameters: Sequence[Any] | None = None) -> Cursor:
         if sql.strip().upper() == "BEGIN IMMEDIATE":
-            self.pg.execute("BEGIN")
+            self._run("BEGIN", None)
+            self._began = True
             self.pg.execute("select pg_advisory_xact_lock(%s)", [WRITE_LOCK])
             return Cursor(self.pg.cursor())
         statement = to_postgres(sql)
@@ -122,10 +145,7 @@ class Connection:
         returning = table in self.identity_tables and "returning" not in statement.lower()
         if returning:
             statement += " returning id"
-        try:
-            cursor = self.pg.execute(statement, _params(parameters))
-        except psycopg.errors.UndefinedTable as exc:
-            raise psycopg.errors.UndefinedTable(f"{exc} (in: {statement})") from exc
+        cursor = self._run(statement, _params(parameters))
         lastrowid = None
         if returning:
             row = cursor.fetchone()
@@ -137,11 +157,13 @@ class Connection:
             cursor.executemany(to_postgres(sql), [_params(row) for row in rows])
 
     def commit(self) -> None:
+        self._began = False
         if self.in_transaction:
             self.pg.execute("COMMIT")
 
     def rollback(self) -> None:
-        if self.in_transaction:
+        self._began = False
+        if self.in_transaction and not self.pg.broken:
             self.pg.execute("ROLLBACK")
 
     def close(self) -> None:

@@ -41,7 +41,9 @@ def test_the_compose_settings_validate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_two_bots_and_two_workers_run_commands_that_exist() -> None:
     services = _compose()["services"]
-    commands = [" ".join(s["command"]) for s in services.values() if "tierbot" in s.get("image", "")]
+    commands = [
+        " ".join(s["command"]) for s in services.values() if "tierbot" in s.get("image", "")
+    ]
     assert sorted(c.split()[1] for c in commands) == ["run", "run", "worker", "worker"]
     for command in {c.split(" --")[0] for c in commands}:
         assert command in CLI_USAGE

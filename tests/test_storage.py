@@ -166,3 +166,20 @@ def test_rows_written_through_the_store_read_back_after_a_restart(db_location: s
 
     again = Store(db_location)
     assert again.get_request(request_id)["options"] == {"n": 4}
+
+
+def test_a_lost_postgres_connection_is_made_again(db_location: str) -> None:
+    """A restarted or failed-over server drops the connection; the next statement (between
+    transactions) connects again instead of failing forever."""
+    store = Store(db_location)
+    if not store.postgres:
+        pytest.skip("Postgres only: SQLite has no connection to lose")
+    import psycopg
+
+    with psycopg.connect(db_location, autocommit=True) as admin:
+        admin.execute("select pg_terminate_backend(%s)", [store.db.conn.pg.info.backend_pid])
+    store.heartbeat()
+    origin = {"surface": "s", "team": "t", "channel": "c", "user": "u"}
+    request_id = store.create_request(origin=origin, command="draft", prompt="p", options={})
+    assert store.get_request(request_id)["prompt"] == "p"
+    store.close()
