@@ -499,10 +499,9 @@ class JobRunner:
                         self._waiting.pop(job["id"], None)
 
     async def _paths(self, asset_ids: Sequence[str]) -> list[Path]:
-        """Where input assets' files are. In a thread: with an object store, a file this
-        machine has not got yet is downloaded first."""
+        """Where input assets' files are (downloaded first where this machine lacks one)."""
         relatives = [asset["path"] for i in asset_ids if (asset := self.store.get_asset(i))]
-        return await asyncio.to_thread(lambda: [self.files.path(r) for r in relatives])
+        return await self.files.paths(relatives)
 
     async def _request_for(self, job: dict[str, Any]) -> GenerationRequest:
         references = await self._paths(job["inputs"])

@@ -14,12 +14,13 @@ and boto3 is never imported.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -225,6 +226,18 @@ class AssetFiles:
         if self.remote is not None and not resolved.exists():
             self._fetch(resolved)
         return resolved
+
+    async def paths(self, relatives: Sequence[str]) -> list[Path]:
+        """:meth:`path` of each, from async code: with a bucket a file new to this machine is
+        a download, so then they are resolved in a thread (never on the event loop)."""
+        if self.remote is None:
+            return [self.path(relative) for relative in relatives]
+        return await asyncio.to_thread(lambda: [self.path(relative) for relative in relatives])
+
+    async def local(self, relative: str) -> Path:
+        """:meth:`path` from async code (see :meth:`paths`)."""
+        (path,) = await self.paths([relative])
+        return path
 
     def _fetch(self, target: Path) -> None:
         assert self.remote is not None

@@ -230,3 +230,42 @@ async def test_a_fresh_machine_gets_the_files_back_from_the_bucket(
             assert hashlib.sha256(path.read_bytes()).hexdigest() == asset["sha256"]
     finally:
         await services.aclose()
+
+
+async def test_a_bot_and_a_worker_on_two_machines_share_files_through_the_bucket(
+    tmp_path: Path, endpoint: str, bucket: str, postgres_server: Any
+) -> None:
+    """The many-machines set-up: Postgres for state and the queue, the bucket for files, and
+    each process its own local dir. The worker's drafts reach the bot's grid through the
+    bucket."""
+    from tests.conftest import registry_with
+    from tests.postgres import fresh_database
+    from tests.test_workers import refusing, working
+
+    with fresh_database(postgres_server) as url:
+
+        def machine_settings(name: str) -> Settings:
+            return Settings(
+                data_dir=tmp_path / name,
+                database_url=url,
+                run_jobs="workers",
+                asset_url=f"s3://{bucket}/shared",
+                s3_endpoint_url=endpoint,
+                _env_file=None,
+            )
+
+        async with working(machine_settings("worker-machine")):
+            settings = machine_settings("bot-machine")
+            bot = wire(settings, providers=registry_with(settings, local=refusing()))
+            bot.start()
+            try:
+                replies = await Chat(bot).command("draft", "two lanterns --n 2")
+                grid = bot.store.get_asset(next(r.asset_id for r in replies if r.asset_id))
+                assert grid["kind"] == "grid"
+                drafts = bot.store.parents(grid["id"])
+                assert len(drafts) == 2
+                for draft in drafts:  # made on the worker's machine, fetched here from S3
+                    assert (tmp_path / "bot-machine" / "assets" / draft["path"]).exists()
+                    assert (tmp_path / "worker-machine" / "assets" / draft["path"]).exists()
+            finally:
+                await bot.aclose()

@@ -455,7 +455,7 @@ class UseCases:
             reactions=[Reaction.DISCARD.value],
         )
 
-    def _result(
+    async def _result(
         self,
         label: str,
         job: CompletedJob,
@@ -470,7 +470,7 @@ class UseCases:
         asset_id = job.asset_ids[0]
         asset = self.store.get_asset(asset_id)
         assert asset is not None
-        path: Path = self.files.path(asset["path"])
+        path = await self.files.local(asset["path"])
         lines = "".join(f"\n{note}" for note in notes)
         reactions = reactions_for(Stage(asset["stage"]))
         return Reply(
@@ -497,7 +497,7 @@ class UseCases:
         ``job_ids`` are every job of the batch (failed ones too) whose outcome it reports."""
         draft_ids = [asset_id for job in jobs for asset_id in job.asset_ids]
         drafts = [self.store.get_asset(a) for a in draft_ids]
-        paths = [self.files.path(d["path"]) for d in drafts if d]
+        paths = await self.files.paths([d["path"] for d in drafts if d])
         grid = await cpu.run(compose_grid, paths)
         digest, relative = await asyncio.to_thread(self.files.put, grid.data, grid.mime)
         grid_id = self.store.save_asset(

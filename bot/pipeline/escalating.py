@@ -163,7 +163,7 @@ class Escalating(UseCases):
             raise
         label = step.label or RESULT_LABELS[step.stage]
         notes, offers = await self._measure(origin, job.asset_ids[0], step.source, mask_id)
-        yield self._result(
+        yield await self._result(
             label, job, thread_of=step.thread_of, extra=step.extra, notes=notes, offers=offers
         )
 
@@ -216,11 +216,9 @@ class Escalating(UseCases):
         made = (AssetKind.IMAGE, AssetKind.VIDEO)
         if source["kind"] in (AssetKind.IMAGE, AssetKind.UPLOAD) and result["kind"] in made:
             try:
+                before, after = await self.files.paths([source["path"], result["path"]])
                 moved = await cpu.run(
-                    canvas.drift_of,
-                    self.files.path(source["path"]),
-                    self.files.path(result["path"]),
-                    result["kind"] == AssetKind.VIDEO,
+                    canvas.drift_of, before, after, result["kind"] == AssetKind.VIDEO
                 )
             except Exception:  # a measurement never loses the result it is about
                 log.warning("drift check of %s failed", result_id, exc_info=True)
@@ -289,8 +287,9 @@ class Escalating(UseCases):
         if not parents:
             raise UserError(f"{asset_id} has no source image to match")
         source = parents[0]
-        data = await asyncio.to_thread(self.files.path(result["path"]).read_bytes)
-        matched = await cpu.run(canvas.match_colours, data, self.files.path(source["path"]))
+        result_path, source_path = await self.files.paths([result["path"], source["path"]])
+        data = await asyncio.to_thread(result_path.read_bytes)
+        matched = await cpu.run(canvas.match_colours, data, source_path)
         digest, relative = await asyncio.to_thread(self.files.put, matched, "image/png")
         matched_id = self.store.save_asset(
             {
@@ -310,9 +309,7 @@ class Escalating(UseCases):
             },
             parents=[asset_id, source["id"]],
         )
-        moved = await cpu.run(
-            canvas.drift_of, self.files.path(source["path"]), self.files.path(relative)
-        )
+        moved = await cpu.run(canvas.drift_of, source_path, self.files.path(relative))
         yield Reply(
             text=f"🎨 Colours of {asset_id} matched to {source['stage']} {source['id']}: "
             f"{matched_id} · local colour transfer · free\n"

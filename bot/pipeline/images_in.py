@@ -95,7 +95,9 @@ class ImagesIn(UseCases):
             raise UserError(
                 f"a reference called {name} exists already; /tierbot ref remove {name} first"
             )
-        paths = [self.files.path(a["path"]) for i in images if (a := self.store.get_asset(i))]
+        paths = await self.files.paths(
+            [a["path"] for i in images if (a := self.store.get_asset(i))]
+        )
         yield Reply(
             text=f"📌 Reference {name} saved by {origin.user}: {len(images)} image(s) "
             f"({', '.join(images)}). Use it with --ref {name} (or --sref {name} for its style).",
@@ -153,7 +155,7 @@ class ImagesIn(UseCases):
         yield Reply(
             text=f"🖌️ Hand-fixed version {version_id} of {asset_id} by {origin.user} "
             f"({upload['width']}×{upload['height']}). React 🎬 ⬆️ ✅ 🔀 or ❌ as on a final.",
-            files=[self.files.path(upload["path"])],
+            files=[await self.files.local(upload["path"])],
             reactions=MANUAL_REACTIONS,
             asset_id=version_id,
             thread_of=asset_id,

@@ -113,7 +113,7 @@ class Restart(UseCases):
                 job_ids=[job["id"]],
             )
             return
-        yield self._result(
+        yield await self._result(
             RESULT_LABELS[stage],
             outcome,
             thread_of=thread_of or outcome.asset_ids[0],

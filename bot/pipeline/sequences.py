@@ -329,7 +329,7 @@ class Sequences(UseCases):
                 job_ids=list(job_ids),
             )
         rows = [self.store.get_asset(shot) for _, shot in present]
-        paths = [self.files.path(row["path"]) for row in rows if row]
+        paths = await self.files.paths([row["path"] for row in rows if row])
         data = await cpu.run(footage.stitch, paths, 0.0)
         digest, relative = await asyncio.to_thread(self.files.put, data, "video/mp4")
         width, height, seconds = await cpu.run(footage.probe, self.files.path(relative))
