@@ -143,6 +143,13 @@ class S3Bucket:
         except self._errors as exc:
             raise self._failed("upload", key, exc) from None
 
+    def delete(self, key: str) -> None:
+        """Remove the object (nothing happens if it is not there)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        except self._errors as exc:
+            raise self._failed("delete", key, exc) from None
+
     def download(self, key: str, handle: IO[bytes]) -> str:
         """Stream the object into ``handle`` and return the SHA-256 of what was written.
 
@@ -226,6 +233,16 @@ class AssetFiles:
         if self.remote is not None and not resolved.exists():
             self._fetch(resolved)
         return resolved
+
+    def remove(self, relative: str) -> None:
+        """Delete a stored file here and in the bucket (a command's raw bytes once checked:
+        nothing else refers to them). Content-addressed files are otherwise never deleted."""
+        resolved = (self.root / relative).resolve()
+        if not resolved.is_relative_to(self.root):
+            raise ValueError("asset path outside the asset store")
+        resolved.unlink(missing_ok=True)
+        if self.remote is not None:
+            self.remote.delete(self.remote.key(relative))
 
     async def paths(self, relatives: Sequence[str]) -> list[Path]:
         """:meth:`path` of each, from async code: with a bucket a file new to this machine is

@@ -269,3 +269,40 @@ async def test_a_bot_and_a_worker_on_two_machines_share_files_through_the_bucket
                     assert (tmp_path / "worker-machine" / "assets" / draft["path"]).exists()
             finally:
                 await bot.aclose()
+
+
+async def test_a_commands_raw_bytes_leave_the_bucket_once_checked(
+    tmp_path: Path, endpoint: str, bucket: str
+) -> None:
+    from bot.domain import CommandEvent, InboundFile, Origin
+    from tests.images import png
+
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        asset_url=f"s3://{bucket}/kept",
+        s3_endpoint_url=endpoint,
+        _env_file=None,
+    )
+    services = wire(settings)
+    try:
+        event_keys = lambda: [  # noqa: E731
+            o["Key"]
+            for o in boto3.client("s3", endpoint_url=endpoint)
+            .list_objects_v2(Bucket=bucket)
+            .get("Contents", [])
+        ]
+        puts = count_calls(services.files, "PutObject")
+        event = CommandEvent(
+            origin=Origin(surface="test", team="T1", channel="C1", user="alice"),
+            command="draft",
+            text="a kite like this --n 1",
+            files=[InboundFile(name="kite.png", data=png())],
+        )
+        event = await services.bot.keep(event)  # as a surface does before it acknowledges
+        replies = [reply async for reply in services.bot.handle_command(event)]
+        assert any(r.asset_id for r in replies)
+        assert [k for k in puts if k.endswith(".bin")]  # kept when received, as sent
+        keys = event_keys()
+        assert keys and not [k for k in keys if k.endswith(".bin")]  # only checked images
+    finally:
+        await services.aclose()

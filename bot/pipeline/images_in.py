@@ -6,7 +6,6 @@ before any use case sees them; variations live with the other grids in ``draftin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +23,7 @@ from bot.domain import (
 from bot.errors import UserError
 from bot.pipeline.base import UseCases
 from bot.uploads import Uploads
+from storage import AssetStoreError
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ class ImagesIn(UseCases):
         very same bytes at the same moment share the file; the later one, were it re-run
         after a crash, would ask for its image again.)"""
         for relative in kept:
-            with contextlib.suppress(OSError, ValueError):
-                self.files.path(relative).unlink(missing_ok=True)
+            try:
+                self.files.remove(relative)
+            except (OSError, ValueError, AssetStoreError) as exc:  # only space is lost
+                log.warning("could not delete kept bytes %s: %s", relative, exc)
 
     async def ref(
         self, origin: Origin, inv: Invocation, files: Sequence[InboundFile] = ()
