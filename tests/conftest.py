@@ -204,7 +204,13 @@ def db_location(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
     if request.param == "sqlite":
         yield str(tmp_path / "tierbot.db")
         return
+    yield request.getfixturevalue("database_url")
+
+
+@pytest.fixture
+def database_url(postgres_server: Any) -> Iterator[str]:
+    """A fresh Postgres database for one test (dropped afterwards)."""
     from tests.postgres import fresh_database
 
-    with fresh_database(request.getfixturevalue("postgres_server")) as url:
+    with fresh_database(postgres_server) as url:
         yield url

@@ -11,9 +11,8 @@ S3-compatible bucket instead (tests/test_asset_store.py covers that path).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -24,14 +23,6 @@ from tests.fakes.slack import FakeSlack
 
 DRAFTS = 200
 KILL_AFTER_GRIDS = 40
-
-
-@pytest.fixture
-def database_url(postgres_server: Any) -> Iterator[str]:
-    from tests.postgres import fresh_database
-
-    with fresh_database(postgres_server) as url:
-        yield url
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator
 from datetime import date
-from typing import Any
 
 import pytest
 
@@ -21,15 +20,12 @@ from tests.test_schedules import ADD, Clock, berlin, grids
 
 @pytest.fixture
 def replicas(
-    make_settings: Callable[..., Settings], postgres_server: Any
+    make_settings: Callable[..., Settings], database_url: str
 ) -> Iterator[tuple[Services, Services]]:
-    from tests.postgres import fresh_database
-
-    with fresh_database(postgres_server) as url:
-        pair = (wire(make_settings(database_url=url)), wire(make_settings(database_url=url)))
-        yield pair
-        for services in pair:
-            services.store.close()
+    pair = tuple(wire(make_settings(database_url=database_url)) for _ in range(2))
+    yield pair
+    for services in pair:
+        services.store.close()
 
 
 def chat_on(services: Services, clock: Clock) -> Chat:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -19,14 +19,6 @@ from bot.progress import listen
 from bot.settings import Settings
 from tests.conftest import Chat, ScriptedProvider, registry_with
 from tests.test_resume import stalled
-
-
-@pytest.fixture
-def database_url(postgres_server: Any) -> Iterator[str]:
-    from tests.postgres import fresh_database
-
-    with fresh_database(postgres_server) as url:
-        yield url
 
 
 @pytest.fixture
