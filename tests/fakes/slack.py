@@ -148,7 +148,10 @@ class FakeSlack:
         self._ids = itertools.count(1)
         self._last_us = 0
         self._tickets: set[str] = set()
-        self._ws: web.WebSocketResponse | None = None
+        #: Open Socket Mode connections that take envelopes, oldest first. With several (one
+        #: per replica of the app) Slack spreads envelopes across them: here, in turn.
+        self._sockets: list[web.WebSocketResponse] = []
+        self._turn = 0
         self._all_ws: set[web.WebSocketResponse] = set()
         self._connected = asyncio.Event()
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -986,15 +989,15 @@ class FakeSlack:
         await ws.prepare(request)
         self._all_ws.add(ws)
         self.socket_connections += 1
+        self._sockets.append(ws)
         await ws.send_json(
             {
                 "type": "hello",
-                "num_connections": 1,
+                "num_connections": len(self._sockets),
                 "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
                 "connection_info": {"app_id": self.app_id},
             }
         )
-        self._ws = ws
         self._connected.set()
         try:
             async for frame in ws:
@@ -1007,10 +1010,18 @@ class FakeSlack:
                     waiter.set_result(data)
         finally:
             self._all_ws.discard(ws)
-            if self._ws is ws:
-                self._ws = None
-                self._connected.clear()
+            self._forget(ws)
         return ws
+
+    def _forget(self, ws: web.WebSocketResponse) -> None:
+        if ws in self._sockets:
+            self._sockets.remove(ws)
+        if not self._sockets:
+            self._connected.clear()
+
+    @property
+    def open_sockets(self) -> int:
+        return len(self._sockets)
 
     async def wait_socket_connected(self, timeout: float = 10.0) -> None:
         """Wait until a client holds the current websocket (it has been sent ``hello``)."""
@@ -1050,11 +1061,10 @@ class FakeSlack:
 
     async def socket_disconnect(self) -> None:
         """Ask the client to reconnect; it calls apps.connections.open and opens a new socket."""
-        ws = self._ws
-        if ws is None:
+        if not self._sockets:
             raise RuntimeError("no socket mode client connected")
-        self._ws = None  # no further envelopes on this connection
-        self._connected.clear()
+        ws = self._sockets[-1]
+        self._forget(ws)  # no further envelopes on this connection
         await ws.send_json(
             {"type": "disconnect", "reason": "refresh_requested", "debug_info": {"host": "fake"}}
         )
@@ -1063,12 +1073,14 @@ class FakeSlack:
         self, kind: str, payload: dict[str, Any], accepts: bool, retry: int, timeout: float
     ) -> dict[str, Any]:
         await self.wait_socket_connected(timeout)
-        if self._ws is None:
+        if not self._sockets:
             raise RuntimeError("the socket mode client went away")
+        ws = self._sockets[self._turn % len(self._sockets)]
+        self._turn += 1
         envelope_id = str(uuid.uuid4())
         waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._acks[envelope_id] = waiter
-        await self._ws.send_json(
+        await ws.send_json(
             {
                 "envelope_id": envelope_id,
                 "type": kind,
