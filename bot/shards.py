@@ -8,8 +8,11 @@ one bot by each running some of the shards, all with the same count: ``0,1/4`` o
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 _NUMBER = re.compile(r"[0-9]+")
 #: How the setting is written, for error messages.
