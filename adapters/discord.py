@@ -26,6 +26,10 @@ and guild reactions only; nothing privileged. What Discord needs, and where it i
   person with what to grant; a reply that cannot be posted goes to the outbox and is retried.
 - **Command sync.** ``DISCORD_GUILD_IDS`` syncs to those guilds at start (instant); global
   sync is rate-limited, so it is a deliberate act: ``tierbot discord sync``.
+- **Shards.** ``DISCORD_SHARDS`` (``0,1/4``) makes the client a ``discord.AutoShardedClient``
+  running those shards only, so replicas split the bot's guilds (a guild's events reach only
+  the replica running its shard); unset, a plain ``discord.Client`` on one connection. Only the
+  replica with shard 0 syncs the commands.
 
 ``DISCORD_API_URL`` and ``DISCORD_GATEWAY_URL`` redirect discord.py's REST base
 (``Route.BASE``) and gateway (``DiscordWebSocket.DEFAULT_GATEWAY``) for proxies and tests;
@@ -64,6 +68,7 @@ from bot.commands import (
 from bot.delivery import Steps, kept_for_retry
 from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply, replies_of
 from bot.errors import private_error
+from bot.shards import Shards
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
 from bot.uploads import MAX_UPLOAD_BYTES, too_big
 
@@ -73,6 +78,8 @@ SURFACE = "discord"
 MAX_CONTENT = 2000
 DEFAULT_FILESIZE_LIMIT = 10 * 1024 * 1024
 MISSING_PERMISSIONS = 50013
+#: Gateway close codes: IDENTIFY's shard is invalid; the session would hold too many guilds.
+INVALID_SHARD, SHARDING_REQUIRED = 4010, 4011
 THREAD_EXISTS = 160004
 #: Exactly what the bot needs in a channel; printed in the invite URL at start.
 PERMISSIONS = discord.Permissions(
@@ -465,6 +472,19 @@ class _Client(discord.Client):
         self.surface._on_reaction_removed(payload)
 
 
+class _ShardedClient(_Client, discord.AutoShardedClient):
+    """:class:`_Client` on the shards ``shard_ids`` of ``shard_count``, one websocket each."""
+
+
+def _client(surface: "DiscordSurface", shards: Shards | None, **options: Any) -> _Client:
+    """The one place the client's kind is chosen: unsharded, discord.py's single connection
+    (no ``shard`` in IDENTIFY); sharded, exactly these shards, with the count given, so
+    discord.py asks nothing of ``GET /gateway/bot`` and every replica agrees on it."""
+    if shards is None:
+        return _Client(surface, **options)
+    return _ShardedClient(surface, shard_ids=list(shards.ids), shard_count=shards.count, **options)
+
+
 class DiscordSurface:
     """tierbot in Discord guilds."""
 
@@ -487,6 +507,7 @@ class DiscordSurface:
         self.catalog = context.catalog
         self.token = settings.discord_bot_token.get_secret_value()
         self.guild_ids = list(settings.discord_guild_ids)
+        self.shards: Shards | None = settings.discord_shards
         self.public_url = settings.public_url
         api_url = api_url or settings.discord_api_url
         gateway_url = gateway_url or settings.discord_gateway_url
@@ -494,7 +515,7 @@ class DiscordSurface:
             discord.http.Route.BASE = api_url.rstrip("/")
         if gateway_url:
             discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
-        self.client = _Client(self, guild_ready_timeout=guild_ready_timeout)
+        self.client = _client(self, self.shards, guild_ready_timeout=guild_ready_timeout)
         self._register_commands()
         self.outbox = context.outbox(SURFACE, self.post, DISCORD_ERRORS, outbox_interval_s)
         self.tasks = Tasks()
@@ -516,10 +537,7 @@ class DiscordSurface:
         self._runner = asyncio.ensure_future(self.client.start(self.token))
         while not self.client.is_ready():
             if self._runner.done():
-                error = self._runner.exception()
-                if isinstance(error, discord.LoginFailure):
-                    raise SurfaceUnavailable("Discord refused DISCORD_BOT_TOKEN (login failed)")
-                raise SurfaceUnavailable(f"Discord could not start: {error}")
+                raise SurfaceUnavailable(self._start_failure(self._runner.exception()))
             await asyncio.sleep(0.02)
         self._outbox_task = asyncio.ensure_future(self.outbox.run())
         invite = discord.utils.oauth_url(
@@ -528,7 +546,22 @@ class DiscordSurface:
             scopes=("bot", "applications.commands"),
         )
         guilds = len(self.client.guilds)
-        return f"Discord: on as {self.client.user} in {guilds} guild(s); invite: {invite}"
+        shards = "" if self.shards is None else f" on shard(s) {self.shards}"
+        return f"Discord: on as {self.client.user} in {guilds} guild(s){shards}; invite: {invite}"
+
+    def _start_failure(self, error: BaseException | None) -> str:
+        if isinstance(error, discord.LoginFailure):
+            return "Discord refused DISCORD_BOT_TOKEN (login failed)"
+        code = error.code if isinstance(error, discord.ConnectionClosed) else None
+        if code == INVALID_SHARD:
+            return f"Discord refused DISCORD_SHARDS={self.shards} (4010 invalid shard)"
+        if code == SHARDING_REQUIRED:
+            now = "one connection" if self.shards is None else f"DISCORD_SHARDS={self.shards}"
+            return (
+                f"Discord requires sharding (4011: too many guilds for {now}); give every "
+                "replica DISCORD_SHARDS with a larger shard count"
+            )
+        return f"Discord could not start: {error}"
 
     async def stop(self) -> None:
         self._stopping = True
@@ -544,7 +577,17 @@ class DiscordSurface:
         """Wait until every command and reaction in flight has been answered."""
         await self.tasks.idle()
 
+    @property
+    def syncs_commands(self) -> bool:
+        """Whether this process registers the commands at start. Registration is per bot, not
+        per shard (a bulk overwrite over REST, rate-limited by Discord), so with replicas
+        splitting the shards only the one running shard 0 does it; the others answer the
+        same commands all the same (they are declared in every replica's tree)."""
+        return self.shards is None or 0 in self.shards.ids
+
     async def _sync_guilds(self) -> None:
+        if not self.syncs_commands:
+            return
         for guild_id in self.guild_ids:
             guild = discord.Object(id=guild_id)
             self.client.tree.copy_global_to(guild=guild)

@@ -303,6 +303,9 @@ class SettingsError(Exception):
 
 
 def _env_name(field_name: str) -> str:
+    """The variable a setting is read from (errors name it; they may name it already)."""
+    if field_name not in Settings.model_fields and field_name.isupper():
+        return field_name  # an alias such as DISCORD_SHARDS, as pydantic reports it
     field = Settings.model_fields.get(field_name)
     alias = field.validation_alias if field else None
     if isinstance(alias, AliasChoices):

@@ -64,14 +64,15 @@ class Rig:
         )
 
     async def start(self) -> Rig:
-        settings = self.make_settings(
-            discord_bot_token=self.fake.token,
-            discord_guild_ids=[self.fake.guild_id],
-            discord_api_url=self.fake.api_base,
-            discord_gateway_url=self.fake.gateway_url,
-            policy=self.policy,
-            **self.settings,
-        )
+        options = {
+            "discord_bot_token": self.fake.token,
+            "discord_guild_ids": [self.fake.guild_id],
+            "discord_api_url": self.fake.api_base,
+            "discord_gateway_url": self.fake.gateway_url,
+            "policy": self.policy,
+            **self.settings,  # a test's own settings win
+        }
+        settings = self.make_settings(**options)
         self.services = wire(settings)
         self.surface = DiscordSurface(
             self.services.surface_context(), guild_ready_timeout=0.05, outbox_interval_s=3600

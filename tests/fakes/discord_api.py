@@ -43,6 +43,16 @@ What it reproduces (each checked against the discord.py sources):
   identified intents, RECONNECT (op 7), INVALID_SESSION (op 9), RESUME with the replay of the
   events the client missed, then RESUMED. Frames are uncompressed text, which discord.py accepts
   although it asks for ``compress=zlib-stream``.
+* Sharding: IDENTIFY's ``shard: [id, count]`` makes the connection that shard; each shard is its
+  own websocket and session, READY echoes ``shard`` and lists only the shard's guilds, and a
+  guild's events (GUILD_CREATE, INTERACTION_CREATE, MESSAGE_*, reactions, threads, roles) go
+  only to the sessions of shard ``(guild_id >> 22) % count``, DMs only to shard 0. An invalid
+  shard closes with 4010 "Invalid shard.", a session that would hold more than
+  ``max_guilds_per_session`` guilds with 4011 "Sharding required.". ``GET /gateway/bot``
+  recommends a shard count (``recommended_shards``, else one per 1000 guilds). A new IDENTIFY
+  for a shard replaces that shard's session; other shards' sessions live on. The guild of the
+  constructor (by default id 2000, below ``1 << 22``) is on shard 0 of any count;
+  ``add_guild(shard=(1, 2))`` adds another guild, with its own text channel, on a given shard.
 
 All state is plain attributes, so a test can seed it and assert on it: ``requests``,
 ``messages``, ``threads``, ``dms``, ``commands``, ``roles``, ``identify``, ``resumes``...
@@ -313,14 +323,39 @@ class _Conn:
 class _Session:
     id: str
     intents: int
+    #: ``(shard_id, num_shards)``; an IDENTIFY without ``shard`` is ``(0, 1)``: every guild.
+    shard: tuple[int, int] = (0, 1)
     seq: int = 0
     log: list[tuple[int, str, dict[str, Any]]] = field(default_factory=list)
     conn: _Conn | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def receives(self, guild_id: int | None) -> bool:
+        """Discord's rule: a guild's events go to its shard; DMs (no guild) to shard 0."""
+        number, count = self.shard
+        return number == 0 if guild_id is None else shard_of(guild_id, count) == number
+
+
+@dataclass(eq=False)
+class _Guild:
+    """A guild other than the constructor's (that one's fields are FakeDiscord attributes)."""
+
+    id: int
+    name: str
+    channel_id: int  # its one text channel
+    channel_name: str
+    bot_role_id: int
+    roles: dict[int, dict[str, Any]]
+
+
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard that receives ``guild_id``'s events when a bot runs ``shard_count`` shards."""
+    return (guild_id >> 22) % shard_count
+
 
 class FakeDiscord:
-    """Discord's REST API and gateway for one bot in one guild with one text channel."""
+    """Discord's REST API and gateway for one bot in one guild with one text channel (more
+    with :meth:`add_guild`), over one connection or several shards."""
 
     def __init__(
         self,
@@ -350,6 +385,8 @@ class FakeDiscord:
         self.premium_tier = 0
         self.bot_permissions: int = DEFAULT_BOT_PERMISSIONS  # enforced on REST (403 50013)
         self.privileged_intents: int = 0  # enabled in the developer portal; others close 4014
+        self.recommended_shards: int | None = None  # GET /gateway/bot; None: 1 per 1000 guilds
+        self.max_guilds_per_session = 2500  # more guilds on one session: close 4011
         self.commands_scope = True  # False: guild command PUT → 403 50001 (bot-only install)
         self.interaction_timeout: float | None = 3.0  # first callback window (10062 after it)
         self.heartbeat_interval_ms = 41250
@@ -370,7 +407,8 @@ class FakeDiscord:
         self.dms: dict[int, list[str]] = {}
         self.dm_channels: dict[int, int] = {}  # DM channel id -> user id
         self.commands: dict[str, list[dict[str, Any]]] = {}
-        self.roles: dict[int, list[int]] = {uid: [] for uid in self.users}
+        self.roles: dict[int, list[int]] = {uid: [] for uid in self.users}  # role ids, any guild
+        self.other_guilds: dict[int, _Guild] = {}  # add_guild
         self.guild_roles: dict[int, dict[str, Any]] = {
             guild_id: {"name": "@everyone", "permissions": EVERYONE_PERMISSIONS},
             self.bot_role_id: {"name": self.bot_name, "permissions": None, "bot": True},
@@ -378,7 +416,7 @@ class FakeDiscord:
         self.interactions: dict[int, Interaction] = {}
         self.cdn_requests: list[tuple[str, int]] = []  # (path, status) of every CDN GET
         # ---- gateway record
-        self.identify: dict[str, Any] | None = None
+        self.identify: dict[str, Any] | None = None  # the last IDENTIFY's d
         self.identifies = 0
         self.resumes = 0
         self.heartbeats = 0
@@ -387,7 +425,7 @@ class FakeDiscord:
         self.dispatched: list[tuple[str, dict[str, Any]]] = []  # every DISPATCH (t, d)
         self.replayed: list[str] = []  # event names re-sent on a RESUME
         # ---- internals
-        self._session: _Session | None = None
+        self._sessions: dict[tuple[int, int], _Session] = {}  # by shard
         self._conns: set[_Conn] = set()
         self._handshakes = 0  # READY+GUILD_CREATE or RESUMED sent
         self._gate = asyncio.Event()
@@ -555,21 +593,79 @@ class FakeDiscord:
         ``status`` (a plain-text body, as the CDN's errors are)."""
         self._cdn_failures.append([path_contains, status, times])
 
-    async def wait_ready(self, timeout: float = 10.0) -> None:
+    async def wait_ready(
+        self, timeout: float = 10.0, *, shard: tuple[int, int] | None = None
+    ) -> None:
         """IDENTIFY received and READY + GUILD_CREATE sent (the client's on_ready comes later,
-        after its ``guild_ready_timeout``)."""
-        await self._wait_until(
-            lambda: self._session is not None and self._session.conn is not None,
-            timeout,
-            "gateway IDENTIFY / READY",
-        )
+        after its ``guild_ready_timeout``): on any connection, or on ``shard``'s."""
 
-    def add_role(self, name: str, permissions: int = 0) -> int:
-        """A new guild role (GUILD_ROLE_CREATE is pushed if a client is connected)."""
+        def ready() -> bool:
+            if shard is not None:
+                session = self._sessions.get(shard)
+                return session is not None and session.conn is not None
+            return any(s.conn is not None for s in self._sessions.values())
+
+        await self._wait_until(ready, timeout, f"gateway IDENTIFY / READY (shard {shard})")
+
+    @property
+    def shards(self) -> dict[tuple[int, int], str]:
+        """The live sessions' ids by shard ``(id, count)``; ``(0, 1)`` is an unsharded one."""
+        return {shard: session.id for shard, session in self._sessions.items()}
+
+    def events(self, shard: tuple[int, int] = (0, 1)) -> list[str]:
+        """The events sent to the live session of ``shard`` (or kept for its RESUME), in order,
+        READY and GUILD_CREATE included."""
+        session = self._sessions.get(shard)
+        return [t for _, t, _ in session.log] if session is not None else []
+
+    @property
+    def guild_ids(self) -> list[int]:
+        """Every guild the bot is in: the constructor's, then :meth:`add_guild`'s."""
+        return [self.guild_id, *self.other_guilds]
+
+    def add_guild(
+        self,
+        *,
+        shard: tuple[int, int] | None = None,
+        name: str = "Other Guild",
+        channel_name: str = "general",
+    ) -> tuple[int, int]:
+        """Another guild the bot is in, with one text channel; ``(guild id, channel id)``.
+
+        With ``shard=(id, count)`` the guild's id (a snowflake) is picked so that the guild
+        is on that shard when the bot runs ``count`` shards. A connected session of that shard
+        gets its GUILD_CREATE, as when the bot joins a guild.
+        """
+        guild_id = self._snowflake()
+        if shard is not None:
+            number, count = shard
+            high = guild_id >> 22
+            high += (number - high % count) % count
+            guild_id = (high << 22) | (guild_id & ((1 << 22) - 1))
+            self._last_snowflake = max(self._last_snowflake, guild_id)
+        bot_role_id = self._snowflake()
+        self.other_guilds[guild_id] = _Guild(
+            id=guild_id,
+            name=name,
+            channel_id=self._snowflake(),
+            channel_name=channel_name,
+            bot_role_id=bot_role_id,
+            roles={
+                guild_id: {"name": "@everyone", "permissions": EVERYONE_PERMISSIONS},
+                bot_role_id: {"name": self.bot_name, "permissions": None, "bot": True},
+            },
+        )
+        if self._sessions:
+            self._spawn(self._announce_guild(guild_id))
+        return guild_id, self.other_guilds[guild_id].channel_id
+
+    def add_role(self, name: str, permissions: int = 0, *, guild_id: int | None = None) -> int:
+        """A new role in the guild (GUILD_ROLE_CREATE is pushed if a client is connected)."""
+        guild_id = guild_id or self.guild_id
         role_id = self._snowflake()
-        self.guild_roles[role_id] = {"name": name, "permissions": permissions}
-        if self._session is not None:
-            d = {"guild_id": str(self.guild_id), "role": self._role_json(role_id)}
+        self._roles_of(guild_id)[role_id] = {"name": name, "permissions": permissions}
+        if self._sessions:
+            d = {"guild_id": str(guild_id), "role": self._role_json(role_id, guild_id)}
             self._spawn(self._dispatch("GUILD_ROLE_CREATE", d, intent=GUILDS))
         return role_id
 
@@ -594,6 +690,7 @@ class FakeDiscord:
         """
         self._require_session()
         channel_id = channel_id or self.channel_id
+        guild_id = self._guild_of_channel(channel_id)
         opts = _options(options)
         resolved: dict[str, Any] = {}
         for opt in opts:
@@ -609,7 +706,7 @@ class FakeDiscord:
                 }
         if subcommand is not None:
             opts = [{"type": 1, "name": subcommand, "options": opts}]
-        command_id, command_guild = self._command_lookup(name)
+        command_id, command_guild = self._command_lookup(name, guild_id)
         data: dict[str, Any] = {"id": str(command_id), "name": name, "type": 1}
         if opts:
             data["options"] = opts
@@ -619,7 +716,7 @@ class FakeDiscord:
             data["guild_id"] = str(command_guild)
         iid = self._snowflake()
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(60)
-        in_dm = channel_id in self.dm_channels
+        in_dm = guild_id is None
         payload: dict[str, Any] = {
             "id": str(iid),
             "application_id": str(self.app_id),
@@ -640,14 +737,14 @@ class FakeDiscord:
             payload["context"] = 1
             payload["authorizing_integration_owners"] = {"0": str(user_id)}
         else:
-            payload["guild_id"] = str(self.guild_id)
-            payload["guild"] = {"id": str(self.guild_id), "locale": "en-US", "features": []}
+            payload["guild_id"] = str(guild_id)
+            payload["guild"] = {"id": str(guild_id), "locale": "en-US", "features": []}
             payload["guild_locale"] = "en-US"
-            member = self._member_json(user_id)
-            member["permissions"] = str(self._perms_of(user_id))
+            member = self._member_json(user_id, guild_id)
+            member["permissions"] = str(self._perms_of(user_id, guild_id))
             payload["member"] = member
             payload["context"] = 0
-            payload["authorizing_integration_owners"] = {"0": str(self.guild_id)}
+            payload["authorizing_integration_owners"] = {"0": str(guild_id)}
         handle = Interaction(
             fake=self,
             id=iid,
@@ -656,7 +753,7 @@ class FakeDiscord:
             name=name,
             user_id=user_id,
             channel_id=channel_id,
-            guild_id=None if in_dm else self.guild_id,
+            guild_id=guild_id,
             payload=payload,
         )
         self.interactions[iid] = handle
@@ -720,22 +817,34 @@ class FakeDiscord:
         await self._dispatch_reaction("MESSAGE_REACTION_REMOVE", msg, emoji, user_id)
 
     async def reconnect(
-        self, *, op: int = 7, resumable: bool = False, wait: bool = True, timeout: float = 10.0
+        self,
+        *,
+        op: int = 7,
+        resumable: bool = False,
+        wait: bool = True,
+        timeout: float = 10.0,
+        shard: int | None = None,
     ) -> None:
         """Send op 7 RECONNECT (the client resumes at ``resume_url``), or with ``op=9`` an
-        INVALID_SESSION with ``d=resumable`` (false: the client IDENTIFYs again)."""
+        INVALID_SESSION with ``d=resumable`` (false: the client IDENTIFYs again). With several
+        shards connected, ``shard`` says whose connection."""
         before = self._handshakes
-        await self._kick(op=op, resumable=resumable)
+        await self._kick(op=op, resumable=resumable, shard=shard)
         if wait:
             await self._wait_until(lambda: self._handshakes > before, timeout, "reconnect")
 
     async def drop_connection(
-        self, *, code: int | None = 4000, wait: bool = True, timeout: float = 10.0
+        self,
+        *,
+        code: int | None = 4000,
+        wait: bool = True,
+        timeout: float = 10.0,
+        shard: int | None = None,
     ) -> None:
         """Close the websocket from the server side (``code=None``: drop the TCP connection,
         the client sees 1006). The client reconnects and RESUMEs."""
         before = self._handshakes
-        await self._kick(close_code=code, abort=code is None)
+        await self._kick(close_code=code, abort=code is None, shard=shard)
         if wait:
             await self._wait_until(lambda: self._handshakes > before, timeout, "reconnect")
 
@@ -747,6 +856,7 @@ class FakeDiscord:
         close_code: int | None = None,
         abort: bool = False,
         timeout: float = 10.0,
+        shard: int | None = None,
     ) -> AsyncIterator[None]:
         """Disconnect the client and hold its way back in while the body runs: events pushed in
         the body are missed by the client, then replayed on its RESUME. The disconnect is op 7
@@ -755,7 +865,7 @@ class FakeDiscord:
         before = self._handshakes
         self._gate.clear()
         try:
-            await self._kick(op=op, resumable=True, close_code=close_code, abort=abort)
+            await self._kick(op=op, resumable=True, close_code=close_code, abort=abort, shard=shard)
             yield
         finally:
             self._gate.set()
@@ -954,7 +1064,7 @@ class FakeDiscord:
                 "interactions_endpoint_url": None,
                 "redirect_uris": [],
                 "tags": [],
-                "approximate_guild_count": 1,
+                "approximate_guild_count": len(self.guild_ids),
                 "integration_types_config": {"0": {}},
             }
         )
@@ -963,10 +1073,11 @@ class FakeDiscord:
         return _json({"url": self.gateway_url.rstrip("/")})
 
     async def _get_gateway_bot(self, request: web.Request) -> web.Response:
+        shards = self.recommended_shards or max(1, math.ceil(len(self.guild_ids) / 1000))
         return _json(
             {
                 "url": self.gateway_url.rstrip("/"),
-                "shards": 1,
+                "shards": shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 1000 - self.identifies,
@@ -976,18 +1087,22 @@ class FakeDiscord:
             }
         )
 
-    async def _get_member(self, request: web.Request) -> web.Response:
-        if _snowflake_arg(request, "guild", 10004) != self.guild_id:
+    def _guild_arg(self, request: web.Request) -> int:
+        guild_id = _snowflake_arg(request, "guild", 10004)
+        if guild_id not in self.guild_ids:
             raise DiscordError(404, 10004)
+        return guild_id
+
+    async def _get_member(self, request: web.Request) -> web.Response:
+        guild_id = self._guild_arg(request)
         uid = _snowflake_arg(request, "user", 10007)
         if uid != self.bot_user_id and uid not in self.users:
             raise DiscordError(404, 10007)
-        return _json(self._member_json(uid))
+        return _json(self._member_json(uid, guild_id))
 
     async def _get_roles(self, request: web.Request) -> web.Response:
-        if _snowflake_arg(request, "guild", 10004) != self.guild_id:
-            raise DiscordError(404, 10004)
-        return _json([self._role_json(rid) for rid in self.guild_roles])
+        guild_id = self._guild_arg(request)
+        return _json([self._role_json(rid, guild_id) for rid in self._roles_of(guild_id)])
 
     # ------------------------------------------------------------------ REST: commands
 
@@ -996,11 +1111,10 @@ class FakeDiscord:
             raise DiscordError(403, 50001)
         if "guild" not in request.match_info:
             return "global"
-        if _snowflake_arg(request, "guild", 10004) != self.guild_id:
-            raise DiscordError(404, 10004)
+        guild_id = self._guild_arg(request)
         if not self.commands_scope:
             raise DiscordError(403, 50001)
-        return f"guild:{self.guild_id}"
+        return f"guild:{guild_id}"
 
     async def _put_commands(self, request: web.Request) -> web.Response:
         req = request[_REQ]
@@ -1035,7 +1149,7 @@ class FakeDiscord:
                 **command,
             }
             if key != "global":
-                out["guild_id"] = str(self.guild_id)
+                out["guild_id"] = key.removeprefix("guild:")
             echoed.append(out)
         self.commands[key] = echoed
         return _json(echoed)
@@ -1043,14 +1157,14 @@ class FakeDiscord:
     async def _get_commands(self, request: web.Request) -> web.Response:
         return _json(self.commands.get(self._commands_key(request), []))
 
-    def _command_lookup(self, name: str) -> tuple[int, int | None]:
-        for command in self.commands.get(f"guild:{self.guild_id}", []):
+    def _command_lookup(self, name: str, guild_id: int | None) -> tuple[int, int | None]:
+        for command in self.commands.get(f"guild:{guild_id}", []):
             if command["name"] == name:
-                return int(command["id"]), self.guild_id
+                return int(command["id"]), guild_id
         for command in self.commands.get("global", []):
             if command["name"] == name:
                 return int(command["id"]), None
-        return self._snowflake(), self.guild_id
+        return self._snowflake(), guild_id
 
     # ------------------------------------------------------------------ REST: interactions
 
@@ -1431,10 +1545,19 @@ class FakeDiscord:
         if intents & PRIVILEGED_INTENTS & ~self.privileged_intents:
             await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
             return False
+        shard = _shard(d.get("shard", [0, 1]))
+        if shard is None:
+            await conn.ws.close(code=4010, message=b"Invalid shard.")
+            return False
+        session = _Session(id=secrets.token_hex(16), intents=intents, shard=shard)
+        guild_ids = [g for g in self.guild_ids if session.receives(g)]
+        if len(guild_ids) > self.max_guilds_per_session:
+            await conn.ws.close(code=4011, message=b"Sharding required.")
+            return False
         self.identify = d
         self.identifies += 1
-        session = _Session(id=secrets.token_hex(16), intents=intents)
-        old, self._session = self._session, session
+        old = self._sessions.get(shard)
+        self._sessions[shard] = session
         if old is not None and old.conn is not None and old.conn is not conn:
             old.conn.draining = True
         async with session.lock:
@@ -1450,7 +1573,7 @@ class FakeDiscord:
                 "session_id": session.id,
                 "session_type": "normal",
                 "resume_gateway_url": self.resume_url,
-                "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                "guilds": [{"id": str(g), "unavailable": True} for g in guild_ids],
                 "application": {"id": str(self.app_id), "flags": self._app_flags()},
                 "private_channels": [],
                 "relationships": [],
@@ -1461,16 +1584,18 @@ class FakeDiscord:
                 "_trace": ['["fake-discord-gateway",{"micros":0}]'],
             }
             if "shard" in d:
-                ready["shard"] = d["shard"]
+                ready["shard"] = list(shard)
             await self._send_dispatch(session, "READY", ready)
-            await self._send_dispatch(session, "GUILD_CREATE", self._guild_json(intents))
+            for guild_id in guild_ids:
+                guild = self._guild_json(intents, guild_id)
+                await self._send_dispatch(session, "GUILD_CREATE", guild)
         self._handshakes += 1
         self._notify()
         return True
 
     async def _on_resume(self, conn: _Conn, d: dict[str, Any]) -> bool:
         await self._gate.wait()
-        session = self._session
+        session = next((s for s in self._sessions.values() if s.id == d.get("session_id")), None)
         if d.get("token") != self.token:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return False
@@ -1504,9 +1629,10 @@ class FakeDiscord:
         resumable: bool = False,
         close_code: int | None = None,
         abort: bool = False,
+        shard: int | None = None,
     ) -> None:
         """Send op 7 / op 9, close the websocket with ``close_code``, or drop the TCP link."""
-        session = self._session
+        session = self._session_of(shard)
         conn = session.conn if session is not None else None
         if conn is None:
             raise RuntimeError("no client is connected to the fake gateway")
@@ -1518,22 +1644,37 @@ class FakeDiscord:
         elif close_code is not None:
             self._spawn(conn.ws.close(code=close_code, message=b"fake close"))
         elif op in (7, 9):
-            if op == 9 and not resumable:
-                self._session = None  # the client must IDENTIFY again
+            if op == 9 and not resumable:  # the client must IDENTIFY again
+                self._sessions.pop(session.shard, None)
             frame = {"op": op, "d": resumable if op == 9 else None, "s": None, "t": None}
             await _send(conn, frame)
         else:
             raise ValueError(f"op must be 7 or 9, not {op}")
 
     async def _dispatch(self, t: str, d: dict[str, Any], *, intent: int = 0) -> None:
-        """Number and log the event, and send it unless the client is away (then it waits for
-        a RESUME). Dropped if the identified intents don't include ``intent``."""
-        session = self._session
-        if session is None or (intent and not session.intents & intent):
-            return
-        self.dispatched.append((t, d))
-        async with session.lock:
-            await self._send_dispatch(session, t, d)
+        """Number and log the event in each session of the shard of its ``guild_id`` (no
+        guild: shard 0), and send it unless that session's client is away (then it waits for
+        a RESUME). A session whose identified intents don't include ``intent`` gets nothing."""
+        guild_id = _int(d.get("guild_id"))
+        sessions = [
+            s
+            for s in list(self._sessions.values())
+            if s.receives(guild_id) and not (intent and not s.intents & intent)
+        ]
+        if sessions:
+            self.dispatched.append((t, d))
+        for session in sessions:
+            async with session.lock:
+                await self._send_dispatch(session, t, d)
+
+    async def _announce_guild(self, guild_id: int) -> None:
+        """GUILD_CREATE to the sessions of the guild's shard (the bot joined it)."""
+        for session in list(self._sessions.values()):
+            if session.receives(guild_id) and session.intents & GUILDS:
+                guild = self._guild_json(session.intents, guild_id)
+                self.dispatched.append(("GUILD_CREATE", guild))
+                async with session.lock:
+                    await self._send_dispatch(session, "GUILD_CREATE", guild)
 
     async def _send_dispatch(self, session: _Session, t: str, d: dict[str, Any]) -> None:
         session.seq += 1
@@ -1559,7 +1700,7 @@ class FakeDiscord:
         if msg["guild_id"] is not None:
             d["guild_id"] = str(msg["guild_id"])
             if t == "MESSAGE_REACTION_ADD":
-                d["member"] = self._member_json(user_id)
+                d["member"] = self._member_json(user_id, msg["guild_id"])
             intent = GUILD_MESSAGE_REACTIONS
         else:
             intent = DIRECT_MESSAGE_REACTIONS
@@ -1598,7 +1739,7 @@ class FakeDiscord:
         d = self._message_json(message)
         if message["guild_id"] is not None:
             d["guild_id"] = str(message["guild_id"])
-            member = self._member_json(message["author_id"])
+            member = self._member_json(message["author_id"], message["guild_id"])
             member.pop("user")
             d["member"] = member
         return d
@@ -1616,11 +1757,12 @@ class FakeDiscord:
         reference: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         kind = self._channel_kind(channel_id)
+        guild_id = self._guild_of_channel(channel_id)
         mid = self._snowflake()
         message: dict[str, Any] = {
             "id": mid,
             "channel_id": channel_id,
-            "guild_id": None if kind == "dm" else self.guild_id,
+            "guild_id": guild_id,
             "content": payload.get("content") or "",
             "attachments": [],
             "embeds": list(payload.get("embeds") or []),
@@ -1647,7 +1789,7 @@ class FakeDiscord:
                 "type": 0,
                 "message_id": str(reference["message_id"]),
                 "channel_id": str(channel_id),
-                **({"guild_id": str(self.guild_id)} if kind != "dm" else {}),
+                **({"guild_id": str(guild_id)} if guild_id is not None else {}),
             }
         message["attachments"] = self._attachments(channel_id, files)
         self.messages[mid] = message
@@ -1797,7 +1939,7 @@ class FakeDiscord:
         return message
 
     def _channel_kind(self, cid: int) -> str:
-        if cid == self.channel_id:
+        if cid == self.channel_id or any(g.channel_id == cid for g in self.other_guilds.values()):
             return "text"
         if cid in self.threads:
             return "thread"
@@ -1820,10 +1962,12 @@ class FakeDiscord:
                 "recipients": [self._user_json(self.dm_channels[cid])],
             }
         else:
+            guild_id = self._guild_of_channel(cid)
+            other = self.other_guilds.get(guild_id or 0)
             out = {
                 "id": str(cid),
                 "type": GUILD_TEXT,
-                "name": self.channel_name,
+                "name": self.channel_name if other is None else other.channel_name,
                 "position": 0,
                 "permission_overwrites": [],
                 "parent_id": None,
@@ -1834,7 +1978,7 @@ class FakeDiscord:
                 "flags": 0,
             }
             if with_guild_id or with_permissions:
-                out["guild_id"] = str(self.guild_id)
+                out["guild_id"] = str(guild_id)
         if with_permissions and kind != "dm":
             out["permissions"] = str(self._bot_perms())
         return out
@@ -1843,7 +1987,7 @@ class FakeDiscord:
         t = self.threads[tid]
         out: dict[str, Any] = {
             "id": str(tid),
-            "guild_id": str(self.guild_id),
+            "guild_id": str(self._guild_of_channel(t["parent_id"])),
             "parent_id": str(t["parent_id"]),
             "owner_id": str(t["owner_id"]),
             "type": PUBLIC_THREAD,
@@ -1896,8 +2040,15 @@ class FakeDiscord:
             "bot": uid == self.bot_user_id,
         }
 
-    def _member_json(self, uid: int) -> dict[str, Any]:
-        roles = [self.bot_role_id] if uid == self.bot_user_id else self.roles.get(uid, [])
+    def _member_json(self, uid: int, guild_id: int | None = None) -> dict[str, Any]:
+        """``uid`` as a member of ``guild_id`` (default: the constructor's guild), with the
+        roles of ``roles[uid]`` that are not another guild's."""
+        guild_id = guild_id or self.guild_id
+        if uid == self.bot_user_id:
+            other = self.other_guilds.get(guild_id)
+            roles = [self.bot_role_id if other is None else other.bot_role_id]
+        else:
+            roles = [r for r in self.roles.get(uid, []) if self._role_guild(r) in (None, guild_id)]
         return {
             "user": self._user_json(uid),
             "roles": [str(r) for r in roles],
@@ -1913,14 +2064,15 @@ class FakeDiscord:
             "communication_disabled_until": None,
         }
 
-    def _role_json(self, rid: int) -> dict[str, Any]:
-        role = self.guild_roles[rid]
+    def _role_json(self, rid: int, guild_id: int | None = None) -> dict[str, Any]:
+        guild_id = guild_id or self.guild_id
+        role = self._roles_of(guild_id)[rid]
         perms = self.bot_permissions if role.get("bot") else role["permissions"]
         out: dict[str, Any] = {
             "id": str(rid),
             "name": role["name"],
             "permissions": str(perms),
-            "position": 0 if rid == self.guild_id else 1,
+            "position": 0 if rid == guild_id else 1,
             "color": 0,
             "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
             "hoist": False,
@@ -1934,13 +2086,17 @@ class FakeDiscord:
             out["tags"] = {"bot_id": str(self.bot_user_id)}
         return out
 
-    def _guild_json(self, intents: int) -> dict[str, Any]:
+    def _guild_json(self, intents: int, guild_id: int | None = None) -> dict[str, Any]:
+        guild_id = guild_id or self.guild_id
+        other = self.other_guilds.get(guild_id)
+        channel_id = self.channel_id if other is None else other.channel_id
         member_ids = [self.bot_user_id]
         if intents & GUILD_MEMBERS:  # without it Discord only sends the bot's own member
             member_ids += list(self.users)
+        threads = [t for t, v in self.threads.items() if v["parent_id"] == channel_id]
         return {
-            "id": str(self.guild_id),
-            "name": self.guild_name,
+            "id": str(guild_id),
+            "name": self.guild_name if other is None else other.name,
             "icon": None,
             "splash": None,
             "discovery_splash": None,
@@ -1956,7 +2112,7 @@ class FakeDiscord:
             "nsfw_level": 0,
             "nsfw": False,
             "application_id": None,
-            "system_channel_id": str(self.channel_id),
+            "system_channel_id": str(channel_id),
             "system_channel_flags": 0,
             "rules_channel_id": None,
             "public_updates_channel_id": None,
@@ -1972,7 +2128,7 @@ class FakeDiscord:
             "widget_enabled": False,
             "incidents_data": None,
             "features": [],
-            "roles": [self._role_json(rid) for rid in self.guild_roles],
+            "roles": [self._role_json(rid, guild_id) for rid in self._roles_of(guild_id)],
             "emojis": [],
             "stickers": [],
             "joined_at": self._started.isoformat(),
@@ -1981,9 +2137,9 @@ class FakeDiscord:
             "lazy": True,
             "member_count": len(self.users) + 1,
             "voice_states": [],
-            "members": [self._member_json(uid) for uid in member_ids],
-            "channels": [self._channel_json(self.channel_id)],
-            "threads": [self._thread_json(tid, with_member=False) for tid in self.threads],
+            "members": [self._member_json(uid, guild_id) for uid in member_ids],
+            "channels": [self._channel_json(channel_id)],
+            "threads": [self._thread_json(tid, with_member=False) for tid in threads],
             "presences": [],
             "stage_instances": [],
             "guild_scheduled_events": [],
@@ -2005,13 +2161,36 @@ class FakeDiscord:
     def _bot_perms(self) -> int:
         return EVERYONE_PERMISSIONS | self.bot_permissions
 
-    def _perms_of(self, uid: int) -> int:
+    def _perms_of(self, uid: int, guild_id: int | None = None) -> int:
         perms = EVERYONE_PERMISSIONS
+        roles = self._roles_of(guild_id or self.guild_id)
         for rid in self.roles.get(uid, []):
-            role = self.guild_roles.get(rid)
+            role = roles.get(rid)
             if role is not None and not role.get("bot"):
                 perms |= role["permissions"]
         return perms
+
+    def _roles_of(self, guild_id: int) -> dict[int, dict[str, Any]]:
+        if guild_id == self.guild_id:
+            return self.guild_roles
+        if guild_id not in self.other_guilds:
+            raise DiscordError(404, 10004)
+        return self.other_guilds[guild_id].roles
+
+    def _role_guild(self, role_id: int) -> int | None:
+        """The guild whose role ``role_id`` is (None: none the fake knows)."""
+        return next((g for g in self.guild_ids if role_id in self._roles_of(g)), None)
+
+    def _guild_of_channel(self, cid: int) -> int | None:
+        """The guild of a text channel or thread; None for a DM. Unknown: 404 10003."""
+        kind = self._channel_kind(cid)
+        if kind == "dm":
+            return None
+        if kind == "thread":
+            return self._guild_of_channel(self.threads[cid]["parent_id"])
+        if cid == self.channel_id:
+            return self.guild_id
+        return next(g.id for g in self.other_guilds.values() if g.channel_id == cid)
 
     def _require(self, channel_id: int, bits: int) -> None:
         if self._channel_kind(channel_id) == "dm":
@@ -2046,10 +2225,16 @@ class FakeDiscord:
         self._last_snowflake = value
         return value
 
-    def _require_session(self) -> _Session:
-        if self._session is None:
+    def _require_session(self) -> None:
+        if not self._sessions:
             raise RuntimeError("no gateway session: start the client and await fake.wait_ready()")
-        return self._session
+
+    def _session_of(self, shard: int | None) -> _Session | None:
+        """The session of shard ``shard``; None: the only one (several: say which)."""
+        sessions = [s for s in self._sessions.values() if shard is None or s.shard[0] == shard]
+        if shard is None and len(sessions) > 1:
+            raise ValueError(f"{len(sessions)} shards are connected: pass shard=")
+        return sessions[-1] if sessions else None
 
     # ------------------------------------------------------------------ waiting
 
@@ -2108,6 +2293,16 @@ def _int(value: Any) -> int | None:
         return int(value)
     except (TypeError, ValueError):
         return None
+
+
+def _shard(value: Any) -> tuple[int, int] | None:
+    """IDENTIFY's ``shard``: ``[shard_id, num_shards]`` with ``0 <= shard_id < num_shards``."""
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return None
+    number, count = value
+    return (number, count) if 0 <= number < count else None
 
 
 def _snowflake_arg(request: web.Request, name: str, code: int) -> int:
