@@ -30,8 +30,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+)
+from tenacity.wait import wait_exponential, wait_exponential_jitter, wait_random
 
 from bot import cpu
 from bot.catalog import Candidate, Catalog, ModelSpec
@@ -136,6 +141,9 @@ class JobFailed(Exception):
 WAIT_POLL_S = 0.1
 #: How often a worker looks whether the job it drives was cancelled.
 CANCEL_POLL_S = 1.0
+#: How often a job is offered to the queue (over about 12 s) before it fails: the database
+#: is out of reach.
+HAND_ATTEMPTS = 6
 
 
 class WorkQueue(Protocol):
@@ -358,8 +366,27 @@ class JobRunner:
         """
         if self.queue is None:
             return await self.drive_here(job_id)
-        await self.queue.hand(job_id)
+        await self._hand(job_id)
         return await self._outcome_of(job_id)
+
+    async def _hand(self, job_id: str) -> None:
+        """Queue the job for a worker, riding out a database hiccup; if the queue stays out
+        of reach the job fails with its credits released, rather than wait unseen."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(HAND_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.5, max=5.0) + wait_random(0, 0.5),
+            sleep=self.sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self.queue.hand(job_id)  # type: ignore[union-attr]
+        except Exception as exc:
+            log.exception("could not queue job %s for a worker", job_id)
+            message = f"the job queue could not be reached ({type(exc).__name__}); try again"
+            self._fail(job_id, "transient", message)
+            raise JobFailed(message, "transient", job_id) from None
 
     async def work(self, job_id: str) -> None:
         """What a worker process does with a job handed to it: drive it here. How it ended is

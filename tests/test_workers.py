@@ -154,3 +154,35 @@ def test_workers_need_postgres(make_settings: Callable[..., Settings]) -> None:
         load_settings(data_dir=".", run_jobs="workers", _env_file=None)
     with pytest.raises(SettingsError, match="postgresql://"):
         load_settings(database_url="mysql://x", _env_file=None)
+
+
+async def test_a_job_the_queue_cannot_take_fails_with_its_credits_released(
+    settings_for: Callable[..., Settings],
+) -> None:
+    """Postgres out of reach when the job is handed over: the person is told, nothing is
+    charged, and no job is left waiting for a worker that will never hear of it."""
+    import psycopg
+
+    settings = settings_for()
+    bot = wire(settings, providers=registry_with(settings, local=refusing()))
+    bot.start()
+    attempts: list[str] = []
+
+    async def unreachable(job_id: str) -> None:
+        attempts.append(job_id)
+        raise psycopg.OperationalError("connection refused")
+
+    async def no_wait(seconds: float) -> None:
+        pass
+
+    bot.queue.hand = unreachable  # type: ignore[method-assign]
+    bot.runner.sleep = no_wait
+    try:
+        replies = await Chat(bot).command("draft", "a quiet pond --n 1")
+        assert any("job queue could not be reached" in r.text for r in replies)
+        assert len(attempts) == 6
+        (job,) = bot.store.jobs_for_request(bot.store.get_job(attempts[0])["request_id"])
+        assert job["state"] == "failed"
+        assert bot.store.ledger_entry(job["id"])["state"] == "released"
+    finally:
+        await bot.aclose()
