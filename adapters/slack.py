@@ -9,9 +9,12 @@ What Slack needs, and where it is handled (see ``shared/specs/chat_platforms.md`
 - **3-second ack.** ``/draft`` and ``/tierbot`` ack first with a short private text; the work
   runs in a task this surface keeps a strong reference to. Results are posted with the bot
   token (``chat.postMessage``), never ``response_url``, so a long job still lands.
-- **Grids.** ``files_upload_v2`` returns no message ``ts``, so every asset gets an *anchor*
+- **Grids.** A shared file returns no message ``ts``, so every asset gets an *anchor*
   message we own (text, model, reason, price), the file is uploaded into the anchor's thread
-  (always the thread's parent ``ts``), and the reactions are pre-added to the anchor.
+  (always the thread's parent ``ts``), and the reactions are pre-added to the anchor. The
+  upload is Slack's three steps done here (not ``files_upload_v2``), the file id recorded
+  before its bytes are sent, so a post taken over after a crash finishes that upload rather
+  than share the file twice.
 - **Progress.** One status message per command, edited with ``chat.update`` as its jobs move,
   only when the text changes; a channel's status lines take turns at one edit a second
   (Slack's limit is per channel), and the final edit goes out at once.
@@ -63,6 +66,8 @@ DEFAULT_API_URL = "https://slack.com/api/"
 MAX_UPLOAD_BYTES = 1_000_000_000
 GROUP_CACHE_S = 300.0
 API_TIMEOUT_S = 30
+#: Sending a file's bytes to Slack's upload URL (a grid of 4K finals, a long video).
+UPLOAD_TIMEOUT_S = 300
 #: Web API calls in flight at once; the rest wait their turn. Slack itself accepts about one
 #: message a second per channel, so more never helps, and under a burst of commands a bound
 #: keeps each turn of the event loop short, so acknowledgements are not kept waiting.
@@ -790,7 +795,7 @@ class SlackSurface:
         for index, path in enumerate(reply.files):
             if steps.get(f"file{index}"):
                 continue
-            await self._upload(origin, reply, root, path)
+            await self._upload(origin, reply, root, path, steps, f"file{index}")
             steps.done(**{f"file{index}": True})
 
         async def add(emoji: str) -> None:
@@ -809,25 +814,66 @@ class SlackSurface:
         await steps.add_reactions(reply.reactions, add)
         await steps.show_state(edit)
 
-    async def _upload(self, origin: Origin, reply: Reply, root: str, path: Any) -> None:
+    async def _upload(
+        self, origin: Origin, reply: Reply, root: str, path: Any, steps: Steps, step: str
+    ) -> None:
+        """Slack's three upload steps (announce, send the bytes, share into the thread), the
+        file's id recorded as soon as Slack gives it. Sharing cannot be repeated and says
+        nothing when it landed, so a post taken over after a crash first asks Slack whether
+        that file was shared (then it is done) or can still be shared (then it shares it),
+        and only otherwise uploads afresh: a grid is never posted twice."""
         size = path.stat().st_size
         if size > MAX_UPLOAD_BYTES:
             await self._link_instead(origin, reply, root, size)
             return
-        # Read off the loop: given a path, slack-sdk reads the whole file synchronously.
+        title = reply.text.splitlines()[0][:200]
+        earlier = steps.get(f"{step}_id")
+        if earlier and await self._shared_already(origin, earlier, root, title):
+            return
+        # Read off the loop: the file can be large.
         data = await asyncio.to_thread(path.read_bytes)
         try:
-            await self.client.files_upload_v2(
-                channel=origin.channel,
-                thread_ts=root,
-                file=data,
-                filename=f"tierbot-{reply.asset_id or 'file'}{path.suffix}",
-                title=reply.text.splitlines()[0][:200],
+            ticket = await self.client.files_getUploadURLExternal(
+                filename=f"tierbot-{reply.asset_id or 'file'}{path.suffix}", length=len(data)
             )
         except SlackApiError as exc:
             if exc.response.get("error") != "file_upload_size_restricted":
                 raise
             await self._link_instead(origin, reply, root, size)
+            return
+        file_id = str(ticket["file_id"])
+        steps.done(**{f"{step}_id": file_id})
+        session = self.client.session
+        assert session is not None, "start() gives the client its session"
+        async with session.post(
+            str(ticket["upload_url"]), data=data, timeout=ClientTimeout(total=UPLOAD_TIMEOUT_S)
+        ) as sent:
+            if sent.status != 200:
+                raise SlackApiError(
+                    f"file upload failed with HTTP {sent.status}",
+                    {"ok": False, "error": f"upload_http_{sent.status}"},
+                )
+        await self._share(origin, file_id, root, title)
+
+    async def _share(self, origin: Origin, file_id: str, root: str, title: str) -> None:
+        await self.client.files_completeUploadExternal(
+            files=[{"id": file_id, "title": title}], channel_id=origin.channel, thread_ts=root
+        )
+
+    async def _shared_already(self, origin: Origin, file_id: str, root: str, title: str) -> bool:
+        """Whether an upload a crashed post began is (now) in the thread."""
+        try:
+            info = await self.client.files_info(file=file_id)
+            where = [*info["file"].get("channels", []), *info["file"].get("groups", [])]
+            if origin.channel in where:
+                return True  # shared before the crash
+        except SlackApiError:
+            pass  # never shared: Slack does not show it yet
+        try:
+            await self._share(origin, file_id, root, title)  # sent, but not shared
+            return True
+        except SlackApiError:
+            return False  # its bytes never arrived: upload afresh
 
     async def _link_instead(self, origin: Origin, reply: Reply, root: str, size: int) -> None:
         where = (

@@ -93,3 +93,58 @@ async def test_two_bots_two_workers_and_a_killed_worker(
         assert len(grid_rows) == len({r["request_id"] for r in grid_rows}) == DRAFTS
     finally:
         store.close()
+
+
+async def test_a_killed_bot_leaves_its_work_to_the_other(
+    tmp_path: Path, database_url: str, fakes: tuple[FakeSlack, FakeFal]
+) -> None:
+    """The commands one bot acknowledged, the jobs it waited on and the grids it was about to
+    post are taken over by the other bot once the killed one's lease lapses: every grid is
+    shared once (an upload cut off between Slack's steps is finished, not repeated)."""
+    slack, fal = fakes
+    slack.reaction_pace_s = 0.0
+    env = environment(tmp_path, database_url, slack, fal)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    bots = [Process(f"bot{i}", ["run"], env, logs) for i in (1, 2)]
+    worker = Process("worker", ["worker", "--concurrency", "8"], env, logs)
+    everyone = [*bots, worker]
+    drafts = 60
+    async with aiohttp.ClientSession() as http:
+        try:
+            for process in everyone:
+                await process.start()
+            for process in everyone:
+                await process.ready(http)
+            for i in range(drafts):
+                bot = bots[i % 2]
+                answer = await slack.send_command(
+                    f"{bot.url}/slack/events", "/draft", f"handover {i} --n 2"
+                )
+                assert answer[0] == 200, (bot.name, answer)
+            await slack.wait_until(lambda: len(grid_uploads(slack)) >= 10, timeout=120)
+            bots[0].kill()
+            await slack.wait_until(lambda: len(grid_uploads(slack)) >= drafts, timeout=180)
+            await asyncio.sleep(5)  # past a lease: anything posted twice would show by now
+        except BaseException:
+            for process in everyone:
+                print(f"--- {process.name}\n{process.tail()}")
+            raise
+        finally:
+            for process in everyone:
+                await process.stop()
+
+    from storage import Store
+
+    store = Store(database_url)
+    try:
+        jobs = list(store.db.query("select * from jobs"))
+        assert len(jobs) == drafts and {j["state"] for j in jobs} == {"succeeded"}
+        assert len(fal.requests) == drafts
+        entries = list(store.db.query("select state from ledger"))
+        assert len(entries) == drafts and {e["state"] for e in entries} == {"settled"}
+        grids = list(store.db.query("select request_id from assets where kind = 'grid'"))
+        assert len(grids) == len({g["request_id"] for g in grids}) == drafts
+        assert len(grid_uploads(slack)) == drafts  # every grid shared once
+    finally:
+        store.close()

@@ -14,6 +14,7 @@ import pytest
 import adapters.slack as slack_adapter
 from adapters import wire
 from adapters.slack import SlackSurface
+from bot.delivery import Steps
 from bot.surfaces import SurfaceUnavailable
 from tests.conftest import ScriptedProvider, registry_with, write_policy
 from tests.fakes.slack import FakeSlack
@@ -471,6 +472,43 @@ async def test_a_step_that_fails_is_resumed_without_posting_twice(rig: Rig) -> N
     assert set(anchor["reactions"]) == {"one", "two", "repeat", "x"}
     assert len(rig.fake.files) == 1  # nor the file uploaded again
     assert store.db.execute("select count(*) from outbox").fetchone()[0] == 0
+    await rig.react(anchor["ts"], "one")  # and the grid works
+    assert rig.anchors("✨ Final")
+
+
+@pytest.mark.parametrize("stopped", ["after sharing", "before sharing", "before sending"])
+async def test_an_upload_cut_off_is_finished_without_sharing_twice(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, stopped: str
+) -> None:
+    """A post stopped between two of Slack's upload steps (a process killed there) is taken
+    over: the file is shared into the thread once. Slack's share call cannot be repeated
+    and says nothing once it landed, so the retry asks Slack which state the file is in."""
+    real_done = Steps.done
+    cut = {"done": False}
+
+    def stop_once(self: Steps, **steps: Any) -> None:
+        if not cut["done"] and steps.get("file0") is True and stopped == "after sharing":
+            cut["done"] = True
+            raise ConnectionError("killed before recording the shared file")
+        real_done(self, **steps)
+
+    monkeypatch.setattr(Steps, "done", stop_once)
+    if stopped == "before sharing":
+        rig.fake.fail_next("files.completeUploadExternal", "internal_error")
+    if stopped == "before sending":
+        rig.fake.fail_next("upload", "internal_error", status=500)
+    await rig.command("a kite --n 2")
+    store = rig.services.store
+    assert store.db.execute("select count(*) from outbox").fetchone()[0] == 1
+    # Due now, and nobody's: the process that began the post is gone (its lease lapsed).
+    store.db.execute("update outbox set next_at = '', claimed_by = null")
+    assert await rig.surface.outbox.flush() == 1
+    assert store.db.execute("select count(*) from outbox").fetchone()[0] == 0
+    (anchor,) = rig.anchors("🖼️ Drafts for")
+    shared = [f for f in rig.fake.files.values() if f["thread_ts"] == anchor["ts"]]
+    assert len(shared) == 1
+    announced = len([c for c in rig.fake.calls if c.method == "files.getUploadURLExternal"])
+    assert announced == (2 if stopped == "before sending" else 1)
     await rig.react(anchor["ts"], "one")  # and the grid works
     assert rig.anchors("✨ Final")
 
