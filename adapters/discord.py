@@ -472,6 +472,14 @@ class _Client(discord.Client):
         self.surface._on_reaction_removed(payload)
 
 
+def _nonce(reply: Reply, steps: Steps) -> str | None:
+    """The same for every try at posting one reply (its outbox entry), at most 25 characters
+    as Discord allows; None for a post that is not in the outbox (nothing to retry)."""
+    if steps.entry_id is None:
+        return None
+    return f"tb{reply.asset_id or ''}{steps.entry_id}"[:25]
+
+
 class _ShardedClient(_Client, discord.AutoShardedClient):
     """:class:`_Client` on the shards ``shard_ids`` of ``shard_count``, one websocket each."""
 
@@ -880,7 +888,11 @@ class DiscordSurface:
             files, notes = await self._files(reply, self._filesize_limit(target))
             if notes:
                 text = f"{text}\n{notes}"
-            message = await target.send(text[:MAX_CONTENT], files=files)
+            # Discord keeps the nonce a few minutes and, with enforce_nonce (which discord.py
+            # sends with it), answers a repeat with the message it already made: a post
+            # taken over after a crash between sending and recording is not posted twice.
+            nonce = _nonce(reply, steps)
+            message = await target.send(text[:MAX_CONTENT], files=files, nonce=nonce)
             message_id = str(message.id)
             steps.posted(message_id, thread_id=root, message=message_id)
         partial = target.get_partial_message(int(message_id))

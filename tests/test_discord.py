@@ -34,6 +34,7 @@ from bot.commands import (
     CommandSpec,
     FlagSpec,
 )
+from bot.delivery import Steps
 from bot.surfaces import SurfaceUnavailable
 from tests.conftest import write_policy
 from tests.fakes.discord_api import FakeDiscord
@@ -262,6 +263,36 @@ async def test_missing_permissions_explained_and_result_kept(rig: Rig) -> None:
     rig.services.store.db.execute("update outbox set next_at = '0'")
     assert await rig.surface.outbox.flush() == 1
     assert rig.messages("🖼️ Drafts for")
+
+
+async def test_a_post_cut_off_after_sending_is_not_sent_twice(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed after Discord made the grid's message but before it was recorded:
+    the post is taken over and sent again with the same nonce, and Discord (enforce_nonce)
+    answers with the message it already made."""
+    real_posted = Steps.posted
+    cut = {"done": False}
+
+    def stop_once(self: Steps, message_id: str, *args: Any, **steps: Any) -> None:
+        if not cut["done"] and self.reply.asset_id and self.entry_id is not None:
+            cut["done"] = True
+            raise ConnectionError("killed before recording the message")
+        real_posted(self, message_id, *args, **steps)
+
+    monkeypatch.setattr(Steps, "posted", stop_once)
+    handle = await rig.fake.interaction("draft", {"prompt": "a kite", "n": 2})
+    await handle.deferred()
+    await rig.settle()
+    assert cut["done"] and len(rig.messages("🖼️ Drafts for")) == 1
+    store = rig.services.store
+    # Due now, and nobody's: the process that began the post is gone (its lease lapsed).
+    store.db.execute("update outbox set next_at = '0', claimed_by = null")
+    assert await rig.surface.outbox.flush() == 1
+    (grid,) = rig.messages("🖼️ Drafts for")  # the same message, linked now
+    assert store.db.execute("select count(*) from outbox").fetchone()[0] == 0
+    await rig.react(grid, "1️⃣")
+    assert rig.messages("✨ Final")
 
 
 async def test_single_option_commands_name_their_option_after_what_it_takes(rig: Rig) -> None:

@@ -133,6 +133,8 @@ DM = 1
 PUBLIC_THREAD = 11
 
 # Message flags.
+#: How long Discord remembers a message's nonce for ``enforce_nonce`` ("a few minutes").
+NONCE_WINDOW_S = 300.0
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 
@@ -397,6 +399,8 @@ class FakeDiscord:
         # ---- state
         self.requests: list[Req] = []
         self.messages: dict[int, dict[str, Any]] = {}
+        #: (author, nonce) -> (message id, when): messages sent with ``enforce_nonce``.
+        self._nonces: dict[tuple[int, str], tuple[int, float]] = {}
         #: Discord takes reaction adds at about one per this many seconds per channel; each
         #: PUT answers after it, so pre-adding a grid's reactions takes a couple of seconds.
         self.reaction_pace_s = 0.25
@@ -1319,7 +1323,20 @@ class FakeDiscord:
                         "message_reference", "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
                     )
                 reference = None
+        nonce = payload.get("nonce")
+        if nonce is not None and len(str(nonce)) > 25:
+            raise _form_error("nonce", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+        if nonce is not None and payload.get("enforce_nonce"):
+            # Discord: the same author's message with this nonce in the past few minutes is
+            # returned, and no new one is made.
+            earlier = self._nonces.get((self.bot_user_id, str(nonce)))
+            if earlier is not None and time.monotonic() - earlier[1] < NONCE_WINDOW_S:
+                known = self.messages.get(earlier[0])
+                if known is not None:
+                    return _json(self._message_json(known))
         message = self._create_message(cid, payload, req.files, reference=reference)
+        if nonce is not None:
+            self._nonces[(self.bot_user_id, str(nonce))] = (message["id"], time.monotonic())
         if kind == "dm":
             self.dms.setdefault(self.dm_channels[cid], []).append(message["content"])
         await self._announce_create(message)
