@@ -310,6 +310,7 @@ async def serve(services: Services) -> int:
     syncing = asyncio.create_task(_sync_schedules(services))
     if services.queue is not None:
         await services.queue.open()
+        print("Jobs: queued for `tierbot worker` processes (TIERBOT_RUN_JOBS=workers).")
     ops.up("queue")
     checking = asyncio.create_task(_check_providers(services))
     cpu.warm_up()
