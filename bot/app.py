@@ -132,11 +132,12 @@ def build(settings: Settings, providers: ProviderRegistry | ProviderLoader) -> S
     router = Router(catalog, registry.why_unavailable, health)
     ledger = Ledger(store, policy)
     ops = Ops(store)
+    # Workers beat four times a lease; a run whose worker missed a lease's worth of beats is
+    # put back (never less than four beats: a live worker must not look dead).
+    beat_s = max(0.5, settings.lease_s / 4)
     queue = (
         JobQueue(
-            settings.store_location,
-            heartbeat_s=max(0.5, settings.lease_s / 4),
-            stalled_s=settings.lease_s,
+            settings.store_location, heartbeat_s=beat_s, stalled_s=max(settings.lease_s, 4 * beat_s)
         )
         if settings.run_jobs == "workers"
         else None
