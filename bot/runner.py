@@ -490,8 +490,10 @@ class JobRunner:
             if job["state"] in (JobState.QUEUED, JobState.RUNNING):
                 seen = (job["state"], job["attempts"] or 0)
                 if job["state"] == JobState.RUNNING:
-                    retried = seen[1] > 1
-                    report(job_id, "retrying" if retried else "running", label)
+                    if seen[1] > 1:
+                        report(job_id, "retrying", job["last_error"] or label)
+                    else:
+                        report(job_id, "running", label)
                 continue
             outcome = self._finished(job)
             if isinstance(outcome, JobFailed):
@@ -546,7 +548,10 @@ class JobRunner:
         if isinstance(error, TransientError) and error.retry_after is not None:
             wait = min(max(error.retry_after, 0.0), self.max_backoff_s)
         if isinstance(error, ProviderError):
-            report(job_id, "retrying", f"{error.message}; retrying in {wait:.0f} s")
+            detail = f"{error.message}; retrying in {wait:.0f} s"
+            report(job_id, "retrying", detail)
+            # On the row too: a bot waiting on a worker's job shows it (complete_job clears it).
+            self.store.update_job(job_id, last_error=detail)
             job = self.store.get_job(job_id)
             self.on_error(job["provider"] if job else "?", "transient")
         return wait

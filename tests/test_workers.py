@@ -186,3 +186,44 @@ async def test_a_job_the_queue_cannot_take_fails_with_its_credits_released(
         assert bot.store.ledger_entry(job["id"])["state"] == "released"
     finally:
         await bot.aclose()
+
+
+async def test_a_workers_retry_shows_why_on_the_bots_status_line(
+    settings_for: Callable[..., Settings],
+) -> None:
+    from adapters import load_providers
+    from bot.providers import TransientError
+
+    class BusyOnce:
+        """The local model, answering its first poll as an overloaded provider does."""
+
+        def __init__(self, real: Any) -> None:
+            self.real, self.busy = real, True
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.real, name)
+
+        async def result(self, provider_request_id: str, request: Any) -> Any:
+            if self.busy:
+                self.busy = False
+                raise TransientError("503 busy", retry_after=0)
+            return await self.real.result(provider_request_id, request)
+
+    settings = settings_for()
+    model = BusyOnce(load_providers({"local"}, settings).get("local"))
+    async with working(settings, model):
+        bot = wire(settings, providers=registry_with(settings, local=refusing()))
+        bot.start()
+        seen: list[tuple[str, str | None]] = []
+
+        async def draft() -> list[Any]:
+            listen(lambda job_id, state, detail: seen.append((state, detail)))
+            return await Chat(bot).command("draft", "a windmill --n 1")
+
+        try:
+            replies = await asyncio.wait_for(draft(), 30)
+            assert any(r.asset_id for r in replies)
+            assert ("retrying", "503 busy; retrying in 0 s") in seen
+            assert seen[-1][0] == "succeeded"
+        finally:
+            await bot.aclose()
