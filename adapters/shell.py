@@ -279,6 +279,7 @@ async def serve(services: Services) -> int:
     except SurfaceUnavailable as exc:
         print(exc, file=sys.stderr)
         return 2
+    services.store.describe("run")
     ops = services.ops
     ops.expect("queue")
     for surface in surfaces:
@@ -354,6 +355,7 @@ async def work(services: Services, argv: Sequence[str]) -> int:
     elif argv:
         print("usage: tierbot worker [--concurrency N]", file=sys.stderr)
         return 2
+    services.store.describe("worker")
     ops = services.ops
     ops.expect("queue")
     server = http_server(services.surface_context())

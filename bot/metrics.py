@@ -60,6 +60,15 @@ class StoreCollector:
         for queue, count in self.store.queue_depths().items():
             depth.add_metric([queue], count)
         yield depth
+        alive = GaugeMetricFamily(
+            "tierbot_processes",
+            "Processes beating on the database, by role (run, worker): jobs queued for workers "
+            "wait while there are none",
+            labels=["role"],
+        )
+        for role, count in self.store.live_processes().items():
+            alive.add_metric([role], count)
+        yield alive
 
 
 class Ops:

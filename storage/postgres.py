@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: The advisory lock every write transaction takes (any constant; "tierbot" in ASCII).
 WRITE_LOCK = 0x74696572626F74
+#: The lock held while migrating ("tierbotm").
+MIGRATION_LOCK = 0x74696572626F746D
 MIGRATIONS_TABLE = "_tierbot_migrations"
 
 _TYPES = {str: 'text collate "C"', int: "bigint", float: "double precision", bytes: "bytea"}
@@ -222,11 +224,21 @@ class PostgresDatabase:
     # -- migrations --------------------------------------------------------------------------
 
     def migrate(self, steps: Sequence[tuple[str, Callable[[Any], None]]]) -> None:
-        """Apply the steps not yet recorded, each with its record in one transaction."""
-        self.conn.pg.execute(
-            f"create table if not exists {MIGRATIONS_TABLE} "
-            "(name text primary key, applied_at text not null)"
-        )
+        """Apply the steps not yet recorded, each with its record in one transaction; the
+        whole under a lock, so processes starting together migrate once (even ``create
+        table if not exists`` races in Postgres)."""
+        pg = self.conn.pg
+        pg.execute("select pg_advisory_lock(%s)", [MIGRATION_LOCK])
+        try:
+            pg.execute(
+                f"create table if not exists {MIGRATIONS_TABLE} "
+                "(name text primary key, applied_at text not null)"
+            )
+            self._apply(steps)
+        finally:
+            pg.execute("select pg_advisory_unlock(%s)", [MIGRATION_LOCK])
+
+    def _apply(self, steps: Sequence[tuple[str, Callable[[Any], None]]]) -> None:
         for name, step in steps:
             with self.pg_transaction():
                 if self.conn.pg.execute(

@@ -335,3 +335,10 @@ def m012_fallback_links(db: Database) -> None:
     """A failed job's fallback, written with it: whoever waits on the job (another process,
     when workers run jobs) follows it to the job that carries on."""
     db["jobs"].add_column("replaced_by", str)
+
+
+@migration
+def m013_process_roles(db: Database) -> None:
+    """What each process that opened the store does (``run``, ``worker``, a shell command):
+    operators count the live ones by role."""
+    db["workers"].add_column("role", str)

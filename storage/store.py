@@ -21,6 +21,7 @@ import os
 import secrets
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -86,10 +87,14 @@ class Store:
                 Path(location).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(str(location), timeout=30.0, check_same_thread=False)
             self.db = Database(conn)
-            self.db.execute("PRAGMA journal_mode=WAL")
+            _wal(self.db)
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            migrations.apply(self.db)
+            # Under the write lock from the first statement: sqlite-utils reads, then writes,
+            # and two processes starting together on a new file would both fail to upgrade
+            # their read lock ("database is locked") instead of waiting for each other.
+            with self._immediate():
+                migrations.apply(self.db)
         self.lease_s = lease_s
         self.worker_id = new_id(8)
         now = utcnow()
@@ -127,6 +132,19 @@ class Store:
             self.db.execute(
                 "delete from workers where id = ? or heartbeat_at < ?", [self.worker_id, stale]
             )
+
+    def describe(self, role: str) -> None:
+        """Say what this process does (``run``, ``worker``), for :meth:`live_processes`."""
+        self.db.execute("update workers set role = ? where id = ?", [role, self.worker_id])
+
+    def live_processes(self) -> dict[str, int]:
+        """Processes beating on this database, by role (one machine: this one)."""
+        rows = self.db.execute(
+            "select coalesce(role, 'other'), count(*) from workers where heartbeat_at >= ? "
+            "group by 1",
+            [_ago(self.lease_s)],
+        ).fetchall()
+        return {str(role): int(count) for role, count in rows}
 
     def _free(self, column: str = "claimed_by") -> tuple[str, list[Any]]:
         """SQL (and its parameters) for "nobody live holds this row's claim"."""
@@ -949,6 +967,20 @@ def update_row(db: Database, table: str, pk: Any, fields: dict[str, Any]) -> Non
     """Set ``fields`` of the row whose ``id`` is ``pk``, as one plain statement."""
     assignments = ", ".join(f"{column} = ?" for column in fields)
     db.execute(f"update {table} set {assignments} where id = ?", [*fields.values(), pk])
+
+
+def _wal(db: Database) -> None:
+    """Switch to WAL (kept in the file once set). On a new file another process may be
+    switching it at the same moment; SQLite then answers "locked" at once, without waiting
+    out the busy timeout, so wait and ask again."""
+    for attempt in range(50):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.1)
 
 
 def _ago(seconds: float) -> str:

@@ -51,6 +51,10 @@ async def test_two_bots_two_workers_and_a_killed_worker(
                 await process.start()
             for process in everyone:
                 await process.ready(http)
+            async with http.get(f"{workers[1].url}/metrics") as scraped:  # workers serve it too
+                metrics = await scraped.text()
+            assert 'tierbot_processes{role="run"} 2.0' in metrics
+            assert 'tierbot_processes{role="worker"} 2.0' in metrics
 
             for i in range(DRAFTS):
                 bot = bots[i % 2]  # a load balancer in front of both

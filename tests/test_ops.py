@@ -72,6 +72,7 @@ async def test_a_running_bot_reports_ready_and_its_metrics(tmp_path: Path) -> No
             assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
             found = samples(scraped.text)
             assert found[("tierbot_queue_depth", (("queue", "jobs"),))] == 0
+            assert found[("tierbot_processes", (("role", "run"),))] == 1
     finally:
         process.terminate()
         await process.wait()

@@ -183,3 +183,29 @@ def test_a_lost_postgres_connection_is_made_again(db_location: str) -> None:
     request_id = store.create_request(origin=origin, command="draft", prompt="p", options={})
     assert store.get_request(request_id)["prompt"] == "p"
     store.close()
+
+
+def test_processes_starting_together_migrate_once(db_location: str) -> None:
+    """Two bots (or a bot and a worker) started at the same moment on a new database."""
+    import threading
+
+    start = threading.Barrier(4)
+    opened: list[Store] = []
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        start.wait()
+        try:
+            opened.append(Store(db_location))
+        except BaseException as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len({tuple(store.schema_version()) for store in opened}) == 1
+    for store in opened:
+        store.close()
