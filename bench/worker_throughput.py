@@ -30,9 +30,7 @@ POLL_S = 0.5
 
 
 async def one_run(server: object, workers: int) -> tuple[float, int]:
-    import aiohttp
-
-    from tests.cluster import Process, environment, grid_uploads
+    from tests.cluster import Process, environment, grid_uploads, running, send_drafts
     from tests.fakes.fal_fake import FakeFal
     from tests.fakes.slack import FakeSlack
     from tests.postgres import fresh_database
@@ -46,7 +44,7 @@ async def one_run(server: object, workers: int) -> tuple[float, int]:
         slack = FakeSlack()
         slack.reaction_pace_s = 0.0
         await slack.start()
-        async with FakeFal() as fal, aiohttp.ClientSession() as http:
+        async with FakeFal() as fal:
             env = environment(Path(folder), url, slack, fal)
             env["TIERBOT_POLL_INTERVAL_S"] = str(POLL_S)
             logs = Path(folder) / "logs"
@@ -56,21 +54,11 @@ async def one_run(server: object, workers: int) -> tuple[float, int]:
                 Process(f"worker{i}", ["worker", "--concurrency", str(CONCURRENCY)], env, logs)
                 for i in range(workers)
             ]
-            try:
-                for process in [bot, *crew]:
-                    await process.start()
-                for process in [bot, *crew]:
-                    await process.ready(http)
+            async with running([bot, *crew]):
                 started = time.perf_counter()
-                for i in range(DRAFTS):
-                    await slack.send_command(
-                        f"{bot.url}/slack/events", "/draft", f"bench {i} --n 2"
-                    )
+                await send_drafts(slack, [bot], DRAFTS, "bench")
                 await slack.wait_until(lambda: len(grid_uploads(slack)) >= DRAFTS, timeout=600)
                 elapsed = time.perf_counter() - started
-            finally:
-                for process in [bot, *crew]:
-                    await process.stop()
         await slack.stop()
         return elapsed, len(fal.requests)
 

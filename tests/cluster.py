@@ -6,10 +6,12 @@ fal on loopback, all on one Postgres database (tests/test_cluster.py, bench/work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,51 @@ def environment(
 
 def grid_uploads(slack: FakeSlack) -> list[Any]:
     return [c for c in slack.calls if c.method == "files.completeUploadExternal"]
+
+
+@contextlib.asynccontextmanager
+async def running(processes: list[Process]) -> AsyncIterator[aiohttp.ClientSession]:
+    """Start ``processes``, wait until each answers ``/healthz``, and stop them at the end
+    (their logs printed when something failed)."""
+    async with aiohttp.ClientSession() as http:
+        try:
+            for process in processes:
+                await process.start()
+            for process in processes:
+                await process.ready(http)
+            yield http
+        except BaseException:
+            for process in processes:
+                print(f"--- {process.name}\n{process.tail()}")
+            raise
+        finally:
+            for process in processes:
+                await process.stop()
+
+
+async def send_drafts(slack: FakeSlack, bots: list[Process], count: int, words: str) -> None:
+    """``count`` signed /draft commands, spread over ``bots`` as a load balancer would."""
+    for i in range(count):
+        bot = bots[i % len(bots)]
+        answer = await slack.send_command(f"{bot.url}/slack/events", "/draft", f"{words} {i} --n 2")
+        assert answer[0] == 200, (bot.name, answer)
+
+
+def assert_each_once(database_url: str, slack: FakeSlack, fal: FakeFal, drafts: int) -> None:
+    """Every draft's job succeeded and was charged and submitted once; every grid made and
+    shared once."""
+    from storage import Store
+
+    store = Store(database_url)
+    try:
+        jobs = list(store.db.query("select * from jobs"))
+        assert len(jobs) == drafts  # one model call per draft (two images each)
+        assert {j["state"] for j in jobs} == {"succeeded"}  # no job lost
+        entries = list(store.db.query("select state from ledger"))
+        assert len(entries) == drafts and {e["state"] for e in entries} == {"settled"}
+        assert len(fal.requests) == drafts  # nothing submitted twice
+        grids = list(store.db.query("select request_id from assets where kind = 'grid'"))
+        assert len(grids) == len({g["request_id"] for g in grids}) == drafts
+        assert len(grid_uploads(slack)) == drafts  # every grid shared once
+    finally:
+        store.close()

@@ -14,10 +14,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from tests.cluster import Process, environment, grid_uploads
+from tests.cluster import (
+    Process,
+    assert_each_once,
+    environment,
+    grid_uploads,
+    running,
+    send_drafts,
+)
 from tests.fakes.fal_fake import FakeFal
 from tests.fakes.slack import FakeSlack
 
@@ -44,59 +50,23 @@ async def test_two_bots_two_workers_and_a_killed_worker(
     logs.mkdir()
     bots = [Process(f"bot{i}", ["run"], env, logs) for i in (1, 2)]
     workers = [Process(f"worker{i}", ["worker", "--concurrency", "8"], env, logs) for i in (1, 2)]
-    everyone = bots + workers
-    async with aiohttp.ClientSession() as http:
-        try:
-            for process in everyone:
-                await process.start()
-            for process in everyone:
-                await process.ready(http)
-            async with http.get(f"{workers[1].url}/metrics") as scraped:  # workers serve it too
-                metrics = await scraped.text()
-            assert 'tierbot_processes{role="run"} 2.0' in metrics
-            assert 'tierbot_processes{role="worker"} 2.0' in metrics
-
-            for i in range(DRAFTS):
-                bot = bots[i % 2]  # a load balancer in front of both
-                answer = await slack.send_command(
-                    f"{bot.url}/slack/events", "/draft", f"cluster draft {i} --n 2"
-                )
-                assert answer[0] == 200, (bot.name, answer)
-
-            grids = lambda: len(grid_uploads(slack))  # noqa: E731
-            await slack.wait_until(lambda: grids() >= KILL_AFTER_GRIDS, timeout=180)
-            in_flight = len(fal.requests) - grids()
-            workers[0].kill()  # mid-run: generations are submitted and being polled
-            await slack.wait_until(lambda: grids() >= DRAFTS, timeout=300)
-            await asyncio.sleep(2)  # anything posted twice would show by now
-        except BaseException:
-            for process in everyone:
-                print(f"--- {process.name}\n{process.tail()}")
-            raise
-        finally:
-            for process in everyone:
-                await process.stop()
+    async with running(bots + workers) as http:
+        async with http.get(f"{workers[1].url}/metrics") as scraped:  # workers serve it too
+            metrics = await scraped.text()
+        assert 'tierbot_processes{role="run"} 2.0' in metrics
+        assert 'tierbot_processes{role="worker"} 2.0' in metrics
+        await send_drafts(slack, bots, DRAFTS, "cluster draft")
+        grids = lambda: len(grid_uploads(slack))  # noqa: E731
+        await slack.wait_until(lambda: grids() >= KILL_AFTER_GRIDS, timeout=180)
+        in_flight = len(fal.requests) - grids()
+        workers[0].kill()  # mid-run: generations are submitted and being polled
+        await slack.wait_until(lambda: grids() >= DRAFTS, timeout=300)
+        await asyncio.sleep(2)  # anything posted twice would show by now
 
     assert in_flight > 0, "the kill was meant to land while jobs were running"
     # The survivor found the runs the killed worker held and put them back in the queue.
     assert "lost its worker; queued again" in workers[1].log.read_text()
-    uploads = grid_uploads(slack)
-    assert len(uploads) == DRAFTS  # every grid posted, once
-
-    from storage import Store
-
-    store = Store(database_url)
-    try:
-        jobs = list(store.db.query("select * from jobs"))
-        assert len(jobs) == DRAFTS  # one model call per draft (two images each)
-        assert {j["state"] for j in jobs} == {"succeeded"}  # no job lost
-        entries = list(store.db.query("select * from ledger"))
-        assert len(entries) == len(jobs) and {e["state"] for e in entries} == {"settled"}
-        assert len(fal.requests) == len(jobs)  # nothing submitted twice
-        grid_rows = list(store.db.query("select request_id from assets where kind = 'grid'"))
-        assert len(grid_rows) == len({r["request_id"] for r in grid_rows}) == DRAFTS
-    finally:
-        store.close()
+    assert_each_once(database_url, slack, fal, DRAFTS)
 
 
 async def test_a_killed_bot_leaves_its_work_to_the_other(
@@ -112,43 +82,11 @@ async def test_a_killed_bot_leaves_its_work_to_the_other(
     logs.mkdir()
     bots = [Process(f"bot{i}", ["run"], env, logs) for i in (1, 2)]
     worker = Process("worker", ["worker", "--concurrency", "8"], env, logs)
-    everyone = [*bots, worker]
     drafts = 60
-    async with aiohttp.ClientSession() as http:
-        try:
-            for process in everyone:
-                await process.start()
-            for process in everyone:
-                await process.ready(http)
-            for i in range(drafts):
-                bot = bots[i % 2]
-                answer = await slack.send_command(
-                    f"{bot.url}/slack/events", "/draft", f"handover {i} --n 2"
-                )
-                assert answer[0] == 200, (bot.name, answer)
-            await slack.wait_until(lambda: len(grid_uploads(slack)) >= 10, timeout=120)
-            bots[0].kill()
-            await slack.wait_until(lambda: len(grid_uploads(slack)) >= drafts, timeout=180)
-            await asyncio.sleep(5)  # past a lease: anything posted twice would show by now
-        except BaseException:
-            for process in everyone:
-                print(f"--- {process.name}\n{process.tail()}")
-            raise
-        finally:
-            for process in everyone:
-                await process.stop()
-
-    from storage import Store
-
-    store = Store(database_url)
-    try:
-        jobs = list(store.db.query("select * from jobs"))
-        assert len(jobs) == drafts and {j["state"] for j in jobs} == {"succeeded"}
-        assert len(fal.requests) == drafts
-        entries = list(store.db.query("select state from ledger"))
-        assert len(entries) == drafts and {e["state"] for e in entries} == {"settled"}
-        grids = list(store.db.query("select request_id from assets where kind = 'grid'"))
-        assert len(grids) == len({g["request_id"] for g in grids}) == drafts
-        assert len(grid_uploads(slack)) == drafts  # every grid shared once
-    finally:
-        store.close()
+    async with running([*bots, worker]):
+        await send_drafts(slack, bots, drafts, "handover")
+        await slack.wait_until(lambda: len(grid_uploads(slack)) >= 10, timeout=120)
+        bots[0].kill()
+        await slack.wait_until(lambda: len(grid_uploads(slack)) >= drafts, timeout=180)
+        await asyncio.sleep(5)  # past a lease: anything posted twice would show by now
+    assert_each_once(database_url, slack, fal, drafts)
