@@ -510,9 +510,17 @@ class JobRunner:
         """Wake each waiter whose job's row moved on from what it last saw."""
         while self._waiting:
             await asyncio.sleep(WAIT_POLL_S)
+            for job_id, waiters in list(self._waiting.items()):
+                if all(future.done() for _, future in waiters):  # nobody waits any more
+                    del self._waiting[job_id]
             waiting = list(self._waiting)
             for start in range(0, len(waiting), 500):
-                for job in self.store.job_states(waiting[start : start + 500]):
+                try:
+                    jobs = self.store.job_states(waiting[start : start + 500])
+                except Exception:  # the database hiccuped: the waiters wait on
+                    log.exception("looking at jobs run by workers failed")
+                    continue
+                for job in jobs:
                     now = (job["state"], job["attempts"] or 0)
                     still = []
                     for seen, future in self._waiting.get(job["id"], []):
