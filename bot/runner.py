@@ -393,10 +393,14 @@ class JobRunner:
         on its row, where the process waiting for it looks; so is an error of the worker's
         own (it fails the job rather than leave its requester waiting)."""
         driving = asyncio.create_task(self.drive_here(job_id))
-        while not driving.done():
-            await asyncio.wait({driving}, timeout=CANCEL_POLL_S)
-            if not driving.done() and self._cancelled(job_id):
-                driving.cancel()  # whoever cancelled it told the provider and the person
+        try:
+            while not driving.done():
+                await asyncio.wait({driving}, timeout=CANCEL_POLL_S)
+                if not driving.done() and self._cancelled(job_id):
+                    driving.cancel()  # whoever cancelled it told the provider and the person
+        finally:
+            if not driving.done():  # this worker is stopping: the run goes back to the queue
+                driving.cancel()
         try:
             await driving
         except (JobFailed, asyncio.CancelledError):
