@@ -545,8 +545,13 @@ class JobRunner:
         return await self.files.paths(relatives)
 
     async def _request_for(self, job: dict[str, Any]) -> GenerationRequest:
+        """The request as sent: input files (and a region edit's mask, kept by its path in
+        the asset store) resolved on this machine, fetched first where it lacks them."""
+        params = dict(job["params"])
+        if params.get("mask"):
+            params["mask"] = await self.files.local(params["mask"])
         references = await self._paths(job["inputs"])
-        return GenerationRequest(job_id=job["id"], references=references, **job["params"])
+        return GenerationRequest(job_id=job["id"], references=references, **params)
 
     def _slot(self, provider: str) -> asyncio.Semaphore:
         if provider not in self._slots:
@@ -651,7 +656,7 @@ class JobRunner:
 
         (source_path,) = await self._paths(job["inputs"][:1])
         source = await _read(source_path)
-        mask = await _read(Path(job["params"]["mask"]))
+        mask = await _read(await self.files.local(job["params"]["mask"]))
         kept, facts = [], []
         for out in outputs:
             data, seam = await cpu.run(canvas.keep_outside, source, out.data, mask, out.seed or 0)

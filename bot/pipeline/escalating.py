@@ -168,7 +168,9 @@ class Escalating(UseCases):
         )
 
     async def _store_mask(self, origin: Origin, step: Escalation) -> tuple[str, Path]:
-        """Keep a region edit's mask as an asset (it shapes the result: the lineage shows it)."""
+        """Keep a region edit's mask as an asset (it shapes the result: the lineage shows it).
+        Returns its id and its path in the asset store, relative: the job may run on another
+        machine, whose runner finds the file there (``JobRunner._request_for``)."""
         buffer = io.BytesIO()
         step.mask.save(buffer, "PNG")
         data = buffer.getvalue()
@@ -190,7 +192,7 @@ class Escalating(UseCases):
             },
             parents=parents,
         )
-        return mask_id, self.files.path(relative)
+        return mask_id, Path(relative)
 
     async def _measure(
         self, origin: Origin, result_id: str, source_id: str, mask_id: str | None
