@@ -202,11 +202,6 @@ class PostgresDatabase:
         return Table(self, name)
 
     @contextlib.contextmanager
-    def atomic(self) -> Iterator[PostgresDatabase]:
-        with self.pg_transaction():
-            yield self
-
-    @contextlib.contextmanager
     def pg_transaction(self) -> Iterator[None]:
         """A write transaction (``BEGIN IMMEDIATE``'s equivalent), committed at the end."""
         self.conn.execute("BEGIN IMMEDIATE")

@@ -82,27 +82,11 @@ class JobQueue:
             await self.app.close_async()
             self._opened = False
 
-    async def answers(self) -> bool:
-        """Whether the queue's database answers (for ``/healthz``)."""
-        try:
-            await self.open()
-            return bool(await self.app.check_connection_async())
-        except Exception:  # any failure means "not ready"; /healthz says so
-            return False
-
     async def hand(self, job_id: str) -> None:
         """Queue a run of ``job_id`` unless one is already waiting."""
         await self.open()
         with contextlib.suppress(exceptions.AlreadyEnqueued):
             await self.task.configure(lock=job_id, queueing_lock=job_id).defer_async(job_id=job_id)
-
-    async def waiting(self) -> int:
-        """Runs queued and not yet taken by a worker."""
-        await self.open()
-        rows = await self.app.connector.execute_query_all_async(
-            "select count(*) as n from procrastinate_jobs where status = 'todo'"
-        )
-        return int(rows[0]["n"])
 
     async def work(self, drive: Callable[[str], Awaitable[None]], *, concurrency: int) -> None:
         """Be a worker until cancelled: take queued jobs and ``drive`` each, ``concurrency``
