@@ -227,20 +227,22 @@ class AssetFiles:
             FileNotFoundError: with a bucket, when the object is not in it either.
             AssetStoreError: the download failed or its bytes do not match their name.
         """
+        resolved = self._inside(relative)
+        if self.remote is not None and not resolved.exists():
+            self._fetch(resolved)
+        return resolved
+
+    def _inside(self, relative: str) -> Path:
+        """``relative`` under the store's root; ValueError if it points outside."""
         resolved = (self.root / relative).resolve()
         if not resolved.is_relative_to(self.root):
             raise ValueError("asset path outside the asset store")
-        if self.remote is not None and not resolved.exists():
-            self._fetch(resolved)
         return resolved
 
     def remove(self, relative: str) -> None:
         """Delete a stored file here and in the bucket (a command's raw bytes once checked:
         nothing else refers to them). Content-addressed files are otherwise never deleted."""
-        resolved = (self.root / relative).resolve()
-        if not resolved.is_relative_to(self.root):
-            raise ValueError("asset path outside the asset store")
-        resolved.unlink(missing_ok=True)
+        self._inside(relative).unlink(missing_ok=True)
         if self.remote is not None:
             self.remote.delete(self.remote.key(relative))
 
