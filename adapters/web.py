@@ -79,6 +79,7 @@ from bot.domain import (
     CANCEL_HINT,
     MANUAL_STAGE,
     NUMBER_REACTIONS,
+    SEQUENCE_STAGE,
     UPLOAD_STAGE,
     AssetKind,
     CommandEvent,
@@ -93,7 +94,6 @@ from bot.domain import (
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline import LineageNode
-from bot.pipeline.sequences import SEQUENCE_STAGE
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
 from bot.uploads import MAX_FILES, MAX_UPLOAD_BYTES
 

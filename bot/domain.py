@@ -88,6 +88,11 @@ class AssetKind(StrEnum):
 #: final: upscale, video, QA).
 UPLOAD_STAGE = "upload"
 MANUAL_STAGE = "manual"
+#: The ``stage`` of a stitched shot sequence and of a region edit's mask.
+SEQUENCE_STAGE = "sequence"
+MASK_STAGE = "mask"
+#: Asset kinds that are still pictures a model can start from (made, or sent in).
+PICTURES = (AssetKind.IMAGE, AssetKind.UPLOAD)
 
 
 class Decision(StrEnum):

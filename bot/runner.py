@@ -539,10 +539,12 @@ class JobRunner:
                     else:
                         self._waiting.pop(job["id"], None)
 
-    async def _paths(self, asset_ids: Sequence[str]) -> list[Path]:
+    async def _paths(self, asset_ids: Sequence[str], pictures_only: bool = False) -> list[Path]:
         """Where input assets' files are (downloaded first where this machine lacks one)."""
-        relatives = [asset["path"] for i in asset_ids if (asset := self.store.get_asset(i))]
-        return await self.files.paths(relatives)
+        assets = [asset for i in asset_ids if (asset := self.store.get_asset(i))]
+        if pictures_only:
+            assets = [a for a in assets if a["kind"] != AssetKind.MASK]
+        return await self.files.paths([a["path"] for a in assets])
 
     async def _request_for(self, job: dict[str, Any]) -> GenerationRequest:
         """The request as sent: input files (and a region edit's mask, kept by its path in
@@ -550,7 +552,8 @@ class JobRunner:
         params = dict(job["params"])
         if params.get("mask"):
             params["mask"] = await self.files.local(params["mask"])
-        references = await self._paths(job["inputs"])
+        # A mask among the inputs is the result's lineage, not a picture to send.
+        references = await self._paths(job["inputs"], pictures_only=True)
         return GenerationRequest(job_id=job["id"], references=references, **params)
 
     def _slot(self, provider: str) -> asyncio.Semaphore:

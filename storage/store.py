@@ -472,15 +472,6 @@ class Store:
                 [json.dumps({**known, **facts}), asset_id],
             )
 
-    def add_parent(self, asset_id: str, parent_id: str) -> None:
-        """Link one more parent to an asset, after the ones it has (a region edit's mask)."""
-        with self._immediate():
-            self.db.execute(
-                "insert into asset_parents (asset_id, parent_id, position) select ?, ?, "
-                "coalesce(max(position), 0) + 1 from asset_parents where asset_id = ?",
-                [asset_id, parent_id, asset_id],
-            )
-
     def parents(self, asset_id: str) -> list[dict[str, Any]]:
         return list(
             self.db.query(

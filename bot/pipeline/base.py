@@ -28,6 +28,7 @@ from bot.domain import (
     FINAL_REACTIONS,
     MAX_SEED,
     NUMBER_REACTIONS,
+    PICTURES,
     AssetKind,
     Capability,
     InboundFile,
@@ -281,7 +282,7 @@ class UseCases:
                 return [fetched[value]]
             asset = self.store.get_asset(value)
             if asset is not None:
-                if asset["kind"] not in (AssetKind.IMAGE, AssetKind.UPLOAD):
+                if asset["kind"] not in PICTURES:
                     raise UserError(f"--{flag} {value} is a {asset['kind']}; give an image")
                 return [value]
             named = self.store.get_ref(origin.team, value.lower())

@@ -16,6 +16,7 @@ from bot.domain import (
     DEFAULT_AR,
     DEFAULT_N,
     MAX_SEED,
+    PICTURES,
     AssetKind,
     Capability,
     Decision,
@@ -70,7 +71,7 @@ class Drafting(UseCases):
             if not 1 <= index <= len(drafts):
                 raise UserError(f"grid {target} has drafts 1 to {len(drafts)}; got {index}")
             source = drafts[index - 1]
-        elif asset["kind"] in (AssetKind.IMAGE, AssetKind.UPLOAD):
+        elif asset["kind"] in PICTURES:
             if index is not None:
                 raise UserError(f"{target} is one image; vary it without a draft number")
             source = asset

@@ -23,7 +23,9 @@ from bot import canvas, cpu
 from bot.commands import Invocation
 from bot.domain import (
     DEFAULT_VIDEO_SECONDS,
+    MASK_STAGE,
     MAX_SEED,
+    PICTURES,
     AssetKind,
     Capability,
     Decision,
@@ -49,7 +51,6 @@ from bot.runner import JobFailed
 log = logging.getLogger(__name__)
 
 #: Assets that are pictures of something (what a colour match can take its colours from).
-_PICTURES = (AssetKind.IMAGE, AssetKind.UPLOAD)
 
 
 @dataclass
@@ -155,6 +156,8 @@ class Escalating(UseCases):
             duration_s=step.seconds,
             resolution=step.resolution,
         )
+        if mask_id is not None:  # a lineage parent of the result, written with it
+            plan.inputs.append(mask_id)
         try:
             (job,), _ = await self._run_all([plan])
         except JobFailed:
@@ -179,7 +182,7 @@ class Escalating(UseCases):
         mask_id = self.store.save_asset(
             {
                 "kind": AssetKind.MASK.value,
-                "stage": "mask",
+                "stage": MASK_STAGE,
                 "sha256": digest,
                 "path": relative,
                 "mime": "image/png",
@@ -207,7 +210,6 @@ class Escalating(UseCases):
         notes: list[str] = []
         offers: list[str] = []
         if mask_id is not None:
-            self.store.add_parent(result_id, mask_id)
             facts = result["facts"]
             seam = canvas.Seam(facts.get("seam_before", 0.0), facts.get("seam_after", 0.0))
             visible = seam.after > rules.seam_alert
@@ -216,7 +218,7 @@ class Escalating(UseCases):
             if visible:
                 offers.append(Reaction.UNIFY.value)
         made = (AssetKind.IMAGE, AssetKind.VIDEO)
-        if source["kind"] in (AssetKind.IMAGE, AssetKind.UPLOAD) and result["kind"] in made:
+        if source["kind"] in PICTURES and result["kind"] in made:
             try:
                 before, after = await self.files.paths([source["path"], result["path"]])
                 moved = await cpu.run(
@@ -285,7 +287,7 @@ class Escalating(UseCases):
         """🎨 on a result whose colours drifted from its source: the result with its colours
         moved onto the source's, done here (free), as a new child of both."""
         result = self._image(asset_id)
-        parents = [p for p in self.store.parents(asset_id) if p["kind"] in _PICTURES]
+        parents = [p for p in self.store.parents(asset_id) if p["kind"] in PICTURES]
         if not parents:
             raise UserError(f"{asset_id} has no source image to match")
         source = parents[0]

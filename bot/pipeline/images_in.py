@@ -14,6 +14,7 @@ from bot.commands import Invocation
 from bot.domain import (
     FINAL_REACTIONS,
     MANUAL_STAGE,
+    PICTURES,
     AssetKind,
     InboundFile,
     Origin,
@@ -126,7 +127,7 @@ class ImagesIn(UseCases):
         an editor, recorded as a child of ``asset_id`` (stage ``manual``); upscale, video and
         QA go on from it, and the lineage shows the hand step."""
         source = self._existing(asset_id)
-        if source["kind"] not in (AssetKind.IMAGE, AssetKind.UPLOAD):
+        if source["kind"] not in PICTURES:
             raise UserError(f"{asset_id} is a {source['kind']}; upload a fixed version of an image")
         sent = [f.asset_id for f in files if f.asset_id]
         if len(sent) != 1:

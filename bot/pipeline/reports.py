@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.catalog import Candidate
-from bot.domain import DEFAULT_VIDEO_SECONDS, MANUAL_STAGE, AssetKind, Origin
+from bot.domain import DEFAULT_VIDEO_SECONDS, MANUAL_STAGE, SEQUENCE_STAGE, AssetKind, Origin
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline.base import UseCases
@@ -39,7 +39,7 @@ class LineageNode:
             text = f"{asset['id']} 📎 upload “{asset['prompt']}” · sent by {sender} · {size}"
         elif asset["kind"] == AssetKind.MASK:
             text = f"{asset['id']} ✂️ mask of region {asset['prompt']} · by {sender} · {size}"
-        elif asset["stage"] == "sequence":
+        elif asset["stage"] == SEQUENCE_STAGE:
             text = (
                 f"{asset['id']} 🎞️ sequence · stitched from its shots · {size} · "
                 f"{credits(asset['cost'] or 0)}"

@@ -23,7 +23,16 @@ from typing import Any
 
 from bot import cpu, footage
 from bot.commands import Invocation
-from bot.domain import AssetKind, Capability, Decision, Origin, Reaction, Reply, Stage
+from bot.domain import (
+    SEQUENCE_STAGE,
+    AssetKind,
+    Capability,
+    Decision,
+    Origin,
+    Reaction,
+    Reply,
+    Stage,
+)
 from bot.errors import UserError
 from bot.ledger import credits
 from bot.pipeline.base import Draftspec, UseCases
@@ -34,8 +43,6 @@ log = logging.getLogger(__name__)
 #: Shot lengths the seeds recommend; complex motion over longer shots hallucinates.
 SHOT_SECONDS = (2, 3)
 DEFAULT_SHOT_SECONDS = 3
-#: The stage of a stitched sequence's asset.
-SEQUENCE_STAGE = "sequence"
 #: Reactions on a stitched sequence: sign it off, or reject it.
 SEQUENCE_REACTIONS = [Reaction.APPROVE.value, Reaction.DISCARD.value]
 
@@ -168,8 +175,13 @@ class Sequences(UseCases):
             )
             for index, outcome in enumerate(made):
                 if isinstance(outcome, CompletedJob):
+                    # The shot starts from the final now; its references stay after it.
+                    video = self.store.get_job(video_ids[index])
+                    assert video is not None
                     sources[index] = outcome.asset_ids[0]
-                    self.store.update_job(video_ids[index], inputs=[sources[index]])
+                    self.store.update_job(
+                        video_ids[index], inputs=[sources[index], *video["inputs"][1:]]
+                    )
                 elif isinstance(outcome, JobFailed):
                     failures[index] = f"its final failed: {outcome.message}"
                     await self.runner.cancel(video_ids[index])
