@@ -236,11 +236,9 @@ def test_the_seam_falls_after_matching_a_patch_with_a_colour_shift() -> None:
     result, seam = canvas.keep_outside(png(source), png(patch), png(mask), seed=3)
     assert seam.before > 8 and seam.after < seam.before / 2
     assert canvas.outside_unchanged(png(source), result, png(mask))
-    inside = np.asarray(mask) >= 128
     with Image.open(io.BytesIO(result)) as image:
         red = np.asarray(image.convert("RGB"))[90, 140]
     assert red[0] > 150 and red[1] < 110  # the intended change survives the matching
-    assert inside.any()
 
 
 def test_a_patch_that_already_matches_has_no_seam_to_fix() -> None:

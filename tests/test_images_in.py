@@ -44,7 +44,9 @@ def spent(services: Services) -> list[dict[str, Any]]:
 
 
 def drafts_of(services: Services, grid_id: str) -> list[dict[str, Any]]:
-    return services.store.parents(grid_id)
+    drafts = services.store.parents(grid_id)
+    assert drafts, f"grid {grid_id} has no drafts"  # a loop over them checks something
+    return drafts
 
 
 # ----------------------------------------------------------------- references on drafts

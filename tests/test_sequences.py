@@ -25,6 +25,16 @@ FRAME_S = 1 / footage.FPS
 BEATS = "a fox wakes in its den | it sees the first snow | it leaps into a drift"
 
 
+def path_to(nodes: list[Any], asset_id: str) -> list[str]:
+    """The asset ids from a lineage tree's root down to ``asset_id`` ([] if absent)."""
+    for node in nodes:
+        if node.asset["id"] == asset_id:
+            return [asset_id]
+        if below := path_to(node.children, asset_id):
+            return [node.asset["id"], *below]
+    return []
+
+
 def grid_of(replies: list[Reply]) -> Reply:
     return next(r for r in replies if r.asset_id and r.reactions and r.reactions[0] == "1️⃣")
 
@@ -74,9 +84,10 @@ async def test_a_storyboard_becomes_a_stitched_sequence_of_its_beats(
     shots = services.store.parents(sequence.asset_id)
     drafts = services.store.parents(grid.asset_id)
     assert len(shots) == 3
+    # Each shot's motion is its own beat's words, in beat order.
+    assert [s["prompt"] for s in shots] == BEATS.split(" | ")
     for shot, draft in zip(shots, drafts, strict=True):
         assert [p["id"] for p in services.store.parents(shot["id"])] == [draft["id"]]
-        assert shot["prompt"] in BEATS  # each shot's motion is its beat's words
         assert looks_like(
             first_frame(services.bot.asset_path(shot)), services.bot.asset_path(draft)
         )
@@ -84,7 +95,10 @@ async def test_a_storyboard_becomes_a_stitched_sequence_of_its_beats(
     assert abs(stitched["duration_s"] - sum(lengths)) <= FRAME_S
     assert sorted(ledger(services)).count(("video", "settled")) == 3
     # The lineage shows each beat's branch, the stitch under its first shot.
-    assert len(services.bot.lineage_tree(sequence.asset_id)) >= 1
+    assert path_to(services.bot.lineage_tree(sequence.asset_id), sequence.asset_id)[-2:] == [
+        shots[0]["id"],
+        sequence.asset_id,
+    ]
 
 
 async def test_reshoot_replaces_exactly_one_shot_and_order_is_free(
@@ -209,7 +223,9 @@ async def test_a_restart_in_the_middle_keeps_every_shot_and_charges_each_once(
         if done == 2:
             break
         await asyncio.sleep(0.05)
+    assert done == 2
     task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
     killed(first)  # the process dies with the third shot in flight
 
     second = wire(make_settings())

@@ -16,6 +16,7 @@ from adapters import wire
 from bot.app import Services
 from bot.domain import AssetKind
 from bot.progress import listen
+from bot.runner import HAND_ATTEMPTS
 from bot.settings import Settings
 from tests.conftest import Chat, ScriptedProvider, registry_with
 from tests.test_resume import stalled
@@ -78,30 +79,65 @@ async def test_a_draft_runs_on_a_worker_and_the_bot_posts_its_grid(
         await bot.aclose()
 
 
-async def test_a_job_handed_twice_runs_once(
-    settings_for: Callable[..., Settings], worker: Services
+class LocalModel:
+    """The real local model, counting submissions; ``busy`` answers the first poll as an
+    overloaded provider does."""
+
+    def __init__(self, settings: Settings, *, busy: bool = False) -> None:
+        from adapters import load_providers
+
+        self.real = load_providers({"local"}, settings).get("local")
+        self.busy = busy
+        self.submits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def submit(self, request: Any) -> str:
+        self.submits += 1
+        return await self.real.submit(request)
+
+    async def result(self, provider_request_id: str, request: Any) -> Any:
+        if self.busy:
+            from bot.providers import TransientError
+
+            self.busy = False
+            raise TransientError("503 busy", retry_after=0)
+        return await self.real.result(provider_request_id, request)
+
+
+async def test_a_job_handed_again_while_it_waits_runs_once(
+    settings_for: Callable[..., Settings],
 ) -> None:
-    """A bot that restarts hands its unfinished jobs again; the queue keeps one run waiting,
-    and a run of a finished job only reports how it ended."""
+    """A bot that restarts hands its unfinished jobs again: the queue keeps one run waiting,
+    so the worker that comes along submits the job once and it is charged once."""
+    import psycopg
+
     settings = settings_for()
     bot = wire(settings, providers=registry_with(settings, local=refusing()))
     bot.start()
     try:
-        first = await Chat(bot).command("draft", "a harbour --n 1")
-        assert any(r.asset_id for r in first)
-        (job,) = [j for j in bot.store.unfinished_jobs()] or [None]
-        assert job is None
-        request_id = bot.store.get_asset(next(r.asset_id for r in first if r.asset_id))[
-            "request_id"
-        ]
-        (done,) = bot.store.jobs_for_request(request_id)
-        assets = len(bot.store.assets_for_job(done["id"]))
+        asking = asyncio.create_task(Chat(bot).command("draft", "a harbour --n 1"))
+        for _ in range(200):  # no worker yet: the job waits in the queue
+            if bot.store.unfinished_jobs():
+                break
+            await asyncio.sleep(0.05)
+        (job,) = bot.store.unfinished_jobs()
         for _ in range(3):
-            await bot.queue.hand(done["id"])
-        outcome = await bot.runner.drive(done["id"])
-        assert outcome.job_id == done["id"]
-        assert len(bot.store.assets_for_job(done["id"])) == assets  # nothing made twice
-        assert bot.store.ledger_entry(done["id"])["state"] == "settled"
+            await bot.queue.hand(job["id"])
+        with psycopg.connect(settings.store_location) as db:
+            (waiting,) = db.execute(
+                "select count(*) from procrastinate_jobs where status = 'todo' "
+                "and args->>'job_id' = %s",
+                [job["id"]],
+            ).fetchone()
+        assert waiting == 1
+        model = LocalModel(settings)
+        async with working(settings, model):
+            replies = await asyncio.wait_for(asking, 30)
+        assert any(r.asset_id for r in replies)
+        assert model.submits == 1
+        assert bot.store.ledger_entry(job["id"])["state"] == "settled"
     finally:
         await bot.aclose()
 
@@ -180,7 +216,7 @@ async def test_a_job_the_queue_cannot_take_fails_with_its_credits_released(
     try:
         replies = await Chat(bot).command("draft", "a quiet pond --n 1")
         assert any("job queue could not be reached" in r.text for r in replies)
-        assert len(attempts) == 6
+        assert len(attempts) == HAND_ATTEMPTS
         (job,) = bot.store.jobs_for_request(bot.store.get_job(attempts[0])["request_id"])
         assert job["state"] == "failed"
         assert bot.store.ledger_entry(job["id"])["state"] == "released"
@@ -191,26 +227,8 @@ async def test_a_job_the_queue_cannot_take_fails_with_its_credits_released(
 async def test_a_workers_retry_shows_why_on_the_bots_status_line(
     settings_for: Callable[..., Settings],
 ) -> None:
-    from adapters import load_providers
-    from bot.providers import TransientError
-
-    class BusyOnce:
-        """The local model, answering its first poll as an overloaded provider does."""
-
-        def __init__(self, real: Any) -> None:
-            self.real, self.busy = real, True
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.real, name)
-
-        async def result(self, provider_request_id: str, request: Any) -> Any:
-            if self.busy:
-                self.busy = False
-                raise TransientError("503 busy", retry_after=0)
-            return await self.real.result(provider_request_id, request)
-
     settings = settings_for()
-    model = BusyOnce(load_providers({"local"}, settings).get("local"))
+    model = LocalModel(settings, busy=True)
     async with working(settings, model):
         bot = wire(settings, providers=registry_with(settings, local=refusing()))
         bot.start()
