@@ -525,7 +525,7 @@ class WebSurface:
         if reply.asset_id:
             shown.append(reply.asset_id)
             if (presented := self.bot.asset(reply.asset_id)) is not None:
-                own.add(self.bot.asset_path(presented))
+                own.add(self.bot.asset_location(presented))
         rest = [path for path in reply.files if path not in own]
         if not rest:
             return shown
@@ -533,7 +533,7 @@ class WebSurface:
         for asset_id in dict.fromkeys(_ASSET_ID_IN_TEXT.findall(reply.text)):
             asset = self.bot.asset(asset_id) if asset_id not in shown else None
             if asset is not None:
-                named.setdefault(self.bot.asset_path(asset), []).append(asset_id)
+                named.setdefault(self.bot.asset_location(asset), []).append(asset_id)
         for path in rest:
             if named.get(path):
                 shown.append(named[path].pop(0))

@@ -220,8 +220,13 @@ class Tierbot:
         """The stored facts of one asset (prompt, stage, model, seed, size, cost, file)."""
         return self.store.get_asset(asset_id)
 
+    def asset_location(self, asset: dict[str, Any]) -> Path:
+        """Where an asset's file is kept on this machine, without fetching it (to tell
+        which file is which)."""
+        return self.pipeline.files.location(asset["path"])
+
     def asset_path(self, asset: dict[str, Any]) -> Path:
-        """Where ``asset``'s file is on disk."""
+        """Where ``asset``'s file is on disk, fetched first where this machine lacks it."""
         return self.pipeline.files.path(asset["path"])
 
     def decisions(self, asset_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

@@ -227,13 +227,14 @@ class AssetFiles:
             FileNotFoundError: with a bucket, when the object is not in it either.
             AssetStoreError: the download failed or its bytes do not match their name.
         """
-        resolved = self._inside(relative)
+        resolved = self.location(relative)
         if self.remote is not None and not resolved.exists():
             self._fetch(resolved)
         return resolved
 
-    def _inside(self, relative: str) -> Path:
-        """``relative`` under the store's root; ValueError if it points outside."""
+    def location(self, relative: str) -> Path:
+        """Where a stored file is kept on this machine (not fetched: see :meth:`path`);
+        ValueError if ``relative`` points outside the store."""
         resolved = (self.root / relative).resolve()
         if not resolved.is_relative_to(self.root):
             raise ValueError("asset path outside the asset store")
@@ -242,7 +243,7 @@ class AssetFiles:
     def remove(self, relative: str) -> None:
         """Delete a stored file here and in the bucket (a command's raw bytes once checked:
         nothing else refers to them). Content-addressed files are otherwise never deleted."""
-        self._inside(relative).unlink(missing_ok=True)
+        self.location(relative).unlink(missing_ok=True)
         if self.remote is not None:
             self.remote.delete(self.remote.key(relative))
 
