@@ -674,7 +674,7 @@ class DiscordSurface:
         try:
             for attachment in attachments:  # all, before any is downloaded
                 _check_size(attachment, images)
-            files = [await self._download(a) for a in attachments]
+            files = list(await asyncio.gather(*(self._download(a) for a in attachments)))
         except _NotTaken as refusal:
             self.bot.answered(event)
             await self._deliver(origin, replies_of(private_error(str(refusal))), interaction)

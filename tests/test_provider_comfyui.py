@@ -790,3 +790,32 @@ async def test_loadimage_mask_output_of_a_mask_without_alpha_is_empty(
     (output,) = await comfyui.result(await comfyui.submit(request), request)
     result = Image.open(io.BytesIO(output.data)).convert("RGB")
     assert ImageChops.difference(result, source_image()).getbbox() is None
+
+
+async def test_a_drafts_reference_does_not_set_its_shape(comfy, comfyui, tmp_path) -> None:
+    """As on fal, Gemini and Replicate: a draft with a reference image is the ratio asked for
+    (the reference is only a reference); a final keeps its draft's shape."""
+    wide = write_png(tmp_path / "wide.png", source_image((256, 128)))
+    draft = GenerationRequest(
+        job_id="job-draft-1",
+        stage=Stage.DRAFT,
+        capability=Capability.IMAGE_TO_IMAGE,
+        model_id="z-image-turbo",
+        provider_model="z-image-turbo",
+        prompt="a mug like this one",
+        seed=7,
+        aspect_ratio="1:1",
+        references=[wide],
+    )
+    await comfyui.submit(draft)
+    await comfyui.submit(draft.model_copy(update={"stage": Stage.FINAL, "job_id": "job-final-1"}))
+    sizes = [
+        next(
+            (node["inputs"]["width"], node["inputs"]["height"])
+            for node in submission["prompt"].values()
+            if {"width", "height"} <= set(node.get("inputs", {}))
+        )
+        for submission in comfy.submissions
+    ]
+    assert sizes[0][0] == sizes[0][1]  # square, as asked
+    assert abs(sizes[1][0] / sizes[1][1] - 2) < 0.05  # the final keeps its draft's 2:1

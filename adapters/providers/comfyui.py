@@ -916,7 +916,7 @@ class ComfyUIProvider:
     ) -> dict[str, Any]:
         """What the placeholders stand for in this request."""
         long_edge = request.long_edge
-        if references:
+        if references and request.has_source:  # a draft's references do not set its shape
             width, height = references[0].size
             ratio = width / height
             if request.capability is Capability.INPAINT and not long_edge:
