@@ -67,7 +67,7 @@ from bot.commands import (
 )
 from bot.delivery import Steps, kept_for_retry
 from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply, replies_of
-from bot.errors import private_error
+from bot.errors import UserError, private_error
 from bot.shards import Shards
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
 from bot.uploads import MAX_UPLOAD_BYTES, too_big
@@ -677,7 +677,7 @@ class DiscordSurface:
             files = list(await asyncio.gather(*(self._download(a) for a in attachments)))
         except _NotTaken as refusal:
             self.bot.answered(event)
-            await self._deliver(origin, replies_of(private_error(str(refusal))), interaction)
+            await self._deliver(origin, replies_of(private_error(refusal.message)), interaction)
             return
         # Kept before anything else: a restart from here on still has the files.
         event = await self.bot.keep(event.model_copy(update={"files": files}))
@@ -964,7 +964,7 @@ class DiscordSurface:
         return reply.text
 
 
-class _NotTaken(Exception):
+class _NotTaken(UserError):
     """An attachment the surface could not take (too big, or not downloaded): the message
     is the person's private answer."""
 

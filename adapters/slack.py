@@ -56,6 +56,7 @@ from bot import uploads
 from bot.commands import COMMANDS, CommandError, parse, reference_values
 from bot.delivery import Steps, kept_for_retry, platform_error
 from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply
+from bot.errors import UserError, private_error
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
 
 log = logging.getLogger(__name__)
@@ -184,12 +185,8 @@ def _takes_files(command: str, text: str, count: int) -> bool:
     return spec is not None and spec.files is not None and count <= uploads.MAX_FILES
 
 
-class FileRefused(Exception):
+class FileRefused(UserError):
     """A file Slack would not hand over; ``message`` tells the person who sent it."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 class SlackFiles:
@@ -597,7 +594,7 @@ class SlackSurface:
             try:
                 files = await self._read_files(event, attached, origin)
             except FileRefused as exc:
-                reply = Reply(text=exc.message, private=True, error=True, thread_id=thread_ts)
+                reply = private_error(exc.message).model_copy(update={"thread_id": thread_ts})
                 await self._ephemeral(origin, reply, respond)
                 self.bot.answered(event)
                 return
