@@ -779,11 +779,7 @@ class WebSurface:
         """The sequence row of a stitch (a video of stage ``sequence``), or None."""
         if asset["stage"] != SEQUENCE_STAGE:
             return None
-        facts = asset.get("facts") or {}
-        if isinstance(facts, str):  # a row read raw (a child or parent), not through get_asset
-            with contextlib.suppress(ValueError):
-                facts = json.loads(facts)
-        sequence_id = facts.get("sequence") if isinstance(facts, dict) else None
+        sequence_id = asset["facts"].get("sequence")
         return self.bot.store.get_sequence(sequence_id) if isinstance(sequence_id, str) else None
 
     def _sequence_slots(

@@ -458,9 +458,7 @@ class Store:
 
     def get_asset(self, asset_id: str) -> dict[str, Any] | None:
         asset = self._get("assets", asset_id)
-        if asset is not None:
-            asset["facts"] = json.loads(asset["facts"]) if asset.get("facts") else {}
-        return asset
+        return _asset(asset) if asset is not None else None
 
     def add_facts(self, asset_id: str, **facts: Any) -> None:
         """Record measurements on an asset (merged into what it has)."""
@@ -473,25 +471,24 @@ class Store:
             )
 
     def parents(self, asset_id: str) -> list[dict[str, Any]]:
-        return list(
-            self.db.query(
-                "select a.*, p.position from asset_parents p join assets a on a.id = p.parent_id "
-                "where p.asset_id = ? order by p.position",
-                [asset_id],
-            )
+        rows = self.db.query(
+            "select a.*, p.position from asset_parents p join assets a on a.id = p.parent_id "
+            "where p.asset_id = ? order by p.position",
+            [asset_id],
         )
+        return [_asset(row) for row in rows]
 
     def children(self, asset_id: str) -> list[dict[str, Any]]:
-        return list(
-            self.db.query(
-                "select a.* from asset_parents p join assets a on a.id = p.asset_id "
-                "where p.parent_id = ? order by a.created_at",
-                [asset_id],
-            )
+        rows = self.db.query(
+            "select a.* from asset_parents p join assets a on a.id = p.asset_id "
+            "where p.parent_id = ? order by a.created_at",
+            [asset_id],
         )
+        return [_asset(row) for row in rows]
 
     def assets_for_job(self, job_id: str) -> list[dict[str, Any]]:
-        return self._rows("assets", "job_id = ?", [job_id], order_by="rowid")
+        rows = self._rows("assets", "job_id = ?", [job_id], order_by="rowid")
+        return [_asset(row) for row in rows]
 
     # -- gates -------------------------------------------------------------------------------
 
@@ -980,6 +977,12 @@ def _ago(seconds: float) -> str:
 
 def _json(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list)) else value
+
+
+def _asset(row: dict[str, Any]) -> dict[str, Any]:
+    """An asset row with its facts read (an empty dict when it has none)."""
+    row["facts"] = json.loads(row["facts"]) if row.get("facts") else {}
+    return row
 
 
 def _decode_job(row: dict[str, Any]) -> dict[str, Any]:
