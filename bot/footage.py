@@ -89,8 +89,9 @@ def stitch(shots: list[Path], crossfade_s: float = 0.0) -> bytes:
     """
     if not shots:
         raise PermanentError("a sequence needs at least one shot")
-    width, height, _ = probe(shots[0])
-    lengths = [probe(shot)[2] for shot in shots]
+    infos = [probe(shot) for shot in shots]  # one ffmpeg run each
+    width, height, _ = infos[0]
+    lengths = [seconds for _, _, seconds in infos]
     fade = max(0.0, min(crossfade_s, *(length / 2 for length in lengths)))
     inputs: list[str] = []
     chains: list[str] = []
