@@ -10,6 +10,7 @@ them all. A new kind is one function and one row.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,7 +46,7 @@ from bot.pipeline.base import (
     _ratio_of,
     reactions_for,
 )
-from bot.regions import parse_region
+from bot.regions import Box, parse_region
 from bot.runner import JobFailed
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,10 @@ class Escalation:
     #: Images besides the source that shape the result (``--ref``/``--sref``, or those the
     #: draft was made with: a final keeps the product its draft kept).
     refs: References = field(default_factory=References)
-    #: A region edit's mask (mode L, the source's size; white may change), stored as a
-    #: ``mask`` asset once the step is authorised, and the upload it was painted on.
-    mask: Any = None
+    #: Draws a region edit's mask (mode L, the source's size; white may change), off the
+    #: event loop; stored as a ``mask`` asset once the step is authorised. ``painted`` is the
+    #: upload it was painted on.
+    draw_mask: Callable[[], Image.Image] | None = None
     painted: str | None = None
     #: Cheaper than a full re-render: a soft pass (🪄) asks the model for little change.
     strength: float | None = None
@@ -104,6 +106,12 @@ class Escalating(UseCases):
         """Run the escalation ``kind`` (a row of :data:`ESCALATIONS`) on ``args``; ``refs``
         are images given with the command, added to those the step brings."""
         step = ESCALATIONS[kind](self, *args)
+        mask = None
+        if step.draw_mask is not None:
+            try:
+                mask = await asyncio.to_thread(_drawn, step.draw_mask)
+            except ValueError as exc:  # a painted image that marks nothing, or cannot
+                raise UserError(f"{exc}; nothing was spent") from None
         if refs:
             step.refs = References(
                 list(dict.fromkeys([*step.refs.content, *refs.content])),
@@ -119,7 +127,7 @@ class Escalating(UseCases):
             aspect_ratio=None,
             resolution=step.resolution,
             references=step.refs,
-            region=step.mask is not None,
+            region=mask is not None,
         )
         self._authorize(origin, route, step.action)
         if step.gate is not None:
@@ -132,8 +140,8 @@ class Escalating(UseCases):
             self.store.record_qa(step.qa[0], step.qa[1], user=origin.user, surface=origin.surface)
         yield self._status(step.status, route, thread_of=step.thread_of, request_id=step.request_id)
         mask_id, mask_path = (None, None)
-        if step.mask is not None:
-            mask_id, mask_path = await self._store_mask(origin, step)
+        if mask is not None:
+            mask_id, mask_path = await self._store_mask(origin, step, mask)
         plan = self._plan(
             origin,
             step.request_id,
@@ -149,7 +157,7 @@ class Escalating(UseCases):
             refs=step.refs,
             own_images=1,
             mask=mask_path,
-            region=str(canvas.mask_box(step.mask)) if step.mask is not None else None,
+            region=str(mask.box) if mask is not None else None,
             subject=step.subject,
             strength=step.strength,
             long_edge=step.long_edge,
@@ -170,13 +178,11 @@ class Escalating(UseCases):
             label, job, thread_of=step.thread_of, extra=step.extra, notes=notes, offers=offers
         )
 
-    async def _store_mask(self, origin: Origin, step: Escalation) -> tuple[str, Path]:
+    async def _store_mask(self, origin: Origin, step: Escalation, mask: _Mask) -> tuple[str, Path]:
         """Keep a region edit's mask as an asset (it shapes the result: the lineage shows it).
         Returns its id and its path in the asset store, relative: the job may run on another
         machine, whose runner finds the file there (``JobRunner._request_for``)."""
-        buffer = io.BytesIO()
-        step.mask.save(buffer, "PNG")
-        data = buffer.getvalue()
+        data = mask.png
         digest, relative = await asyncio.to_thread(self.files.put, data, "image/png")
         parents = [step.source, *([step.painted] if step.painted else [])]
         mask_id = self.store.save_asset(
@@ -186,10 +192,10 @@ class Escalating(UseCases):
                 "sha256": digest,
                 "path": relative,
                 "mime": "image/png",
-                "width": step.mask.width,
-                "height": step.mask.height,
+                "width": mask.size[0],
+                "height": mask.size[1],
                 "bytes": len(data),
-                "prompt": str(canvas.mask_box(step.mask)),
+                "prompt": str(mask.box),
                 "sent_by": f"{origin.surface}:{origin.user}",
                 "cost": 0,
             },
@@ -451,27 +457,46 @@ def _on_image(
     )
 
 
+@dataclass(frozen=True)
+class _Mask:
+    """A drawn mask as it is stored and described: its PNG, size and the box around it."""
+
+    png: bytes
+    size: tuple[int, int]
+    box: Box
+
+
+def _drawn(draw: Callable[[], Image.Image]) -> _Mask:
+    """Draw a mask and encode it (in a worker thread: decoding and encoding a full-size
+    image would hold the event loop)."""
+    mask = draw()
+    buffer = io.BytesIO()
+    mask.save(buffer, "PNG")
+    return _Mask(buffer.getvalue(), mask.size, canvas.mask_box(mask))
+
+
 def _edit(uc: Escalating, asset_id: str, inv: Invocation, painted: str | None = None) -> Escalation:
     source = uc._image(asset_id)
     prompt = inv.prompt or ""
-    mask = None
+    draw_mask: Callable[[], Image.Image] | None = None
     if inv.region or painted:
         size = (source["width"], source["height"])
         if painted is not None:
             upload = uc.store.get_asset(painted)
             assert upload is not None
-            try:
+
+            def draw_mask() -> Image.Image:  # may fetch the upload from the bucket first
                 with Image.open(uc.files.path(upload["path"])) as image:
-                    mask = canvas.painted_mask(image, size)
-            except ValueError as exc:
-                raise UserError(f"{exc}; nothing was spent") from None
+                    return canvas.painted_mask(image, size)
+
         else:
-            mask = canvas.box_mask(size, parse_region(inv.region or ""))
+            box = parse_region(inv.region or "")  # checked now: bad input costs nothing
+            draw_mask = functools.partial(canvas.box_mask, size, box)
     return _on_image(
         source,
         Stage.EDIT,
         Capability.IMAGE_TO_IMAGE,
-        mask=mask,
+        draw_mask=draw_mask,
         painted=painted,
         prompt=prompt,
         seed=inv.seed if inv.seed is not None else source["seed"] or 0,
