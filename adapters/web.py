@@ -209,6 +209,7 @@ class WebSurface:
     ) -> None:
         settings = context.settings
         self.bot = context.bot
+        self._ops = context.ops
         self.history = context.history
         self.data_dir = settings.data_dir
         self.token = settings.web_token.get_secret_value() if settings.web_token else None
@@ -379,6 +380,7 @@ class WebSurface:
         return response
 
     async def _command(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         if request.content_type == "multipart/form-data":
             body, files = await self._form(request)
         else:
@@ -418,6 +420,8 @@ class WebSurface:
         echo = self._post_row({"author": name, "text": shown}, by=name)
         replies = self.bot.handle_command(event, received=True)
         self._spawn(self._deliver(origin, replies))
+        if self._ops is not None:  # as on Slack and Discord: arrival to answer
+            self._ops.ack_seconds.labels(SURFACE).observe(time.monotonic() - arrived)
         return web.json_response({"ok": True, "message_id": echo}, status=202)
 
     @staticmethod

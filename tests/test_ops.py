@@ -67,12 +67,18 @@ async def test_a_running_bot_reports_ready_and_its_metrics(tmp_path: Path) -> No
                 "ready": True,
                 "checks": {"queue": "up", "store": "up", "web": "up"},
             }
+            sent = await client.post(
+                "/api/commands", json={"name": "alice", "text": "/tierbot help", "event_id": "e1"}
+            )
+            assert sent.status_code == 202
             scraped = await client.get("/metrics")  # no token: nothing secret in it
             assert scraped.status_code == 200
             assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
             found = samples(scraped.text)
             assert found[("tierbot_queue_depth", (("queue", "jobs"),))] == 0
             assert found[("tierbot_processes", (("role", "run"),))] == 1
+            # The web channel's answer is timed as Slack's and Discord's acks are.
+            assert found[("tierbot_command_ack_seconds_count", (("surface", "web"),))] == 1
     finally:
         process.terminate()
         await process.wait()
