@@ -70,7 +70,7 @@ from bot.domain import CommandEvent, InboundFile, Origin, ReactionEvent, Reply, 
 from bot.errors import UserError, private_error
 from bot.shards import Shards
 from bot.surfaces import SurfaceContext, SurfaceUnavailable
-from bot.uploads import MAX_UPLOAD_BYTES, too_big
+from bot.uploads import DOWNLOAD_TIMEOUT_S, MAX_UPLOAD_BYTES, too_big
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,6 @@ MAX_OPTIONS = 25
 IMAGE_OPTIONS = 4
 IMAGE_HELP = "a reference image to keep (PNG, JPEG or WebP)"
 MORE_IMAGE_HELP = "another reference image"
-#: How long one attachment may take to come from Discord's CDN.
-DOWNLOAD_TIMEOUT_S = 60.0
 #: Flag descriptions where the registry's help speaks of other surfaces (Slack links, shell
 #: paths) or is past Discord's 100 characters. An option is given once on Discord: commas.
 DISCORD_FLAG_HELP: dict[str, str] = {

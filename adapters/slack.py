@@ -103,8 +103,6 @@ SLACK_ERRORS = (SlackApiError, SlackRequestError, ClientError, TimeoutError)
 #: Where Slack serves files (``url_private``, ``url_private_download``, shared file links):
 #: the one host, besides ``SLACK_API_URL``'s when it is set, that gets the bot token.
 SLACK_FILE_HOST = "files.slack.com"
-#: A file download may take this long (a reference is at most 20 MB).
-DOWNLOAD_TIMEOUT_S = 60
 #: Redirects followed on Slack's file host (never off it).
 MAX_REDIRECTS = 3
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -335,7 +333,7 @@ class SlackFiles:
                     url,
                     headers={"Authorization": f"Bearer {self._token}"},
                     allow_redirects=False,
-                    timeout=ClientTimeout(total=DOWNLOAD_TIMEOUT_S),
+                    timeout=ClientTimeout(total=uploads.DOWNLOAD_TIMEOUT_S),
                 ) as response:
                     if response.status in _REDIRECTS:
                         url = self._redirect(url, response.headers.get("Location", ""))

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES = 20_000_000
 #: Most images one command may bring.
 MAX_FILES = 9
+#: How long a surface waits for one file a person sent to come from its platform (at most
+#: ``MAX_UPLOAD_BYTES``).
+DOWNLOAD_TIMEOUT_S = 60.0
 #: Types kept as sent (re-encoded without metadata); the rest are refused.
 KEPT_FORMATS = {"PNG", "JPEG", "WEBP"}
 
