@@ -812,18 +812,23 @@ class SlackSurface:
     async def _upload(
         self, origin: Origin, reply: Reply, root: str, path: Any, steps: Steps, step: str
     ) -> None:
-        """Slack's three upload steps (announce, send the bytes, share into the thread), the
-        file's id recorded as soon as Slack gives it. Sharing cannot be repeated and says
-        nothing when it landed, so a post taken over after a crash first asks Slack whether
-        that file was shared (then it is done) or can still be shared (then it shares it),
-        and only otherwise uploads afresh: a grid is never posted twice."""
+        """Slack's three upload steps (announce, send the bytes, share into the thread), each
+        recorded as it lands: the file's id when Slack gives it, then that its bytes arrived.
+        Sharing cannot be repeated and says nothing when it landed, so a post taken over
+        after a crash shares a file whose bytes arrived (Slack refusing a second share as
+        ``file_not_found`` means the first one landed), and uploads afresh one whose bytes
+        may not have: a grid is never posted twice."""
         size = path.stat().st_size
         if size > MAX_UPLOAD_BYTES:
             await self._link_instead(origin, reply, root, size)
             return
         title = reply.text.splitlines()[0][:200]
-        earlier = steps.get(f"{step}_id")
-        if earlier and await self._shared_already(origin, earlier, root, title):
+        if steps.get(f"{step}_sent"):  # the crash came after the bytes, maybe after sharing
+            try:
+                await self._share(origin, steps.get(f"{step}_id"), root, title)
+            except SlackApiError as exc:
+                if exc.response.get("error") != "file_not_found":
+                    raise
             return
         # Read off the loop: the file can be large.
         data = await asyncio.to_thread(path.read_bytes)
@@ -848,27 +853,13 @@ class SlackSurface:
                     f"file upload failed with HTTP {sent.status}",
                     {"ok": False, "error": f"upload_http_{sent.status}"},
                 )
+        steps.done(**{f"{step}_sent": True})
         await self._share(origin, file_id, root, title)
 
     async def _share(self, origin: Origin, file_id: str, root: str, title: str) -> None:
         await self.client.files_completeUploadExternal(
             files=[{"id": file_id, "title": title}], channel_id=origin.channel, thread_ts=root
         )
-
-    async def _shared_already(self, origin: Origin, file_id: str, root: str, title: str) -> bool:
-        """Whether an upload a crashed post began is (now) in the thread."""
-        try:
-            info = await self.client.files_info(file=file_id)
-            where = [*info["file"].get("channels", []), *info["file"].get("groups", [])]
-            if origin.channel in where:
-                return True  # shared before the crash
-        except SlackApiError:
-            pass  # never shared: Slack does not show it yet
-        try:
-            await self._share(origin, file_id, root, title)  # sent, but not shared
-            return True
-        except SlackApiError:
-            return False  # its bytes never arrived: upload afresh
 
     async def _link_instead(self, origin: Origin, reply: Reply, root: str, size: int) -> None:
         where = (
